@@ -1,0 +1,527 @@
+"""The upload engine: every protocol adapter creates, writes, finishes and deletes through it.
+
+Rules it keeps, whatever protocol fed it:
+
+* A session's ``received`` ranges only grow, and only with bytes that are durable under the
+  fsync policy; a request that fails keeps what was durable before it failed, unless its
+  checksum was pending (then none of it counts).
+* Writers claim the byte range they will write. A claim overlapping another one is refused
+  with :class:`UploadLocked`; a sequential writer (tus) claims everything from its offset.
+* The running SHA-256 follows the contiguous prefix. A writer that starts where the hash
+  stands carries it along; anything else is hashed from disk once, when the upload finishes.
+* ``receiving`` → ``finished`` (a final concatenation: ``assembling`` → ``finished``).
+  Finishing is a rename; a finished upload never changes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from freight.config import FsyncPolicy
+from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
+from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
+from freight.core.writer import BUFFER_SIZE, RequestChecksum, UploadWriter
+from freight.errors import (
+    ChecksumMismatch,
+    ConcatenationError,
+    FreightError,
+    InsufficientStorage,
+    LengthMismatch,
+    OffsetMismatch,
+    UploadExpired,
+    UploadForbidden,
+    UploadIncomplete,
+    UploadLocked,
+    UploadNotFound,
+    UploadTooLarge,
+)
+from freight.storage.base import PartFile, UploadStore
+
+__all__ = ["ActiveUpload", "UploadEngine"]
+
+log = logging.getLogger(__name__)
+
+_EVERYTHING = 1 << 63
+_IDLE_CACHE = 256
+
+
+@dataclass
+class ActiveUpload:
+    """The in-memory side of a session that is being written or was recently."""
+
+    session: UploadSession
+    hasher: StatefulSha256 | None
+    claims: list[tuple[int, int]] = field(default_factory=list)
+    part: PartFile | None = None
+    save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def claim(self, start: int, end: int) -> None:
+        for other_start, other_end in self.claims:
+            if other_start < end and start < other_end:
+                raise UploadLocked("another request is writing this upload right now")
+        self.claims.append((start, end))
+
+
+class UploadEngine:
+    def __init__(
+        self,
+        store: UploadStore,
+        *,
+        fsync: FsyncPolicy = FsyncPolicy.BATCH,
+        sync_every: int = 64 * 1024 * 1024,
+        expire_after: float = 24 * 3600.0,
+        max_size: int | None = None,
+        disk_reserve: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.fsync = fsync
+        self.sync_every = sync_every
+        self.expire_after = expire_after
+        self.max_size = max_size
+        self.disk_reserve = disk_reserve
+        self.clock = clock
+        self._active: dict[str, ActiveUpload] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # creating ----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        length: int | None,
+        metadata: Mapping[str, str | None],
+        concat_kind: ConcatKind | None = None,
+    ) -> UploadSession:
+        """Start an upload; ``length=None`` defers the length."""
+        if length is not None:
+            self._check_size(length)
+        now = self.clock()
+        session = UploadSession(
+            id=new_upload_id(),
+            length=length,
+            metadata=dict(metadata),
+            created=now,
+            expires=now + self.expire_after,
+            concat_kind=concat_kind,
+        )
+        await asyncio.to_thread(self.store.create, session)
+        self._active[session.id] = ActiveUpload(session, new_sha256())
+        return session
+
+    async def create_final(
+        self, part_ids: Sequence[str], metadata: Mapping[str, str | None]
+    ) -> UploadSession:
+        """Create a final concatenation; it is assembled once every part is finished."""
+        if not part_ids:
+            raise ConcatenationError("a final concatenation needs at least one partial upload")
+        parts = [await self._load_part(part_id) for part_id in part_ids]
+        lengths = [p.length for p in parts]
+        total = None if any(n is None for n in lengths) else sum(n or 0 for n in lengths)
+        if total is not None:
+            self._check_size(total)
+        now = self.clock()
+        session = UploadSession(
+            id=new_upload_id(),
+            length=total,
+            metadata=dict(metadata),
+            created=now,
+            expires=now + self.expire_after,
+            state=UploadState.ASSEMBLING,
+            concat_kind=ConcatKind.FINAL,
+            concat_parts=tuple(part_ids),
+        )
+        await asyncio.to_thread(self.store.create, session)
+        self._active[session.id] = ActiveUpload(session, new_sha256())
+        if all(p.is_finished for p in parts):
+            await self._assemble(session.id)
+        return await self.get(session.id)
+
+    async def _load_part(self, part_id: str) -> UploadSession:
+        try:
+            part = await self.get(part_id)
+        except (UploadNotFound, UploadExpired) as exc:
+            raise ConcatenationError(f"partial upload {part_id} does not exist") from exc
+        if part.concat_kind is not ConcatKind.PARTIAL:
+            raise ConcatenationError(f"upload {part_id} is not a partial upload")
+        return part
+
+    def _check_size(self, length: int) -> None:
+        if self.max_size is not None and length > self.max_size:
+            raise UploadTooLarge(
+                f"{length} bytes is more than this server accepts ({self.max_size})",
+                max_size=self.max_size,
+            )
+        free = self.store.free_bytes() - self.disk_reserve
+        if length > free:
+            raise InsufficientStorage(
+                f"{length} bytes will not fit: {max(free, 0)} bytes are free", free=max(free, 0)
+            )
+
+    # reading state -----------------------------------------------------------------------
+
+    async def get(self, upload_id: str) -> UploadSession:
+        active = self._active.get(upload_id)
+        session = active.session if active else await asyncio.to_thread(self.store.load, upload_id)
+        self._check_not_expired(session)
+        return session
+
+    def _check_not_expired(self, session: UploadSession) -> None:
+        if (
+            session.state is not UploadState.FINISHED
+            and session.expires is not None
+            and session.expires < self.clock()
+        ):
+            raise UploadExpired("this upload expired and is being deleted")
+
+    async def list_sessions(self) -> list[UploadSession]:
+        stored = await asyncio.to_thread(self.store.list_sessions)
+        return [self._active[s.id].session if s.id in self._active else s for s in stored]
+
+    async def _activate(self, upload_id: str) -> ActiveUpload:
+        active = self._active.get(upload_id)
+        if active is None:
+            session = await asyncio.to_thread(self.store.load, upload_id)
+            active = self._active.setdefault(upload_id, ActiveUpload(session, None))
+            active.hasher = _restore_hasher(active.session)
+        else:
+            # Most recently used last, so eviction drops the longest idle.
+            self._active[upload_id] = self._active.pop(upload_id)
+        self._check_not_expired(active.session)
+        return active
+
+    # writing -----------------------------------------------------------------------------
+
+    async def declare_length(self, upload_id: str, length: int) -> UploadSession:
+        """Fix a deferred length (tus ``Upload-Length`` on a later PATCH)."""
+        active = await self._activate(upload_id)
+        session = active.session
+        if session.length is not None:
+            if session.length != length:
+                raise LengthMismatch(f"the upload's length is already {session.length}")
+            return session
+        if length < session.received.highest():
+            raise LengthMismatch(f"{session.received.highest()} bytes were already received")
+        self._check_size(length)
+        session.length = length
+        await asyncio.to_thread(self.store.reserve, session)
+        await self._save(active)
+        return session
+
+    @contextlib.asynccontextmanager
+    async def writer(
+        self,
+        upload_id: str,
+        offset: int,
+        *,
+        end: int | None = None,
+        sequential: bool = True,
+        checksum: RequestChecksum | None = None,
+    ) -> AsyncIterator[UploadWriter]:
+        """Write from ``offset``; the caller must ``await writer.commit()`` to keep the bytes.
+
+        ``sequential`` (tus, IETF) requires ``offset`` to be the current offset; otherwise
+        ``end`` bounds the range written (chunk APIs writing in any order).
+        """
+        active = await self._activate(upload_id)
+        session = active.session
+        self._check_writable(session, offset, sequential)
+        limit = session.length if session.length is not None else self.max_size
+        active.claim(offset, end if end is not None else _EVERYTHING)
+        claim = active.claims[-1]
+        try:
+            if sequential and offset != session.offset:
+                raise OffsetMismatch(
+                    f"the upload is at offset {session.offset}, not {offset}",
+                    offset=session.offset,
+                )
+            part = active.part
+            if part is None:
+                part = active.part = await asyncio.to_thread(self.store.open_part, session)
+            hasher = None
+            if active.hasher is not None and offset == session.hashed_offset:
+                hasher = active.hasher.copy()
+            bound = min(end, limit) if end is not None and limit is not None else end or limit
+            writer = UploadWriter(self, active, part, offset, bound, checksum, hasher)
+            try:
+                yield writer
+            finally:
+                await writer.abort()
+        finally:
+            active.claims.remove(claim)
+            self._release(upload_id, active)
+
+    def _check_writable(self, session: UploadSession, offset: int, sequential: bool) -> None:
+        if session.concat_kind is ConcatKind.FINAL:
+            raise UploadForbidden("a final concatenation cannot be written to")
+        if session.state is not UploadState.RECEIVING:
+            raise OffsetMismatch("this upload is already complete", offset=session.offset)
+        if session.length is not None and offset > session.length:
+            raise OffsetMismatch(
+                f"offset {offset} is past the upload's length {session.length}",
+                offset=session.offset,
+            )
+        if not sequential and offset < 0:
+            raise OffsetMismatch("offsets are never negative", offset=session.offset)
+
+    def _release(self, upload_id: str, active: ActiveUpload) -> None:
+        if active.claims:
+            return
+        if active.part is not None:
+            active.part.close()
+            active.part = None
+        idle = [key for key, value in self._active.items() if not value.claims]
+        for key in idle[: max(0, len(idle) - _IDLE_CACHE)]:
+            del self._active[key]
+
+    async def record_received(
+        self, active: ActiveUpload, start: int, end: int, hasher: StatefulSha256 | None
+    ) -> None:
+        """Called by writers once ``[start, end)`` is durable: make it count."""
+        session = active.session
+        session.received.add(start, end)
+        if hasher is not None:
+            session.hashed_offset = end
+            session.hash_state = hasher.state()
+            active.hasher = hasher
+        session.expires = self.clock() + self.expire_after
+        await self._save(active)
+
+    async def _save(self, active: ActiveUpload) -> None:
+        # Saves of one upload go in order; each writes a snapshot so the loop may go on.
+        async with active.save_lock:
+            snapshot = dataclasses.replace(
+                active.session,
+                received=active.session.received.copy(),
+                metadata=dict(active.session.metadata),
+            )
+            await asyncio.to_thread(self.store.save, snapshot)
+
+    # finishing ---------------------------------------------------------------------------
+
+    async def finish(self, upload_id: str, *, expected_sha256: str | None = None) -> UploadSession:
+        """Verify the upload is complete, settle its SHA-256 and turn it into a file."""
+        active = await self._activate(upload_id)
+        session = active.session
+        if session.state is UploadState.FINISHED:
+            _check_expected(session.sha256, expected_sha256)
+            return session
+        if not session.is_complete:
+            missing = session.received.missing(session.length or 0)
+            raise UploadIncomplete(
+                "the upload is missing bytes", missing=[list(gap) for gap in missing]
+            )
+        active.claim(0, _EVERYTHING)
+        try:
+            digest = await asyncio.to_thread(self._hash_remaining, active)
+            _check_expected(digest, expected_sha256)
+            if active.part is not None:
+                active.part.close()
+                active.part = None
+            session.sha256 = digest
+            session.state = UploadState.FINISHED
+            session.finished = self.clock()
+            session.expires = None
+            await asyncio.to_thread(self.store.finish, dataclasses.replace(session))
+        finally:
+            active.claims.remove((0, _EVERYTHING))
+            self._release(upload_id, active)
+        if session.concat_kind is ConcatKind.PARTIAL:
+            self._spawn(self._assemble_waiting_finals(session.id))
+        return session
+
+    def _hash_remaining(self, active: ActiveUpload) -> str:
+        """Bring the running SHA-256 to the end of the upload, reading only unhashed bytes."""
+        session = active.session
+        length = session.length or 0
+        hasher = active.hasher
+        if hasher is None:
+            hasher, session.hashed_offset = new_sha256(), 0
+        if session.hashed_offset < length:
+            part = active.part or self.store.open_part(session)
+            try:
+                _hash_file_range(part, hasher, session.hashed_offset, length)
+            finally:
+                if part is not active.part:
+                    part.close()
+        session.hashed_offset = length
+        session.hash_state = hasher.state()
+        active.hasher = hasher
+        return hasher.hexdigest()
+
+    # concatenation -----------------------------------------------------------------------
+
+    async def _assemble_waiting_finals(self, part_id: str) -> None:
+        for session in await self.list_sessions():
+            if session.state is UploadState.ASSEMBLING and part_id in session.concat_parts:
+                try:
+                    parts = [await self.get(pid) for pid in session.concat_parts]
+                except FreightError:
+                    continue
+                if all(p.is_finished for p in parts):
+                    await self._assemble(session.id)
+
+    async def _assemble(self, final_id: str) -> None:
+        """Copy the finished parts, in order, into the final upload and finish it."""
+        active = await self._activate(final_id)
+        final = active.session
+        if final.state is not UploadState.ASSEMBLING or active.claims:
+            return  # another task is assembling it, or already did
+        active.claim(0, _EVERYTHING)
+        try:
+            parts = [await self.get(pid) for pid in final.concat_parts]
+            total = sum(p.length or 0 for p in parts)
+            if final.length is None:
+                final.length = total
+                await asyncio.to_thread(self.store.reserve, final)
+            hasher = await asyncio.to_thread(self._copy_parts, final, parts)
+            final.received.add(0, total)
+            final.hashed_offset, final.hash_state = total, hasher.state()
+            active.hasher = hasher
+            final.state = UploadState.RECEIVING
+        finally:
+            active.claims.remove((0, _EVERYTHING))
+        await self.finish(final_id)
+        for part in parts:
+            await self.delete(part.id)
+
+    def _copy_parts(self, final: UploadSession, parts: Sequence[UploadSession]) -> StatefulSha256:
+        hasher = new_sha256()
+        target = self.store.open_part(final)
+        buffer = bytearray(BUFFER_SIZE)
+        position = 0
+        try:
+            for part in parts:
+                source = self.store.open_file(part.id)
+                try:
+                    position = _copy_hashing(source, target, hasher, buffer, position)
+                finally:
+                    source.close()
+            if self.fsync is not FsyncPolicy.NEVER:
+                target.sync()
+        finally:
+            target.close()
+        return hasher
+
+    # deleting and expiry -----------------------------------------------------------------
+
+    async def delete(self, upload_id: str) -> None:
+        active = self._active.get(upload_id)
+        if active is None:
+            await asyncio.to_thread(self.store.load, upload_id)  # raises UploadNotFound
+        elif active.claims:
+            raise UploadLocked("the upload is being written; try again when that ends")
+        self._active.pop(upload_id, None)
+        await asyncio.to_thread(self.store.delete, upload_id)
+
+    async def sweep_expired(self) -> int:
+        """Delete unfinished uploads past their expiry; returns how many went."""
+        removed = 0
+        for upload_id in await asyncio.to_thread(self.store.expired_ids, self.clock()):
+            active = self._active.get(upload_id)
+            if active is not None and active.claims:
+                continue
+            self._active.pop(upload_id, None)
+            await asyncio.to_thread(self.store.delete, upload_id)
+            removed += 1
+        if removed:
+            log.info("swept %d expired uploads", removed)
+        return removed
+
+    async def run_sweeper(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep_expired()
+            except Exception:
+                log.exception("sweeping expired uploads failed")
+
+    async def resume_interrupted_work(self) -> None:
+        """After a restart: finish complete uploads and assemble ready concatenations."""
+        for session in await self.list_sessions():
+            try:
+                if session.state is UploadState.RECEIVING and session.is_complete:
+                    await self.finish(session.id)
+                elif session.state is UploadState.ASSEMBLING:
+                    parts = [await self.get(pid) for pid in session.concat_parts]
+                    if all(p.is_finished for p in parts):
+                        await self._assemble(session.id)
+            except FreightError as exc:
+                log.warning("could not resume work on upload %s: %s", session.id, exc)
+
+    def open_file(self, session: UploadSession) -> PartFile:
+        if not session.is_finished:
+            raise UploadIncomplete("the upload is not finished yet")
+        return self.store.open_file(session.id)
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            with contextlib.suppress(BaseException):
+                await task
+        for active in self._active.values():
+            if active.part is not None:
+                active.part.close()
+        self._active.clear()
+        await asyncio.to_thread(self.store.close)
+
+
+def _restore_hasher(session: UploadSession) -> StatefulSha256 | None:
+    if session.hash_state is not None:
+        restored = sha256_from_state(session.hash_state)
+        if restored is not None:
+            return restored
+    if session.hashed_offset == 0:
+        return new_sha256()
+    # The saved state cannot be used here; the hash is rebuilt from disk at finish.
+    session.hashed_offset = 0
+    return new_sha256()
+
+
+def _check_expected(digest: str | None, expected: str | None) -> None:
+    if expected is not None and digest is not None and digest != expected.lower():
+        raise ChecksumMismatch(
+            f"the upload's SHA-256 is {digest}, not the expected {expected.lower()}",
+            sha256=digest,
+        )
+
+
+def _hash_file_range(part: PartFile, hasher: StatefulSha256, start: int, end: int) -> None:
+    view = memoryview(bytearray(BUFFER_SIZE))
+    position = start
+    while position < end:
+        got = part.read_into(position, view[: min(BUFFER_SIZE, end - position)])
+        if got <= 0:
+            raise UploadIncomplete(f"upload data ends early at byte {position}")
+        hasher.update(view[:got])
+        position += got
+
+
+def _copy_hashing(
+    source: PartFile,
+    target: PartFile,
+    hasher: StatefulSha256,
+    buffer: bytearray,
+    position: int,
+) -> int:
+    view = memoryview(buffer)
+    offset = 0
+    while True:
+        got = source.read_into(offset, view)
+        if got <= 0:
+            return position
+        chunk = view[:got]
+        hasher.update(chunk)
+        target.write_at(position, chunk)
+        offset += got
+        position += got

@@ -1,0 +1,208 @@
+"""Streaming one request's bytes into an upload: the hot path of every protocol.
+
+Bytes are copied into one of two reused buffers. A full buffer goes to a worker thread that
+writes it at its offset and feeds the running hashes, while the event loop fills the other
+buffer from the socket: reading, writing and hashing overlap, and memory stays at two
+buffers per writer whatever the file size.
+
+A byte is recorded as received (and so acknowledged to clients) only after the sync the
+fsync policy asks for. ``commit`` records the whole request; ``abort`` keeps whatever was
+made durable before a dropped connection, unless the request carried a checksum, in which
+case nothing of it counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from freight._types import Buffer
+from freight.config import FsyncPolicy
+from freight.core.hashing import StatefulSha256
+from freight.core.session import UploadSession
+from freight.errors import ChecksumMismatch, FreightError, LengthMismatch, UploadTooLarge
+from freight.storage.base import PartFile
+
+if TYPE_CHECKING:
+    from freight.core.engine import ActiveUpload, UploadEngine
+
+__all__ = ["BUFFER_SIZE", "RequestChecksum", "UploadWriter"]
+
+BUFFER_SIZE = 1024 * 1024
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestChecksum:
+    """A checksum the client sent for this request's body (tus checksum extension)."""
+
+    algorithm: str
+    expected: bytes
+    hasher: Any  # a fresh hashlib object for ``algorithm``
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """A durable point inside the request: bytes up to ``end`` and the hash there."""
+
+    end: int
+    hasher: StatefulSha256 | None
+
+
+class UploadWriter:
+    """Writes bytes from ``start`` onwards; use as ``async with engine.writer(...) as w``."""
+
+    def __init__(
+        self,
+        engine: UploadEngine,
+        active: ActiveUpload,
+        part: PartFile,
+        start: int,
+        limit: int | None,
+        checksum: RequestChecksum | None,
+        hasher: StatefulSha256 | None,
+    ) -> None:
+        self._engine = engine
+        self._active = active
+        self._part = part
+        self._start = start
+        self._limit = limit
+        self._checksum = checksum
+        self._hasher = hasher
+        self._policy = engine.fsync
+        self._buffers = (bytearray(BUFFER_SIZE), bytearray(BUFFER_SIZE))
+        self._current = 0
+        self._fill = 0
+        self._handed_off = start  # bytes given to the worker so far end here
+        self._flushed = start  # bytes written (and hashed) end here
+        self._pending: asyncio.Future[int] | None = None
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._recorded = start
+        self._closed = False
+        self._hasher_valid = True
+
+    @property
+    def position(self) -> int:
+        """Offset just past the last byte accepted by :meth:`write`."""
+        return self._handed_off + self._fill
+
+    @property
+    def start(self) -> int:
+        return self._start
+
+    async def write(self, data: Buffer) -> None:
+        view = memoryview(data).cast("B")
+        if self._limit is not None and self.position + view.nbytes > self._limit:
+            raise UploadTooLarge(f"the body runs past the upload's length of {self._limit} bytes")
+        while view.nbytes:
+            room = BUFFER_SIZE - self._fill
+            take = min(room, view.nbytes)
+            self._buffers[self._current][self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == BUFFER_SIZE:
+                await self._hand_off()
+
+    async def commit(self, *, expected_end: int | None = None) -> UploadSession:
+        """Make every byte of this request durable and record it; returns the session."""
+        await self._drain()
+        if expected_end is not None and self._flushed != expected_end:
+            raise LengthMismatch(
+                f"expected the body to end at byte {expected_end}, it ended at {self._flushed}"
+            )
+        if self._checksum is not None:
+            digest = self._checksum.hasher.digest()
+            if not hmac.compare_digest(digest, self._checksum.expected):
+                raise ChecksumMismatch(
+                    f"the body does not match its {self._checksum.algorithm} checksum"
+                )
+        await self._sync_and_record(_Mark(self._flushed, self._hasher))
+        self._closed = True
+        return self._active.session
+
+    async def abort(self) -> None:
+        """Keep what arrived before a failure (unless a checksum was pending)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            await self._drain()
+        if self._checksum is not None or self._flushed <= self._recorded:
+            return
+        hasher = self._hasher if self._hasher_valid else None
+        try:
+            await self._sync_and_record(_Mark(self._flushed, hasher))
+        except FreightError as exc:
+            log.warning(
+                "upload %s: could not keep bytes after a failure: %s", self._active.session.id, exc
+            )
+
+    # internals ---------------------------------------------------------------------------
+
+    async def _hand_off(self) -> None:
+        flushed = await self._settle_pending()
+        self._flushed = flushed
+        self._maybe_checkpoint()
+        if self._fill == 0:
+            return
+        buffer, size, at = self._buffers[self._current], self._fill, self._handed_off
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(None, self._flush_job, buffer, size, at)
+        self._handed_off += size
+        self._current ^= 1
+        self._fill = 0
+
+    async def _settle_pending(self) -> int:
+        if self._pending is None:
+            return self._flushed
+        pending, self._pending = self._pending, None
+        try:
+            return await pending
+        except BaseException:
+            # The hasher may have consumed bytes that never reached the disk.
+            self._hasher_valid = False
+            self._handed_off = self._flushed
+            raise
+
+    async def _drain(self) -> None:
+        await self._hand_off()
+        self._flushed = await self._settle_pending()
+        if self._checkpoint is not None:
+            await self._checkpoint
+
+    def _flush_job(self, buffer: bytearray, size: int, at: int) -> int:
+        view = memoryview(buffer)[:size]
+        self._part.write_at(at, view)
+        if self._hasher is not None:
+            self._hasher.update(view)
+        if self._checksum is not None:
+            self._checksum.hasher.update(view)
+        if self._policy is FsyncPolicy.ALWAYS:
+            self._part.sync()
+        return at + size
+
+    def _maybe_checkpoint(self) -> None:
+        """Record progress every ``sync_every`` bytes, syncing off the event loop."""
+        if self._checksum is not None:
+            return
+        if self._checkpoint is not None and not self._checkpoint.done():
+            return
+        if self._flushed - self._recorded < self._engine.sync_every:
+            return
+        # No job runs now, so the hasher sits exactly at the flushed offset.
+        hasher = self._hasher.copy() if self._hasher is not None else None
+        mark = _Mark(self._flushed, hasher)
+        self._checkpoint = asyncio.ensure_future(self._sync_and_record(mark))
+
+    async def _sync_and_record(self, mark: _Mark) -> None:
+        if mark.end <= self._recorded:
+            return
+        if self._policy is not FsyncPolicy.NEVER:
+            await asyncio.to_thread(self._part.sync)
+        start = self._recorded if self._recorded > self._start else self._start
+        await self._engine.record_received(self._active, start, mark.end, mark.hasher)
+        self._recorded = mark.end

@@ -1,0 +1,166 @@
+"""Every error freight raises on purpose.
+
+Each error carries a stable ``code`` (shown to clients, never renamed) and a ``status`` hint:
+the HTTP status a transport should use. The core and the codecs never build responses; each
+transport maps these errors to its wire format in exactly one function.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BadRequest",
+    "ChecksumMismatch",
+    "ConcatenationError",
+    "FreightError",
+    "InsufficientStorage",
+    "InvalidHeader",
+    "LengthMismatch",
+    "MethodNotAllowed",
+    "OffsetMismatch",
+    "PreconditionFailed",
+    "RangeNotSatisfiable",
+    "Unauthorized",
+    "UnsupportedChecksumAlgorithm",
+    "UnsupportedMediaType",
+    "UnsupportedVersion",
+    "UploadExpired",
+    "UploadForbidden",
+    "UploadIncomplete",
+    "UploadLocked",
+    "UploadNotFound",
+    "UploadTooLarge",
+]
+
+
+class FreightError(Exception):
+    """Root of every error freight raises deliberately."""
+
+    code: ClassVar[str] = "ERR_INTERNAL"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+class BadRequest(FreightError):
+    code = "ERR_BAD_REQUEST"
+    status = 400
+
+
+class InvalidHeader(BadRequest):
+    """A header is present but malformed (the message names it)."""
+
+    code = "ERR_INVALID_HEADER"
+
+
+class LengthMismatch(BadRequest):
+    """The body or a declared length contradicts what the upload already knows."""
+
+    code = "ERR_LENGTH_MISMATCH"
+
+
+class UnsupportedChecksumAlgorithm(BadRequest):
+    code = "ERR_CHECKSUM_ALGORITHM"
+
+
+class Unauthorized(FreightError):
+    code = "ERR_UNAUTHORIZED"
+    status = 401
+
+
+class UploadForbidden(FreightError):
+    """The operation is not allowed on this upload (e.g. PATCH on a final concatenation)."""
+
+    code = "ERR_FORBIDDEN"
+    status = 403
+
+
+class UploadNotFound(FreightError):
+    code = "ERR_UPLOAD_NOT_FOUND"
+    status = 404
+
+
+class MethodNotAllowed(FreightError):
+    code = "ERR_METHOD_NOT_ALLOWED"
+    status = 405
+
+
+class OffsetMismatch(FreightError):
+    """The client's offset is not where the upload stands; ``details['offset']`` is."""
+
+    code = "ERR_OFFSET_MISMATCH"
+    status = 409
+
+    def __init__(self, message: str, *, offset: int, **details: Any) -> None:
+        super().__init__(message, offset=offset, **details)
+        self.offset = offset
+
+
+class UploadIncomplete(FreightError):
+    """The upload cannot be used yet because bytes are missing."""
+
+    code = "ERR_UPLOAD_INCOMPLETE"
+    status = 409
+
+
+class ConcatenationError(BadRequest):
+    code = "ERR_CONCATENATION"
+
+
+class UploadExpired(FreightError):
+    code = "ERR_UPLOAD_EXPIRED"
+    status = 410
+
+
+class PreconditionFailed(FreightError):
+    code = "ERR_PRECONDITION_FAILED"
+    status = 412
+
+
+class UnsupportedVersion(PreconditionFailed):
+    code = "ERR_UNSUPPORTED_VERSION"
+
+
+class UploadTooLarge(FreightError):
+    code = "ERR_TOO_LARGE"
+    status = 413
+
+
+class UnsupportedMediaType(FreightError):
+    code = "ERR_UNSUPPORTED_MEDIA_TYPE"
+    status = 415
+
+
+class RangeNotSatisfiable(FreightError):
+    code = "ERR_RANGE_NOT_SATISFIABLE"
+    status = 416
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message, size=size)
+        self.size = size
+
+
+class UploadLocked(FreightError):
+    """Another request is writing the same bytes of this upload right now."""
+
+    code = "ERR_UPLOAD_LOCKED"
+    status = 423
+
+
+class ChecksumMismatch(FreightError):
+    """The body does not match the checksum the client sent; nothing was kept."""
+
+    code = "ERR_CHECKSUM_MISMATCH"
+    status = 460
+
+
+class InsufficientStorage(FreightError):
+    code = "ERR_INSUFFICIENT_STORAGE"
+    status = 507

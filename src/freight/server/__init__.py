@@ -1,0 +1,1 @@
+"""The aiohttp transport: tus and IETF uploads at ``/files/``, downloads, ``/api``."""

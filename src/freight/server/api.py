@@ -1,0 +1,46 @@
+"""JSON endpoints beside the upload protocols: health, stored files."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from freight.core import ConcatKind, UploadSession
+from freight.server.state import ENGINE, SETTINGS
+
+__all__ = ["add_api_routes"]
+
+
+def file_entry(request: web.Request, session: UploadSession) -> dict[str, object]:
+    return {
+        "id": session.id,
+        "name": session.name,
+        "size": session.length,
+        "sha256": session.sha256,
+        "created": session.finished or session.created,
+        "url": f"{request.app[SETTINGS].base_path}{session.id}",
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def list_files(request: web.Request) -> web.Response:
+    sessions = await request.app[ENGINE].list_sessions()
+    files = [
+        file_entry(request, s)
+        for s in sessions
+        if s.is_finished and s.concat_kind is not ConcatKind.PARTIAL
+    ]
+    return web.json_response({"files": files})
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    await request.app[ENGINE].delete(request.match_info["upload_id"])
+    return web.Response(status=204)
+
+
+def add_api_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/api/files", list_files)
+    app.router.add_delete("/api/files/{upload_id}", delete_file)

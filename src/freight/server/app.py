@@ -1,0 +1,107 @@
+"""Building and running the aiohttp application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from freight.config import FsyncPolicy, ServerConfig
+from freight.core import UploadEngine
+from freight.protocol import ietf
+from freight.server.api import add_api_routes
+from freight.server.download import file_response
+from freight.server.ietf import handle_ietf
+from freight.server.middleware import auth_middleware, cors_middleware, error_middleware
+from freight.server.state import ENGINE, SETTINGS
+from freight.server.tus import effective_method, handle_tus
+from freight.storage import LocalStore
+
+__all__ = ["create_app", "run_server"]
+
+log = logging.getLogger(__name__)
+
+
+async def files_endpoint(request: web.Request) -> web.StreamResponse:
+    """Everything under ``/files/``: tus, IETF resumable uploads and downloads share URLs."""
+    method = effective_method(request)
+    version = ietf.parse_interop_version(request.headers.get(ietf.INTEROP_HEADER))
+    upload_id = request.match_info.get("upload_id")
+    if upload_id is not None and _is_download(request, method, version):
+        engine = request.app[ENGINE]
+        return file_response(request, await engine.get(upload_id), engine.store)
+    if version is not None:
+        return await handle_ietf(request, method, version)
+    return await handle_tus(request, method)
+
+
+def _is_download(request: web.Request, method: str, version: int | None) -> bool:
+    if method == "GET":
+        return True
+    return method == "HEAD" and version is None and "Tus-Resumable" not in request.headers
+
+
+def create_app(config: ServerConfig) -> web.Application:
+    app = web.Application(
+        middlewares=[cors_middleware, auth_middleware(config.token), error_middleware],
+        client_max_size=1024 * 1024,
+    )
+    store = LocalStore(config.data_dir, durable=config.fsync is not FsyncPolicy.NEVER)
+    engine = UploadEngine(
+        store,
+        fsync=config.fsync,
+        sync_every=config.sync_every,
+        expire_after=config.expire_after,
+        max_size=config.max_size,
+        disk_reserve=config.disk_reserve,
+    )
+    app[ENGINE] = engine
+    app[SETTINGS] = config
+    base = config.base_path.rstrip("/")
+    app.router.add_route("*", f"{base}/", files_endpoint)
+    app.router.add_route("*", f"{base}", files_endpoint)
+    app.router.add_route("*", f"{base}/{{upload_id}}", files_endpoint)
+    add_api_routes(app)
+    app.cleanup_ctx.append(_engine_lifecycle)
+    return app
+
+
+async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    engine = app[ENGINE]
+    await engine.resume_interrupted_work()
+    sweeper = asyncio.ensure_future(engine.run_sweeper(app[SETTINGS].sweep_interval))
+    yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
+    await engine.close()
+
+
+async def serve(config: ServerConfig) -> None:
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    print(f"freight listening on http://{host}:{port} (data in {config.data_dir})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_server(config: ServerConfig) -> None:
+    """Run until SIGINT or SIGTERM. Plain asyncio on purpose: uvloop has no sendfile."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(config))

@@ -1,0 +1,78 @@
+"""Cross-cutting request handling: errors, bearer-token auth and CORS."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from freight.errors import FreightError, Unauthorized
+from freight.protocol.tus import TUS_HEADERS
+from freight.server.errors import error_response, internal_error_response
+
+__all__ = ["auth_middleware", "cors_middleware", "error_middleware"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OPEN_PATHS = frozenset({"/health"})
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+_HEADER_LIST = ", ".join(TUS_HEADERS)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except FreightError as exc:
+        return error_response(request, exc)
+    except web.HTTPException:
+        raise
+    except (ConnectionError, TimeoutError):
+        raise
+    except Exception as exc:
+        return internal_error_response(request, exc)
+
+
+def _is_preflight(request: web.Request) -> bool:
+    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+
+
+def auth_middleware(token: str | None) -> Middleware:
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is None or request.path in OPEN_PATHS or _is_preflight(request):
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        return await handler(request)
+
+    return check_token
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Let browser pages on other origins use the API (the token still guards it)."""
+    origin = request.headers.get("Origin")
+    if _is_preflight(request):
+        response: web.StreamResponse = web.Response(status=204)
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Expose-Headers"] = _HEADER_LIST
+        if _is_preflight(request):
+            response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+            response.headers["Access-Control-Allow-Headers"] = _HEADER_LIST
+            response.headers["Access-Control-Max-Age"] = "86400"
+    if isinstance(response, web.HTTPException) and response.status >= 400:
+        raise response
+    return response

@@ -1,0 +1,69 @@
+"""The interface every storage backend implements, and the optional abilities beside it.
+
+The engine decides *what* happens to an upload; a backend only keeps bytes and session
+records. Methods are synchronous and may block: the engine calls the slow ones from worker
+threads. A backend raises :class:`freight.errors.UploadNotFound` for unknown ids and
+:class:`freight.errors.InsufficientStorage` when it runs out of space; any other failure is
+wrapped in a :class:`freight.errors.FreightError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from freight._types import Buffer
+from freight.core.session import UploadSession
+
+__all__ = ["PartFile", "SendfileSource", "UploadStore"]
+
+
+class PartFile(Protocol):
+    """The bytes of one unfinished upload, written in place at their final offsets."""
+
+    def write_at(self, offset: int, data: Buffer) -> None: ...
+
+    def read_into(self, offset: int, buffer: memoryview) -> int: ...
+
+    def sync(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class UploadStore(Protocol):
+    def create(self, session: UploadSession) -> None:
+        """Record a new session and reserve space for its declared length."""
+
+    def load(self, upload_id: str) -> UploadSession: ...
+
+    def save(self, session: UploadSession) -> None:
+        """Persist the session durably (what it says received must already be on disk)."""
+
+    def open_part(self, session: UploadSession) -> PartFile: ...
+
+    def reserve(self, session: UploadSession) -> None:
+        """Reserve space once a deferred length becomes known."""
+
+    def finish(self, session: UploadSession) -> None:
+        """Turn the complete part into a stored file (a rename, never a copy)."""
+
+    def open_file(self, upload_id: str) -> PartFile:
+        """Open a finished file for reading."""
+
+    def delete(self, upload_id: str) -> None:
+        """Forget the session and free its bytes; unknown ids are not an error."""
+
+    def list_sessions(self) -> list[UploadSession]: ...
+
+    def expired_ids(self, now: float) -> list[str]: ...
+
+    def free_bytes(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SendfileSource(Protocol):
+    """A backend whose finished files are local files the kernel can send directly."""
+
+    def file_path(self, upload_id: str) -> Path: ...

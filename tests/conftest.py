@@ -1,0 +1,91 @@
+"""Shared fixtures: a real freight server in a subprocess on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+LISTEN_LINE = re.compile(r"listening on (http://[^\s]+)")
+
+
+@dataclass
+class ServerProcess:
+    """A ``freight serve`` child process; ``url`` is its base URL."""
+
+    data_dir: Path
+    args: list[str] = field(default_factory=list)
+    port: int = 0
+    proc: subprocess.Popen[str] | None = None
+    url: str = ""
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        cmd = [
+            sys.executable, "-m", "freight", "serve",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--data-dir", str(self.data_dir), *self.args,
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"server exited early with {self.proc.wait()}")
+            match = LISTEN_LINE.search(line)
+            if match:
+                self.url = match.group(1).rstrip("/")
+                self.port = int(self.url.rsplit(":", 1)[1])
+                return self
+        raise RuntimeError("server did not report its address in time")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: the crash a power-cut-free test can make."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[type[ServerProcess]]:
+    """Start servers with custom arguments: ``server_factory(data_dir, args).start()``."""
+    started: list[ServerProcess] = []
+
+    class Factory(ServerProcess):
+        def start(self, timeout: float = 20.0) -> ServerProcess:
+            started.append(self)
+            return super().start(timeout)
+
+    yield Factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def freight_server(tmp_path: Path, server_factory: type[ServerProcess]) -> ServerProcess:
+    """A running server with default settings and a fresh data directory."""
+    return server_factory(data_dir=tmp_path / "data").start()
