@@ -150,8 +150,7 @@ class UploadWriter:
         if self._fill == 0:
             return
         buffer, size, at = self._buffers[self._current], self._fill, self._handed_off
-        loop = asyncio.get_running_loop()
-        self._pending = loop.run_in_executor(None, self._flush_job, buffer, size, at)
+        self._pending = self._start_jobs(buffer, size, at)
         self._handed_off += size
         self._current ^= 1
         self._fill = 0
@@ -174,16 +173,32 @@ class UploadWriter:
         if self._checkpoint is not None:
             await self._checkpoint
 
-    def _flush_job(self, buffer: bytearray, size: int, at: int) -> int:
+    def _start_jobs(self, buffer: bytearray, size: int, at: int) -> asyncio.Future[int]:
+        """Write and hash the buffer in two worker threads at once; both only read it."""
+        loop = asyncio.get_running_loop()
+        write = loop.run_in_executor(None, self._write_job, buffer, size, at)
+        if self._hasher is None and self._checksum is None:
+            return write
+        hashing = loop.run_in_executor(None, self._hash_job, buffer, size)
+
+        async def both() -> int:
+            end, _ = await asyncio.gather(write, hashing)
+            return end
+
+        return asyncio.ensure_future(both())
+
+    def _write_job(self, buffer: bytearray, size: int, at: int) -> int:
+        self._part.write_at(at, memoryview(buffer)[:size])
+        if self._policy is FsyncPolicy.ALWAYS:
+            self._part.sync()
+        return at + size
+
+    def _hash_job(self, buffer: bytearray, size: int) -> None:
         view = memoryview(buffer)[:size]
-        self._part.write_at(at, view)
         if self._hasher is not None:
             self._hasher.update(view)
         if self._checksum is not None:
             self._checksum.hasher.update(view)
-        if self._policy is FsyncPolicy.ALWAYS:
-            self._part.sync()
-        return at + size
 
     def _maybe_checkpoint(self) -> None:
         """Record progress every ``sync_every`` bytes, syncing off the event loop."""

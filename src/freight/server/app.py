@@ -47,7 +47,7 @@ def _is_download(request: web.Request, method: str, version: int | None) -> bool
 
 def create_app(config: ServerConfig) -> web.Application:
     app = web.Application(
-        middlewares=[cors_middleware, auth_middleware(config.token), error_middleware],
+        middlewares=[cors_middleware, error_middleware, auth_middleware(config.token)],
         client_max_size=1024 * 1024,
     )
     store = LocalStore(config.data_dir, durable=config.fsync is not FsyncPolicy.NEVER)

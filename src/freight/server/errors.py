@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TypeAlias
 
 from aiohttp import web
 
@@ -21,8 +22,9 @@ __all__ = ["PROTOCOL_KEY", "error_response", "internal_error_response"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_KEY = "freight.protocol"
-"""Request key naming the protocol that a request speaks: "tus", ("ietf", version) or None."""
+Protocol: TypeAlias = str | tuple[str, int]
+PROTOCOL_KEY: web.RequestKey[Protocol] = web.RequestKey("freight.protocol")
+"""The protocol that a request speaks: "tus" or ("ietf", version); absent for the rest."""
 
 
 def error_response(request: web.Request, error: FreightError) -> web.Response:
