@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 __all__ = [
     "BadRequest",
     "ChecksumMismatch",
+    "ClientDisconnected",
     "ConcatenationError",
     "FreightError",
     "InsufficientStorage",
@@ -64,6 +65,12 @@ class LengthMismatch(BadRequest):
     """The body or a declared length contradicts what the upload already knows."""
 
     code = "ERR_LENGTH_MISMATCH"
+
+
+class ClientDisconnected(BadRequest):
+    """The body stopped before its end; what arrived intact was kept."""
+
+    code = "ERR_DISCONNECTED"
 
 
 class UnsupportedChecksumAlgorithm(BadRequest):

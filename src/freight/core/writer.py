@@ -218,6 +218,5 @@ class UploadWriter:
             return
         if self._policy is not FsyncPolicy.NEVER:
             await asyncio.to_thread(self._part.sync)
-        start = self._recorded if self._recorded > self._start else self._start
-        await self._engine.record_received(self._active, start, mark.end, mark.hasher)
+        await self._engine.record_received(self._active, self._recorded, mark.end, mark.hasher)
         self._recorded = mark.end

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from freight.core.writer import UploadWriter
-from freight.errors import InvalidHeader, UploadTooLarge
+from freight.errors import ClientDisconnected, InvalidHeader, UploadTooLarge
 
 __all__ = ["check_fits", "content_length", "has_body", "stream_body"]
 
@@ -37,7 +38,12 @@ async def stream_body(request: web.Request, writer: UploadWriter) -> None:
     """Feed the body to ``writer`` as it arrives; aiohttp's buffers bound the memory used."""
     content = request.content
     while True:
-        chunk = await content.readany()
+        try:
+            chunk = await content.readany()
+        except (ConnectionError, HttpProcessingError) as exc:
+            raise ClientDisconnected(
+                f"the body ended early at byte {writer.position}: {exc}"
+            ) from exc
         if not chunk:
             return
         await writer.write(chunk)
