@@ -21,11 +21,13 @@ __all__ = [
     "MethodNotAllowed",
     "OffsetMismatch",
     "PreconditionFailed",
+    "RangeAlreadyReceived",
     "RangeNotSatisfiable",
     "Unauthorized",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",
     "UnsupportedVersion",
+    "UploadCompleted",
     "UploadExpired",
     "UploadForbidden",
     "UploadIncomplete",
@@ -110,6 +112,13 @@ class OffsetMismatch(FreightError):
         self.offset = offset
 
 
+class RangeAlreadyReceived(FreightError):
+    """Bytes in this range were already received; they are never rewritten."""
+
+    code = "ERR_ALREADY_RECEIVED"
+    status = 409
+
+
 class UploadIncomplete(FreightError):
     """The upload cannot be used yet because bytes are missing."""
 
@@ -119,6 +128,12 @@ class UploadIncomplete(FreightError):
 
 class ConcatenationError(BadRequest):
     code = "ERR_CONCATENATION"
+
+
+class UploadCompleted(BadRequest):
+    """The upload is finished and takes no more bytes (IETF problem ``completed-upload``)."""
+
+    code = "ERR_UPLOAD_COMPLETED"
 
 
 class UploadExpired(FreightError):

@@ -34,6 +34,7 @@ from freight.errors import (
     InsufficientStorage,
     LengthMismatch,
     OffsetMismatch,
+    RangeAlreadyReceived,
     UploadExpired,
     UploadForbidden,
     UploadIncomplete,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 _EVERYTHING = 1 << 63
 _IDLE_CACHE = 256
+CONSUMED_PART_GRACE = 600.0
 
 
 @dataclass
@@ -121,6 +123,8 @@ class UploadEngine:
         """Create a final concatenation; it is assembled once every part is finished."""
         if not part_ids:
             raise ConcatenationError("a final concatenation needs at least one partial upload")
+        if len(set(part_ids)) != len(part_ids):
+            raise ConcatenationError("a partial upload may appear only once in a concatenation")
         parts = [await self._load_part(part_id) for part_id in part_ids]
         lengths = [p.length for p in parts]
         total = None if any(n is None for n in lengths) else sum(n or 0 for n in lengths)
@@ -173,11 +177,8 @@ class UploadEngine:
         return session
 
     def _check_not_expired(self, session: UploadSession) -> None:
-        if (
-            session.state is not UploadState.FINISHED
-            and session.expires is not None
-            and session.expires < self.clock()
-        ):
+        # Finished files carry no expiry; used concatenation parts do, for a grace period.
+        if session.expires is not None and session.expires < self.clock():
             raise UploadExpired("this upload expired and is being deleted")
 
     async def list_sessions(self) -> list[UploadSession]:
@@ -202,6 +203,8 @@ class UploadEngine:
         """Fix a deferred length (tus ``Upload-Length`` on a later PATCH)."""
         active = await self._activate(upload_id)
         session = active.session
+        if active.claims:
+            raise UploadLocked("the length cannot change while the upload is being written")
         if session.length is not None:
             if session.length != length:
                 raise LengthMismatch(f"the upload's length is already {session.length}")
@@ -232,6 +235,8 @@ class UploadEngine:
         active = await self._activate(upload_id)
         session = active.session
         self._check_writable(session, offset, sequential)
+        if not sequential and session.received.overlaps(offset, end or _EVERYTHING):
+            raise RangeAlreadyReceived(f"bytes from {offset} were already received")
         limit = session.length if session.length is not None else self.max_size
         active.claim(offset, end if end is not None else _EVERYTHING)
         claim = active.claims[-1]
@@ -324,11 +329,16 @@ class UploadEngine:
             if active.part is not None:
                 active.part.close()
                 active.part = None
-            session.sha256 = digest
-            session.state = UploadState.FINISHED
-            session.finished = self.clock()
-            session.expires = None
-            await asyncio.to_thread(self.store.finish, dataclasses.replace(session))
+            finished = dataclasses.replace(
+                session,
+                sha256=digest,
+                state=UploadState.FINISHED,
+                finished=self.clock(),
+                expires=None,
+            )
+            await asyncio.to_thread(self.store.finish, finished)
+            # Only once the file and its row exist does anyone see the upload as finished.
+            active.session = session = finished
         finally:
             active.claims.remove((0, _EVERYTHING))
             self._release(upload_id, active)
@@ -388,8 +398,19 @@ class UploadEngine:
         finally:
             active.claims.remove((0, _EVERYTHING))
         await self.finish(final_id)
+        await self._retire_parts(parts)
+
+    async def _retire_parts(self, parts: Sequence[UploadSession]) -> None:
+        """Let used parts expire after a grace period instead of deleting them at once.
+
+        A client whose final-creation response was lost retries it, and that must still
+        find its parts; the sweeper frees their space afterwards.
+        """
+        expires = self.clock() + min(self.expire_after, CONSUMED_PART_GRACE)
         for part in parts:
-            await self.delete(part.id)
+            active = await self._activate(part.id)
+            active.session.expires = expires
+            await self._save(active)
 
     def _copy_parts(self, final: UploadSession, parts: Sequence[UploadSession]) -> StatefulSha256:
         hasher = new_sha256()
@@ -463,7 +484,12 @@ class UploadEngine:
     def _spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.ensure_future(work)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
 
     async def close(self) -> None:
         for task in list(self._background):

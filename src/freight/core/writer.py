@@ -25,10 +25,10 @@ from freight.config import FsyncPolicy
 from freight.core.hashing import StatefulSha256
 from freight.core.session import UploadSession
 from freight.errors import ChecksumMismatch, FreightError, LengthMismatch, UploadTooLarge
-from freight.storage.base import PartFile
 
 if TYPE_CHECKING:
     from freight.core.engine import ActiveUpload, UploadEngine
+    from freight.storage.base import PartFile
 
 __all__ = ["BUFFER_SIZE", "RequestChecksum", "UploadWriter"]
 
@@ -131,6 +131,9 @@ class UploadWriter:
         self._closed = True
         with contextlib.suppress(Exception):
             await self._drain()
+        if self._checkpoint is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpoint
         if self._checksum is not None or self._flushed <= self._recorded:
             return
         hasher = self._hasher if self._hasher_valid else None
@@ -164,7 +167,9 @@ class UploadWriter:
         except BaseException:
             # The hasher may have consumed bytes that never reached the disk.
             self._hasher_valid = False
+            # Bytes staged after the failed buffer would land at the wrong offset: drop them.
             self._handed_off = self._flushed
+            self._fill = 0
             raise
 
     async def _drain(self) -> None:

@@ -10,10 +10,12 @@ wrapped in a :class:`freight.errors.FreightError`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from freight._types import Buffer
-from freight.core.session import UploadSession
+
+if TYPE_CHECKING:
+    from freight.core.session import UploadSession
 
 __all__ = ["PartFile", "SendfileSource", "UploadStore"]
 

@@ -210,15 +210,21 @@ class LocalStore:
 
     def create(self, session: UploadSession) -> None:
         path = self.part_path(session.id)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise _space_error(exc) from exc
         try:
             if session.length:
                 preallocate(fd, session.length)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise _space_error(exc) from exc
         except BaseException:
-            os.close(fd)
             path.unlink(missing_ok=True)
             raise
-        os.close(fd)
+        finally:
+            os.close(fd)
         try:
             self._write_row(session)
         except sqlite3.Error as exc:
@@ -228,9 +234,14 @@ class LocalStore:
     def reserve(self, session: UploadSession) -> None:
         if not session.length:
             return
-        fd = os.open(self.part_path(session.id), os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.part_path(session.id), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise UploadNotFound("upload data is missing") from exc
         try:
             preallocate(fd, session.length)
+        except OSError as exc:
+            raise _space_error(exc) from exc
         finally:
             os.close(fd)
 
@@ -261,8 +272,7 @@ class LocalStore:
     def expired_ids(self, now: float) -> list[str]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id FROM uploads WHERE state != ? AND expires IS NOT NULL AND expires < ?",
-                (UploadState.FINISHED.value, now),
+                "SELECT id FROM uploads WHERE expires IS NOT NULL AND expires < ?", (now,)
             ).fetchall()
         return [row[0] for row in rows]
 
@@ -284,6 +294,7 @@ class LocalStore:
         if part.exists():
             os.rename(part, target)
             _sync_dir(self.files_dir)
+            _sync_dir(self.uploads_dir)
         self.save(session)
 
     def delete(self, upload_id: str) -> None:
@@ -300,10 +311,13 @@ class LocalStore:
             self._db.close()
 
     def _repair(self) -> None:
-        """Drop part files that have no row (a crash between creating the file and the row)."""
+        """Drop files that have no row: a crash came between a file and its row changing."""
         known = {s.id for s in self.list_sessions()}
         for entry in self.uploads_dir.iterdir():
             if entry.suffix == ".part" and entry.stem not in known:
+                entry.unlink(missing_ok=True)
+        for entry in self.files_dir.iterdir():
+            if entry.name not in known:
                 entry.unlink(missing_ok=True)
 
 
