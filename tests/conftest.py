@@ -39,10 +39,13 @@ class ServerProcess:
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
+        seen: list[str] = []
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"server exited early with {self.proc.wait()}")
+                output = "".join(seen)
+                raise RuntimeError(f"server exited early with {self.proc.wait()}:\n{output}")
+            seen.append(line)
             match = LISTEN_LINE.search(line)
             if match:
                 self.url = match.group(1).rstrip("/")
