@@ -7,7 +7,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +28,21 @@ class ServerProcess:
     port: int = 0
     proc: subprocess.Popen[str] | None = None
     url: str = ""
+    output_tail: deque[str] = field(default_factory=lambda: deque(maxlen=200))
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         cmd = [
-            sys.executable, "-m", "freight", "serve",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--data-dir", str(self.data_dir), *self.args,
+            sys.executable,
+            "-m",
+            "freight",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.args,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
@@ -50,8 +61,21 @@ class ServerProcess:
             if match:
                 self.url = match.group(1).rstrip("/")
                 self.port = int(self.url.rsplit(":", 1)[1])
+                self._drain_output()
                 return self
         raise RuntimeError("server did not report its address in time")
+
+    def _drain_output(self) -> None:
+        """Keep reading the server's output so a chatty server never blocks on a full pipe."""
+        assert self.proc is not None and self.proc.stdout is not None
+        stream = self.proc.stdout
+        tail = self.output_tail
+
+        def pump() -> None:
+            for line in stream:
+                tail.append(line)
+
+        threading.Thread(target=pump, daemon=True).start()
 
     @property
     def pid(self) -> int:
