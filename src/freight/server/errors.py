@@ -12,8 +12,11 @@ from freight.errors import (
     FreightError,
     OffsetMismatch,
     RangeNotSatisfiable,
+    UnsupportedMediaType,
     UnsupportedVersion,
+    UploadCompleted,
     UploadLocked,
+    UploadTooLarge,
 )
 from freight.protocol import ietf, tus
 from freight.protocol.ranges import unsatisfied_content_range
@@ -43,15 +46,41 @@ def error_response(request: web.Request, error: FreightError) -> web.Response:
         headers["Content-Range"] = unsatisfied_content_range(error.size)
     if isinstance(error, UploadLocked):
         headers["Retry-After"] = "1"
+    accept_patch = error.details.get("accept_patch")
+    if isinstance(error, UnsupportedMediaType) and isinstance(accept_patch, str):
+        headers["Accept-Patch"] = accept_patch  # RFC 5789 section 2.2
     if isinstance(protocol, tuple) and protocol[0] == "ietf":
-        version = protocol[1]
-        headers[ietf.INTEROP_HEADER] = str(version)
-        problem = ietf.problem_for_error(error, version)
+        problem = _ietf_additions(error, protocol[1], headers)
         if problem is not None:
             content_type, body = problem
     return web.Response(
         status=error.status, body=body, headers=headers, content_type=content_type.split(";")[0]
     )
+
+
+def _ietf_additions(
+    error: FreightError, version: int, headers: dict[str, str]
+) -> tuple[str, bytes] | None:
+    """Echo the interop version, add ``Upload-Limit`` to a 413 from the size cap, and return
+    the draft's problem body for ``error`` if this version has one."""
+    features = ietf.draft_features(version)
+    headers[ietf.INTEROP_HEADER] = str(version)
+    max_size = error.details.get("max_size")
+    if (
+        isinstance(error, UploadTooLarge)
+        and isinstance(max_size, int)
+        and features.has_upload_limit
+    ):
+        headers["Upload-Limit"] = ietf.upload_limit_header(
+            max_size=max_size,
+            max_append_size=None,
+            min_append_size=None,
+            max_age=None,
+            version=version,
+        )
+    if isinstance(error, UploadCompleted) and features.has_problem_types:
+        return ietf.problem_body("completed-upload", detail=error.message)
+    return ietf.problem_for_error(error, version)
 
 
 def internal_error_response(request: web.Request, exc: BaseException) -> web.Response:

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from freight.errors import FreightError, Unauthorized
+from freight.protocol import ietf
 from freight.protocol.tus import TUS_HEADERS
 from freight.server.errors import error_response, internal_error_response
 
@@ -18,7 +19,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPEN_PATHS = frozenset({"/health"})
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-_HEADER_LIST = ", ".join(TUS_HEADERS)
+_HEADER_LIST = ", ".join(
+    sorted(set(TUS_HEADERS) | set(ietf.CORS_REQUEST_HEADERS) | set(ietf.CORS_EXPOSE_HEADERS))
+)
 
 
 @web.middleware

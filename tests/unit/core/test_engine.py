@@ -103,11 +103,12 @@ async def assert_parts_retired(engine: UploadEngine, part_ids: list[str]) -> Non
 async def wait_assembled(
     engine: UploadEngine, final_id: str, part_ids: list[str], timeout: float = 10.0
 ) -> UploadSession:
-    """Poll until background assembly has finished the final."""
+    """Poll until background assembly has finished the final and retired its parts."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         final = await engine.get(final_id)
-        if final.is_finished:
+        parts = [await engine.get(pid) for pid in part_ids]
+        if final.is_finished and all(p.expires is not None for p in parts):
             return final
         assert asyncio.get_running_loop().time() < deadline, "the final was never assembled"
         await asyncio.sleep(0.01)
