@@ -1,0 +1,79 @@
+"""Entry point of the ``freight`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from freight.cli.files import ls, rm
+from freight.cli.transfer import get, send
+from freight.config import FsyncPolicy, ServerConfig
+
+__all__ = ["cli", "main"]
+
+
+@click.group()
+@click.version_option(package_name="freight")
+def cli() -> None:
+    """Move files larger than RAM between machines: resumable, durable, fast."""
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, help="TCP port (0 picks a free one).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("freight-data"),
+    show_default=True,
+    help="Where uploads, files and the SQLite metadata live.",
+)
+@click.option("--token", envvar="FREIGHT_TOKEN", help="Require this bearer token.")
+@click.option("--max-size", type=int, default=None, help="Largest upload accepted, in bytes.")
+@click.option(
+    "--fsync",
+    type=click.Choice([p.value for p in FsyncPolicy]),
+    default=FsyncPolicy.BATCH.value,
+    show_default=True,
+    help="When received bytes are forced to disk before being acknowledged.",
+)
+@click.option(
+    "--expire-after",
+    type=float,
+    default=24 * 3600.0,
+    show_default=True,
+    help="Seconds an unfinished upload may sit idle before it is deleted.",
+)
+def serve(
+    host: str,
+    port: int,
+    data_dir: Path,
+    token: str | None,
+    max_size: int | None,
+    fsync: str,
+    expire_after: float,
+) -> None:
+    """Run the freight server."""
+    from freight.server.app import run_server
+
+    config = ServerConfig(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        token=token,
+        max_size=max_size,
+        fsync=FsyncPolicy(fsync),
+        expire_after=expire_after,
+    )
+    run_server(config)
+
+
+cli.add_command(send)
+cli.add_command(get)
+cli.add_command(ls)
+cli.add_command(rm)
+
+
+def main() -> None:
+    cli()

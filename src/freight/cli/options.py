@@ -1,0 +1,53 @@
+"""Options shared by the client commands, so every command spells them the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from freight.client import RetryPolicy
+
+__all__ = ["json_option", "quiet_option", "retries_option", "retry_policy", "token_option"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def token_option(function: F) -> F:
+    return click.option(
+        "--token",
+        envvar="FREIGHT_TOKEN",
+        show_envvar=True,
+        help="Bearer token the server requires (sent as 'Authorization: Bearer').",
+    )(function)
+
+
+def json_option(function: F) -> F:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."
+    )(function)
+
+
+def quiet_option(function: F) -> F:
+    return click.option(
+        "-q", "--quiet", is_flag=True, help="No progress bar (it is only drawn on a terminal)."
+    )(function)
+
+
+def retries_option(default: int) -> Callable[[F], F]:
+    def decorate(function: F) -> F:
+        return click.option(
+            "--retries",
+            type=click.IntRange(min=0),
+            default=default,
+            show_default=True,
+            help="Consecutive failed attempts to retry (with exponential backoff) before "
+            "giving up; any progress resets the count.",
+        )(function)
+
+    return decorate
+
+
+def retry_policy(retries: int) -> RetryPolicy:
+    return RetryPolicy(attempts=retries)

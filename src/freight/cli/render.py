@@ -1,0 +1,224 @@
+"""Everything the CLI shows: progress bars, result lines, tables and the one-line errors.
+
+Results go to stdout (plain JSON with ``--json``); progress, retry notices and errors go to
+stderr, so ``freight get URL --json | jq`` stays parseable. Progress bars are drawn only when
+stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Coroutine, Iterable
+from types import TracebackType
+from typing import IO, Any, TypeVar
+
+import aiohttp
+import click
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from freight.client import RemoteFile, RetryNotice
+from freight.client.http import describe_error
+from freight.errors import FreightError
+
+__all__ = [
+    "CommandError",
+    "TransferBar",
+    "human_size",
+    "print_error",
+    "print_files_table",
+    "print_json",
+    "print_lines",
+    "run_command",
+    "stderr_console",
+]
+
+T = TypeVar("T")
+INTERRUPTED_EXIT = 130  # what a shell reports for SIGINT
+_TABLE_WITH_IDS = 120  # terminal columns needed for an id column beside the rest
+_TABLE_WITH_DIGESTS = 160  # ... and for whole SHA-256s
+_SHORT_DIGEST = 12
+
+
+def stderr_console() -> Console:
+    # soft_wrap: an error stays on one line even when it is wider than the terminal.
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace, newlines included: errors are always exactly one line."""
+    return " ".join(text.split()) or "unknown error"
+
+
+def print_error(message: str) -> None:
+    stderr_console().print(Text(f"Error: {one_line(message)}", style="bold red"))
+
+
+class CommandError(click.ClickException):
+    """A failure shown as one red ``Error: ...`` line on stderr; exit status 1."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        print_error(self.message)
+
+
+def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a client coroutine, turning every expected failure into a :class:`CommandError`.
+
+    Set ``FREIGHT_DEBUG=1`` for debug logs on stderr and the traceback of an unexpected
+    exception instead of its one-line summary.
+    """
+    if os.environ.get("FREIGHT_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    try:
+        return asyncio.run(coroutine)
+    except KeyboardInterrupt:
+        stderr_console().print(
+            Text("Interrupted. Run the same command again to resume.", style="yellow")
+        )
+        raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
+    except FreightError as exc:
+        raise CommandError(exc.message) from None
+    except OSError as exc:
+        raise CommandError(_describe_os_error(exc)) from None
+    except aiohttp.ClientError as exc:
+        raise CommandError(describe_error(exc)) from None
+    except Exception as exc:
+        if os.environ.get("FREIGHT_DEBUG"):
+            raise
+        raise CommandError(f"unexpected {type(exc).__name__}: {exc}") from None
+
+
+def _describe_os_error(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+class TransferBar:
+    """A rich progress bar for one transfer, created when the total becomes known.
+
+    ``update`` takes the absolute number of bytes done (it may move back after a retry);
+    ``note`` prints a line above the bar (or plainly on stderr when there is no bar).
+    """
+
+    def __init__(self, description: str, *, enabled: bool = True) -> None:
+        self._console = stderr_console()
+        self._description = description
+        self._enabled = enabled and self._console.is_terminal
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self.total: int | None = None
+
+    def __enter__(self) -> TransferBar:
+        if self._enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=self._console,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def start(self, total: int, done: int = 0, description: str | None = None) -> None:
+        """(Re)start the bar at ``done`` of ``total`` bytes; the jump does not count as speed."""
+        self.total = total
+        self._description = description or self._description
+        if self._progress is None:
+            return
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(self._description, total=total, completed=done)
+
+    def update(self, done: int) -> None:
+        if self._progress is None:
+            return
+        if self._task is None:
+            self.start(self.total or 0, done)
+        else:
+            self._progress.update(self._task, completed=done)
+
+    def note(self, message: str, style: str = "yellow") -> None:
+        console = self._progress.console if self._progress is not None else self._console
+        console.print(Text(one_line(message), style=style))
+
+    def retrying(self, notice: RetryNotice) -> None:
+        self.note(
+            f"{notice.reason}; retrying in {notice.delay:.1f} s "
+            f"(attempt {notice.attempt} of {notice.attempts})"
+        )
+
+
+def human_size(size: int) -> str:
+    return decimal(size)
+
+
+def print_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def print_lines(lines: Iterable[tuple[str, str]], headline: Text | None = None) -> None:
+    """``label: value`` lines on stdout, labels aligned."""
+    pairs = list(lines)
+    console = Console(highlight=False, soft_wrap=True)
+    if headline is not None:
+        console.print(headline)
+    width = max((len(label) for label, _ in pairs), default=0)
+    for label, value in pairs:
+        console.print(Text.assemble((f"{label + ':':<{width + 1}} ", "bold"), value))
+
+
+def print_files_table(files: list[RemoteFile]) -> None:
+    """A table of stored files, fitted to the terminal.
+
+    Narrow terminals get shortened SHA-256s and no id column (``--json`` has everything).
+    """
+    console = Console(highlight=False)
+    if not files:
+        console.print("No files stored.")
+        return
+    show_ids = console.width >= _TABLE_WITH_IDS
+    full_digest = console.width >= _TABLE_WITH_DIGESTS
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("Name", overflow="fold")
+    table.add_column("Size", justify="right", no_wrap=True)
+    table.add_column("SHA-256", no_wrap=True)
+    table.add_column("Created", no_wrap=True)
+    if show_ids:
+        # Ids are what `freight rm` takes: never cut or fold them.
+        table.add_column("ID", no_wrap=True, min_width=max(len(item.id) for item in files))
+    for item in files:
+        digest = item.sha256 or "-"
+        if not full_digest and len(digest) > _SHORT_DIGEST:
+            digest = digest[:_SHORT_DIGEST] + "…"
+        created = item.created.astimezone().strftime("%Y-%m-%d %H:%M") if item.created else "-"
+        row = [item.name, human_size(item.size), digest, created]
+        table.add_row(*row, *([item.id] if show_ids else []))
+    console.print(table)

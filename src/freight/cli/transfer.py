@@ -1,0 +1,174 @@
+"""``freight send`` and ``freight get``: resumable transfers with a progress bar."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.text import Text
+
+from freight.cli.options import (
+    json_option,
+    quiet_option,
+    retries_option,
+    retry_policy,
+    token_option,
+)
+from freight.cli.render import TransferBar, human_size, print_json, print_lines, run_command
+from freight.client import (
+    DownloadInfo,
+    DownloadResult,
+    ResumeStore,
+    UploadResult,
+    download_file,
+    upload_file,
+)
+
+__all__ = ["get", "send"]
+
+
+@click.command()
+# Not exists=True: a missing file is reported like every other failure, in one red line.
+@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("server_url", metavar="URL")
+@token_option
+@retries_option(10)
+@json_option
+@quiet_option
+def send(
+    file: Path, server_url: str, token: str | None, retries: int, as_json: bool, quiet: bool
+) -> None:
+    """Upload FILE to the server at URL.
+
+    URL is the server (http://host:port) or its tus endpoint (http://host:port/files/).
+    Interrupted? Run the same command again: it resumes where the server's durable copy
+    ends. Prints the file's URL and SHA-256, checked against the server's.
+    """
+    started = time.monotonic()
+    with TransferBar(file.name, enabled=not quiet) as bar:
+        result = run_command(
+            upload_file(
+                file,
+                server_url,
+                token=token,
+                progress=bar.update,
+                on_start=bar.start,
+                resume_store=ResumeStore(),
+                retry=retry_policy(retries),
+                on_retry=bar.retrying,
+            )
+        )
+    _report_upload(result, time.monotonic() - started, as_json)
+
+
+@click.command()
+@click.argument("url")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="File to write, or a directory to put it in. Default: the name the server gives.",
+)
+@click.option("-f", "--force", is_flag=True, help="Replace an existing file of the same name.")
+@token_option
+@retries_option(10)
+@json_option
+@quiet_option
+def get(
+    url: str,
+    output: Path | None,
+    force: bool,
+    token: str | None,
+    retries: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Download the file at URL.
+
+    URL is a file's address on a server: http://host:port/files/ID.
+    Writes OUTPUT.part and renames it once its SHA-256 matches the server's; running the
+    same command again after an interruption resumes the .part, unless the file changed.
+    """
+    started = time.monotonic()
+    with TransferBar(url.rstrip("/").rsplit("/", 1)[-1], enabled=not quiet) as bar:
+
+        def on_start(info: DownloadInfo) -> None:
+            bar.start(info.size, info.resumed_from, description=info.path.name)
+
+        result = run_command(
+            download_file(
+                url,
+                output,
+                token=token,
+                overwrite=force,
+                progress=bar.update,
+                on_start=on_start,
+                resume_store=ResumeStore(),
+                retry=retry_policy(retries),
+                on_retry=bar.retrying,
+            )
+        )
+    _report_download(result, time.monotonic() - started, as_json)
+
+
+def _rate(size: int, seconds: float) -> str:
+    return f"{human_size(int(size / seconds))}/s" if seconds > 0 else "-"
+
+
+def _report_upload(result: UploadResult, seconds: float, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {
+                "url": result.url,
+                "name": result.name,
+                "size": result.size,
+                "sha256": result.sha256,
+                "verified": result.verified,
+                "resumed_from": result.resumed_from,
+                "seconds": round(seconds, 3),
+            }
+        )
+        return
+    sent = result.size - result.resumed_from
+    headline = Text.assemble(
+        ("Sent ", "green"),
+        (result.name, "bold green"),
+        f" ({human_size(result.size)}) in {seconds:.1f} s, {_rate(sent, seconds)}",
+        (f", resumed at {human_size(result.resumed_from)}" if result.resumed_from else ""),
+        _verification(result.verified, "the server's"),
+    )
+    print_lines([("URL", result.url), ("SHA-256", result.sha256)], headline)
+
+
+def _report_download(result: DownloadResult, seconds: float, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {
+                "path": str(result.path),
+                "url": result.url,
+                "size": result.size,
+                "sha256": result.sha256,
+                "verified": result.verified,
+                "resumed_from": result.resumed_from,
+                "restarted": result.restarted,
+                "seconds": round(seconds, 3),
+            }
+        )
+        return
+    received = result.size - result.resumed_from
+    headline = Text.assemble(
+        ("Saved ", "green"),
+        (str(result.path), "bold green"),
+        f" ({human_size(result.size)}) in {seconds:.1f} s, {_rate(received, seconds)}",
+        (f", resumed at {human_size(result.resumed_from)}" if result.resumed_from else ""),
+        (", restarted because the file changed on the server" if result.restarted else ""),
+        _verification(result.verified, "the server's"),
+    )
+    print_lines([("SHA-256", result.sha256)], headline)
+
+
+def _verification(verified: bool, whose: str) -> Text:
+    if verified:
+        return Text(f"; SHA-256 matches {whose}", style="green")
+    return Text("; the server advertised no SHA-256 to check against", style="yellow")

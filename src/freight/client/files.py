@@ -1,0 +1,123 @@
+"""Listing and deleting the files stored on a server (``/api/files``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from yarl import URL
+
+from freight.client.errors import ClientError, ProtocolViolation
+from freight.client.http import (
+    RetryBudget,
+    RetryCallback,
+    RetryPolicy,
+    Timeouts,
+    open_session,
+    retrying,
+    server_error,
+)
+from freight.client.urls import api_files_url, split_file_url
+
+__all__ = ["RemoteFile", "delete_file", "list_files"]
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One stored file; ``url`` is absolute, ``created`` is None if the server gave none."""
+
+    id: str
+    name: str
+    size: int
+    sha256: str | None
+    created: datetime | None
+    url: str
+
+
+async def list_files(
+    server_url: str,
+    *,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+    on_retry: RetryCallback | None = None,
+    timeouts: Timeouts | None = None,
+) -> list[RemoteFile]:
+    """Every finished file on the server at ``server_url`` (any URL of that server)."""
+    root = split_file_url(server_url)[0]
+    budget = RetryBudget(retry or RetryPolicy(), on_retry)
+    async with open_session(token, timeouts=timeouts) as session:
+
+        async def fetch() -> Any:
+            async with session.get(api_files_url(root)) as resp:
+                if resp.status != 200:
+                    raise await server_error(resp, "listing files")
+                try:
+                    return await resp.json(content_type=None)
+                except ValueError as exc:
+                    raise ProtocolViolation("the file list is not valid JSON") from exc
+
+        data = await retrying(budget, fetch)
+    entries = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ProtocolViolation("the file list has no 'files' array")
+    return [_remote_file(entry, root) for entry in entries if isinstance(entry, dict)]
+
+
+async def delete_file(
+    server_url: str,
+    file_id: str | None = None,
+    *,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+    on_retry: RetryCallback | None = None,
+    timeouts: Timeouts | None = None,
+) -> str:
+    """Delete one file, named by its URL (``.../files/<id>``) or by ``file_id``; returns the id."""
+    root, id_in_url = split_file_url(server_url)
+    target = file_id or id_in_url
+    if not target:
+        raise ClientError("name the file to delete: a URL ending in /files/<id>, or an id")
+    budget = RetryBudget(retry or RetryPolicy(), on_retry)
+    async with open_session(token, timeouts=timeouts) as session:
+
+        async def delete() -> None:
+            async with session.delete(api_files_url(root, target)) as resp:
+                if resp.status not in (200, 202, 204):
+                    raise await server_error(resp, f"deleting {target}")
+
+        await retrying(budget, delete)
+    return target
+
+
+def _remote_file(entry: dict[str, Any], root: URL) -> RemoteFile:
+    try:
+        file_id = str(entry["id"])
+        size = int(entry.get("size") or 0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolViolation(f"malformed file entry: {entry!r}") from exc
+    url = entry.get("url")
+    absolute = str(root.join(URL(str(url)))) if url else str(root / "files" / file_id)
+    sha256 = entry.get("sha256")
+    return RemoteFile(
+        id=file_id,
+        name=str(entry.get("name") or file_id),
+        size=size,
+        sha256=str(sha256) if sha256 else None,
+        created=_timestamp(entry.get("created")),
+        url=absolute,
+    )
+
+
+def _timestamp(value: object) -> datetime | None:
+    """Seconds since the epoch or an ISO 8601 string, as an aware datetime."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None

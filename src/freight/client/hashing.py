@@ -1,0 +1,108 @@
+"""SHA-256 of a whole file while only part of it passes through the transfer.
+
+When a transfer resumes at offset X, bytes [X, N) flow through the client (read from the
+local file for an upload, received for a download) but [0, X) do not. SHA-256 is strictly
+sequential, so the prefix must be hashed *before* the rest. Rather than make the user wait
+for that (croc users complain of hours of hashing before a resume), a worker thread hashes
+the prefix from disk while the transfer runs, and keeps reading from disk until it has
+caught up with the transfer; from then on the transfer's own chunks are hashed as they pass.
+
+Rules, all under one lock:
+- ``hashed`` is how far the digest reaches; a chunk at ``offset`` is hashed only when
+  ``offset == hashed`` (otherwise the disk reader will cover it), so nothing is hashed twice
+  or out of order;
+- ``frontier`` is how far the file is known to be readable on disk (the prefix, plus every
+  chunk fed); the disk reader stops when it reaches it;
+- :meth:`SplitHasher.finish` reads whatever is still missing up to the total size.
+hashlib releases the GIL on large buffers, so the reader really runs beside the transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import threading
+from pathlib import Path
+
+from freight.client.errors import LocalFileChanged
+from freight.client.http import CHUNK_SIZE
+
+__all__ = ["SplitHasher"]
+
+
+class SplitHasher:
+    """SHA-256 of ``path``'s first N bytes, fed partly by :meth:`feed` and partly from disk."""
+
+    def __init__(self, path: Path, prefix: int, *, chunk_size: int = CHUNK_SIZE) -> None:
+        self._path = path
+        self._chunk_size = chunk_size
+        self._lock = threading.Lock()
+        self._sha = hashlib.sha256()
+        self._hashed = 0
+        self._frontier = prefix
+        self._cancelled = False
+        self._reader: asyncio.Future[None] | None = None
+
+    @property
+    def hashed(self) -> int:
+        """How many leading bytes the digest covers so far."""
+        with self._lock:
+            return self._hashed
+
+    def start(self) -> None:
+        """Start hashing the prefix from disk in a worker thread (no-op if there is none)."""
+        if self._frontier > 0 and self._reader is None:
+            self._reader = asyncio.ensure_future(asyncio.to_thread(self._read_from_disk))
+
+    def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Offer bytes found at ``offset``; they are on disk too. Thread-safe."""
+        view = memoryview(data)
+        with self._lock:
+            end = offset + view.nbytes
+            if offset == self._hashed:
+                self._sha.update(view)
+                self._hashed = end
+            self._frontier = max(self._frontier, end)
+
+    async def finish(self, total: int) -> bytes:
+        """The raw digest of bytes [0, total), reading from disk whatever was not fed."""
+        with self._lock:
+            self._frontier = max(self._frontier, total)
+        if self._reader is not None:
+            await self._reader
+        await asyncio.to_thread(self._read_from_disk)
+        with self._lock:
+            if self._hashed != total:
+                raise LocalFileChanged(
+                    f"{self._path} holds {self._hashed} bytes where {total} were expected"
+                )
+            return self._sha.digest()
+
+    async def close(self) -> None:
+        """Stop the disk reader (it notices within one chunk) and wait for it."""
+        with self._lock:
+            self._cancelled = True
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader
+
+    def _read_from_disk(self) -> None:
+        buffer = bytearray(self._chunk_size)
+        view = memoryview(buffer)
+        with self._path.open("rb") as file:
+            while True:
+                with self._lock:
+                    if self._cancelled or self._hashed >= self._frontier:
+                        return
+                    start = self._hashed
+                    want = min(self._chunk_size, self._frontier - start)
+                file.seek(start)
+                count = file.readinto(view[:want])
+                if not count:
+                    raise LocalFileChanged(f"{self._path} ended early at byte {start}")
+                with self._lock:
+                    # A rewound transfer may have fed exactly this chunk meanwhile.
+                    if self._hashed == start:
+                        self._sha.update(view[:count])
+                        self._hashed = start + count

@@ -1,0 +1,216 @@
+"""HTTP plumbing shared by every client operation: sessions, server errors, retries.
+
+Retry policy: connection failures, timeouts, cut-short bodies and the statuses that mean
+"try again later" (408, 423, 429, 502, 503, 504) are retried with exponential backoff and
+jitter. The budget counts *consecutive* failures: an attempt that moved the transfer forward
+resets it, so a long transfer over a flaky link is not abandoned after ten hiccups spread
+over hours, while a dead server is given up on after ``attempts`` tries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+
+from freight import __version__
+from freight.client.errors import ClientError, ConnectionFailed, ServerError
+
+__all__ = [
+    "CHUNK_SIZE",
+    "RETRYABLE_ERRORS",
+    "RETRYABLE_STATUSES",
+    "TUS_VERSION",
+    "RetryBudget",
+    "RetryCallback",
+    "RetryNotice",
+    "RetryPolicy",
+    "Timeouts",
+    "describe_error",
+    "is_retryable",
+    "open_session",
+    "retrying",
+    "server_error",
+]
+
+TUS_VERSION = "1.0.0"
+CHUNK_SIZE = 1024 * 1024  # read and write granularity; also the unit of progress reports
+RETRYABLE_STATUSES = frozenset({408, 423, 429, 502, 503, 504})
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    asyncio.TimeoutError,
+)
+_MAX_ERROR_BODY = 64 * 1024
+T = TypeVar("T")
+_TOKEN = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: anything else breaks the header
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Socket-level timeouts in seconds; a transfer as a whole is never timed out.
+
+    ``read`` bounds the silence between two reads, which includes the wait for the answer
+    to a large PATCH while the server syncs its last bytes to disk.
+    """
+
+    connect: float = 15.0
+    read: float = 120.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry; ``attempts`` counts retries, 0 disables them."""
+
+    attempts: int = 10
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    multiplier: float = 2.0
+
+    def delay(self, failure: int) -> float:
+        """Seconds to wait before retry number ``failure`` (1-based), with jitter."""
+        base = min(self.max_delay, self.initial_delay * self.multiplier ** (failure - 1))
+        # Jitter keeps many clients cut off by the same server restart from returning at once.
+        return base * random.uniform(0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    """Reported before each retry so a UI can say what is happening."""
+
+    attempt: int
+    attempts: int
+    delay: float
+    reason: str
+
+
+RetryCallback = Callable[[RetryNotice], None]
+
+
+class RetryBudget:
+    """Counts consecutive failures of one operation and sleeps between retries."""
+
+    def __init__(self, policy: RetryPolicy, on_retry: RetryCallback | None = None) -> None:
+        self._policy = policy
+        self._on_retry = on_retry
+        self._failures = 0
+
+    def progressed(self) -> None:
+        """The operation moved forward: the next failure starts a fresh count."""
+        self._failures = 0
+
+    async def failed(self, reason: str) -> None:
+        """Wait before the next attempt, or raise :class:`ConnectionFailed` if none is left."""
+        self._failures += 1
+        if self._failures > self._policy.attempts:
+            tries = self._failures
+            raise ConnectionFailed(f"{reason} (gave up after {tries} attempts)")
+        delay = self._policy.delay(self._failures)
+        if self._on_retry is not None:
+            self._on_retry(RetryNotice(self._failures, self._policy.attempts, delay, reason))
+        await asyncio.sleep(delay)
+
+
+async def retrying(budget: RetryBudget, operation: Callable[[], Awaitable[T]]) -> T:
+    """Run ``operation`` until it succeeds, retrying transient failures within ``budget``."""
+    while True:
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            await budget.failed(describe_error(exc))
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for transient transport failures; TLS certificate problems never heal by waiting."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return False
+    if isinstance(exc, ServerError):
+        return exc.http_status in RETRYABLE_STATUSES
+    return isinstance(exc, RETRYABLE_ERRORS)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying what went wrong with a request, without aiohttp's internals."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "the server stopped answering (timed out)"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the response body was cut short"
+    if isinstance(exc, ClientError):
+        return exc.message
+    if isinstance(exc, aiohttp.ClientOSError):
+        return f"connection lost: {_os_reason(exc)}"
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _os_reason(exc: OSError) -> str:
+    # asyncio's "Connect call failed (...)" hides the errno's meaning; say it plainly.
+    if exc.errno is not None:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+def open_session(
+    token: str | None = None, *, timeouts: Timeouts | None = None
+) -> aiohttp.ClientSession:
+    """A client session sending ``Authorization: Bearer <token>`` when a token is given."""
+    timeouts = timeouts or Timeouts()
+    headers = {
+        "User-Agent": f"freight/{__version__}",
+        # Byte offsets must mean the same thing on both ends: no transfer compression.
+        "Accept-Encoding": "identity",
+    }
+    if token is not None:
+        if not _TOKEN.match(token):
+            raise ClientError("the token must be visible ASCII without spaces")
+        headers["Authorization"] = f"Bearer {token}"
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+    )
+    return aiohttp.ClientSession(
+        headers=headers, timeout=timeout, auto_decompress=False, read_bufsize=256 * 1024
+    )
+
+
+async def server_error(resp: aiohttp.ClientResponse, action: str) -> ServerError:
+    """Build the error for an unexpected status, using the server's JSON message if any."""
+    message = ""
+    code: str | None = None
+    if resp.method != "HEAD":
+        try:
+            body = await resp.content.read(_MAX_ERROR_BODY)
+        except RETRYABLE_ERRORS:
+            body = b""
+        message, code = _parse_error_body(body)
+    if not message:
+        message = resp.reason or "error"
+    message = " ".join(message.split())
+    return ServerError(
+        f"{action}: {message} (HTTP {resp.status})", http_status=resp.status, server_code=code
+    )
+
+
+def _parse_error_body(body: bytes) -> tuple[str, str | None]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()
+        return (text if len(text) <= 200 and "<" not in text else ""), None
+    if not isinstance(data, dict):
+        return "", None
+    message = data.get("message")
+    code = data.get("code")
+    return (str(message) if message else ""), (str(code) if code else None)
