@@ -22,8 +22,8 @@ from freight.client import (
     ResumeStore,
     UploadResult,
     download_file,
-    upload_file,
 )
+from freight.client.protocols import DEFAULT_PROTOCOL, UPLOADERS
 
 __all__ = ["get", "send"]
 
@@ -32,12 +32,33 @@ __all__ = ["get", "send"]
 # Not exists=True: a missing file is reported like every other failure, in one red line.
 @click.argument("file", type=click.Path(path_type=Path))
 @click.argument("server_url", metavar="URL")
+@click.option(
+    "--protocol",
+    type=click.Choice(sorted(UPLOADERS)),
+    default=DEFAULT_PROTOCOL,
+    show_default=True,
+    help="How to upload: tus (one resumable stream) or another protocol the server speaks.",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 32),
+    default=4,
+    show_default=True,
+    help="Streams at once, for protocols that can use several.",
+)
 @token_option
 @retries_option(10)
 @json_option
 @quiet_option
 def send(
-    file: Path, server_url: str, token: str | None, retries: int, as_json: bool, quiet: bool
+    file: Path,
+    server_url: str,
+    protocol: str,
+    parallel: int,
+    token: str | None,
+    retries: int,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Upload FILE to the server at URL.
 
@@ -48,9 +69,10 @@ def send(
     started = time.monotonic()
     with TransferBar(file.name, enabled=not quiet) as bar:
         result = run_command(
-            upload_file(
+            UPLOADERS[protocol](
                 file,
                 server_url,
+                parallel=parallel,
                 token=token,
                 progress=bar.update,
                 on_start=bar.start,

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from dataclasses import dataclass, field
 
 from freight.config import FsyncPolicy
+from freight.core.events import EventHub, UploadEvent, UploadEventKind
 from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
 from freight.core.writer import BUFFER_SIZE, RequestChecksum, UploadWriter
@@ -62,6 +63,14 @@ class ActiveUpload:
     claims: list[tuple[int, int]] = field(default_factory=list)
     part: PartFile | None = None
     save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    writers: set[UploadWriter] = field(default_factory=set)
+    bytes_written: int = 0  # every byte written since start-up, duplicates included
+    last_progress: float = 0.0
+
+    @property
+    def transferred(self) -> int:
+        """Durable bytes plus those on disk that a writer has not recorded yet."""
+        return self.session.received.total() + sum(w.unrecorded for w in self.writers)
 
     def claim(self, start: int, end: int) -> None:
         for other_start, other_end in self.claims:
@@ -91,6 +100,9 @@ class UploadEngine:
         self.clock = clock
         self._active: dict[str, ActiveUpload] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.events = EventHub()
+        self.bytes_written_total = 0
+        self.progress_interval = 0.25
 
     # creating ----------------------------------------------------------------------------
 
@@ -114,7 +126,8 @@ class UploadEngine:
             concat_kind=concat_kind,
         )
         await asyncio.to_thread(self.store.create, session)
-        self._active[session.id] = ActiveUpload(session, new_sha256())
+        active = self._active[session.id] = ActiveUpload(session, new_sha256())
+        self._publish(UploadEventKind.CREATED, active)
         return session
 
     async def create_final(
@@ -142,7 +155,8 @@ class UploadEngine:
             concat_parts=tuple(part_ids),
         )
         await asyncio.to_thread(self.store.create, session)
-        self._active[session.id] = ActiveUpload(session, new_sha256())
+        active = self._active[session.id] = ActiveUpload(session, new_sha256())
+        self._publish(UploadEventKind.CREATED, active)
         if all(p.is_finished for p in parts):
             await self._assemble(session.id)
         return await self.get(session.id)
@@ -254,10 +268,12 @@ class UploadEngine:
                 hasher = active.hasher.copy()
             bound = min(end, limit) if end is not None and limit is not None else end or limit
             writer = UploadWriter(self, active, part, offset, bound, checksum, hasher)
+            active.writers.add(writer)
             try:
                 yield writer
             finally:
                 await writer.abort()
+                active.writers.discard(writer)
         finally:
             active.claims.remove(claim)
             self._release(upload_id, active)
@@ -297,6 +313,34 @@ class UploadEngine:
             active.hasher = hasher
         session.expires = self.clock() + self.expire_after
         await self._save(active)
+        self._publish(UploadEventKind.PROGRESS, active)
+
+    def note_written(self, active: ActiveUpload, size: int) -> None:
+        """Called by writers as bytes reach the file, for counters and live progress."""
+        active.bytes_written += size
+        self.bytes_written_total += size
+        now = self.clock()
+        if now - active.last_progress >= self.progress_interval:
+            self._publish(UploadEventKind.PROGRESS, active)
+
+    def _publish(self, kind: UploadEventKind, active: ActiveUpload) -> None:
+        active.last_progress = self.clock()
+        self._publish_session(kind, active.session, active.transferred)
+
+    def _publish_session(self, kind: UploadEventKind, session: UploadSession, moved: int) -> None:
+        received = session.received.total()
+        self.events.publish(
+            UploadEvent(
+                kind=kind,
+                upload_id=session.id,
+                name=session.name,
+                size=session.length,
+                received=received,
+                transferred=max(moved, received),
+                at=self.clock(),
+                sha256=session.sha256,
+            )
+        )
 
     async def _save(self, active: ActiveUpload) -> None:
         # Saves of one upload go in order; each writes a snapshot so the loop may go on.
@@ -339,6 +383,7 @@ class UploadEngine:
             await asyncio.to_thread(self.store.finish, finished)
             # Only once the file and its row exist does anyone see the upload as finished.
             active.session = session = finished
+            self._publish(UploadEventKind.FINISHED, active)
         finally:
             active.claims.remove((0, _EVERYTHING))
             self._release(upload_id, active)
@@ -435,11 +480,17 @@ class UploadEngine:
     async def delete(self, upload_id: str) -> None:
         active = self._active.get(upload_id)
         if active is None:
-            await asyncio.to_thread(self.store.load, upload_id)  # raises UploadNotFound
+            session = await asyncio.to_thread(self.store.load, upload_id)  # or UploadNotFound
         elif active.claims:
             raise UploadLocked("the upload is being written; try again when that ends")
-        self._active.pop(upload_id, None)
+        else:
+            session = active.session
         await asyncio.to_thread(self.store.delete, upload_id)
+        self._forget(session)
+
+    def _forget(self, session: UploadSession) -> None:
+        self._active.pop(session.id, None)
+        self._publish_session(UploadEventKind.DELETED, session, 0)
 
     async def sweep_expired(self) -> int:
         """Delete unfinished uploads past their expiry; returns how many went."""
@@ -448,8 +499,12 @@ class UploadEngine:
             active = self._active.get(upload_id)
             if active is not None and active.claims:
                 continue
-            self._active.pop(upload_id, None)
+            try:
+                session = active.session if active else self.store.load(upload_id)
+            except UploadNotFound:
+                continue
             await asyncio.to_thread(self.store.delete, upload_id)
+            self._forget(session)
             removed += 1
         if removed:
             log.info("swept %d expired uploads", removed)

@@ -94,6 +94,11 @@ class UploadWriter:
     def start(self) -> int:
         return self._start
 
+    @property
+    def unrecorded(self) -> int:
+        """Bytes already in the file that this writer has not recorded as received."""
+        return self._flushed - self._recorded
+
     async def write(self, data: Buffer) -> None:
         view = memoryview(data).cast("B")
         if self._limit is not None and self.position + view.nbytes > self._limit:
@@ -147,8 +152,7 @@ class UploadWriter:
     # internals ---------------------------------------------------------------------------
 
     async def _hand_off(self) -> None:
-        flushed = await self._settle_pending()
-        self._flushed = flushed
+        self._advance(await self._settle_pending())
         self._maybe_checkpoint()
         if self._fill == 0:
             return
@@ -157,6 +161,11 @@ class UploadWriter:
         self._handed_off += size
         self._current ^= 1
         self._fill = 0
+
+    def _advance(self, flushed: int) -> None:
+        if flushed > self._flushed:
+            self._engine.note_written(self._active, flushed - self._flushed)
+            self._flushed = flushed
 
     async def _settle_pending(self) -> int:
         if self._pending is None:
@@ -174,7 +183,7 @@ class UploadWriter:
 
     async def _drain(self) -> None:
         await self._hand_off()
-        self._flushed = await self._settle_pending()
+        self._advance(await self._settle_pending())
         if self._checkpoint is not None:
             await self._checkpoint
 

@@ -1,0 +1,28 @@
+"""Which upload protocol ``freight send --protocol NAME`` uses.
+
+Every uploader takes the keyword arguments of :func:`freight.client.upload.upload_file`
+plus ``parallel`` (how many streams a protocol that can use several may open) and returns
+an :class:`~freight.client.upload.UploadResult`, so the CLI treats them alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from freight.client.upload import UploadResult, upload_file
+
+__all__ = ["DEFAULT_PROTOCOL", "UPLOADERS", "Uploader"]
+
+Uploader = Callable[..., Coroutine[Any, Any, UploadResult]]
+
+
+async def _tus(path: Path, server_url: str, *, parallel: int, **common: Any) -> UploadResult:
+    # One PATCH stream: the server syncs and acknowledges as it goes, so one is enough.
+    del parallel
+    return await upload_file(path, server_url, **common)
+
+
+DEFAULT_PROTOCOL = "tus"
+UPLOADERS: dict[str, Uploader] = {"tus": _tus}
