@@ -129,6 +129,18 @@ class UploadWriter:
         self._closed = True
         return self._active.session
 
+    async def checkpoint(self) -> int:
+        """Make everything written so far durable and recorded now; returns the durable end.
+
+        Streaming transports call this to acknowledge a window without ending the writer.
+        With a request checksum pending nothing is recorded before :meth:`commit`.
+        """
+        await self._drain()
+        if self._checksum is None:
+            hasher = self._hasher.copy() if self._hasher is not None else None
+            await self._sync_and_record(_Mark(self._flushed, hasher))
+        return self._recorded
+
     async def abort(self) -> None:
         """Keep what arrived before a failure (unless a checksum was pending)."""
         if self._closed:

@@ -334,3 +334,33 @@ async def test_a_failed_disk_write_never_records_misplaced_bytes(engine: UploadE
     offset = (await engine.get(session.id)).offset
     assert offset <= 2 * MiB + MiB // 2
     assert stored_bytes(engine, session.id, offset) == data[:offset]
+
+
+async def test_checkpoint_makes_a_window_durable_without_ending_the_writer(
+    engine: UploadEngine,
+) -> None:
+    data = os.urandom(3 * MiB + 123)
+    session = await engine.create(length=len(data), metadata={})
+    events: list[int] = []
+    async with engine.writer(session.id, 0) as writer:
+        await writer.write(data[: MiB + 7])
+        assert await writer.checkpoint() == MiB + 7
+        events.append((await engine.get(session.id)).offset)
+        await writer.write(data[MiB + 7 :])
+        await writer.commit()
+    assert events == [MiB + 7]
+    finished = await engine.finish(session.id)
+    assert finished.sha256 == hashlib.sha256(data).hexdigest()
+
+
+async def test_checkpoint_records_nothing_while_a_checksum_is_pending(
+    engine: UploadEngine,
+) -> None:
+    body = os.urandom(2 * MiB)
+    session = await engine.create(length=len(body), metadata={})
+    async with engine.writer(session.id, 0, checksum=sha1_checksum(body)) as writer:
+        await writer.write(body)
+        assert await writer.checkpoint() == 0
+        assert (await engine.get(session.id)).offset == 0
+        await writer.commit()
+    assert (await engine.get(session.id)).offset == len(body)
