@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from dataclasses import dataclass, field
 
 from freight.config import FsyncPolicy
+from freight.core.buffers import LARGE_BUFFER, BufferPool
 from freight.core.events import EventHub, UploadEvent, UploadEventKind
 from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
-from freight.core.writer import BUFFER_SIZE, RequestChecksum, UploadWriter
+from freight.core.writer import RequestChecksum, UploadWriter
 from freight.errors import (
     ChecksumMismatch,
     ConcatenationError,
@@ -66,6 +67,13 @@ class ActiveUpload:
     writers: set[UploadWriter] = field(default_factory=set)
     bytes_written: int = 0  # every byte written since start-up, duplicates included
     last_progress: float = 0.0
+    hash_owner: UploadWriter | None = None  # the writer carrying the running SHA-256
+    catch_up: asyncio.Task[None] | None = None  # hashing received bytes from disk
+
+    @property
+    def hash_is_free(self) -> bool:
+        busy = self.catch_up is not None and not self.catch_up.done()
+        return self.hasher is not None and self.hash_owner is None and not busy
 
     @property
     def transferred(self) -> int:
@@ -101,6 +109,7 @@ class UploadEngine:
         self._active: dict[str, ActiveUpload] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.events = EventHub()
+        self.buffers = BufferPool()
         self.bytes_written_total = 0
         self.progress_interval = 0.25
 
@@ -263,17 +272,22 @@ class UploadEngine:
             part = active.part
             if part is None:
                 part = active.part = await asyncio.to_thread(self.store.open_part, session)
-            hasher = None
-            if active.hasher is not None and offset == session.hashed_offset:
-                hasher = active.hasher.copy()
+            carries_hash = active.hash_is_free and offset == session.hashed_offset
+            hasher = active.hasher.copy() if carries_hash and active.hasher else None
             bound = min(end, limit) if end is not None and limit is not None else end or limit
             writer = UploadWriter(self, active, part, offset, bound, checksum, hasher)
             active.writers.add(writer)
+            if hasher is not None:
+                active.hash_owner = writer
             try:
                 yield writer
             finally:
                 await writer.abort()
+                writer.release_buffers()
                 active.writers.discard(writer)
+                if active.hash_owner is writer:
+                    active.hash_owner = None
+                    self._maybe_catch_up(active)
         finally:
             active.claims.remove(claim)
             self._release(upload_id, active)
@@ -314,6 +328,47 @@ class UploadEngine:
         session.expires = self.clock() + self.expire_after
         await self._save(active)
         self._publish(UploadEventKind.PROGRESS, active)
+        self._maybe_catch_up(active)
+
+    def _maybe_catch_up(self, active: ActiveUpload) -> None:
+        """Hash, from disk, received bytes that no writer hashed on the way in.
+
+        Chunks that arrive out of order are written without hashing; once the contiguous
+        prefix grows past the hash, the gap is read back (from the page cache, just
+        written) and hashed, each byte once, so finishing stays quick.
+        """
+        session = active.session
+        if not active.hash_is_free or session.state is not UploadState.RECEIVING:
+            return
+        if session.received.contiguous_end() <= session.hashed_offset:
+            return
+        active.catch_up = self._spawn(self._catch_up(active))
+
+    async def _catch_up(self, active: ActiveUpload) -> None:
+        session, hasher = active.session, active.hasher
+        assert hasher is not None
+        while session.state is UploadState.RECEIVING:
+            start, end = session.hashed_offset, session.received.contiguous_end()
+            if end <= start:
+                return
+            before = hasher.copy()
+            try:
+                await asyncio.to_thread(self._hash_stored, session, hasher, start, end)
+            except (FreightError, OSError) as exc:
+                active.hasher = before  # it may have eaten part of the range
+                log.info("upload %s: hashing from disk stopped: %s", session.id, exc)
+                return
+            session.hashed_offset, session.hash_state = end, hasher.state()
+            await self._save(active)
+
+    def _hash_stored(
+        self, session: UploadSession, hasher: StatefulSha256, start: int, end: int
+    ) -> None:
+        part = self.store.open_part(session)
+        try:
+            _hash_file_range(part, hasher, start, end)
+        finally:
+            part.close()
 
     def note_written(self, active: ActiveUpload, size: int) -> None:
         """Called by writers as bytes reach the file, for counters and live progress."""
@@ -368,6 +423,9 @@ class UploadEngine:
             )
         active.claim(0, _EVERYTHING)
         try:
+            if active.catch_up is not None:
+                with contextlib.suppress(Exception):
+                    await active.catch_up
             digest = await asyncio.to_thread(self._hash_remaining, active)
             _check_expected(digest, expected_sha256)
             if active.part is not None:
@@ -460,7 +518,7 @@ class UploadEngine:
     def _copy_parts(self, final: UploadSession, parts: Sequence[UploadSession]) -> StatefulSha256:
         hasher = new_sha256()
         target = self.store.open_part(final)
-        buffer = bytearray(BUFFER_SIZE)
+        buffer = bytearray(LARGE_BUFFER)
         position = 0
         try:
             for part in parts:
@@ -536,10 +594,11 @@ class UploadEngine:
             raise UploadIncomplete("the upload is not finished yet")
         return self.store.open_file(session.id)
 
-    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+    def _spawn(self, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background_done)
+        return task
 
     def _background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
@@ -578,10 +637,10 @@ def _check_expected(digest: str | None, expected: str | None) -> None:
 
 
 def _hash_file_range(part: PartFile, hasher: StatefulSha256, start: int, end: int) -> None:
-    view = memoryview(bytearray(BUFFER_SIZE))
+    view = memoryview(bytearray(LARGE_BUFFER))
     position = start
     while position < end:
-        got = part.read_into(position, view[: min(BUFFER_SIZE, end - position)])
+        got = part.read_into(position, view[: min(LARGE_BUFFER, end - position)])
         if got <= 0:
             raise UploadIncomplete(f"upload data ends early at byte {position}")
         hasher.update(view[:got])

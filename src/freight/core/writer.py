@@ -30,9 +30,8 @@ if TYPE_CHECKING:
     from freight.core.engine import ActiveUpload, UploadEngine
     from freight.storage.base import PartFile
 
-__all__ = ["BUFFER_SIZE", "RequestChecksum", "UploadWriter"]
+__all__ = ["RequestChecksum", "UploadWriter"]
 
-BUFFER_SIZE = 1024 * 1024
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +73,8 @@ class UploadWriter:
         self._checksum = checksum
         self._hasher = hasher
         self._policy = engine.fsync
-        self._buffers = (bytearray(BUFFER_SIZE), bytearray(BUFFER_SIZE))
+        self._buffers = engine.buffers.acquire()
+        self._buffer_size = len(self._buffers[0])
         self._current = 0
         self._fill = 0
         self._handed_off = start  # bytes given to the worker so far end here
@@ -104,12 +104,12 @@ class UploadWriter:
         if self._limit is not None and self.position + view.nbytes > self._limit:
             raise UploadTooLarge(f"the body runs past the upload's length of {self._limit} bytes")
         while view.nbytes:
-            room = BUFFER_SIZE - self._fill
+            room = self._buffer_size - self._fill
             take = min(room, view.nbytes)
             self._buffers[self._current][self._fill : self._fill + take] = view[:take]
             self._fill += take
             view = view[take:]
-            if self._fill == BUFFER_SIZE:
+            if self._fill == self._buffer_size:
                 await self._hand_off()
 
     async def commit(self, *, expected_end: int | None = None) -> UploadSession:
@@ -140,6 +140,13 @@ class UploadWriter:
             hasher = self._hasher.copy() if self._hasher is not None else None
             await self._sync_and_record(_Mark(self._flushed, hasher))
         return self._recorded
+
+    def release_buffers(self) -> None:
+        """Give the staging buffers back; only once no job can touch them (after abort)."""
+        if self._pending is None or self._pending.done():
+            self._engine.buffers.release(self._buffers)
+        else:
+            self._engine.buffers.discard(self._buffers)
 
     async def abort(self) -> None:
         """Keep what arrived before a failure (unless a checksum was pending)."""
@@ -208,7 +215,13 @@ class UploadWriter:
         hashing = loop.run_in_executor(None, self._hash_job, buffer, size)
 
         async def both() -> int:
-            end, _ = await asyncio.gather(write, hashing)
+            # Wait for both even when one fails: the buffer is reused only once neither
+            # thread reads it any more.
+            end, hashed = await asyncio.gather(write, hashing, return_exceptions=True)
+            for outcome in (end, hashed):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            assert isinstance(end, int)
             return end
 
         return asyncio.ensure_future(both())

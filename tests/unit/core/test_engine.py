@@ -506,3 +506,32 @@ async def test_resume_interrupted_work_assembles_ready_finals(
     assembled = await engine.get(final.id)
     assert assembled.sha256 == sha256(b"".join(datas))
     assert local(engine).file_path(final.id).read_bytes() == b"".join(datas)
+
+
+async def test_out_of_order_chunks_are_hashed_from_disk_before_finish(
+    engine: UploadEngine,
+) -> None:
+    chunk = 1024 * 1024
+    data = os.urandom(4 * chunk)
+    session = await engine.create(length=len(data), metadata={})
+    for n in (2, 1, 3, 0):
+        async with engine.writer(
+            session.id, n * chunk, end=(n + 1) * chunk, sequential=False
+        ) as writer:
+            await writer.write(data[n * chunk : (n + 1) * chunk])
+            await writer.commit()
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await engine.get(session.id)).hashed_offset < len(data):
+        assert asyncio.get_running_loop().time() < deadline, "the hash never caught up"
+        await asyncio.sleep(0.01)
+    finished = await engine.finish(session.id)
+    assert finished.sha256 == hashlib.sha256(data).hexdigest()
+
+
+async def test_buffer_pool_bounds_staging_memory(engine: UploadEngine) -> None:
+    pool = engine.buffers
+    pairs = [pool.acquire() for _ in range(12)]
+    assert sum(len(a) + len(b) for a, b in pairs) <= 8 * 2 * MiB + 4 * 2 * 128 * 1024
+    for pair in pairs:
+        pool.release(pair)
+    assert pool.idle_pairs == 8

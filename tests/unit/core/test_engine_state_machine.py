@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from freight.config import FsyncPolicy
+from freight.core.buffers import LARGE_BUFFER as BUFFER_SIZE
 from freight.core.engine import UploadEngine
-from freight.core.writer import BUFFER_SIZE, RequestChecksum
+from freight.core.writer import RequestChecksum
 from freight.errors import ChecksumMismatch, LengthMismatch, OffsetMismatch, UploadIncomplete
 from freight.storage.local import LocalStore
 

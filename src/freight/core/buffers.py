@@ -1,0 +1,49 @@
+"""Staging buffers for writers, bounded so memory stays flat under any number of uploads.
+
+Each writer stages bytes in a pair of buffers (one filling, one being written). A fixed
+number of large pairs is kept and reused; writers beyond that get small pairs made on the
+spot. A crowd of slow clients therefore costs speed, never memory, and no writer ever waits
+for a buffer (waiting would let idle connections starve busy ones).
+"""
+
+from __future__ import annotations
+
+__all__ = ["LARGE_BUFFER", "SMALL_BUFFER", "BufferPair", "BufferPool"]
+
+LARGE_BUFFER = 1024 * 1024
+SMALL_BUFFER = 128 * 1024
+
+BufferPair = tuple[bytearray, bytearray]
+
+
+class BufferPool:
+    def __init__(
+        self, pairs: int = 8, size: int = LARGE_BUFFER, small_size: int = SMALL_BUFFER
+    ) -> None:
+        self.size = size
+        self.small_size = small_size
+        self._capacity = pairs
+        self._made = 0
+        self._free: list[BufferPair] = []
+
+    def acquire(self) -> BufferPair:
+        if self._free:
+            return self._free.pop()
+        if self._made < self._capacity:
+            self._made += 1
+            return bytearray(self.size), bytearray(self.size)
+        return bytearray(self.small_size), bytearray(self.small_size)
+
+    def release(self, pair: BufferPair) -> None:
+        """Take a pair back; small pairs are simply dropped."""
+        if len(pair[0]) == self.size and len(self._free) < self._capacity:
+            self._free.append(pair)
+
+    def discard(self, pair: BufferPair) -> None:
+        """Forget a pair that cannot be reused (a worker thread may still hold it)."""
+        if len(pair[0]) == self.size:
+            self._made -= 1
+
+    @property
+    def idle_pairs(self) -> int:
+        return len(self._free)
