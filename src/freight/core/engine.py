@@ -249,11 +249,13 @@ class UploadEngine:
         end: int | None = None,
         sequential: bool = True,
         checksum: RequestChecksum | None = None,
+        all_or_nothing: bool = False,
     ) -> AsyncIterator[UploadWriter]:
         """Write from ``offset``; the caller must ``await writer.commit()`` to keep the bytes.
 
         ``sequential`` (tus, IETF) requires ``offset`` to be the current offset; otherwise
         ``end`` bounds the range written (chunk APIs writing in any order).
+        ``all_or_nothing`` keeps nothing of a request that fails before ``commit``.
         """
         active = await self._activate(upload_id)
         session = active.session
@@ -275,7 +277,9 @@ class UploadEngine:
             carries_hash = active.hash_is_free and offset == session.hashed_offset
             hasher = active.hasher.copy() if carries_hash and active.hasher else None
             bound = min(end, limit) if end is not None and limit is not None else end or limit
-            writer = UploadWriter(self, active, part, offset, bound, checksum, hasher)
+            writer = UploadWriter(
+                self, active, part, offset, bound, checksum, hasher, all_or_nothing=all_or_nothing
+            )
             active.writers.add(writer)
             if hasher is not None:
                 active.hash_owner = writer

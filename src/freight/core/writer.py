@@ -64,6 +64,8 @@ class UploadWriter:
         limit: int | None,
         checksum: RequestChecksum | None,
         hasher: StatefulSha256 | None,
+        *,
+        all_or_nothing: bool = False,
     ) -> None:
         self._engine = engine
         self._active = active
@@ -71,6 +73,9 @@ class UploadWriter:
         self._start = start
         self._limit = limit
         self._checksum = checksum
+        # A pending checksum makes a request count whole or not at all, as do callers
+        # whose unit is a chunk (a half-kept chunk would be neither missing nor received).
+        self._all_or_nothing = all_or_nothing or checksum is not None
         self._hasher = hasher
         self._policy = engine.fsync
         self._buffers = engine.buffers.acquire()
@@ -133,10 +138,10 @@ class UploadWriter:
         """Make everything written so far durable and recorded now; returns the durable end.
 
         Streaming transports call this to acknowledge a window without ending the writer.
-        With a request checksum pending nothing is recorded before :meth:`commit`.
+        An all-or-nothing writer records nothing before :meth:`commit`.
         """
         await self._drain()
-        if self._checksum is None:
+        if not self._all_or_nothing:
             hasher = self._hasher.copy() if self._hasher is not None else None
             await self._sync_and_record(_Mark(self._flushed, hasher))
         return self._recorded
@@ -149,7 +154,7 @@ class UploadWriter:
             self._engine.buffers.discard(self._buffers)
 
     async def abort(self) -> None:
-        """Keep what arrived before a failure (unless a checksum was pending)."""
+        """Keep what arrived before a failure, unless the writer is all-or-nothing."""
         if self._closed:
             return
         self._closed = True
@@ -158,7 +163,7 @@ class UploadWriter:
         if self._checkpoint is not None:
             with contextlib.suppress(Exception):
                 await self._checkpoint
-        if self._checksum is not None or self._flushed <= self._recorded:
+        if self._all_or_nothing or self._flushed <= self._recorded:
             return
         hasher = self._hasher if self._hasher_valid else None
         try:
@@ -241,7 +246,7 @@ class UploadWriter:
 
     def _maybe_checkpoint(self) -> None:
         """Record progress every ``sync_every`` bytes, syncing off the event loop."""
-        if self._checksum is not None:
+        if self._all_or_nothing:
             return
         if self._checkpoint is not None and not self._checkpoint.done():
             return
@@ -257,5 +262,11 @@ class UploadWriter:
             return
         if self._policy is not FsyncPolicy.NEVER:
             await asyncio.to_thread(self._part.sync)
-        await self._engine.record_received(self._active, self._recorded, mark.end, mark.hasher)
-        self._recorded = mark.end
+        # Advance first: the progress event published while recording must not count these
+        # bytes both as received and as still unrecorded.
+        start, self._recorded = self._recorded, mark.end
+        try:
+            await self._engine.record_received(self._active, start, mark.end, mark.hasher)
+        except BaseException:
+            self._recorded = start
+            raise
