@@ -23,11 +23,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help serve install test lint typecheck pytest node-harness clean distclean
 
+# make bench: freight beside its peers and the machine's limits (not part of make test).
+BENCH_ARGS ?=
+BENCH_APT := nginx-light iperf3
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+.PHONY: bench
+
 help:
 	@echo "make serve      run freight on http://$(HOST):$(PORT) with data in ./$(DATA_DIR)"
 	@echo "make test       lint, format check, type check and the whole test suite"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make typecheck  mypy (strict, src/freight)"
+	@echo "make bench      benchmark against nginx, @tus/server, tuspyserver (~10 min; BENCH_ARGS=--large)"
 	@echo "make clean      remove caches and build output (keeps .venv and $(DATA_DIR))"
 	@echo "make distclean  clean, and remove .venv and tests/interop/node_modules"
 
@@ -44,6 +51,19 @@ $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.stamp-install
 
 install: $(VENV)/.stamp-install
+
+$(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.stamp-install
+
+# Installs the Debian peers when missing, then runs bench/run.py (it runs npm ci in bench/node).
+bench: $(VENV)/.stamp-bench
+	if ! command -v iperf3 >/dev/null || ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null; then
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends $(BENCH_APT) \
+			|| echo "make bench: could not install $(BENCH_APT); those targets will be skipped"
+	fi
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 serve: $(VENV)/.stamp-install
 	exec $(BIN)/freight serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
@@ -85,4 +105,4 @@ clean:
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) $(INTEROP)/node_modules
+	rm -rf $(VENV) $(INTEROP)/node_modules bench/node/node_modules bench/.scratch

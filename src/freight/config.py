@@ -35,3 +35,4 @@ class ServerConfig:
     sweep_interval: float = 60.0
     disk_reserve: int = 64 * 1024 * 1024
     base_path: str = "/files/"
+    tcp_port: int | None = None  # raw TCP protocol listener (docs/protocol.md); off when None

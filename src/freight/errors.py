@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 __all__ = [
     "BadRequest",
     "ChecksumMismatch",
+    "ChunkOutOfRange",
     "ClientDisconnected",
     "ConcatenationError",
     "FreightError",
@@ -167,6 +168,13 @@ class RangeNotSatisfiable(FreightError):
     def __init__(self, message: str, *, size: int) -> None:
         super().__init__(message, size=size)
         self.size = size
+
+
+class ChunkOutOfRange(FreightError):
+    """A chunk number past an upload's last chunk; ``details['chunk_count']`` says how many."""
+
+    code = "ERR_CHUNK_OUT_OF_RANGE"
+    status = 416
 
 
 class UploadLocked(FreightError):

@@ -45,6 +45,12 @@ def cli() -> None:
     show_default=True,
     help="Seconds an unfinished upload may sit idle before it is deleted.",
 )
+@click.option(
+    "--tcp-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve freight's raw TCP protocol on this port (0 picks a free one); off by default.",
+)
 def serve(
     host: str,
     port: int,
@@ -53,6 +59,7 @@ def serve(
     max_size: int | None,
     fsync: str,
     expire_after: float,
+    tcp_port: int | None,
 ) -> None:
     """Run the freight server."""
     from freight.server.app import run_server
@@ -65,6 +72,7 @@ def serve(
         max_size=max_size,
         fsync=FsyncPolicy(fsync),
         expire_after=expire_after,
+        tcp_port=tcp_port,
     )
     run_server(config)
 

@@ -24,6 +24,7 @@ from freight.client import (
     download_file,
 )
 from freight.client.protocols import DEFAULT_PROTOCOL, UPLOADERS
+from freight.client.tcp import download_tcp
 
 __all__ = ["get", "send"]
 
@@ -108,7 +109,8 @@ def get(
 ) -> None:
     """Download the file at URL.
 
-    URL is a file's address on a server: http://host:port/files/ID.
+    URL is a file's address on a server: http://host:port/files/ID, or tcp://host:port/ID
+    for a server's raw TCP port (freight serve --tcp-port).
     Writes OUTPUT.part and renames it once its SHA-256 matches the server's; running the
     same command again after an interruption resumes the .part, unless the file changed.
     """
@@ -118,8 +120,10 @@ def get(
         def on_start(info: DownloadInfo) -> None:
             bar.start(info.size, info.resumed_from, description=info.path.name)
 
+        # tcp:// URLs go to freight's raw TCP protocol (docs/protocol.md); the rest is HTTP.
+        downloader = download_tcp if url.strip().lower().startswith("tcp://") else download_file
         result = run_command(
-            download_file(
+            downloader(
                 url,
                 output,
                 token=token,

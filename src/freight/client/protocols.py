@@ -11,7 +11,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from freight.client.chunks import upload_chunks
+from freight.client.tcp import upload_tcp
 from freight.client.upload import UploadResult, upload_file
+from freight.client.ws import upload_file_ws
 
 __all__ = ["DEFAULT_PROTOCOL", "UPLOADERS", "Uploader"]
 
@@ -25,4 +28,12 @@ async def _tus(path: Path, server_url: str, *, parallel: int, **common: Any) -> 
 
 
 DEFAULT_PROTOCOL = "tus"
-UPLOADERS: dict[str, Uploader] = {"tus": _tus}
+# chunks: fixed-size chunks through /api/uploads, `parallel` at a time (fits body-size limits).
+# ws: one WebSocket at /api/ws with credit flow control (docs/websocket.md).
+# tcp: freight's raw TCP protocol to tcp://host:port (docs/protocol.md).
+UPLOADERS: dict[str, Uploader] = {
+    "tus": _tus,
+    "chunks": upload_chunks,
+    "ws": upload_file_ws,
+    "tcp": upload_tcp,
+}

@@ -1,14 +1,24 @@
-"""Staging buffers for writers, bounded so memory stays flat under any number of uploads.
+"""Buffers for moving bytes between sockets and disk, bounded so memory stays flat under any
+number of uploads.
 
 Each writer stages bytes in a pair of buffers (one filling, one being written). A fixed
 number of large pairs is kept and reused; writers beyond that get small pairs made on the
 spot. A crowd of slow clients therefore costs speed, never memory, and no writer ever waits
 for a buffer (waiting would let idle connections starve busy ones).
+
+Reading stored bytes back (hashing a range that arrived out of order, copying parts into a
+concatenation) is work no client waits on byte by byte, so it shares a few
+:class:`ReadBuffers` and waits its turn: a buffer per upload would make memory grow with the
+number of uploads finishing or catching up at once.
 """
 
 from __future__ import annotations
 
-__all__ = ["LARGE_BUFFER", "SMALL_BUFFER", "BufferPair", "BufferPool"]
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+__all__ = ["LARGE_BUFFER", "SMALL_BUFFER", "BufferPair", "BufferPool", "ReadBuffers"]
 
 LARGE_BUFFER = 1024 * 1024
 SMALL_BUFFER = 128 * 1024
@@ -46,4 +56,32 @@ class BufferPool:
 
     @property
     def idle_pairs(self) -> int:
+        return len(self._free)
+
+
+class ReadBuffers:
+    """At most ``count`` buffers of ``size`` bytes, lent out one at a time; borrowers wait.
+
+    A buffer goes back for reuse only when the work using it ended normally: after a
+    failure or a cancellation a worker thread may still be reading into it, so it is dropped
+    (and its slot freed) instead.
+    """
+
+    def __init__(self, count: int = 2, size: int = LARGE_BUFFER) -> None:
+        if count < 1:
+            raise ValueError("ReadBuffers needs at least one buffer")
+        self.size = size
+        self._slots = asyncio.Semaphore(count)
+        self._free: list[bytearray] = []
+
+    @contextlib.asynccontextmanager
+    async def borrow(self) -> AsyncIterator[bytearray]:
+        async with self._slots:
+            buffer = self._free.pop() if self._free else bytearray(self.size)
+            yield buffer
+            self._free.append(buffer)
+
+    @property
+    def idle(self) -> int:
+        """Buffers made earlier and free now."""
         return len(self._free)

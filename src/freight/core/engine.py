@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequenc
 from dataclasses import dataclass, field
 
 from freight.config import FsyncPolicy
-from freight.core.buffers import LARGE_BUFFER, BufferPool
+from freight.core.buffers import BufferPool, ReadBuffers
 from freight.core.events import EventHub, UploadEvent, UploadEventKind
 from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
@@ -110,6 +110,7 @@ class UploadEngine:
         self._background: set[asyncio.Task[None]] = set()
         self.events = EventHub()
         self.buffers = BufferPool()
+        self.read_buffers = ReadBuffers()
         self.bytes_written_total = 0
         self.progress_interval = 0.25
 
@@ -357,7 +358,8 @@ class UploadEngine:
                 return
             before = hasher.copy()
             try:
-                await asyncio.to_thread(self._hash_stored, session, hasher, start, end)
+                async with self.read_buffers.borrow() as buffer:
+                    await asyncio.to_thread(self._hash_stored, session, hasher, start, end, buffer)
             except (FreightError, OSError) as exc:
                 active.hasher = before  # it may have eaten part of the range
                 log.info("upload %s: hashing from disk stopped: %s", session.id, exc)
@@ -366,11 +368,16 @@ class UploadEngine:
             await self._save(active)
 
     def _hash_stored(
-        self, session: UploadSession, hasher: StatefulSha256, start: int, end: int
+        self,
+        session: UploadSession,
+        hasher: StatefulSha256,
+        start: int,
+        end: int,
+        buffer: bytearray,
     ) -> None:
         part = self.store.open_part(session)
         try:
-            _hash_file_range(part, hasher, start, end)
+            _hash_file_range(part, hasher, start, end, buffer)
         finally:
             part.close()
 
@@ -430,7 +437,7 @@ class UploadEngine:
             if active.catch_up is not None:
                 with contextlib.suppress(Exception):
                     await active.catch_up
-            digest = await asyncio.to_thread(self._hash_remaining, active)
+            digest = await self._settle_hash(active)
             _check_expected(digest, expected_sha256)
             if active.part is not None:
                 active.part.close()
@@ -453,7 +460,15 @@ class UploadEngine:
             self._spawn(self._assemble_waiting_finals(session.id))
         return session
 
-    def _hash_remaining(self, active: ActiveUpload) -> str:
+    async def _settle_hash(self, active: ActiveUpload) -> str:
+        """The upload's SHA-256; a read buffer is waited for only if bytes must be read."""
+        session = active.session
+        if active.hasher is not None and session.hashed_offset >= (session.length or 0):
+            return await asyncio.to_thread(self._hash_remaining, active, None)
+        async with self.read_buffers.borrow() as buffer:
+            return await asyncio.to_thread(self._hash_remaining, active, buffer)
+
+    def _hash_remaining(self, active: ActiveUpload, buffer: bytearray | None) -> str:
         """Bring the running SHA-256 to the end of the upload, reading only unhashed bytes."""
         session = active.session
         length = session.length or 0
@@ -461,9 +476,10 @@ class UploadEngine:
         if hasher is None:
             hasher, session.hashed_offset = new_sha256(), 0
         if session.hashed_offset < length:
+            assert buffer is not None, "reading needs a buffer"
             part = active.part or self.store.open_part(session)
             try:
-                _hash_file_range(part, hasher, session.hashed_offset, length)
+                _hash_file_range(part, hasher, session.hashed_offset, length, buffer)
             finally:
                 if part is not active.part:
                     part.close()
@@ -497,7 +513,8 @@ class UploadEngine:
             if final.length is None:
                 final.length = total
                 await asyncio.to_thread(self.store.reserve, final)
-            hasher = await asyncio.to_thread(self._copy_parts, final, parts)
+            async with self.read_buffers.borrow() as buffer:
+                hasher = await asyncio.to_thread(self._copy_parts, final, parts, buffer)
             final.received.add(0, total)
             final.hashed_offset, final.hash_state = total, hasher.state()
             active.hasher = hasher
@@ -519,10 +536,11 @@ class UploadEngine:
             active.session.expires = expires
             await self._save(active)
 
-    def _copy_parts(self, final: UploadSession, parts: Sequence[UploadSession]) -> StatefulSha256:
+    def _copy_parts(
+        self, final: UploadSession, parts: Sequence[UploadSession], buffer: bytearray
+    ) -> StatefulSha256:
         hasher = new_sha256()
         target = self.store.open_part(final)
-        buffer = bytearray(LARGE_BUFFER)
         position = 0
         try:
             for part in parts:
@@ -640,11 +658,13 @@ def _check_expected(digest: str | None, expected: str | None) -> None:
         )
 
 
-def _hash_file_range(part: PartFile, hasher: StatefulSha256, start: int, end: int) -> None:
-    view = memoryview(bytearray(LARGE_BUFFER))
+def _hash_file_range(
+    part: PartFile, hasher: StatefulSha256, start: int, end: int, buffer: bytearray
+) -> None:
+    view = memoryview(buffer)
     position = start
     while position < end:
-        got = part.read_into(position, view[: min(LARGE_BUFFER, end - position)])
+        got = part.read_into(position, view[: min(len(view), end - position)])
         if got <= 0:
             raise UploadIncomplete(f"upload data ends early at byte {position}")
         hasher.update(view[:got])

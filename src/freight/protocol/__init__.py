@@ -11,6 +11,7 @@ without a server. Import the module you need:
 - :mod:`~freight.protocol.ranges` - ``Range``, ``If-Range`` and entity-tag matching.
 - :mod:`~freight.protocol.digests` - RFC 9530 ``Repr-Digest`` / ``Content-Digest``.
 - :mod:`~freight.protocol.ietf` - IETF resumable uploads draft headers.
+- :mod:`~freight.protocol.ws_messages` - WebSocket upload control messages, credit, origins.
 
 Parsers raise only :class:`freight.errors.FreightError` subclasses for bad input, with messages
 that name the header; the transport maps them to responses.

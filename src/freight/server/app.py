@@ -14,16 +14,27 @@ from freight.config import FsyncPolicy, ServerConfig
 from freight.core import UploadEngine
 from freight.protocol import ietf
 from freight.server.api import add_api_routes
+from freight.server.chunks import add_chunk_api
 from freight.server.download import file_response
 from freight.server.ietf import handle_ietf
 from freight.server.middleware import auth_middleware, cors_middleware, error_middleware
+from freight.server.page import add_page_routes
 from freight.server.state import ENGINE, SETTINGS
+from freight.server.tcp import TcpServer, start_tcp_server
 from freight.server.tus import effective_method, handle_tus
+from freight.server.ws import add_ws_routes
 from freight.storage import LocalStore
 
 __all__ = ["create_app", "run_server"]
 
 log = logging.getLogger(__name__)
+
+# How much of a request body aiohttp may hold per connection before it stops reading the
+# socket (it pauses past twice this, on top of the one read in hand, of up to 256 KiB).
+# aiohttp's default of 64 KiB lets a connection whose handler is waiting on the disk pile up
+# ~768 KiB, and hands the handler joined copies of up to 1 MiB: with 32 uploads at once
+# that alone was ~24 MiB. Throughput does not suffer: each socket read is still one piece.
+READ_BUFSIZE = 16 * 1024
 
 
 async def files_endpoint(request: web.Request) -> web.StreamResponse:
@@ -66,6 +77,9 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_route("*", f"{base}", files_endpoint)
     app.router.add_route("*", f"{base}/{{upload_id}}", files_endpoint)
     add_api_routes(app)
+    add_ws_routes(app)
+    add_chunk_api(app)
+    add_page_routes(app)
     app.cleanup_ctx.append(_engine_lifecycle)
     return app
 
@@ -83,7 +97,7 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def serve(config: ServerConfig) -> None:
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, read_bufsize=READ_BUFSIZE)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()
@@ -93,10 +107,25 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    tcp: TcpServer | None = None
     try:
+        tcp = await _start_tcp(app, config)
         await stop.wait()
     finally:
+        if tcp is not None:
+            await tcp.close()  # before the engine closes: its writers must let go first
         await runner.cleanup()
+
+
+async def _start_tcp(app: web.Application, config: ServerConfig) -> TcpServer | None:
+    """The raw TCP listener (``--tcp-port``), sharing the HTTP app's engine."""
+    if config.tcp_port is None:
+        return None
+    tcp = await start_tcp_server(app[ENGINE], config)
+    host, port = tcp.address
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL
+    print(f"freight tcp listening on tcp://{shown}:{port}", flush=True)
+    return tcp
 
 
 def run_server(config: ServerConfig) -> None:

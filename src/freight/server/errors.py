@@ -9,6 +9,7 @@ from typing import TypeAlias
 from aiohttp import web
 
 from freight.errors import (
+    ChecksumMismatch,
     FreightError,
     OffsetMismatch,
     RangeNotSatisfiable,
@@ -27,7 +28,20 @@ log = logging.getLogger(__name__)
 
 Protocol: TypeAlias = str | tuple[str, int]
 PROTOCOL_KEY: web.RequestKey[Protocol] = web.RequestKey("freight.protocol")
-"""The protocol that a request speaks: "tus" or ("ietf", version); absent for the rest."""
+"""The protocol a request speaks: "tus", ("ietf", version) or "chunks"; absent for the rest."""
+
+# The chunk API (/api/uploads) is plain JSON: 460 is tus's own checksum status, so a chunk
+# whose Content-Digest fails, or a completion whose expected SHA-256 differs, is a 422; an
+# upload that is already finished conflicts with the request (409) rather than being malformed.
+_CHUNK_STATUS: dict[type[FreightError], int] = {ChecksumMismatch: 422, UploadCompleted: 409}
+
+
+def _status(protocol: Protocol | None, error: FreightError) -> int:
+    if protocol == "chunks":
+        for kind, status in _CHUNK_STATUS.items():
+            if isinstance(error, kind):
+                return status
+    return error.status
 
 
 def error_response(request: web.Request, error: FreightError) -> web.Response:
@@ -53,8 +67,9 @@ def error_response(request: web.Request, error: FreightError) -> web.Response:
         problem = _ietf_additions(error, protocol[1], headers)
         if problem is not None:
             content_type, body = problem
+    status = _status(protocol, error)
     return web.Response(
-        status=error.status, body=body, headers=headers, content_type=content_type.split(";")[0]
+        status=status, body=body, headers=headers, content_type=content_type.split(";")[0]
     )
 
 

@@ -18,6 +18,9 @@ __all__ = ["auth_middleware", "cors_middleware", "error_middleware"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPEN_PATHS = frozenset({"/health"})
+# Paths whose handler checks the token itself: a browser cannot set headers on a WebSocket,
+# so /api/ws also takes the token from its first message (see server/ws.py).
+SELF_CHECKED_PATHS = frozenset({"/api/ws"})
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _HEADER_LIST = ", ".join(
     sorted(set(TUS_HEADERS) | set(ietf.CORS_REQUEST_HEADERS) | set(ietf.CORS_EXPOSE_HEADERS))
@@ -42,12 +45,26 @@ def _is_preflight(request: web.Request) -> bool:
     return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
 
 
+def _is_public_route(request: web.Request) -> bool:
+    """Routes named ``public:…`` (the browser page and its static files) need no token.
+
+    Decided by the route the request resolved to, not by its path text, so no path can
+    reach an API handler through a public prefix.
+    """
+    name = request.match_info.route.name
+    return name is not None and name.startswith("public:")
+
+
 def auth_middleware(token: str | None) -> Middleware:
     expected = f"Bearer {token}".encode() if token else None
 
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if expected is None or request.path in OPEN_PATHS or _is_preflight(request):
+            return await handler(request)
+        if _is_public_route(request):
+            return await handler(request)
+        if request.path in SELF_CHECKED_PATHS:
             return await handler(request)
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):

@@ -1,0 +1,125 @@
+"""The machine's own limits, measured in the same run as the servers.
+
+- loopback TCP: ``iperf3`` sending the upload's size once over 127.0.0.1;
+- durable disk write: ``dd if=/dev/zero bs=1M conv=fdatasync`` of the upload's size into the
+  work directory (after the same page-cache warm-up the uploads get);
+- a plain TCP pair (``bench/tcp_baselines.py``: sendfile on one side, ``recv_into`` on the
+  other): what raw TCP with no protocol at all achieves, for freight's TCP transport.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.measure import MiB, prewarm_page_cache
+from bench.peers import Unavailable, free_port, which
+
+__all__ = ["Ceiling", "dd_fdatasync", "iperf3_loopback", "tcp_pair"]
+
+_DD_SECONDS = re.compile(r"copied, ([0-9.]+) s")
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """How long the machine took to move the bytes, and the receiving side's CPU if known."""
+
+    seconds: float
+    cpu_seconds: float | None = None
+
+
+def iperf3_loopback(size: int, timeout: float) -> float:
+    """Seconds iperf3 takes to move ``size`` bytes over loopback (receiver's view)."""
+    iperf3 = which("iperf3")
+    if iperf3 is None:
+        raise Unavailable("iperf3 is not installed (Debian package iperf3)")
+    port = free_port()
+    server = subprocess.Popen(
+        [iperf3, "-s", "-1", "-p", str(port), "-B", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(50):  # the server needs a moment to listen; bounded retries
+            client = subprocess.run(
+                [iperf3, "-c", "127.0.0.1", "-p", str(port), "-n", str(size), "-J"],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+            report = json.loads(client.stdout or "{}")
+            if "end" in report and "sum_received" in report["end"]:
+                received = report["end"]["sum_received"]
+                return float(received["seconds"]) * size / float(received["bytes"])
+            if "refused" not in report.get("error", "refused"):
+                raise Unavailable(f"iperf3 failed: {report.get('error')}")
+            time.sleep(0.1)
+        raise Unavailable("iperf3's server never accepted a connection")
+    finally:
+        server.kill()
+        server.wait()
+
+
+def dd_fdatasync(directory: Path, size: int, timeout: float) -> float:
+    """Seconds dd takes to write ``size`` bytes and fdatasync them."""
+    target = directory / "dd.bin"
+    prewarm_page_cache(directory, size)
+    try:
+        result = subprocess.run(
+            [
+                "dd",
+                "if=/dev/zero",
+                f"of={target}",
+                f"bs={MiB}",
+                f"count={size // MiB}",
+                "conv=fdatasync",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "LC_ALL": "C"},
+        )
+    finally:
+        target.unlink(missing_ok=True)
+    match = _DD_SECONDS.search(result.stderr)
+    if result.returncode != 0 or match is None:
+        raise Unavailable(f"dd failed: {result.stderr.strip()}")
+    return float(match.group(1))
+
+
+def tcp_pair(source: Path, directory: Path, timeout: float) -> dict[str, Ceiling]:
+    """A plain sendfile -> recv_into + write pair (``bench/tcp_baselines.py``), both ways.
+
+    Upload: this process sendfiles ``source`` to the pair's server, which stores it (after
+    the page-cache warm-up). Download: the server sendfiles it back and this process writes
+    it to a file (after the same warm-up), as ``freight get`` does.
+    """
+    del timeout  # loopback and two processes: nothing waits on anything but the copy
+    try:
+        baselines = importlib.import_module("bench.tcp_baselines")
+    except ImportError as exc:
+        raise Unavailable(f"bench/tcp_baselines.py is not there ({exc})") from exc
+    server = baselines.BaselineServer("pair", directory / "tcp-pair")
+    copy = directory / "tcp-pair-client" / "copy.bin"
+    try:
+        up = server.upload(source)
+        prewarm_page_cache(copy.parent, up.size)
+        down = server.download(copy)
+        if copy.stat().st_size != up.size:
+            raise Unavailable("the tcp pair's download came back with a different size")
+    finally:
+        server.stop()
+        copy.unlink(missing_ok=True)
+        (directory / "tcp-pair" / "received.bin").unlink(missing_ok=True)
+    return {
+        "up": Ceiling(up.seconds, up.server_cpu),
+        "down": Ceiling(down.seconds, down.server_cpu),
+    }

@@ -1,0 +1,380 @@
+"""Turning :class:`~bench.model.Results` into ``latest.md`` (tables) and ``latest.png`` (chart).
+
+``python -m bench.report results.json OUT_DIR`` renders a saved run again.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.measure import GiB, MiB, Spread
+from bench.model import Results
+
+__all__ = ["Goal", "evaluate_goals", "method_notes", "render_markdown", "write"]
+
+TUS_NEVER = "freight tus PATCH [never]"
+PEER_TUS = ("@tus/server PATCH", "tuspyserver PATCH")
+RSS_LIMIT_MIB = 64.0
+FLAT_MIB = 4.0
+
+
+def method_notes(smoke: bool) -> list[str]:
+    notes = [
+        "Everything runs on one machine over loopback (127.0.0.1); client and server share "
+        "its 2 cores, so a client's CPU is not free either.",
+        "One neutral client for every HTTP target: curl 7.88 streaming the file from disk "
+        "(`curl -T FILE`; for tus servers one untimed POST, then one timed `PATCH -T FILE` of "
+        "the whole file); downloads with `curl -o /dev/null`. Times are curl's `time_total`. "
+        "freight's chunk, WebSocket and TCP paths use `freight send`/`freight get`, which "
+        "also SHA-256 what they send or receive; their time is the command's own `seconds`.",
+        "Before every timed upload a scratch file of the upload's size is written and "
+        "deleted in the server's data directory: on this VM the first write into "
+        "never-touched page-cache pages costs about 2 s/GiB, and every target gets the same "
+        "warm-up. Downloads are served from the page cache.",
+        "Server CPU is user+sys seconds of the server's whole process tree from "
+        "/proc/PID/stat (threads and reaped children included), per GiB moved. Peak RSS is "
+        "the sum of VmHWM over the server's processes, reset (clear_refs 5) before each run.",
+        "Integrity: after each upload the new file in the server's data directory is "
+        "SHA-256-checked against the source; each download server's bytes are checked once "
+        "before the timed runs.",
+        "Rounds are interleaved (every target once, then again); tables give the median "
+        "with min-max.",
+        "Durability: nginx (WebDAV PUT), @tus/server (@tus/file-store) and tuspyserver "
+        "never fsync received bytes; freight syncs per its --fsync setting.",
+        "nginx: 1 worker, sendfile on, client_body_buffer_size 1m, body temp files on the "
+        "same filesystem as the root (a PUT is a rename). tuspyserver: its default "
+        "filesystem store under uvicorn (uvloop + httptools when installed). @tus/server "
+        "2.4 with @tus/file-store 2.1 as in its README.",
+    ]
+    if smoke:
+        notes.insert(0, "SMOKE RUN: tiny files and one round; figures mean nothing.")
+    return notes
+
+
+def _ratio(results: Results, name: str, other: str) -> float | None:
+    ours, theirs = results.throughput(name), results.throughput(other)
+    if ours is None or theirs is None or not theirs.median:
+        return None
+    return ours.median / theirs.median
+
+
+@dataclass(frozen=True)
+class Goal:
+    goal: str
+    measured: str
+    met: bool | None  # None: could not be measured in this run
+
+
+def _goal_ratio(results: Results, goal: str, name: str, other: str, wanted: float) -> Goal:
+    ratio = _ratio(results, name, other)
+    if ratio is None:
+        return Goal(goal, f"not measured ({name} or {other} missing)", None)
+    return Goal(goal, f"{ratio:.2f}x", ratio >= wanted)
+
+
+def evaluate_goals(results: Results) -> list[Goal]:
+    goals = [
+        _goal_ratio(results, "HTTP download >= 0.95x nginx", "freight GET", "nginx GET", 0.95),
+        _goal_ratio(results, "tus upload [never] >= 1.0x nginx PUT", TUS_NEVER, "nginx PUT", 1.0),
+    ]
+    peers = [(results.throughput(n), n) for n in PEER_TUS]
+    measured_peers = [(s.median, n) for s, n in peers if s is not None]
+    if measured_peers:
+        _, fastest = max(measured_peers)
+        goals.append(
+            _goal_ratio(results, f"tus upload [never] >= 1.2x {fastest}", TUS_NEVER, fastest, 1.2)
+        )
+    ours, nginx = results.cpu_per_gib(TUS_NEVER), results.cpu_per_gib("nginx PUT")
+    if ours is not None and nginx is not None:
+        goals.append(
+            Goal(
+                "tus upload [never] server CPU/GiB <= nginx PUT's",
+                f"{ours.median:.2f} vs {nginx.median:.2f} s/GiB",
+                ours.median <= nginx.median,
+            )
+        )
+    goals.append(
+        _goal_ratio(
+            results,
+            "TCP upload (SHA-256) >= 0.6x plain pair",
+            "freight tcp [never]",
+            "tcp pair up",
+            0.6,
+        )
+    )
+    goals.append(
+        _goal_ratio(
+            results, "TCP download >= 0.9x plain pair", "freight tcp get", "tcp pair down", 0.9
+        )
+    )
+    for target in results.targets:
+        if target.kind == "upload" and target.name.endswith("[batch]"):
+            goals.append(
+                _goal_ratio(
+                    results,
+                    f"{target.name} >= 0.9x durable dd",
+                    target.name,
+                    "dd conv=fdatasync",
+                    0.9,
+                )
+            )
+    goals.extend(_memory_goals(results))
+    return goals
+
+
+def _memory_goals(results: Results) -> list[Goal]:
+    goals = []
+    single = [
+        s.peak_rss_kib / 1024
+        for s in results.samples
+        if s.ok
+        and s.peak_rss_kib
+        and (t := results.target(s.target)) is not None
+        and t.kind == "upload"
+        and t.server.startswith("freight")
+    ]
+    single += [
+        row["peak_rss_kib"] / 1024
+        for row in results.memory
+        if row.get("uploads") == 1 and row.get("peak_rss_kib")
+    ]
+    if single:
+        worst = max(single)
+        goals.append(
+            Goal(
+                f"peak RSS < {RSS_LIMIT_MIB:.0f} MiB for any single upload",
+                f"max {worst:.1f} MiB",
+                worst < RSS_LIMIT_MIB,
+            )
+        )
+    rows = [r for r in results.memory if r.get("uploads") == 1 and r.get("peak_rss_kib")]
+    if len(rows) >= 2:
+        smallest, largest = min(rows, key=lambda r: r["size"]), max(rows, key=lambda r: r["size"])
+        growth = (largest["peak_rss_kib"] - smallest["peak_rss_kib"]) / 1024
+        goals.append(
+            Goal(
+                f"RSS flat: {_size(largest['size'])} within {FLAT_MIB:.0f} MiB of "
+                f"{_size(smallest['size'])}",
+                f"{growth:+.1f} MiB",
+                abs(growth) <= FLAT_MIB,
+            )
+        )
+    return goals
+
+
+# --- Markdown -------------------------------------------------------------------------------
+
+
+def _size(size: int) -> str:
+    if size >= GiB and size % GiB == 0:
+        return f"{size // GiB} GiB"
+    if size >= MiB:
+        return f"{size / MiB:g} MiB"
+    return f"{size / 1024:g} KiB"
+
+
+def _fmt(value: Spread | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if value.count == 1:
+        return f"{value.median:.{digits}f}"
+    return f"{value.median:.{digits}f} ({value.low:.{digits}f}-{value.high:.{digits}f})"
+
+
+def _ok(results: Results, name: str) -> str:
+    samples = results.samples_of(name)
+    good = sum(1 for s in samples if s.ok)
+    return f"{good}/{len(samples)}" + ("" if good == len(samples) else " FAILED")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _transfer_rows(results: Results, kind: str) -> list[list[str]]:
+    rows = []
+    for target in results.targets:
+        if target.kind != kind:
+            continue
+        row = [target.name, target.client]
+        if kind == "upload":
+            row.append(target.syncs)
+        row += [
+            _fmt(results.throughput(target.name)),
+            _fmt(results.cpu_per_gib(target.name)),
+            _fmt(results.peak_rss_mib(target.name), 1),
+            _ok(results, target.name),
+        ]
+        rows.append(row)
+    return rows
+
+
+def render_markdown(results: Results, chart: str | None) -> str:
+    when = results.machine.get("started", time.strftime("%Y-%m-%d %H:%M %Z"))
+    facts = {k: v for k, v in results.machine.items() if k != "started"}
+    lines = [
+        f"# freight benchmark: {results.mode} run, {_size(results.size)} file, "
+        f"{results.runs} round(s)",
+        "",
+        f"Run {when} on " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + ".",
+        "Regenerate with `make bench` (about 10 minutes; `make bench BENCH_ARGS=--large` for "
+        "4 GiB).",
+        "",
+    ]
+    if chart:
+        lines += [f"![throughput and CPU per GiB]({chart})", ""]
+    ceilings = [
+        [t.name, _fmt(results.throughput(t.name)), _fmt(results.cpu_per_gib(t.name)), t.syncs]
+        for t in results.targets
+        if t.kind == "ceiling"
+    ]
+    lines += ["## Machine ceilings (same run)", ""]
+    header = ["ceiling", "GiB/s median (min-max)", "server-side CPU s/GiB", "syncs to disk"]
+    lines += [*_table(header, ceilings), ""]
+    columns = ["GiB/s median (min-max)", "server CPU s/GiB", "server peak RSS MiB", "intact"]
+    lines += ["## Uploads", ""]
+    lines += [
+        *_table(["target", "client", "syncs to disk", *columns], _transfer_rows(results, "upload")),
+        "",
+    ]
+    lines += ["## Downloads", ""]
+    lines += [*_table(["target", "client", *columns], _transfer_rows(results, "download")), ""]
+    goals = evaluate_goals(results)
+    lines += ["## Targets (issue 5)", ""]
+    verdict = {True: "met", False: "**missed**", None: "not measured"}
+    lines += [
+        *_table(
+            ["goal", "measured", "verdict"], [[g.goal, g.measured, verdict[g.met]] for g in goals]
+        ),
+        "",
+    ]
+    lines += _memory_section(results) + _cgroup_section(results)
+    if results.skipped:
+        lines += ["## Skipped", ""]
+        lines += [f"- {name}: {reason}" for name, reason in results.skipped.items()] + [""]
+    lines += ["## Method", ""] + [f"- {note}" for note in results.notes] + [""]
+    return "\n".join(lines)
+
+
+def _memory_section(results: Results) -> list[str]:
+    if not results.memory:
+        return []
+    rows = []
+    for row in results.memory:
+        rows.append(
+            [
+                row["label"].replace(f"{row['size']} B", _size(row["size"])),
+                f"{row.get('idle_rss_kib', 0) / 1024:.1f}",
+                f"{(row.get('peak_rss_kib') or 0) / 1024:.1f}",
+                "ok" if row.get("ok") else f"FAILED {row.get('error', '')}",
+            ]
+        )
+    lines = ["## freight's memory (fresh server, --fsync batch, curl tus uploads)", ""]
+    return lines + _table(["case", "RSS before (MiB)", "peak RSS (MiB)", "intact"], rows) + [""]
+
+
+def _cgroup_section(results: Results) -> list[str]:
+    cgroup: dict[str, Any] = results.cgroup
+    lines = ["## Larger than RAM: freight in a 128 MiB memory cgroup", ""]
+    if "cgroup" in results.skipped:
+        return [*lines, f"Not run: {results.skipped['cgroup']}", ""]
+    if not cgroup:
+        return []
+    lines.append(
+        f"Server in {cgroup['group']}, `--fsync batch`, {_size(results.size)} per "
+        f"upload; group peak {(cgroup.get('peak_bytes') or 0) / MiB:.0f} MiB "
+        f"(page cache included), OOM kills: {cgroup.get('oom_kills', 0)}."
+    )
+    lines.append("")
+    rows = []
+    for row in cgroup.get("uploads", []):
+        status = {True: "ok", False: "FAILED", None: "skipped"}[row.get("ok")]
+        rate = row.get("gib_per_s")
+        rss = row.get("peak_rss_kib")
+        rows.append(
+            [
+                row["protocol"],
+                status if row.get("ok") else f"{status}: {row.get('error', '')}",
+                f"{rate:.2f}" if rate else "-",
+                f"{rss / 1024:.1f}" if rss else "-",
+            ]
+        )
+    return lines + _table(["protocol", "result", "GiB/s", "server peak RSS MiB"], rows) + [""]
+
+
+# --- chart ----------------------------------------------------------------------------------
+
+
+def write_chart(results: Results, path: Path) -> bool:
+    """Throughput and server CPU per GiB for every target; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+    except ImportError:
+        return False
+    names, rates, errors, cpus, colors = [], [], [], [], []
+    palette = {"freight": "#1f77b4", "peer": "#ff7f0e", "ceiling": "#7f7f7f"}
+    for target in results.targets:
+        rate = results.throughput(target.name)
+        if rate is None:
+            continue
+        family = (
+            "ceiling"
+            if target.kind == "ceiling"
+            else ("freight" if target.server.startswith("freight") else "peer")
+        )
+        names.append(f"{target.name} ({target.kind})" if target.kind != "ceiling" else target.name)
+        rates.append(rate.median)
+        errors.append((rate.median - rate.low, rate.high - rate.median))
+        cpu = results.cpu_per_gib(target.name)
+        cpus.append(cpu.median if cpu is not None else 0.0)
+        colors.append(palette[family])
+    height = max(4.0, 0.32 * len(names) + 1.5)
+    figure, (left, right) = plt.subplots(
+        1, 2, figsize=(13, height), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+    )
+    positions = list(range(len(names)))
+    left.barh(
+        positions,
+        rates,
+        xerr=list(zip(*errors, strict=True)) if errors else None,
+        color=colors,
+        capsize=2,
+    )
+    left.set_yticks(positions, names, fontsize=8)
+    left.invert_yaxis()
+    left.set_xlabel("GiB/s (median, min-max)")
+    left.set_title(f"Throughput, {_size(results.size)} over loopback")
+    right.barh(positions, cpus, color=colors)
+    right.set_xlabel("server CPU seconds per GiB (median)")
+    right.set_title("Server CPU per GiB (lower is better)")
+    for axis in (left, right):
+        axis.grid(axis="x", alpha=0.3)
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in palette.values()]
+    figure.legend(handles, ["freight", "peer", "machine ceiling"], loc="lower center", ncol=3)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def write(results: Results, out_dir: Path) -> None:
+    chart = out_dir / "latest.png"
+    drawn = write_chart(results, chart)
+    if not drawn:
+        results.notes.append("No chart: matplotlib is not installed (pip install -e '.[bench]').")
+    text = render_markdown(results, chart.name if drawn else None)
+    (out_dir / "latest.md").write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write(Results.load(Path(sys.argv[1])), Path(sys.argv[2]))

@@ -1,0 +1,415 @@
+"""``make bench``: freight beside nginx, @tus/server, tuspyserver and the machine's limits.
+
+Usage: ``python -m bench.run [--smoke] [--large] [--runs N] [--out-dir DIR]``.
+
+Every target runs ``--runs`` times, interleaved (round 1 of every target, then round 2, ...),
+and is reported as the median with min-max. Then freight's memory is measured against file
+size and concurrency, and a freight server inside a 128 MiB memory cgroup receives the file
+through every protocol. ``--smoke`` does all of it with tiny files and one round, to prove
+the benchmark still works (``tests/test_bench_smoke.py``). Writes ``results.json``,
+``latest.md`` and ``latest.png`` into the output directory (``bench/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench import ceilings, clients, report
+from bench.ceilings import Ceiling
+from bench.cgroup import create_memory_cgroup
+from bench.clients import ClientError
+from bench.measure import GiB, MiB, make_random_file, reset_peak_rss, snapshot
+from bench.model import Results, Sample, Target
+from bench.peers import (
+    BENCH_DIR,
+    Peer,
+    Unavailable,
+    start_freight,
+    start_http_server,
+    start_nginx,
+    start_node_tus,
+    start_tuspyserver,
+    which,
+)
+from bench.plans import FREIGHT_PROTOCOLS, FSYNC_POLICIES, Planner
+from bench.suite import (
+    Source,
+    concurrent_peak_rss,
+    measure_upload,
+    transfer_timeout,
+)
+
+__all__ = ["CONCURRENT_UPLOADS", "Options", "main", "run_bench"]
+
+CGROUP_LIMIT = 128 * MiB
+CONCURRENT_UPLOADS = 16
+
+
+@dataclass(frozen=True)
+class Options:
+    smoke: bool = False
+    large: bool = False
+    runs: int = 3
+    out_dir: Path = BENCH_DIR / "results"
+    work_dir: Path = BENCH_DIR / ".scratch"
+    keep: bool = False
+    only: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ("transfers", "memory", "cgroup")
+    size_override: int | None = None
+
+    @property
+    def size(self) -> int:
+        if self.size_override is not None:
+            return self.size_override
+        if self.smoke:
+            return 1 * MiB
+        return 4 * GiB if self.large else 1 * GiB
+
+    @property
+    def memory_sizes(self) -> tuple[int, ...]:
+        if self.smoke:
+            return (256 * 1024, 1 * MiB, 4 * MiB)
+        return (256 * MiB, 1 * GiB, 4 * GiB)
+
+    @property
+    def concurrent_size(self) -> int:
+        return 256 * 1024 if self.smoke else 64 * MiB
+
+    @property
+    def mode(self) -> str:
+        return "smoke" if self.smoke else ("large" if self.large else "full")
+
+
+_STARTED = time.monotonic()
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.monotonic() - _STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Bench:
+    options: Options
+    work: Path
+    results: Results
+    peers: dict[str, Peer] = field(default_factory=dict)
+    counter: Iterator[int] = field(default_factory=itertools.count)
+
+    # --- servers ----------------------------------------------------------------------------
+
+    def start(self, stack: ExitStack, key: str, starter: Callable[[Path], Peer]) -> Peer | None:
+        return self.adopt(stack, key, _try_start(starter, self.work))
+
+    def start_all(self, stack: ExitStack) -> None:
+        """Start every server at once (they mostly wait on imports), in a stable order."""
+        starters: dict[str, Callable[[Path], Peer]] = {
+            "nginx": start_nginx,
+            "@tus/server": start_node_tus,
+            "tuspyserver": start_tuspyserver,
+            "http.server": start_http_server,
+        }
+        for fsync in FSYNC_POLICIES:
+            starters[f"freight-{fsync}"] = functools.partial(start_freight, fsync=fsync)
+        with ThreadPoolExecutor(len(starters)) as pool:
+            futures = {
+                key: pool.submit(_try_start, starter, self.work)
+                for key, starter in starters.items()
+            }
+        for key, future in futures.items():
+            self.adopt(stack, key, future.result())
+
+    def adopt(self, stack: ExitStack, key: str, outcome: Peer | Unavailable) -> Peer | None:
+        if isinstance(outcome, Unavailable):
+            self.results.skipped[key] = str(outcome)
+            log(f"skipped {key}: {outcome}")
+            return None
+        stack.callback(outcome.stop)
+        self.peers[key] = outcome
+        log(f"started {key} at {outcome.url}")
+        return outcome
+
+    # --- rounds -----------------------------------------------------------------------------
+
+    def wanted(self, name: str) -> bool:
+        return not self.options.only or any(part in name for part in self.options.only)
+
+    def ceiling_rounds(self, source: Source, run: int) -> None:
+        size, timeout = source.size, transfer_timeout(source.size)
+        ceiling_dir = self.work / "ceilings"
+        measures: list[tuple[str, Callable[[], dict[str, Ceiling]]]] = [
+            ("iperf3 loopback", lambda: {"": Ceiling(ceilings.iperf3_loopback(size, timeout))}),
+            (
+                "dd conv=fdatasync",
+                lambda: {"": Ceiling(ceilings.dd_fdatasync(ceiling_dir, size, timeout))},
+            ),
+            ("tcp pair", lambda: ceilings.tcp_pair(source.path, ceiling_dir, timeout)),
+        ]
+        for name, measure in measures:
+            if not self.wanted(name) or name in self.results.skipped:
+                continue
+            try:
+                measured = measure()
+            except (
+                Unavailable,
+                ClientError,
+                OSError,
+                RuntimeError,
+                subprocess.SubprocessError,
+            ) as exc:
+                self.results.skipped[name] = str(exc)
+                log(f"skipped {name}: {exc}")
+                continue
+            for suffix, ceiling in measured.items():
+                full = f"{name} {suffix}".strip()
+                syncs = "yes (fdatasync)" if name.startswith("dd") else "no"
+                self.results.add_target(Target(full, "ceiling", name.split()[0], syncs=syncs))
+                sample = Sample(full, run, size, ceiling.seconds, ceiling.cpu_seconds)
+                self.results.samples.append(sample)
+                log(f"  {full}: {describe(sample)}")
+
+    def transfers(self, source: Source) -> None:
+        planner = Planner(self.peers, self.results, self.work)
+        plans = planner.upload_plans(source) + planner.download_plans(source)
+        plans = [p for p in plans if self.wanted(p.target.name)]
+        for plan in plans:
+            self.results.add_target(plan.target)
+        for run in range(1, self.options.runs + 1):
+            log(f"round {run}/{self.options.runs}: {len(plans)} targets")
+            for plan in plans:
+                sample = plan.run_once(run)
+                self.results.samples.append(sample)
+                log(f"  {plan.target.name}: {describe(sample)}")
+            self.ceiling_rounds(source, run)
+
+    # --- memory -----------------------------------------------------------------------------
+
+    def source(self, size: int, seed: int) -> Source:
+        path = self.work / "sources" / f"source-{size}-{seed}.bin"
+        if path.exists():
+            path.unlink()
+        log(f"writing a {size / MiB:.1f} MiB random file")
+        return Source(path, size, make_random_file(path, size, seed))
+
+    def memory_scaling(self, stack: ExitStack, main: Source) -> None:
+        starter = functools.partial(start_freight, fsync="batch", name="freight-memory")
+        peer = self.start(stack, "freight-memory", starter)
+        if peer is None:
+            return
+        for index, size in enumerate(self.options.memory_sizes):
+            source = main if size == main.size else self.source(size, seed=10 + index)
+            send = functools.partial(
+                clients.curl_tus, f"{peer.url}/files/", source.path, transfer_timeout(size)
+            )
+            idle = snapshot(peer.pid).rss_kib
+            sample = measure_upload(f"memory {size}", 1, peer, source, send)
+            self.results.memory.append(
+                {
+                    "label": f"one upload of {size} B",
+                    "size": size,
+                    "uploads": 1,
+                    "idle_rss_kib": idle,
+                    **_sample_fields(sample),
+                }
+            )
+            log(f"  memory, {size} B: {describe(sample)}")
+            if source is not main:
+                source.path.unlink()
+        small = self.source(self.options.concurrent_size, seed=20)
+        row = concurrent_peak_rss(peer, small, CONCURRENT_UPLOADS)
+        self.results.memory.append(row)
+        log(f"  memory, {row['label']}: peak {int(str(row['peak_rss_kib'])) / 1024:.1f} MiB")
+        small.path.unlink()
+
+    # --- larger than RAM --------------------------------------------------------------------
+
+    def cgroup_uploads(self, stack: ExitStack, source: Source) -> None:
+        try:
+            group = create_memory_cgroup(CGROUP_LIMIT)
+        except Unavailable as exc:
+            self.results.skipped["cgroup"] = str(exc)
+            log(f"skipped the cgroup test: {exc}")
+            return
+        stack.callback(group.remove)
+        self.results.cgroup = {"group": group.describe(), "limit": group.limit, "uploads": []}
+        starter = functools.partial(
+            start_freight, fsync="batch", name="freight-cgroup", cgroup_procs=group.procs
+        )
+        peer = self.start(stack, "freight-cgroup", starter)
+        if peer is None:
+            return
+        rows = []
+        planner = Planner(self.peers, self.results, self.work)
+        for plan in planner.freight_upload_plans(peer, "batch", source):
+            label = plan.target.name.replace("freight ", "").replace(" [batch]", "")
+            reset_peak_rss(peer.pids())
+            sample = plan.run_once(1)
+            rows.append({"protocol": label, **_sample_fields(sample)})
+            log(f"  cgroup, {label}: {describe(sample)}")
+        for label, _, _ in FREIGHT_PROTOCOLS:
+            if f"freight {label} [batch]" in self.results.skipped:
+                reason = self.results.skipped[f"freight {label} [batch]"]
+                rows.append({"protocol": label, "ok": None, "error": f"skipped: {reason}"})
+        peer.stop()
+        self.results.cgroup.update(
+            uploads=rows, peak_bytes=group.peak_bytes(), oom_kills=group.oom_kills()
+        )
+
+
+def _try_start(starter: Callable[[Path], Peer], work: Path) -> Peer | Unavailable:
+    try:
+        return starter(work)
+    except Unavailable as exc:
+        return exc
+
+
+def _sample_fields(sample: Sample) -> dict[str, object]:
+    fields = asdict(sample)
+    fields.pop("target")
+    fields.pop("run")
+    fields["gib_per_s"] = sample.gib_per_s
+    return fields
+
+
+def describe(sample: Sample) -> str:
+    if not sample.ok:
+        return f"FAILED {sample.error}"
+    rate = sample.gib_per_s or 0.0
+    cpu = sample.cpu_per_gib if sample.cpu_per_gib is not None else float("nan")
+    rss = (sample.peak_rss_kib or 0) / 1024
+    return f"{rate:.2f} GiB/s, CPU {cpu:.2f} s/GiB, RSS {rss:.1f} MiB"
+
+
+def machine_facts() -> dict[str, str]:
+    def first_line(command: list[str]) -> str:
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return "not installed"
+        text = (out.stdout or out.stderr).strip()
+        return text.splitlines()[0] if text else ""
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": f"{os.cpu_count()} x {cpu}",
+        "memory": f"{int(memory) / 2**20:.1f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "freight": first_line(
+            ["git", "-C", str(BENCH_DIR.parent), "describe", "--always", "--dirty"]
+        ),
+        "nginx": first_line([which("nginx") or "nginx", "-v"]).replace("nginx version: ", ""),
+        "node": first_line(["node", "--version"]),
+        "curl": " ".join(first_line(["curl", "--version"]).split()[:2]),
+        "iperf3": " ".join(first_line(["iperf3", "--version"]).split()[:2]),
+        "load average": _load(),
+    }
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: a busy machine makes every figure worse."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+@contextmanager
+def work_directory(options: Options) -> Iterator[Path]:
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    work = options.work_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    work.mkdir()
+    try:
+        yield work
+    finally:
+        if not options.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_bench(options: Options) -> Results:
+    results = Results(mode=options.mode, size=options.size, runs=options.runs)
+    results.machine = machine_facts()
+    log(f"{options.mode} run: {options.size / MiB:.0f} MiB file, {options.runs} round(s)")
+    if not options.smoke and float(_load().split()[0]) > 1.5:
+        log(f"warning: load average {_load()}: other work will slow every target down")
+    with work_directory(options) as work, ExitStack() as stack:
+        bench = Bench(options, work, results)
+        source = bench.source(options.size, seed=1)
+        if "transfers" in options.sections:
+            bench.start_all(stack)
+            bench.transfers(source)
+        if "memory" in options.sections:
+            bench.memory_scaling(stack, source)
+        if "cgroup" in options.sections:
+            bench.cgroup_uploads(stack, source)
+    results.machine["load average"] += f" at the start, {_load()} at the end"
+    results.notes.extend(report.method_notes(options.smoke))
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    results.save(options.out_dir / "results.json")
+    report.write(results, options.out_dir)
+    log(f"wrote {options.out_dir / 'latest.md'}")
+    return results
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny files, one round")
+    parser.add_argument("--large", action="store_true", help="a 4 GiB file instead of 1 GiB")
+    parser.add_argument("--runs", type=int, help="rounds per target (default 3, smoke 1)")
+    parser.add_argument("--out-dir", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--work-dir", type=Path, default=BENCH_DIR / ".scratch")
+    parser.add_argument("--size-mib", type=int, help="file size in MiB (overrides the mode's)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--only", action="append", default=[], help="targets containing this")
+    parser.add_argument(
+        "--section",
+        action="append",
+        choices=["transfers", "memory", "cgroup"],
+        help="run only these sections (default: all)",
+    )
+    args = parser.parse_args(argv)
+    runs = args.runs if args.runs is not None else (1 if args.smoke else 3)
+    if runs < 1:
+        parser.error("--runs must be at least 1")
+    return Options(
+        smoke=args.smoke,
+        large=args.large,
+        runs=runs,
+        out_dir=args.out_dir,
+        work_dir=args.work_dir,
+        keep=args.keep,
+        only=tuple(args.only),
+        sections=tuple(args.section or ("transfers", "memory", "cgroup")),
+        size_override=args.size_mib * MiB if args.size_mib else None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    results = run_bench(parse_args(argv))
+    failed = results.failures()
+    for sample in failed:
+        log(f"FAILED {sample.target} (run {sample.run}): {sample.error}")
+    failed_cgroup = [row for row in results.cgroup.get("uploads", []) if row.get("ok") is False]
+    return 1 if failed or failed_cgroup else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

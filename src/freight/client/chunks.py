@@ -1,0 +1,488 @@
+"""Sending a local file through the chunk API (``/api/uploads``), several chunks at once.
+
+One upload is: find the server's upload (a remembered URL and ``GET``, or a new ``POST``),
+ask which chunks are missing, PUT only those, ``parallel`` at a time, then ``complete`` with
+the SHA-256 computed locally; the server refuses a file whose hash differs. The server
+counts a chunk whole or not at all, so after any interruption the missing list is exact and
+nothing it acknowledged is sent again.
+
+Each chunk is read twice, never held whole: once to compute its ``Content-Digest`` (which
+must precede the body), then streamed in ``chunk_size`` pieces by :class:`FileBody`; the
+second read usually comes from the page cache. The first read also feeds the whole-file
+SHA-256 (a :class:`SplitHasher` whose disk reader covers whatever the chunks do not), so
+the file is hashed once, in worker threads, while it is sent. Each chunk retries on its own
+with backoff; a chunk that keeps failing stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from freight.client.errors import (
+    ClientError,
+    DigestMismatch,
+    LocalFileChanged,
+    ProtocolViolation,
+    ServerError,
+)
+from freight.client.filebody import FileBody
+from freight.client.hashing import SplitHasher
+from freight.client.http import (
+    CHUNK_SIZE,
+    RetryBudget,
+    RetryCallback,
+    RetryPolicy,
+    Timeouts,
+    describe_error,
+    is_retryable,
+    open_session,
+    retrying,
+    server_error,
+)
+from freight.client.resume_store import ResumeStore, UploadKey
+from freight.client.upload import ProgressCallback, UploadResult
+from freight.client.urls import server_root
+
+__all__ = ["DEFAULT_PARALLEL", "upload_chunks"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARALLEL = 4
+# A digest that fails may be a bit flipped on the way (a bad proxy or NIC): worth a retry.
+_RETRY_STATUSES = frozenset({422})
+
+
+async def upload_chunks(
+    path: Path | str,
+    server_url: str,
+    *,
+    parallel: int = DEFAULT_PARALLEL,
+    token: str | None = None,
+    progress: ProgressCallback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    resume_store: ResumeStore | None = None,
+    retry: RetryPolicy | None = None,
+    on_retry: RetryCallback | None = None,
+    timeouts: Timeouts | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    requested_chunk_size: int | None = None,
+) -> UploadResult:
+    """Upload ``path`` to the server at ``server_url`` through its chunk API.
+
+    Keyword arguments are those of :func:`freight.client.upload.upload_file` (``chunk_size``
+    is the read granularity) plus ``parallel`` (chunks in flight) and
+    ``requested_chunk_size`` (the API chunk size to ask for; the server has the last word).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ClientError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    if parallel < 1:
+        raise ClientError("parallel must be at least 1")
+    root = server_root(server_url)
+    endpoint = root.with_path(root.path.rstrip("/") + "/api/uploads")
+    policy = retry or RetryPolicy()
+    async with open_session(token, timeouts=timeouts) as session:
+        upload = _ChunkUpload(
+            session,
+            path,
+            UploadKey.for_file(path, str(endpoint)),
+            root,
+            endpoint,
+            store=resume_store,
+            policy=policy,
+            on_retry=on_retry,
+            progress=progress,
+            parallel=parallel,
+            read_size=chunk_size,
+            requested_chunk_size=requested_chunk_size,
+            stall_timeout=(timeouts or Timeouts()).read,
+        )
+        return await upload.run(on_start)
+
+
+@dataclass
+class _Remote:
+    """The server's upload as last seen."""
+
+    url: URL
+    chunk_size: int
+    chunk_count: int
+    received: int
+    missing: list[tuple[int, int]]
+
+    def chunk_numbers(self) -> list[int]:
+        return [n for first, end in self.missing for n in range(first, end)]
+
+
+class _UploadGone(Exception):
+    """The server no longer has the upload (expired or deleted): start a new one."""
+
+
+class _ChunksMissing(Exception):
+    """``complete`` found chunks missing (the server lost acknowledged bytes)."""
+
+    def __init__(self, missing: list[tuple[int, int]]) -> None:
+        super().__init__(f"{len(missing)} chunk ranges are missing")
+        self.missing = missing
+
+
+class _ChunkUpload:
+    """The state of one :func:`upload_chunks` call."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        path: Path,
+        key: UploadKey,
+        root: URL,
+        endpoint: URL,
+        *,
+        store: ResumeStore | None,
+        policy: RetryPolicy,
+        on_retry: RetryCallback | None,
+        progress: ProgressCallback | None,
+        parallel: int,
+        read_size: int,
+        requested_chunk_size: int | None,
+        stall_timeout: float,
+    ) -> None:
+        self.session = session
+        self.path = path
+        self.key = key
+        self.size = key.size
+        self.root = root
+        self.endpoint = endpoint
+        self.store = store
+        self.policy = policy
+        self.on_retry = on_retry
+        self.budget = RetryBudget(policy, on_retry)
+        self.progress = progress
+        self.parallel = parallel
+        self.read_size = read_size
+        self.requested_chunk_size = requested_chunk_size
+        self.stall_timeout = stall_timeout
+        self.acknowledged = 0  # bytes the server has confirmed
+        self.in_flight: dict[int, int] = {}  # chunk number -> bytes of it sent so far
+        self.hasher = SplitHasher(path, self.size, chunk_size=read_size)
+        self.local_digest: bytes | None = None
+
+    async def run(self, on_start: Callable[[int, int], None] | None) -> UploadResult:
+        remote = await retrying(self.budget, self._locate)
+        resumed_from = self.acknowledged = remote.received
+        if on_start is not None:
+            on_start(self.size, resumed_from)
+        self._report()
+        # The disk reader hashes the whole file beside the transfer; chunk reads help it.
+        self.hasher.start()
+        try:
+            completed = await self._transfer(remote)
+        finally:
+            await self.hasher.close()
+        self._forget()
+        return UploadResult(
+            url=str(self.root.join(URL(str(completed["url"]).lstrip("/")))),
+            name=self.path.name,
+            size=self.size,
+            sha256=str(completed["sha256"]),
+            verified=True,
+            resumed_from=resumed_from,
+        )
+
+    # finding where the server stands
+
+    async def _locate(self) -> _Remote:
+        remembered = self.store.get_upload(self.key) if self.store else None
+        if remembered is not None:
+            remote = await self._status(URL(remembered))
+            if remote is not None:
+                return remote
+            log.info("remembered upload %s is gone; starting a new one", remembered)
+        return await self._create()
+
+    async def _create(self) -> _Remote:
+        request: dict[str, Any] = {"name": _display_name(self.path), "size": self.size}
+        if self.requested_chunk_size is not None:
+            request["chunk_size"] = self.requested_chunk_size
+        async with self.session.post(self.endpoint, json=request) as resp:
+            if resp.status != 201:
+                raise await server_error(resp, "creating the upload")
+            data = await _json_object(resp)
+        chunk_size, count = _positive(data, "chunk_size"), _count(data, "chunk_count")
+        if count != -(-self.size // chunk_size):
+            raise ProtocolViolation(f"{count} chunks of {chunk_size} bytes cannot hold the file")
+        url = self.endpoint / str(data.get("id", ""))
+        if self.store is not None:
+            self.store.put_upload(self.key, str(url))
+        self.acknowledged = 0
+        return _Remote(url, chunk_size, count, 0, [(0, count)] if count else [])
+
+    async def _status(self, url: URL) -> _Remote | None:
+        """The upload at ``url``; None if it is gone or is not this file's chunk upload."""
+        async with self.session.get(url) as resp:
+            if resp.status in (404, 410):
+                return None
+            if resp.status != 200:
+                raise await server_error(resp, "checking the upload")
+            data = await _json_object(resp)
+        if data.get("size") != self.size or not data.get("chunk_size"):
+            return None
+        missing = [] if data.get("state") == "finished" else _ranges(data.get("missing"))
+        return _Remote(
+            url,
+            _positive(data, "chunk_size"),
+            _count(data, "chunk_count"),
+            _count(data, "received_bytes"),
+            missing,
+        )
+
+    # sending
+
+    async def _transfer(self, remote: _Remote) -> dict[str, Any]:
+        """Send what is missing and complete, until the server has the whole file."""
+        while True:
+            try:
+                await self._send_missing(remote)
+                self._check_unchanged()
+                return await self._complete(remote)
+            except _UploadGone:
+                await self.budget.failed("the server no longer has the upload; starting again")
+                remote = await retrying(self.budget, self._create)
+            except _ChunksMissing as exc:
+                await self.budget.failed("the server is missing chunks it had; sending them again")
+                remote.missing = exc.missing
+            self.acknowledged = remote.received = self._bytes_outside(remote)
+            self._report()
+
+    def _bytes_outside(self, remote: _Remote) -> int:
+        """Bytes of the file in chunks that are not missing."""
+        lacking = sum(
+            min(end * remote.chunk_size, self.size) - first * remote.chunk_size
+            for first, end in remote.missing
+        )
+        return self.size - lacking
+
+    async def _send_missing(self, remote: _Remote) -> None:
+        pending = deque(remote.chunk_numbers())
+        workers = min(self.parallel, len(pending))
+
+        async def work() -> None:
+            while pending:
+                await self._send_chunk(remote, pending.popleft())
+
+        await _run_together([asyncio.ensure_future(work()) for _ in range(workers)])
+
+    async def _send_chunk(self, remote: _Remote, n: int) -> None:
+        start = n * remote.chunk_size
+        end = min(start + remote.chunk_size, self.size)
+        budget = RetryBudget(self.policy, self.on_retry)
+        while True:
+            try:
+                await self._attempt_chunk(remote.url / "chunks" / str(n), n, (start, end))
+            except Exception as exc:
+                self._report()
+                if isinstance(exc, ServerError) and exc.http_status in (404, 410):
+                    raise _UploadGone() from exc
+                if not _chunk_retryable(exc):
+                    raise
+                await budget.failed(f"chunk {n}: {describe_error(exc)}")
+            else:
+                self.acknowledged += end - start
+                self.budget.progressed()
+                self._report()
+                return
+
+    async def _attempt_chunk(self, url: URL, n: int, span: tuple[int, int]) -> None:
+        try:
+            digest = await asyncio.to_thread(self._digest_range, *span)
+            await self._put(url, n, span, digest)
+        finally:
+            # Whatever happened (even cancellation), this attempt's bytes are no longer moving.
+            self.in_flight.pop(n, None)
+
+    def _digest_range(self, start: int, end: int) -> bytes:
+        """SHA-256 of ``[start, end)`` read in pieces; the pieces feed the file's hash too."""
+        sha = hashlib.sha256()
+        view = memoryview(bytearray(self.read_size))
+        with self.path.open("rb") as file:
+            file.seek(start)
+            position = start
+            while position < end:
+                count = file.readinto(view[: min(len(view), end - position)])
+                if not count:
+                    raise LocalFileChanged(f"{self.path} ended early at byte {position}")
+                sha.update(view[:count])
+                self.hasher.feed(position, view[:count])
+                position += count
+        return sha.digest()
+
+    async def _put(self, url: URL, n: int, span: tuple[int, int], digest: bytes) -> None:
+        start, end = span
+        loop = asyncio.get_running_loop()
+        # As for tus: give up on a link where neither reading nor writing has moved lately.
+        async with asyncio.timeout_at(loop.time() + self.stall_timeout) as stall:
+
+            def moved(position: int) -> None:
+                stall.reschedule(loop.time() + self.stall_timeout)
+                self.in_flight[n] = position - start
+                self._report()
+
+            body = FileBody(self.path, start, end, chunk_size=self.read_size, on_read=moved)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(end - start),
+                "Content-Digest": f"sha-256=:{base64.b64encode(digest).decode('ascii')}:",
+            }
+            try:
+                async with self.session.put(url, data=body, headers=headers) as resp:
+                    if resp.status != 200:
+                        raise await server_error(resp, f"sending chunk {n}")
+                    await resp.read()
+            except Exception:
+                if body.error is not None:
+                    raise body.error from None  # a local read failure, not a network one
+                raise
+            finally:
+                body.close()
+
+    # completing
+
+    async def _complete(self, remote: _Remote) -> dict[str, Any]:
+        if self.local_digest is None:
+            self.local_digest = await self.hasher.finish(self.size)
+        local = self.local_digest.hex()
+        return await retrying(self.budget, lambda: self._post_complete(remote, local))
+
+    async def _post_complete(self, remote: _Remote, local: str) -> dict[str, Any]:
+        async with self.session.post(remote.url / "complete", json={"sha256": local}) as resp:
+            if resp.status in (404, 410):
+                raise _UploadGone()
+            if resp.status in (409, 422):
+                data = await _json_object(resp)
+                if resp.status == 409 and data.get("code") == "ERR_UPLOAD_INCOMPLETE":
+                    raise _ChunksMissing(_ranges(data.get("missing")))
+                if resp.status == 422 and data.get("code") == "ERR_CHECKSUM_MISMATCH":
+                    await self._discard(remote)
+                    raise _mismatch(local, str(data.get("sha256")))
+                raise ServerError(
+                    f"completing the upload: {data.get('message')} (HTTP {resp.status})",
+                    http_status=resp.status,
+                    server_code=str(data.get("code")),
+                )
+            if resp.status != 200:
+                raise await server_error(resp, "completing the upload")
+            data = await _json_object(resp)
+        if data.get("sha256") != local:
+            raise _mismatch(local, str(data.get("sha256")))
+        return data
+
+    async def _discard(self, remote: _Remote) -> None:
+        """Free the server's copy of a file that turned out different, and forget it."""
+        self._forget()
+        try:
+            async with self.session.delete(remote.url):
+                pass
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.info("could not delete the mismatched upload: %s", describe_error(exc))
+
+    # bookkeeping
+
+    def _check_unchanged(self) -> None:
+        stat = os.stat(self.key.path)
+        if stat.st_size != self.size or stat.st_mtime_ns != self.key.mtime_ns:
+            raise LocalFileChanged(f"{self.path} changed while it was being sent")
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.acknowledged + sum(self.in_flight.values()))
+
+    def _forget(self) -> None:
+        if self.store is not None:
+            self.store.forget_upload(self.key)
+
+
+async def _run_together(tasks: Sequence[asyncio.Future[None]]) -> None:
+    """Wait for every task; the first failure cancels the rest and is raised."""
+    if not tasks:
+        return
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result
+
+
+def _chunk_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ServerError) and exc.http_status in _RETRY_STATUSES:
+        return True
+    return is_retryable(exc)
+
+
+def _mismatch(local: str, remote: str) -> DigestMismatch:
+    return DigestMismatch(
+        f"SHA-256 mismatch: the server stored {remote}, the local file is {local}; "
+        "the local file may have changed while it was sent",
+        local=local,
+        remote=remote,
+    )
+
+
+async def _json_object(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    try:
+        data = await resp.json(content_type=None)
+    except ValueError as exc:
+        raise ProtocolViolation(f"the server answered HTTP {resp.status} without JSON") from exc
+    if not isinstance(data, dict):
+        raise ProtocolViolation("the server's answer is not a JSON object")
+    return data
+
+
+def _count(data: dict[str, Any], key: str) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProtocolViolation(f"the server sent no valid {key!r} (got {value!r})")
+    return value
+
+
+def _positive(data: dict[str, Any], key: str) -> int:
+    value = _count(data, key)
+    if value == 0:
+        raise ProtocolViolation(f"the server sent {key!r} = 0")
+    return value
+
+
+def _ranges(value: object) -> list[tuple[int, int]]:
+    """Half-open chunk ranges from the server."""
+    if not isinstance(value, list):
+        raise ProtocolViolation(f"the server sent no valid chunk ranges (got {value!r})")
+    ranges: list[tuple[int, int]] = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+            or not 0 <= item[0] < item[1]
+        ):
+            raise ProtocolViolation(f"the server sent an invalid chunk range {item!r}")
+        ranges.append((item[0], item[1]))
+    return ranges
+
+
+def _display_name(path: Path) -> str:
+    # File names that are not valid UTF-8 (surrogate-escaped by Python) cannot be sent as is.
+    return path.name.encode("utf-8", "replace").decode("utf-8")

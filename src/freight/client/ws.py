@@ -1,0 +1,443 @@
+"""Sending a local file over freight's WebSocket protocol (docs/websocket.md), resumably.
+
+One attempt is one connection: ``resume`` the upload remembered for this file (or ``start``
+a new one), stream binary frames as far as the server's credit allows while a second task
+reads its grants, then send ``done`` with the local SHA-256 and wait for ``finished``. After
+any failure the next attempt resumes at the server's durable offset, so a cut costs at most
+the bytes in flight beyond it, which the credit bounds. The file is read one frame ahead
+into two reused buffers by a worker thread that also feeds the SHA-256; the prefix a resume
+skips is hashed from disk meanwhile (see :mod:`freight.client.hashing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+from yarl import URL
+
+from freight.client.errors import (
+    ClientError,
+    ConnectionFailed,
+    DigestMismatch,
+    LocalFileChanged,
+    ProtocolViolation,
+    ServerError,
+)
+from freight.client.hashing import SplitHasher
+from freight.client.http import (
+    CHUNK_SIZE,
+    RetryBudget,
+    RetryCallback,
+    RetryPolicy,
+    Timeouts,
+    describe_error,
+    is_retryable,
+    open_session,
+)
+from freight.client.resume_store import ResumeStore, UploadKey
+from freight.client.upload import ProgressCallback, UploadResult
+from freight.client.urls import file_id_from_url, server_root
+from freight.protocol.ws_messages import (
+    Credit,
+    Done,
+    ErrorReply,
+    Finished,
+    InvalidMessage,
+    Ready,
+    Resume,
+    ServerMessage,
+    Start,
+    build_message,
+    parse_server_message,
+)
+
+__all__ = ["upload_file_ws", "ws_endpoint"]
+
+log = logging.getLogger(__name__)
+
+# The server's messages are a few hundred bytes; anything near this is not freight.
+_MAX_SERVER_MESSAGE = 64 * 1024
+_RESTART_CODES = frozenset({"ERR_UPLOAD_NOT_FOUND", "ERR_UPLOAD_EXPIRED"})
+_HANDSHAKE_REASONS = {
+    401: "the server wants a valid token (--token or FREIGHT_TOKEN)",
+    403: "the server refused this WebSocket (another origin?)",
+    404: "this server does not offer WebSocket uploads",
+}
+
+
+async def upload_file_ws(
+    path: Path | str,
+    server_url: str,
+    *,
+    parallel: int = 1,
+    token: str | None = None,
+    progress: ProgressCallback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    resume_store: ResumeStore | None = None,
+    retry: RetryPolicy | None = None,
+    on_retry: RetryCallback | None = None,
+    timeouts: Timeouts | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> UploadResult:
+    """Upload ``path`` to the server at ``server_url`` over a WebSocket (``/api/ws``).
+
+    Arguments and result are those of :func:`freight.client.upload.upload_file`;
+    ``chunk_size`` is the largest frame sent (the server may lower it). ``parallel`` is
+    accepted and ignored: one connection with credit flow control already fills the link.
+    """
+    del parallel
+    path = Path(path)
+    if not path.is_file():
+        raise ClientError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    endpoint = ws_endpoint(server_url)
+    key = UploadKey.for_file(path, str(endpoint))
+    async with open_session(token, timeouts=timeouts) as session:
+        upload = _WsUpload(
+            session,
+            path,
+            key,
+            endpoint,
+            store=resume_store,
+            budget=RetryBudget(retry or RetryPolicy(), on_retry),
+            progress=progress,
+            on_start=on_start,
+            frame_size=chunk_size,
+            read_timeout=(timeouts or Timeouts()).read,
+        )
+        return await upload.run()
+
+
+def ws_endpoint(server_url: str) -> URL:
+    """``<server root>/api/ws``, whatever form of the server's URL was given."""
+    root = server_root(server_url)
+    return root.with_path(root.path.rstrip("/") + "/api/ws")
+
+
+class _ConnectionLost(ConnectionFailed):
+    """The WebSocket ended before ``finished``: worth another attempt."""
+
+
+class _StartOver(Exception):
+    """The remembered upload is gone or belongs to another file: start a new one now."""
+
+
+class _SendWindow:
+    """How far the server lets the client send: ``limit`` grows with each credit grant."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.done_sent = False
+        self._moved = asyncio.Event()
+
+    def grant(self, limit: int) -> None:
+        if limit > self.limit:
+            self.limit = limit
+            self._moved.set()
+
+    async def room_until(self, end: int) -> None:
+        """Wait until bytes up to ``end`` may be sent."""
+        while self.limit < end:
+            self._moved.clear()
+            await self._moved.wait()
+
+
+class _FrameReader:
+    """Reads frames of a file in a worker thread, one ahead, into two reused buffers.
+
+    The frame handed out last stays untouched until the next-but-one read, by which time
+    ``send_bytes`` has returned: aiohttp masks (copies) a client frame before it returns.
+    """
+
+    def __init__(self, path: Path, frame_size: int, hasher: SplitHasher) -> None:
+        self._path = path
+        self._file = path.open("rb", buffering=0)
+        self._hasher = hasher
+        self._buffers = (memoryview(bytearray(frame_size)), memoryview(bytearray(frame_size)))
+        self._turn = 0
+        self._pending: asyncio.Future[memoryview] | None = None
+
+    def read_at(self, offset: int, size: int) -> asyncio.Future[memoryview]:
+        view = self._buffers[self._turn][:size]
+        self._turn ^= 1
+        future = asyncio.ensure_future(asyncio.to_thread(self._read, view, offset))
+        # A read-ahead nobody awaits (the attempt failed) must not log "never retrieved".
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._pending = future
+        return future
+
+    def close(self) -> None:
+        """Close the file now, or once the read in flight (which uses it) returns."""
+        pending = self._pending
+        if pending is not None and not pending.done():
+            pending.add_done_callback(lambda _: self._file.close())
+        else:
+            self._file.close()
+
+    def _read(self, view: memoryview, offset: int) -> memoryview:
+        self._file.seek(offset)
+        filled = 0
+        while filled < len(view):
+            count = self._file.readinto(view[filled:])
+            if not count:
+                raise LocalFileChanged(f"{self._path} shrank while being sent (at byte {offset})")
+            filled += count
+        self._hasher.feed(offset, view)
+        return view
+
+
+class _WsUpload:
+    """The state of one :func:`upload_file_ws` call, across its connections."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        path: Path,
+        key: UploadKey,
+        endpoint: URL,
+        *,
+        store: ResumeStore | None,
+        budget: RetryBudget,
+        progress: ProgressCallback | None,
+        on_start: Callable[[int, int], None] | None,
+        frame_size: int,
+        read_timeout: float,
+    ) -> None:
+        self.session = session
+        self.path = path
+        self.key = key
+        self.size = key.size
+        self.endpoint = endpoint
+        self.store = store
+        self.budget = budget
+        self.progress = progress
+        self.on_start = on_start
+        self.frame_size = frame_size
+        self.read_timeout = read_timeout
+        self.hasher: SplitHasher | None = None
+        self.resumed_from: int | None = None
+        self.acknowledged = 0  # highest offset the server has said is durable
+        self.local_digest = ""  # known once every byte was read
+
+    async def run(self) -> UploadResult:
+        try:
+            finished = await self._attempts()
+            local = (await self._hasher_from(0).finish(self.size)).hex()
+        finally:
+            if self.hasher is not None:
+                await self.hasher.close()
+        self._forget()
+        if finished.sha256 != local or finished.size != self.size:
+            raise DigestMismatch(
+                f"SHA-256 mismatch: the server stored {finished.sha256} ({finished.size} "
+                f"bytes), the local file is {local}; it may have changed while it was sent",
+                local=local,
+                remote=finished.sha256,
+            )
+        return UploadResult(
+            url=str(self.endpoint.join(URL(finished.url))),
+            name=self.path.name,
+            size=self.size,
+            sha256=local,
+            verified=True,
+            resumed_from=self.resumed_from or 0,
+        )
+
+    async def _attempts(self) -> Finished:
+        while True:
+            try:
+                return await self._attempt()
+            except _StartOver:
+                continue  # the remembered id was forgotten: the next attempt starts afresh
+            except DigestMismatch:
+                self._forget()  # that upload can never finish; the next run starts afresh
+                raise
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise
+                await self.budget.failed(describe_error(exc))
+
+    async def _attempt(self) -> Finished:
+        try:
+            async with self.session.ws_connect(
+                self.endpoint,
+                max_msg_size=_MAX_SERVER_MESSAGE,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            ) as ws:
+                opened = await self._open(ws)
+                if isinstance(opened, Finished):
+                    return opened
+                return await self._exchange(ws, opened)
+        except aiohttp.WSServerHandshakeError as exc:
+            reason = _HANDSHAKE_REASONS.get(exc.status, exc.message)
+            raise ServerError(
+                f"opening the WebSocket: {reason} (HTTP {exc.status})", http_status=exc.status
+            ) from None
+
+    # opening ------------------------------------------------------------------------------
+
+    async def _open(self, ws: aiohttp.ClientWebSocketResponse) -> Ready | Finished:
+        """Send ``resume`` or ``start``; returns ``ready`` (or ``finished`` for a resume)."""
+        remembered = self.store.get_upload(self.key) if self.store is not None else None
+        upload_id = file_id_from_url(URL(remembered)) if remembered else None
+        if upload_id is not None:
+            await ws.send_str(build_message(Resume(id=upload_id, max_frame=self.frame_size)))
+        else:
+            start = Start(name=_display_name(self.path), size=self.size, max_frame=self.frame_size)
+            await ws.send_str(build_message(start))
+        reply = await self._next_reply(ws)
+        if isinstance(reply, ErrorReply):
+            if upload_id is not None and reply.code in _RESTART_CODES:
+                log.info("remembered upload %s is gone; starting a new one", upload_id)
+                self._forget()
+                raise _StartOver
+            raise _server_error(reply, "opening the upload")
+        if isinstance(reply, Finished) and upload_id is not None:
+            return reply
+        if not isinstance(reply, Ready):
+            raise ProtocolViolation(f'the server answered "{reply.op}" to the opening message')
+        if reply.size != self.size or reply.offset > reply.size:
+            if upload_id is None:
+                raise ProtocolViolation(f"the server created an upload of {reply.size} bytes")
+            self._forget()
+            raise _StartOver
+        if upload_id is None and self.store is not None:
+            self.store.put_upload(self.key, str(self.endpoint.join(URL(reply.url))))
+        self._opened_at(reply.offset)
+        return reply
+
+    def _opened_at(self, offset: int) -> None:
+        if self.resumed_from is None:
+            self.resumed_from = offset
+            if self.on_start is not None:
+                self.on_start(self.size, offset)
+        self._acknowledge(offset)
+        self._report(offset)
+
+    def _hasher_from(self, offset: int) -> SplitHasher:
+        """The one hasher of this call, started at the first offset the server reported."""
+        if self.hasher is None:
+            self.hasher = SplitHasher(self.path, offset, chunk_size=self.frame_size)
+            self.hasher.start()
+        return self.hasher
+
+    # streaming ----------------------------------------------------------------------------
+
+    async def _exchange(self, ws: aiohttp.ClientWebSocketResponse, ready: Ready) -> Finished:
+        """Send data and ``done`` while reading credit; returns the server's ``finished``."""
+        window = _SendWindow(ready.offset + ready.credit)
+        reader = asyncio.ensure_future(self._read_replies(ws, window))
+        sender = asyncio.ensure_future(self._send_data(ws, ready, window))
+        try:
+            await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_EXCEPTION)
+            if not reader.done() and _retryable(sender.exception() or Exception()):
+                # The connection failed under the sender; the server's reason, if it gave
+                # one (an error message before closing), is on its way: prefer it.
+                await asyncio.wait({reader}, timeout=1.0)
+            if reader.done():
+                return reader.result()
+            sender.result()
+            raise AssertionError("unreachable: the sender ended without the reader")
+        finally:
+            for task in (reader, sender):
+                task.cancel()
+            await asyncio.gather(reader, sender, return_exceptions=True)
+
+    async def _send_data(
+        self, ws: aiohttp.ClientWebSocketResponse, ready: Ready, window: _SendWindow
+    ) -> None:
+        hasher = self._hasher_from(ready.offset)
+        frame = min(ready.max_frame, self.frame_size)
+        reader = _FrameReader(self.path, frame, hasher)
+        position = ready.offset
+        try:
+            pending = reader.read_at(position, min(frame, self.size - position))
+            while position < self.size:
+                view = await pending
+                end = position + len(view)
+                if end < self.size:
+                    pending = reader.read_at(end, min(frame, self.size - end))
+                await window.room_until(end)
+                # aiohttp takes any bytes-like object at runtime; its hint says bytes.
+                await ws.send_bytes(view)  # type: ignore[arg-type]
+                position = end
+                self._report(position)
+        finally:
+            reader.close()
+        # Normally every byte went through the hasher by now. After a resume its disk reader
+        # may still be hashing the prefix: rather than go quiet (the server drops idle
+        # connections), finish without a SHA-256 and compare the server's afterwards.
+        expected = None
+        if hasher.hashed == self.size:
+            self.local_digest = expected = (await hasher.finish(self.size)).hex()
+        window.done_sent = True
+        await ws.send_str(build_message(Done(sha256=expected)))
+
+    async def _read_replies(
+        self, ws: aiohttp.ClientWebSocketResponse, window: _SendWindow
+    ) -> Finished:
+        while True:
+            reply = await self._next_reply(ws)
+            if isinstance(reply, Credit):
+                window.grant(reply.offset + reply.credit)
+                self._acknowledge(reply.offset)
+            elif isinstance(reply, Finished) and window.done_sent:
+                return reply
+            elif isinstance(reply, ErrorReply):
+                raise _server_error(reply, "sending data", self.local_digest)
+            else:
+                raise ProtocolViolation(f'the server sent "{reply.op}" in the middle of the data')
+
+    async def _next_reply(self, ws: aiohttp.ClientWebSocketResponse) -> ServerMessage:
+        msg = await ws.receive(timeout=self.read_timeout)
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            try:
+                return parse_server_message(msg.data)
+            except InvalidMessage as exc:
+                raise ProtocolViolation(f"the server sent a bad message: {exc.message}") from exc
+        if msg.type is aiohttp.WSMsgType.BINARY:
+            raise ProtocolViolation("the server sent binary data")
+        code = ws.close_code
+        raise _ConnectionLost(f"the server closed the WebSocket (code {code})")
+
+    # bookkeeping --------------------------------------------------------------------------
+
+    def _acknowledge(self, offset: int) -> None:
+        if offset > self.acknowledged:
+            self.acknowledged = offset
+            self.budget.progressed()
+
+    def _report(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(done)
+
+    def _forget(self) -> None:
+        if self.store is not None:
+            self.store.forget_upload(self.key)
+
+
+def _server_error(reply: ErrorReply, action: str, local: str = "") -> ClientError:
+    if reply.code == "ERR_CHECKSUM_MISMATCH":
+        remote = str(reply.details.get("sha256", ""))
+        message = f"SHA-256 mismatch: the server stored {remote}, the local file is {local}"
+        return DigestMismatch(message, local=local, remote=remote)
+    return ServerError(
+        f"{action}: {reply.message} ({reply.code})",
+        http_status=reply.status,
+        server_code=reply.code,
+    )
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Transport failures and "try again later" answers; never a refusal or a local error."""
+    if isinstance(exc, _ConnectionLost | ConnectionResetError):
+        return True
+    return is_retryable(exc)
+
+
+def _display_name(path: Path) -> str:
+    # File names that are not valid UTF-8 (surrogate-escaped by Python) cannot be sent as is.
+    return path.name.encode("utf-8", "replace").decode("utf-8")

@@ -1,0 +1,454 @@
+"""freight's raw TCP transport: ``freight serve --tcp-port N`` (specified in docs/protocol.md).
+
+Receiving is one :class:`asyncio.BufferedProtocol` per connection. The kernel copies bytes
+into one reused receive buffer; :class:`~freight.protocol.frames.FrameDecoder` turns them
+into frames whose DATA payload are views of that buffer, and the engine's writer copies
+those into its staging buffers (written and hashed in worker threads). While a buffer's
+frames are being handled reading is paused, so a slow disk pushes back on the client
+through TCP itself and memory stays at one receive buffer per connection.
+
+Sending a file (GET) is ``loop.sendfile`` per DATA frame: the payload never enters Python,
+and asyncio loops over partial ``os.sendfile`` calls.
+
+A connection's life, in the order of :meth:`_Connection._serve`:
+
+* ``HELLO`` → ``WELCOME`` (or ``ERROR`` and close: bad version, wrong token);
+* then requests, one at a time: ``PUT`` or ``RESUME`` → ``ACCEPTED``, ``DATA``… (an ``ACK``
+  after each window made durable), ``DONE`` → ``FINISHED``; ``RESUME`` of a finished upload
+  → ``FINISHED``; ``GET`` → ``FILE``, ``DATA``….
+* An error while both sides agree where the stream stands (answering a request, or DONE)
+  is an ``ERROR`` frame and the connection waits for the next request; an error while DATA
+  may be in flight is an ``ERROR`` frame and the end of the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import IO, cast
+
+from freight.config import ServerConfig
+from freight.core import UploadEngine, UploadSession, UploadWriter
+from freight.errors import (
+    ChecksumMismatch,
+    ClientDisconnected,
+    FreightError,
+    OffsetMismatch,
+    RangeNotSatisfiable,
+    Unauthorized,
+    UnsupportedVersion,
+    UploadForbidden,
+    UploadIncomplete,
+    UploadLocked,
+    UploadNotFound,
+)
+from freight.protocol.frames import (
+    CLIENT_FRAMES,
+    MAX_DATA_PAYLOAD,
+    MAX_NAME,
+    VERSION,
+    Accepted,
+    Ack,
+    ControlFrame,
+    DataChunk,
+    Done,
+    ErrorFrame,
+    FileInfo,
+    Finished,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    Get,
+    Hello,
+    IdleTimeout,
+    Put,
+    Resume,
+    UnexpectedFrame,
+    Welcome,
+    encode_data_header,
+)
+from freight.storage.base import SendfileSource
+
+__all__ = ["SHA256_METADATA_KEY", "TcpServer", "TcpSettings", "error_frame", "start_tcp_server"]
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+SHA256_METADATA_KEY = "sha256"  # the digest a PUT declared, kept for a later RESUME
+_SMALL_BUFFER = 64 * 1024  # idle connections stay cheap; uploads get the large buffer
+
+
+@dataclass(frozen=True)
+class TcpSettings:
+    """``window``: bytes between ACKs; a client may send up to two windows past the last one."""
+
+    window: int = 16 * MiB
+    max_data: int = MAX_DATA_PAYLOAD
+    send_frame: int = 4 * MiB  # DATA payload per frame when serving GET
+    receive_buffer: int = 1 * MiB  # while an upload streams in; 64 KiB otherwise
+    idle_timeout: float = 60.0
+    lock_wait: float = 5.0  # how long RESUME waits for another connection's writer
+    token: str | None = None
+
+
+def error_frame(exc: BaseException) -> ErrorFrame:
+    """The one place errors become ERROR frames; ``detail`` carries the useful number."""
+    if not isinstance(exc, FreightError):
+        return ErrorFrame("ERR_INTERNAL", "internal server error")
+    detail = 0
+    for key in ("offset", "size", "max_size", "version", "free"):
+        value = exc.details.get(key)
+        if isinstance(value, int) and value >= 0:
+            detail = value
+            break
+    message = exc.message.encode("utf-8", "replace")[:1024].decode("utf-8", "ignore")
+    return ErrorFrame(exc.code, message.replace("\x00", ""), detail)
+
+
+class _Closed(Exception):
+    """The connection is over; nothing more to say on it."""
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One client connection: the asyncio callbacks feed frames to :meth:`_serve`."""
+
+    def __init__(self, server: TcpServer) -> None:
+        self._server = server
+        self._engine = server.engine
+        self._settings = server.settings
+        self._decoder = FrameDecoder(CLIENT_FRAMES, max_data=self._settings.max_data)
+        self._buffer = bytearray(_SMALL_BUFFER)
+        self._handed_out = self._buffer
+        self._frames: deque[Frame] = deque()
+        self._failure: FreightError | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._in_sync = False  # both sides know where the stream stands
+        self.task: asyncio.Task[None] | None = None
+
+    # asyncio callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self.task = asyncio.ensure_future(self._serve())
+        self._server.track(self)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        # Frames still queued point into the main buffer; reading is paused until they are
+        # handled, so this spare is only a safety net.
+        self._handed_out = bytearray(_SMALL_BUFFER) if self._frames else self._buffer
+        return self._handed_out
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self._frames.extend(self._decoder.feed(memoryview(self._handed_out)[:nbytes]))
+        except FrameError as exc:
+            self._failure = exc
+        if self._frames or self._failure is not None:
+            self._pause()
+            self._wake()
+
+    def eof_received(self) -> bool:
+        try:
+            self._decoder.eof()
+        except FrameError as exc:
+            self._fail_with(exc)
+        self._fail_with(ClientDisconnected("the client closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_with(ClientDisconnected("the connection was lost"))
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # plumbing for the handler -------------------------------------------------------------
+
+    def _fail_with(self, exc: FreightError) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _pause(self) -> None:
+        assert self._transport is not None
+        if self._transport.is_reading():
+            self._transport.pause_reading()
+
+    async def _next_frame(self) -> Frame:
+        """The next frame; frames already decoded come before a failure that followed them."""
+        while not self._frames:
+            if self._failure is not None:
+                raise self._failure
+            assert self._transport is not None
+            if not self._transport.is_reading():
+                self._transport.resume_reading()
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(self._settings.idle_timeout):
+                    await self._wakeup
+            except TimeoutError:
+                raise IdleTimeout("no data for too long; closing the connection") from None
+        frame = self._frames.popleft()
+        if isinstance(frame, ErrorFrame):
+            # A client says why it gives up; there is nothing to answer.
+            raise ClientDisconnected(f"the client gave up: {frame.code} {frame.message}")
+        return frame
+
+    def _send(self, frame: ControlFrame) -> None:
+        assert self._transport is not None
+        if not self._transport.is_closing():
+            self._transport.write(frame.encode())
+
+    # the protocol -------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            await self._handshake()
+            while True:
+                await self._serve_request()
+        except _Closed:
+            pass
+        except FreightError as exc:
+            if not isinstance(exc, ClientDisconnected):
+                self._send(error_frame(exc))
+            log.debug("tcp connection ends: %s", exc)
+        except Exception as exc:
+            log.exception("tcp connection failed")
+            self._send(error_frame(exc))
+        finally:
+            assert self._transport is not None
+            self._transport.close()
+            self._server.forget(self)
+
+    async def _handshake(self) -> None:
+        hello = await self._next_frame()
+        if not isinstance(hello, Hello):
+            raise UnexpectedFrame("the first frame must be HELLO")
+        if hello.version != VERSION:
+            raise UnsupportedVersion(
+                f"protocol version {hello.version} is not supported; this server speaks {VERSION}",
+                version=VERSION,
+            )
+        token = self._settings.token
+        if token is not None and not hmac.compare_digest(hello.token, token.encode()):
+            raise Unauthorized("missing or wrong token")
+        self._send(Welcome(self._settings.window, self._settings.max_data))
+        self._in_sync = True
+
+    async def _serve_request(self) -> None:
+        try:
+            request = await self._next_frame()
+        except ClientDisconnected:
+            raise _Closed from None  # a client leaving between requests is the normal end
+        try:
+            if isinstance(request, Put):
+                await self._put(request)
+            elif isinstance(request, Resume):
+                await self._resume(request)
+            elif isinstance(request, Get):
+                await self._get(request)
+            else:
+                raise UnexpectedFrame(f"{type(request).__name__} is not a request")
+        except FreightError as exc:
+            if not self._in_sync:
+                raise
+            self._send(error_frame(exc))
+
+    # uploads ------------------------------------------------------------------------------
+
+    async def _put(self, put: Put) -> None:
+        metadata: dict[str, str | None] = {"filename": put.name or None}
+        if put.sha256 is not None:
+            metadata[SHA256_METADATA_KEY] = put.sha256.hex()
+        session = await self._engine.create(length=put.size, metadata=metadata)
+        await self._receive(session, put.sha256)
+
+    async def _resume(self, resume: Resume) -> None:
+        session = await self._engine.get(resume.upload_id)
+        if session.is_finished:
+            self._send(_finished(session))
+            return
+        if session.length is None:
+            raise UploadForbidden("this upload has no declared length; it cannot be resumed here")
+        await self._receive(session, _declared_sha256(session))
+
+    async def _receive(self, session: UploadSession, declared: bytes | None) -> None:
+        size = session.length or 0
+        async with contextlib.AsyncExitStack() as stack:
+            writer = await self._claim_writer(stack, session.id)
+            self._send(Accepted(session.id, writer.start, size))
+            self._in_sync = False
+            self._buffer = bytearray(self._settings.receive_buffer)
+            try:
+                done = await self._stream_into(writer)
+            finally:
+                self._buffer = bytearray(_SMALL_BUFFER)
+            self._in_sync = True
+            await writer.commit(expected_end=size)
+        if declared is not None and declared != done.sha256:
+            raise ChecksumMismatch("DONE's SHA-256 differs from the one PUT declared")
+        finished = await self._engine.finish(session.id, expected_sha256=done.sha256.hex())
+        self._send(_finished(finished))
+
+    async def _claim_writer(self, stack: contextlib.AsyncExitStack, upload_id: str) -> UploadWriter:
+        """A writer at the durable offset, waiting a little for a previous one to let go.
+
+        A client that lost its connection reconnects at once, often before the old
+        connection has noticed the loss and kept its last bytes; waiting here spares it
+        an ERR_UPLOAD_LOCKED round trip. The offset is read again after each wait.
+        """
+        deadline = asyncio.get_running_loop().time() + self._settings.lock_wait
+        while True:
+            session = await self._engine.get(upload_id)
+            try:
+                writer = self._engine.writer(upload_id, session.offset)
+                return await stack.enter_async_context(writer)
+            except UploadLocked:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+            await asyncio.sleep(0.05)
+
+    async def _stream_into(self, writer: UploadWriter) -> Done:
+        """Write DATA until DONE, acknowledging each window once it is durable.
+
+        No credit check is needed here: reading stops while a window is made durable, so
+        the client can never get more than a window and a receive buffer past the last ACK.
+        """
+        window = self._settings.window
+        acked = writer.start
+        while True:
+            frame = await self._next_frame()
+            if type(frame) is DataChunk:
+                if frame.offset != writer.position:
+                    raise OffsetMismatch(
+                        f"DATA at {frame.offset}, expected {writer.position}", offset=acked
+                    )
+                await writer.write(frame.data)
+                if writer.position - acked >= window:
+                    acked = await writer.checkpoint()
+                    self._send(Ack(acked))
+            elif isinstance(frame, Done):
+                return frame
+            else:
+                raise UnexpectedFrame(f"{type(frame).__name__} during an upload")
+
+    # downloads ----------------------------------------------------------------------------
+
+    async def _get(self, get: Get) -> None:
+        session = await self._engine.get(get.upload_id)
+        if not session.is_finished or session.sha256 is None:
+            raise UploadIncomplete("the upload is not finished yet")
+        size = session.length or 0
+        if get.offset > size:
+            raise RangeNotSatisfiable(f"offset {get.offset} is past the end ({size})", size=size)
+        available = size - get.offset
+        length = available if get.length is None else min(get.length, available)
+        store = self._engine.store
+        if not isinstance(store, SendfileSource):
+            raise FreightError("this storage backend cannot serve raw TCP downloads")
+        try:
+            file = open(store.file_path(session.id), "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError as exc:
+            raise UploadNotFound("the file was deleted") from exc
+        with file:
+            info = FileInfo(size, get.offset, length, bytes.fromhex(session.sha256), _name(session))
+            self._send(info)
+            self._in_sync = False
+            await self._send_range(file, get.offset, length)
+            self._in_sync = True
+
+    async def _send_range(self, file: IO[bytes], offset: int, length: int) -> None:
+        assert self._transport is not None
+        loop = asyncio.get_running_loop()
+        position, end = offset, offset + length
+        while position < end:
+            count = min(self._settings.send_frame, end - position)
+            self._transport.write(encode_data_header(position, count))
+            try:
+                # A client that stops reading must not hold the connection forever.
+                async with asyncio.timeout(self._settings.idle_timeout):
+                    sent = await loop.sendfile(self._transport, file, position, count)
+            except TimeoutError:
+                raise IdleTimeout("the client stopped reading the download") from None
+            except (ConnectionError, RuntimeError) as exc:
+                raise ClientDisconnected("the client went away during a download") from exc
+            if sent != count:
+                raise FreightError("the stored file is shorter than its recorded size")
+            position += count
+
+
+def _finished(session: UploadSession) -> Finished:
+    assert session.sha256 is not None
+    return Finished(session.id, session.length or 0, bytes.fromhex(session.sha256))
+
+
+def _name(session: UploadSession) -> str:
+    """The stored name, cut to what a FILE frame carries (it is only a suggestion)."""
+    raw = (session.name or "").replace("\x00", "").encode("utf-8", "replace")[:MAX_NAME]
+    return raw.decode("utf-8", "ignore")
+
+
+def _declared_sha256(session: UploadSession) -> bytes | None:
+    value = session.metadata.get(SHA256_METADATA_KEY)
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        digest = bytes.fromhex(value)
+        if len(digest) == 32:
+            return digest
+    return None
+
+
+class TcpServer:
+    """Listens for freight TCP connections and serves them with ``engine``."""
+
+    def __init__(self, engine: UploadEngine, settings: TcpSettings | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or TcpSettings()
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self.address: tuple[str, int] = ("", 0)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self.address = (str(sockname[0]), int(sockname[1]))
+        return self.address
+
+    def track(self, connection: _Connection) -> None:
+        self._connections.add(connection)
+
+    def forget(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+
+    async def close(self) -> None:
+        """Stop listening, end every connection and wait until their writers let go."""
+        if self._server is not None:
+            self._server.close()
+        connections = list(self._connections)
+        for connection in connections:
+            connection.abort()
+        tasks = [c.task for c in connections if c.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+async def start_tcp_server(engine: UploadEngine, config: ServerConfig) -> TcpServer:
+    """Start the TCP listener ``config`` asks for, sharing the HTTP app's engine."""
+    assert config.tcp_port is not None
+    server = TcpServer(engine, TcpSettings(token=config.token))
+    await server.start(config.host, config.tcp_port)
+    return server
