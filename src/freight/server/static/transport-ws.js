@@ -42,11 +42,11 @@ export class WebSocketTransport {
   }
 
   async create({ name, size }) {
-    this.drop();
     this.unacked = null;
     // `name` is only metadata on the server; it allows 1-1024 characters.
-    const opening = { op: "start", name: Array.from(name).slice(0, 1024).join("") || "file", size };
-    this.connection = await connect(opening);
+    const shortName = Array.from(name).slice(0, 1024).join("") || "file";
+    await this.drop();
+    this.connection = await connect({ op: "start", name: shortName, size });
     const chunkSize = wsChunkSize(size);
     return {
       id: this.connection.ready.id,
@@ -56,7 +56,7 @@ export class WebSocketTransport {
   }
 
   async status(id) {
-    this.drop();
+    await this.drop();
     this.unacked = null;
     const connection = await connect({ op: "resume", id });
     this.connection = connection;
@@ -107,7 +107,7 @@ export class WebSocketTransport {
     let connection = this.connection;
     if (!usable(connection)) {
       // Waiting for a slot may have outlived the connection status() opened.
-      this.drop();
+      await this.drop();
       connection = this.connection = await connect({ op: "resume", id: upload.id });
     }
     const ws = connection.ws;
@@ -158,23 +158,23 @@ export class WebSocketTransport {
       report(position - ws.bufferedAmount);
     }
 
+    // Everything is queued: let the browser's send queue drain so that progress reaches
+    // the end, then complete() sends `done` on this connection.
+    while (ws.bufferedAmount > 0 && !control.stopping()) {
+      check();
+      report(position - ws.bufferedAmount);
+      await wait(REPORT_MS);
+    }
     if (control.stopping()) {
       if (control.signal.aborted) throw new AbortedError();
       // Pause: close. The server answers the close only once it has recorded every byte it
       // received, and the browser sends what it has queued before the close, so after a
       // clean close everything sent is on the server.
+      this.connection = null;
       const clean = await connection.close();
       if (clean) connection.durable = Math.max(connection.durable, position);
       report(connection.durable, true);
-      this.connection = null;
       return;
-    }
-    // Everything is queued: let the browser's send queue drain so that progress reaches
-    // the end, then complete() sends `done` on this connection.
-    while (ws.bufferedAmount > 0) {
-      check();
-      report(position - ws.bufferedAmount);
-      await wait(REPORT_MS);
     }
     report(position, true);
   }
@@ -182,7 +182,7 @@ export class WebSocketTransport {
   async complete(id, sha256) {
     let connection = this.connection;
     if (!usable(connection) || (connection.ready ?? connection.finished).id !== id) {
-      this.drop();
+      await this.drop();
       connection = this.connection = await connect({ op: "resume", id });
     }
     if (!connection.finished) {
@@ -211,14 +211,18 @@ export class WebSocketTransport {
   }
 
   async remove(id) {
-    this.drop();
+    await this.drop();
     await api("DELETE", `/api/uploads/${encodeURIComponent(id)}`);
   }
 
-  /** Close the connection, if any, without waiting (the server keeps what it received). */
+  /**
+   * Close the connection, if any (the server keeps what it received). The promise resolves
+   * once the server answered the close, after which the upload is free for the next one.
+   */
   drop() {
-    this.connection?.close();
+    const connection = this.connection;
     this.connection = null;
+    return connection ? connection.close() : Promise.resolve(false);
   }
 }
 
