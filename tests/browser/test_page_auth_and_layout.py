@@ -7,6 +7,7 @@ than a 390 px phone screen, the rate and ETA present, and the controls labelled.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import urllib.error
 from collections.abc import Callable
@@ -48,6 +49,13 @@ def test_the_page_asks_for_a_token_once_and_uploads_with_it(
     row = page.wait_state(file, "done")
     upload_id = row.locator("[data-action=download]").get_attribute("href").rsplit("/", 1)[1]
     assert page.stored(upload_id)["sha256"] == file.sha256
+
+    # Its download link works although a plain link cannot send the token: the page swaps
+    # in a signed link.
+    with page.page.expect_download() as fetched:
+        row.locator("[data-action=download]").click()
+    saved = fetched.value.path()
+    assert hashlib.sha256(Path(saved).read_bytes()).hexdigest() == file.sha256
 
     # Kept for the tab's session: a reload does not ask again.
     page.reload()

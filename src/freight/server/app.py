@@ -17,6 +17,7 @@ from freight.server.api import add_api_routes
 from freight.server.chunks import add_chunk_api
 from freight.server.download import file_response
 from freight.server.ietf import handle_ietf
+from freight.server.links import add_link_routes
 from freight.server.middleware import auth_middleware, cors_middleware, error_middleware
 from freight.server.page import add_page_routes
 from freight.server.state import ENGINE, SETTINGS
@@ -77,6 +78,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app.router.add_route("*", f"{base}", files_endpoint)
     app.router.add_route("*", f"{base}/{{upload_id}}", files_endpoint)
     add_api_routes(app)
+    add_link_routes(app)
     add_ws_routes(app)
     add_chunk_api(app)
     add_page_routes(app)

@@ -12,6 +12,7 @@ from freight.errors import FreightError, Unauthorized
 from freight.protocol import ietf
 from freight.protocol.tus import TUS_HEADERS
 from freight.server.errors import error_response, internal_error_response
+from freight.server.links import link_allows
 
 __all__ = ["auth_middleware", "cors_middleware", "error_middleware"]
 
@@ -65,6 +66,8 @@ def auth_middleware(token: str | None) -> Middleware:
         if _is_public_route(request):
             return await handler(request)
         if request.path in SELF_CHECKED_PATHS:
+            return await handler(request)
+        if token is not None and link_allows(request, token):
             return await handler(request)
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):

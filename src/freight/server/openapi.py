@@ -490,6 +490,31 @@ def _service_paths() -> Json:
                 "responses": {"204": {"description": "Deleted."}, "404": NOT_FOUND},
             },
         },
+        "/api/files/{upload_id}/link": {
+            "parameters": [UPLOAD_ID],
+            "post": {
+                "summary": "A signed download link",
+                "description": (
+                    "A URL that opens GET and HEAD of this file without the Authorization "
+                    "header for an hour (HMAC of the id and expiry under the server's token), "
+                    "for plain links and download managers."
+                ),
+                "responses": {
+                    "200": _json(
+                        "The link.",
+                        {
+                            "type": "object",
+                            "required": ["url", "expires"],
+                            "properties": {
+                                "url": {"type": "string"},
+                                "expires": {"type": ["integer", "null"]},
+                            },
+                        },
+                    ),
+                    "404": NOT_FOUND,
+                },
+            },
+        },
         "/api/events": {
             "get": {
                 "summary": "Live progress of every transfer",

@@ -218,6 +218,31 @@ function setUpLive() {
 
 // ---- start -----------------------------------------------------------------------------
 
+/**
+ * A plain link cannot carry the bearer token, so on a server that wants one the page swaps
+ * in a short-lived signed link (POST /api/files/ID/link) just before the browser follows it.
+ */
+function setUpSignedDownloads() {
+  document.addEventListener("click", async (event) => {
+    const link = event.target.closest?.("a[href^='/files/']");
+    if (!link || !auth.token || link.dataset.signed) return;
+    event.preventDefault();
+    const id = decodeURIComponent(new URL(link.href).pathname.split("/").pop());
+    try {
+      const { url } = await api("POST", `/api/files/${encodeURIComponent(id)}/link`);
+      const signed = document.createElement("a");
+      signed.href = url;
+      signed.download = link.getAttribute("download") ?? "";
+      signed.dataset.signed = "1";
+      document.body.append(signed);
+      signed.click();
+      signed.remove();
+    } catch (error) {
+      console.warn("could not make a download link", error);
+    }
+  });
+}
+
 auth.prompt = askForToken;
 setUpSettings();
 setUpDropAndPick();
@@ -236,5 +261,6 @@ window.addEventListener("beforeunload", (event) => {
     event.preventDefault(); // the upload resumes after a reload, but say so before leaving
   }
 });
+setUpSignedDownloads();
 refreshFiles().then(setUpLive);
 document.body.dataset.ready = "1";
