@@ -18,10 +18,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-__all__ = ["LARGE_BUFFER", "SMALL_BUFFER", "BufferPair", "BufferPool", "ReadBuffers"]
+__all__ = ["LARGE_BUFFER", "READ_BUFFER", "SMALL_BUFFER", "BufferPair", "BufferPool", "ReadBuffers"]
 
 LARGE_BUFFER = 1024 * 1024
 SMALL_BUFFER = 128 * 1024
+# Reading back runs whole in one worker thread, so a read costs a syscall, not a hop through
+# the event loop: a quarter of a writer's buffer reads and hashes as fast.
+READ_BUFFER = 256 * 1024
 
 BufferPair = tuple[bytearray, bytearray]
 
@@ -67,7 +70,7 @@ class ReadBuffers:
     (and its slot freed) instead.
     """
 
-    def __init__(self, count: int = 2, size: int = LARGE_BUFFER) -> None:
+    def __init__(self, count: int = 2, size: int = READ_BUFFER) -> None:
         if count < 1:
             raise ValueError("ReadBuffers needs at least one buffer")
         self.size = size

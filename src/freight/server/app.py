@@ -30,11 +30,11 @@ __all__ = ["create_app", "run_server"]
 
 log = logging.getLogger(__name__)
 
-# How much of a request body aiohttp may hold per connection before it stops reading the
-# socket (it pauses past twice this, on top of the one read in hand, of up to 256 KiB).
-# aiohttp's default of 64 KiB lets a connection whose handler is waiting on the disk pile up
-# ~768 KiB, and hands the handler joined copies of up to 1 MiB: with 32 uploads at once
-# that alone was ~24 MiB. Throughput does not suffer: each socket read is still one piece.
+# How much of a request body aiohttp may hold per connection: it stops reading the socket
+# once it holds twice this, the last socket read (up to 256 KiB) included. With aiohttp's
+# default of 256 KiB a connection whose handler waits on the disk piled up 768 KiB and
+# handed the handler joined copies of up to 1 MiB: ~24 MiB read ahead across 32 uploads,
+# and the copying made a single upload slower. Now each socket read is one piece, as is.
 READ_BUFSIZE = 16 * 1024
 
 
