@@ -265,7 +265,7 @@ def main() -> None:
         listen, upstream, rtt_ms = args.proxy.split(":")
         run_delay_proxy(int(listen), int(upstream), float(rtt_ms) / 1000)
         return
-    with tempfile.TemporaryDirectory(prefix="ws-bench-", dir=Path.cwd()) as scratch_dir:
+    with tempfile.TemporaryDirectory(prefix="ws-bench-") as scratch_dir:
         scratch = Path(scratch_dir)
         path = scratch / "upload.bin"
         make_file(path, args.size_mib * MiB)
