@@ -30,7 +30,8 @@ class MemoryCgroup:
         return self.path / "cgroup.procs"
 
     def describe(self) -> str:
-        return f"cgroup v{self.version} {self.path} (memory limit {self.limit // 2**20} MiB)"
+        # The group's path names the host's own hierarchy; the report needs only its kind.
+        return f"a cgroup v{self.version} memory group (limit {self.limit // 2**20} MiB)"
 
     def _read_int(self, name: str) -> int | None:
         with contextlib.suppress(OSError, ValueError):

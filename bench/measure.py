@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,6 +29,7 @@ __all__ = [
     "MiB",
     "Spread",
     "TreeSnapshot",
+    "children_cpu_seconds",
     "find_stored_copy",
     "make_random_file",
     "prewarm_page_cache",
@@ -107,6 +109,16 @@ def snapshot(root: int) -> TreeSnapshot:
         rss_kib=sum(_status_kib(pid, "VmRSS") for pid in pids),
         peak_rss_kib=sum(_status_kib(pid, "VmHWM") for pid in pids),
     )
+
+
+def children_cpu_seconds() -> float:
+    """User + system seconds of every child process this one has waited for so far.
+
+    The clients are run to completion with ``subprocess.run``, so the change across one
+    transfer is that transfer's client CPU (the servers, also children, are still running).
+    """
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def reset_peak_rss(pids: Iterable[int]) -> bool:

@@ -39,6 +39,7 @@ class Sample:
     peak_rss_kib: int | None = None
     ok: bool = True
     error: str = ""
+    client_cpu_seconds: float | None = None
 
     @property
     def gib_per_s(self) -> float | None:
@@ -51,6 +52,12 @@ class Sample:
         if not self.ok or self.cpu_seconds is None or not self.size:
             return None
         return self.cpu_seconds / (self.size / GiB)
+
+    @property
+    def client_cpu_per_gib(self) -> float | None:
+        if not self.ok or self.client_cpu_seconds is None or not self.size:
+            return None
+        return self.client_cpu_seconds / (self.size / GiB)
 
 
 @dataclass
@@ -83,6 +90,10 @@ class Results:
 
     def cpu_per_gib(self, name: str) -> Spread | None:
         return spread([v for s in self.samples_of(name) if (v := s.cpu_per_gib) is not None])
+
+    def client_cpu_per_gib(self, name: str) -> Spread | None:
+        samples = self.samples_of(name)
+        return spread([v for s in samples if (v := s.client_cpu_per_gib) is not None])
 
     def peak_rss_mib(self, name: str) -> Spread | None:
         values = [s.peak_rss_kib / 1024 for s in self.samples_of(name) if s.peak_rss_kib]

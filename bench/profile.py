@@ -18,7 +18,10 @@ A sample is taken only while a thread is running, so the counts are CPU time, no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,17 +41,36 @@ __all__ = ["main", "summarise"]
 PATHS = ("tus", "chunks", "ws", "tcp", "get", "tcp-get")
 
 
+# Samples whose stack holds one of these are a thread waiting, not working: py-spy's own idle
+# test misses waits inside C (a worker blocked on its queue, the loop in epoll_wait).
+WAITS = ("_queue_SimpleQueue_get", "epoll_wait", "pthread_cond_timedwait", "sem_clockwait")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of every thread of ``pid``, by thread id."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            found[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
 def summarise(raw: str, top: int = 25) -> str:
     """Per-thread sample counts, then self and inclusive counts per function."""
     threads: Counter[str] = Counter()
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
+        if any(wait in stack for wait in WAITS):
+            waiting += count
+            continue
         frames = stack.split(";")
         thread, calls = (frames[0], frames[1:]) if frames[0].startswith("thread") else ("", frames)
         total += count
@@ -65,13 +87,23 @@ def summarise(raw: str, top: int = 25) -> str:
         rows += [f"  {n / total:6.1%}  {name}" for name, n in counter.most_common(limit)]
         return [*rows, ""]
 
-    lines = [f"{total} samples while a thread was on CPU", ""]
+    lines = [f"{total} samples of a thread at work ({waiting} more of one waiting, left out)", ""]
     lines += table("per thread", threads, 10)
     lines += table("self (on CPU in this function)", own, top)
     # Frames on every sample of some thread (runpy, click, the event loop) say nothing.
     inclusive = Counter({f: n for f, n in inclusive.items() if n not in threads.values()})
     lines += table("inclusive (this function on the stack)", inclusive, top)
     return "\n".join(lines)
+
+
+def _thread_lines(before: dict[int, float], after: dict[int, float], raw: str) -> list[str]:
+    names = dict(re.findall(r"thread \((\d+)\): ([^;]+)", raw))
+    used = {tid: seconds - before.get(tid, 0.0) for tid, seconds in after.items()}
+    return [
+        f"  {seconds:6.2f} s  {names.get(str(tid), 'thread')} ({tid})"
+        for tid, seconds in sorted(used.items(), key=lambda item: -item[1])
+        if seconds > 0
+    ]
 
 
 def _transfer(path: str, peer: Peer, source: Source, work: Path) -> Callable[[], Transfer]:
@@ -110,9 +142,9 @@ def profile(path: str, fsync: str, size: int, native: bool, rate: int, out_dir: 
         command += ["--native"] if native else []
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # py-spy attaches
-        before = snapshot(peer.pid)
+        before, threads_before = snapshot(peer.pid), thread_cpu(peer.pid)
         transfer = send()
-        after = snapshot(peer.pid)
+        after, threads_after = snapshot(peer.pid), thread_cpu(peer.pid)
         spy.send_signal(signal.SIGINT)
         _, errors = spy.communicate(timeout=60)
         raw = Path(f"{stem}.raw").read_text() if Path(f"{stem}.raw").exists() else ""
@@ -122,6 +154,9 @@ def profile(path: str, fsync: str, size: int, native: bool, rate: int, out_dir: 
             f"{size / transfer.seconds / GiB:.2f} GiB/s, server CPU {cpu:.2f} s "
             f"({cpu / (size / GiB):.2f} s/GiB), py-spy at {rate} Hz"
             + (" with native frames" if native else ""),
+            "",
+            "CPU seconds per thread during the transfer (from /proc/PID/task/TID/stat):",
+            *_thread_lines(threads_before, threads_after, raw),
             "",
         ]
         text = "\n".join(head) + (summarise(raw) if raw else errors.decode(errors="replace"))

@@ -38,6 +38,10 @@ def method_notes(smoke: bool) -> list[str]:
         "Server CPU is user+sys seconds of the server's whole process tree from "
         "/proc/PID/stat (threads and reaped children included), per GiB moved. Peak RSS is "
         "the sum of VmHWM over the server's processes, reset (clear_refs 5) before each run.",
+        "Client CPU is the client process's user+sys seconds (getrusage of waited-for "
+        "children), per GiB; for `freight send`/`freight get` it includes starting Python "
+        "and importing freight (about 0.3 s). Client and server share the 2 cores, so a "
+        "costly client slows its own target.",
         "Integrity: after each upload the new file in the server's data directory is "
         "SHA-256-checked against the source; each download server's bytes are checked once "
         "before the timed runs.",
@@ -208,6 +212,7 @@ def _transfer_rows(results: Results, kind: str) -> list[list[str]]:
         row += [
             _fmt(results.throughput(target.name)),
             _fmt(results.cpu_per_gib(target.name)),
+            _fmt(results.client_cpu_per_gib(target.name)),
             _fmt(results.peak_rss_mib(target.name), 1),
             _ok(results, target.name),
         ]
@@ -237,7 +242,8 @@ def render_markdown(results: Results, chart: str | None) -> str:
     lines += ["## Machine ceilings (same run)", ""]
     header = ["ceiling", "GiB/s median (min-max)", "server-side CPU s/GiB", "syncs to disk"]
     lines += [*_table(header, ceilings), ""]
-    columns = ["GiB/s median (min-max)", "server CPU s/GiB", "server peak RSS MiB", "intact"]
+    columns = ["GiB/s median (min-max)", "server CPU s/GiB", "client CPU s/GiB"]
+    columns += ["server peak RSS MiB", "intact"]
     lines += ["## Uploads", ""]
     lines += [
         *_table(["target", "client", "syncs to disk", *columns], _transfer_rows(results, "upload")),
@@ -322,6 +328,7 @@ def write_chart(results: Results, path: Path) -> bool:
     except ImportError:
         return False
     names, rates, errors, cpus, colors = [], [], [], [], []
+    client_cpus: list[float] = []
     palette = {"freight": "#1f77b4", "peer": "#ff7f0e", "ceiling": "#7f7f7f"}
     for target in results.targets:
         rate = results.throughput(target.name)
@@ -337,6 +344,8 @@ def write_chart(results: Results, path: Path) -> bool:
         errors.append((rate.median - rate.low, rate.high - rate.median))
         cpu = results.cpu_per_gib(target.name)
         cpus.append(cpu.median if cpu is not None else 0.0)
+        client = results.client_cpu_per_gib(target.name)
+        client_cpus.append(client.median if client is not None else 0.0)
         colors.append(palette[family])
     height = max(4.0, 0.32 * len(names) + 1.5)
     figure, (left, right) = plt.subplots(
@@ -355,8 +364,9 @@ def write_chart(results: Results, path: Path) -> bool:
     left.set_xlabel("GiB/s (median, min-max)")
     left.set_title(f"Throughput, {_size(results.size)} over loopback")
     right.barh(positions, cpus, color=colors)
-    right.set_xlabel("server CPU seconds per GiB (median)")
-    right.set_title("Server CPU per GiB (lower is better)")
+    right.barh(positions, client_cpus, left=cpus, color=colors, alpha=0.35, hatch="//")
+    right.set_xlabel("CPU seconds per GiB (median): server, then client (hatched)")
+    right.set_title("CPU per GiB (lower is better)")
     for axis in (left, right):
         axis.grid(axis="x", alpha=0.3)
     handles = [Rectangle((0, 0), 1, 1, color=c) for c in palette.values()]

@@ -22,7 +22,13 @@ from pathlib import Path
 
 from bench import clients
 from bench.clients import ClientError, Transfer
-from bench.measure import find_stored_copy, prewarm_page_cache, reset_peak_rss, snapshot
+from bench.measure import (
+    children_cpu_seconds,
+    find_stored_copy,
+    prewarm_page_cache,
+    reset_peak_rss,
+    snapshot,
+)
 from bench.model import Sample
 from bench.peers import Peer, Unavailable
 
@@ -85,10 +91,10 @@ def measure_upload(target: str, run: int, peer: Peer, source: Source, action: Ac
             raise Unavailable(f"{peer.name} is not running: {peer.log_tail(5)}")
         prewarm_page_cache(store, source.size)
         reset_peak_rss(peer.pids())
-        start = snapshot(peer.pid)
+        start, client_start = snapshot(peer.pid), children_cpu_seconds()
         transfer = action()
         location = transfer.location
-        end = snapshot(peer.pid)
+        end, client_end = snapshot(peer.pid), children_cpu_seconds()
         stored = find_stored_copy(_files(store) - before, source.size, source.sha256)
         if stored is None:
             raise ClientError("no stored file has the source's size and SHA-256")
@@ -101,6 +107,7 @@ def measure_upload(target: str, run: int, peer: Peer, source: Source, action: Ac
             seconds=transfer.seconds,
             cpu_seconds=end.cpu_seconds - start.cpu_seconds,
             peak_rss_kib=end.peak_rss_kib,
+            client_cpu_seconds=client_end - client_start,
         )
     except (ClientError, Unavailable, OSError) as exc:
         return _failed(target, run, source.size, exc)
@@ -123,9 +130,9 @@ def measure_download(
         if client_dir is not None:
             prewarm_page_cache(client_dir, size)
         reset_peak_rss(peer.pids())
-        start = snapshot(peer.pid)
+        start, client_start = snapshot(peer.pid), children_cpu_seconds()
         transfer = action()
-        end = snapshot(peer.pid)
+        end, client_end = snapshot(peer.pid), children_cpu_seconds()
         if transfer.size != size:
             raise ClientError(f"received {transfer.size} bytes, not {size}")
         return Sample(
@@ -135,6 +142,7 @@ def measure_download(
             seconds=transfer.seconds,
             cpu_seconds=end.cpu_seconds - start.cpu_seconds,
             peak_rss_kib=end.peak_rss_kib,
+            client_cpu_seconds=client_end - client_start,
         )
     except (ClientError, Unavailable, OSError) as exc:
         return _failed(target, run, size, exc)

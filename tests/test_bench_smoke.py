@@ -47,6 +47,7 @@ def test_every_target_moves_the_file_intact(smoke: tuple[int, Results, Path], na
         assert sample.ok, sample.error
         assert sample.seconds is not None and sample.seconds > 0
         assert sample.cpu_seconds is not None and sample.peak_rss_kib
+        assert sample.client_cpu_seconds is not None
 
 
 @pytest.mark.parametrize("name", ["iperf3 loopback", "dd conv=fdatasync"])
