@@ -100,6 +100,11 @@ class UploadWriter:
         return self._start
 
     @property
+    def limit(self) -> int | None:
+        """Offset the writer may not write past (the upload's length or the range's end)."""
+        return self._limit
+
+    @property
     def unrecorded(self) -> int:
         """Bytes already in the file that this writer has not recorded as received."""
         return self._flushed - self._recorded
@@ -116,6 +121,43 @@ class UploadWriter:
             view = view[take:]
             if self._fill == self._buffer_size:
                 await self._hand_off()
+
+    def free_space(self) -> memoryview:
+        """The unfilled part of the filling buffer, for a socket to read straight into.
+
+        Empty once the buffer is full: :meth:`hand_off_nowait` (or :meth:`write`) makes
+        room. Never reaches past the upload's length.
+        """
+        room = self._buffer_size - self._fill
+        if self._limit is not None:
+            room = min(room, self._limit - self.position)
+        return memoryview(self._buffers[self._current])[self._fill : self._fill + room]
+
+    def filled(self, nbytes: int) -> None:
+        """Count ``nbytes`` put at the start of :meth:`free_space` as written."""
+        if nbytes > self._buffer_size - self._fill:
+            raise ValueError("more bytes than the free space holds")
+        self._fill += nbytes
+
+    @property
+    def is_full(self) -> bool:
+        return self._fill == self._buffer_size
+
+    def hand_off_nowait(self) -> bool:
+        """Pass the filling buffer to the worker threads unless the other one is still busy.
+
+        Returns False, doing nothing, while the previous buffer is being written; the
+        caller then waits (:meth:`hand_off`) instead of reading more. Raises what a
+        finished job raised.
+        """
+        if self._pending is not None and not self._pending.done():
+            return False
+        self._hand_off_settled()
+        return True
+
+    async def hand_off(self) -> None:
+        """Pass the filling buffer on once the previous one is written; raises its error."""
+        await self._hand_off()
 
     async def commit(self, *, expected_end: int | None = None) -> UploadSession:
         """Make every byte of this request durable and record it; returns the session."""
@@ -176,7 +218,12 @@ class UploadWriter:
     # internals ---------------------------------------------------------------------------
 
     async def _hand_off(self) -> None:
-        self._advance(await self._settle_pending())
+        if self._pending is not None:
+            await asyncio.wait([self._pending])
+        self._hand_off_settled()
+
+    def _hand_off_settled(self) -> None:
+        self._advance(self._take_settled())
         self._maybe_checkpoint()
         if self._fill == 0:
             return
@@ -191,12 +238,13 @@ class UploadWriter:
             self._engine.note_written(self._active, flushed - self._flushed)
             self._flushed = flushed
 
-    async def _settle_pending(self) -> int:
+    def _take_settled(self) -> int:
+        """The end written by the finished previous job (or the flushed end if none ran)."""
         if self._pending is None:
             return self._flushed
         pending, self._pending = self._pending, None
         try:
-            return await pending
+            return pending.result()
         except BaseException:
             # The hasher may have consumed bytes that never reached the disk.
             self._hasher_valid = False
@@ -207,7 +255,9 @@ class UploadWriter:
 
     async def _drain(self) -> None:
         await self._hand_off()
-        self._advance(await self._settle_pending())
+        if self._pending is not None:
+            await asyncio.wait([self._pending])
+        self._advance(self._take_settled())
         if self._checkpoint is not None:
             await self._checkpoint
 

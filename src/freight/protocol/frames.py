@@ -622,6 +622,27 @@ class FrameDecoder:
         """True when the bytes fed so far end exactly after a frame."""
         return self._fill == 0 and self._payload_left == 0 and self._failed is None
 
+    @property
+    def payload_left(self) -> int:
+        """Bytes of the current DATA frame's payload not yet fed (0 between payloads)."""
+        return self._payload_left
+
+    @property
+    def payload_offset(self) -> int:
+        """The upload offset the next payload byte belongs at."""
+        return self._payload_offset
+
+    def skip_payload(self, nbytes: int) -> None:
+        """Count ``nbytes`` of the current payload that the caller read somewhere else.
+
+        A receiver may read a payload straight into its own buffer (``recv_into`` its
+        destination) instead of feeding it here; the decoder then only keeps its place.
+        """
+        if not 0 <= nbytes <= self._payload_left:
+            raise ValueError(f"{nbytes} bytes; the payload has {self._payload_left} left")
+        self._payload_offset += nbytes
+        self._payload_left -= nbytes
+
     def feed(self, data: Buffer) -> list[Frame]:
         """Decode ``data``; DATA payload in the result points into ``data`` (no copy)."""
         if self._failed is not None:

@@ -52,11 +52,12 @@ from freight.errors import (
     UploadCompleted,
     UploadIncomplete,
     UploadNotFound,
+    UploadTooLarge,
 )
 from freight.protocol.checksum import digest_size, new_checksum
 from freight.protocol.digests import parse_digest_header
 from freight.protocol.metadata import safe_filename
-from freight.server.body import content_length
+from freight.server.body import content_length, stream_body
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.events import add_event_routes
 from freight.server.metrics import METRICS, add_metrics
@@ -485,11 +486,10 @@ async def _next_piece(request: web.Request, position: int) -> bytes:
 async def _stream(
     request: web.Request, writer: UploadWriter, end: int, counter: _WireCounter
 ) -> None:
-    while piece := await _next_piece(request, writer.position):
-        counter.add(len(piece))
-        if writer.position + len(piece) > end:
-            raise LengthMismatch(f"the body runs past the chunk's end at byte {end}")
-        await writer.write(piece)
+    try:
+        await stream_body(request, writer, counter.add)
+    except UploadTooLarge as exc:
+        raise LengthMismatch(f"the body runs past the chunk's end at byte {end}") from exc
 
 
 async def _drain(request: web.Request, length: int, counter: _WireCounter) -> None:

@@ -11,6 +11,7 @@ from aiohttp.typedefs import Middleware
 from freight.errors import FreightError, Unauthorized
 from freight.protocol import ietf
 from freight.protocol.tus import TUS_HEADERS
+from freight.server.body import close_after_response
 from freight.server.errors import error_response, internal_error_response
 from freight.server.links import link_allows
 
@@ -30,6 +31,13 @@ _HEADER_LIST = ", ".join(
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await _respond(request, handler)
+    if close_after_response(request):
+        response.force_close()
+    return response
+
+
+async def _respond(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except FreightError as exc:

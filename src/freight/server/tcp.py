@@ -1,11 +1,12 @@
 """freight's raw TCP transport: ``freight serve --tcp-port N`` (specified in docs/protocol.md).
 
-Receiving is one :class:`asyncio.BufferedProtocol` per connection. The kernel copies bytes
-into one reused receive buffer; :class:`~freight.protocol.frames.FrameDecoder` turns them
-into frames whose DATA payload are views of that buffer, and the engine's writer copies
-those into its staging buffers (written and hashed in worker threads). While a buffer's
-frames are being handled reading is paused, so a slow disk pushes back on the client
-through TCP itself and memory stays at one receive buffer per connection.
+Receiving is one :class:`asyncio.BufferedProtocol` per connection. Control frames and DATA
+headers are read into a small buffer and decoded by
+:class:`~freight.protocol.frames.FrameDecoder`; a DATA payload at the offset the upload
+expects is read by the kernel straight into the engine's staging buffer (see
+:mod:`freight.server.ingest`), which worker threads write and hash: each byte is copied
+once, from the socket to the buffer that goes to disk. Reading pauses while a window is made
+durable or the disk is behind, so a slow disk pushes back on the client through TCP itself.
 
 Sending a file (GET) is ``loop.sendfile`` per DATA frame: the payload never enters Python,
 and asyncio loops over partial ``os.sendfile`` calls.
@@ -31,6 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import IO, cast
 
+from freight._types import Buffer
 from freight.config import ServerConfig
 from freight.core import UploadEngine, UploadSession, UploadWriter
 from freight.errors import (
@@ -48,6 +50,7 @@ from freight.errors import (
 )
 from freight.protocol.frames import (
     CLIENT_FRAMES,
+    HEADER_SIZE,
     MAX_DATA_PAYLOAD,
     MAX_NAME,
     VERSION,
@@ -71,6 +74,7 @@ from freight.protocol.frames import (
     Welcome,
     encode_data_header,
 )
+from freight.server.ingest import WriterFeed
 from freight.storage.base import SendfileSource
 
 __all__ = ["SHA256_METADATA_KEY", "TcpServer", "TcpSettings", "error_frame", "start_tcp_server"]
@@ -79,7 +83,8 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 SHA256_METADATA_KEY = "sha256"  # the digest a PUT declared, kept for a later RESUME
-_SMALL_BUFFER = 64 * 1024  # idle connections stay cheap; uploads get the large buffer
+_SMALL_BUFFER = 64 * 1024  # control frames; upload payload goes to the writer's own buffer
+_DATA_HEADER_SIZE = HEADER_SIZE + 8  # a DATA frame's header and offset
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,6 @@ class TcpSettings:
     window: int = 16 * MiB
     max_data: int = MAX_DATA_PAYLOAD
     send_frame: int = 4 * MiB  # DATA payload per frame when serving GET
-    receive_buffer: int = 1 * MiB  # while an upload streams in; 64 KiB otherwise
     idle_timeout: float = 60.0
     lock_wait: float = 5.0  # how long RESUME waits for another connection's writer
     token: str | None = None
@@ -122,12 +126,18 @@ class _Connection(asyncio.BufferedProtocol):
         self._settings = server.settings
         self._decoder = FrameDecoder(CLIENT_FRAMES, max_data=self._settings.max_data)
         self._buffer = bytearray(_SMALL_BUFFER)
+        self._header_buffer = bytearray(_DATA_HEADER_SIZE)
         self._handed_out = self._buffer
         self._frames: deque[Frame] = deque()
         self._failure: FreightError | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._transport: asyncio.Transport | None = None
         self._in_sync = False  # both sides know where the stream stands
+        self._holds: set[str] = set()  # why reading is paused; it resumes when none is left
+        self._feed: WriterFeed | None = None  # while an upload streams in
+        self._direct = False  # the last buffer handed out was the writer's own
+        self._ack_due = 0  # the writer position at which the next ACK is owed
+        self._last_read = 0.0
         self.task: asyncio.Task[None] | None = None
 
     # asyncio callbacks --------------------------------------------------------------------
@@ -137,19 +147,35 @@ class _Connection(asyncio.BufferedProtocol):
         self.task = asyncio.ensure_future(self._serve())
         self._server.track(self)
 
-    def get_buffer(self, sizehint: int) -> bytearray:
-        # Frames still queued point into the main buffer; reading is paused until they are
-        # handled, so this spare is only a safety net.
-        self._handed_out = bytearray(_SMALL_BUFFER) if self._frames else self._buffer
+    def get_buffer(self, sizehint: int) -> Buffer:
+        direct = self._direct_space()
+        if direct:
+            self._direct = True
+            return direct
+        self._direct = False
+        if self._frames:
+            # Queued frames point into the main buffer; reading is paused until they are
+            # handled, so this spare is only a safety net.
+            self._handed_out = bytearray(_SMALL_BUFFER)
+        elif self._feed is not None:
+            # Between payloads of an upload read no more than a DATA header, so the payload
+            # after it goes straight to the writer.
+            self._handed_out = self._header_buffer
+        else:
+            self._handed_out = self._buffer
         return self._handed_out
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._last_read = asyncio.get_running_loop().time()
+        if self._direct:
+            self._direct_read(nbytes)
+            return
         try:
             self._frames.extend(self._decoder.feed(memoryview(self._handed_out)[:nbytes]))
         except FrameError as exc:
             self._failure = exc
         if self._frames or self._failure is not None:
-            self._pause()
+            self._hold("frames")
             self._wake()
 
     def eof_received(self) -> bool:
@@ -178,30 +204,83 @@ class _Connection(asyncio.BufferedProtocol):
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
-    def _pause(self) -> None:
+    def _hold(self, reason: str) -> None:
+        self._holds.add(reason)
         assert self._transport is not None
         if self._transport.is_reading():
             self._transport.pause_reading()
 
+    def _release(self, reason: str) -> None:
+        self._holds.discard(reason)
+        assert self._transport is not None
+        if not self._holds and not self._transport.is_reading():
+            self._transport.resume_reading()
+
+    def _direct_space(self) -> memoryview | None:
+        """The writer's own buffer, when the next bytes are payload it expects next.
+
+        A payload at another offset is decoded as frames instead, for
+        :meth:`_stream_into` to refuse.
+        """
+        feed, decoder = self._feed, self._decoder
+        if feed is None or self._frames or self._failure is not None:
+            return None
+        if not decoder.payload_left or decoder.payload_offset != feed.writer.position:
+            return None
+        return feed.space(decoder.payload_left) or None
+
+    def _direct_read(self, nbytes: int) -> None:
+        feed = self._feed
+        assert feed is not None
+        self._direct = False
+        self._decoder.skip_payload(nbytes)
+        feed.fed(nbytes)
+        if feed.writer.position >= self._ack_due:
+            self._hold("window")
+            self._wake()
+
+    def _ack_is_due(self) -> bool:
+        return self._feed is not None and self._feed.writer.position >= self._ack_due
+
     async def _next_frame(self) -> Frame:
-        """The next frame; frames already decoded come before a failure that followed them."""
+        frame = await self._next_event(or_ack=False)
+        assert frame is not None
+        return frame
+
+    async def _next_event(self, *, or_ack: bool) -> Frame | None:
+        """The next frame; frames already decoded come before a failure that followed them.
+
+        With ``or_ack``, None as soon as a window of payload read directly needs its ACK.
+        """
         while not self._frames:
             if self._failure is not None:
                 raise self._failure
-            assert self._transport is not None
-            if not self._transport.is_reading():
-                self._transport.resume_reading()
+            if or_ack and self._ack_is_due():
+                return None
             self._wakeup = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(self._settings.idle_timeout):
-                    await self._wakeup
-            except TimeoutError:
-                raise IdleTimeout("no data for too long; closing the connection") from None
+            self._release("frames")
+            await self._wait_for_wakeup()
         frame = self._frames.popleft()
         if isinstance(frame, ErrorFrame):
             # A client says why it gives up; there is nothing to answer.
             raise ClientDisconnected(f"the client gave up: {frame.code} {frame.message}")
         return frame
+
+    async def _wait_for_wakeup(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        timeout = self._settings.idle_timeout
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._wakeup)
+                return
+            except TimeoutError:
+                # Payload read straight into the writer does not wake us; it still counts.
+                idle = loop.time() - self._last_read
+                if idle >= timeout:
+                    raise IdleTimeout("no data for too long; closing the connection") from None
+                timeout = self._settings.idle_timeout - idle
 
     def _send(self, frame: ControlFrame) -> None:
         assert self._transport is not None
@@ -287,11 +366,7 @@ class _Connection(asyncio.BufferedProtocol):
             writer = await self._claim_writer(stack, session.id)
             self._send(Accepted(session.id, writer.start, size))
             self._in_sync = False
-            self._buffer = bytearray(self._settings.receive_buffer)
-            try:
-                done = await self._stream_into(writer)
-            finally:
-                self._buffer = bytearray(_SMALL_BUFFER)
+            done = await self._stream_into(writer)
             self._in_sync = True
             await writer.commit(expected_end=size)
         if declared is not None and declared != done.sha256:
@@ -320,26 +395,54 @@ class _Connection(asyncio.BufferedProtocol):
     async def _stream_into(self, writer: UploadWriter) -> Done:
         """Write DATA until DONE, acknowledging each window once it is durable.
 
-        No credit check is needed here: reading stops while a window is made durable, so
-        the client can never get more than a window and a receive buffer past the last ACK.
+        Payload at the writer's position is read straight into the writer's buffer (see
+        :meth:`_direct_space`); anything else arrives here as frames. No credit check is
+        needed: reading stops while a window is made durable, so the client can never get
+        more than a window and a receive buffer past the last ACK.
         """
-        window = self._settings.window
-        acked = writer.start
-        while True:
-            frame = await self._next_frame()
-            if type(frame) is DataChunk:
-                if frame.offset != writer.position:
-                    raise OffsetMismatch(
-                        f"DATA at {frame.offset}, expected {writer.position}", offset=acked
-                    )
-                await writer.write(frame.data)
-                if writer.position - acked >= window:
-                    acked = await writer.checkpoint()
-                    self._send(Ack(acked))
-            elif isinstance(frame, Done):
-                return frame
-            else:
-                raise UnexpectedFrame(f"{type(frame).__name__} during an upload")
+        feed = WriterFeed(
+            writer,
+            hold=lambda: self._hold("room"),
+            release=lambda: self._release("room"),
+            fail=self._fail_on_write,
+        )
+        self._feed, self._ack_due = feed, writer.start + self._settings.window
+        try:
+            while True:
+                frame = await self._next_event(or_ack=True)
+                if frame is None or type(frame) is DataChunk:
+                    if frame is not None:
+                        await self._write_frame(writer, frame)
+                    if self._ack_is_due():
+                        await self._acknowledge(feed)
+                elif isinstance(frame, Done):
+                    await feed.settle()
+                    return frame
+                else:
+                    raise UnexpectedFrame(f"{type(frame).__name__} during an upload")
+        finally:
+            self._feed = None
+            feed.cancel()
+            self._holds.discard("room")
+            self._holds.discard("window")
+
+    def _fail_on_write(self, exc: BaseException) -> None:
+        self._fail_with(exc if isinstance(exc, FreightError) else FreightError(str(exc)))
+
+    async def _write_frame(self, writer: UploadWriter, frame: DataChunk) -> None:
+        if frame.offset != writer.position:
+            raise OffsetMismatch(
+                f"DATA at {frame.offset}, expected {writer.position}",
+                offset=self._ack_due - self._settings.window,
+            )
+        await writer.write(frame.data)
+
+    async def _acknowledge(self, feed: WriterFeed) -> None:
+        await feed.settle()
+        acked = await feed.writer.checkpoint()
+        self._send(Ack(acked))
+        self._ack_due = feed.writer.position + self._settings.window
+        self._release("window")
 
     # downloads ----------------------------------------------------------------------------
 
