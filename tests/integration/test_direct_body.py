@@ -165,3 +165,24 @@ async def test_a_large_chunk_is_counted_and_stored(tmp_path: Path) -> None:
             done = await resp.json()
             assert resp.status == 200, done
         assert done["sha256"] == hashlib.sha256(chunk + chunk).hexdigest()
+
+
+async def test_a_new_patch_takes_over_from_a_stalled_one(tmp_path: Path) -> None:
+    """tus clients retry at once after a network error; the old request must not lock them out."""
+    body = os.urandom(12 * MiB)
+    async with live_server(tmp_path, fsync="batch", sync_every=MiB) as server:
+        url = await server.create(len(body))
+        _reader, stalled = await _connect(url)
+        stalled.write(_patch_head(url, 0, len(body)) + body[: 5 * MiB])
+        await stalled.drain()
+        await asyncio.sleep(0.3)  # the first bytes are written; then the link goes quiet
+        started = asyncio.get_running_loop().time()
+        resp = await server.patch(url, 0, body)
+        if resp.status == 409:  # the stalled request kept what it had: go on from there
+            offset = int(resp.headers["Upload-Offset"])
+            assert 0 < offset <= 5 * MiB
+            resp = await server.patch(url, offset, body[offset:])
+        assert resp.status == 204, resp.status
+        assert asyncio.get_running_loop().time() - started < 5
+        assert server.part_bytes(url) == body
+        stalled.close()

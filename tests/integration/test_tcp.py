@@ -435,6 +435,38 @@ def test_resume_continues_at_the_durable_offset(tcp_server: TcpServer) -> None:
         second.close()
 
 
+def test_a_reconnect_takes_over_from_a_stalled_connection(tcp_server: TcpServer) -> None:
+    """The old connection stays open and silent (a dead link the server cannot see)."""
+    size = 2 * WINDOW
+    pattern = PatternStream(size, seed=11)
+    stalled = RawClient(tcp_server.port)
+    stalled.hello()
+    upload_id = stalled.put(size)
+    send_range(stalled, pattern, 0, WINDOW + 4096)
+    assert struct.unpack(">Q", stalled.expect(ACK))[0] == WINDOW
+    second = RawClient(tcp_server.port)
+    try:
+        second.hello()
+        started = time.monotonic()
+        second.send(RESUME, upload_id.encode())
+        body = second.expect(ACCEPTED)
+        assert time.monotonic() - started < 3  # not the idle timeout, not a lock error
+        offset, total = struct.unpack_from(">QQ", body)
+        assert WINDOW <= offset <= WINDOW + 4096 and total == size
+        stalled.sock.settimeout(5)
+        with pytest.raises((EOFError, ConnectionError)):
+            stalled.frame()  # the server closed the stalled connection
+        send_range(second, pattern, offset, size)
+        frame_type, body = second.done(bytes.fromhex(pattern.sha256()))
+        while frame_type == ACK:
+            frame_type, body = second.frame()
+        assert frame_type == FINISHED
+        assert body[8:40].hex() == pattern.sha256()
+    finally:
+        stalled.close()
+        second.close()
+
+
 def test_errors_answering_a_request_keep_the_connection(tcp_server: TcpServer) -> None:
     client = RawClient(tcp_server.port)
     try:

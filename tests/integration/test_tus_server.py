@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from tus_fixtures import OCTETS, TUS, LiveServer, b64, live_server, metadata
 
@@ -316,7 +317,10 @@ async def test_400_bad_headers(server: LiveServer, started: tuple[str, bytes]) -
             assert (await resp.json())["message"]
 
 
-async def test_423_concurrent_patch(server: LiveServer, started: tuple[str, bytes]) -> None:
+async def test_a_concurrent_patch_takes_the_upload_over(
+    server: LiveServer, started: tuple[str, bytes]
+) -> None:
+    """Like tusd: the newer request ends the older one, which keeps what it wrote."""
     url, data = started
     gate = asyncio.Event()
 
@@ -329,12 +333,16 @@ async def test_423_concurrent_patch(server: LiveServer, started: tuple[str, byte
     first = asyncio.ensure_future(server.http.patch(url, data=slow_body(), headers=headers))
     await asyncio.sleep(0.3)
     async with server.http.patch(url, data=b"zz", headers=headers) as resp:
-        assert resp.status == 423
+        assert resp.status == 409
+        kept = int(resp.headers["Upload-Offset"])
+    assert kept == (1 << 20) + 65536
     gate.set()
-    resp = await first
+    with pytest.raises(aiohttp.ClientError):
+        await first  # its connection was closed under it
+    resp = await server.patch(url, kept, data[kept : 2 << 20])
     assert resp.status == 204
     assert resp.headers["Upload-Offset"] == str(2 << 20)
-    resp.release()
+    assert server.part_bytes(url)[: 2 << 20] == data[: 2 << 20]
 
 
 async def test_401_without_token(tmp_path: Path) -> None:

@@ -53,6 +53,21 @@ log = logging.getLogger(__name__)
 _EVERYTHING = 1 << 63
 _IDLE_CACHE = 256
 CONSUMED_PART_GRACE = 600.0
+# How long a request taking an upload over waits for the interrupted one to let go.
+TAKE_OVER_WAIT = 5.0
+
+
+@dataclass(eq=False)
+class Claim:
+    """A byte range one request is writing; ``interrupt`` ends that request (take-over)."""
+
+    start: int
+    end: int
+    interrupt: Callable[[], None] | None = None
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return self.start < end and start < self.end
 
 
 @dataclass
@@ -61,7 +76,7 @@ class ActiveUpload:
 
     session: UploadSession
     hasher: StatefulSha256 | None
-    claims: list[tuple[int, int]] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
     part: PartFile | None = None
     save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     writers: set[UploadWriter] = field(default_factory=set)
@@ -80,11 +95,19 @@ class ActiveUpload:
         """Durable bytes plus those on disk that a writer has not recorded yet."""
         return self.session.received.total() + sum(w.unrecorded for w in self.writers)
 
-    def claim(self, start: int, end: int) -> None:
-        for other_start, other_end in self.claims:
-            if other_start < end and start < other_end:
-                raise UploadLocked("another request is writing this upload right now")
-        self.claims.append((start, end))
+    def claim(self, start: int, end: int, interrupt: Callable[[], None] | None = None) -> Claim:
+        if self.blocking(start, end):
+            raise UploadLocked("another request is writing this upload right now")
+        claim = Claim(start, end, interrupt)
+        self.claims.append(claim)
+        return claim
+
+    def blocking(self, start: int, end: int) -> list[Claim]:
+        return [claim for claim in self.claims if claim.overlaps(start, end)]
+
+    def unclaim(self, claim: Claim) -> None:
+        self.claims.remove(claim)
+        claim.released.set()
 
 
 class UploadEngine:
@@ -251,21 +274,30 @@ class UploadEngine:
         sequential: bool = True,
         checksum: RequestChecksum | None = None,
         all_or_nothing: bool = False,
+        interrupt: Callable[[], None] | None = None,
     ) -> AsyncIterator[UploadWriter]:
         """Write from ``offset``; the caller must ``await writer.commit()`` to keep the bytes.
 
         ``sequential`` (tus, IETF) requires ``offset`` to be the current offset; otherwise
         ``end`` bounds the range written (chunk APIs writing in any order).
         ``all_or_nothing`` keeps nothing of a request that fails before ``commit``.
+
+        ``interrupt`` ends the calling request (closes its connection). When given, a
+        request still writing the same bytes is interrupted in turn and this one waits
+        for it to let go: a client that reconnects after a dropped connection takes its
+        upload over at once instead of waiting until the server notices the old
+        connection is dead (tusd does the same).
         """
         active = await self._activate(upload_id)
+        claimed_end = end if end is not None else _EVERYTHING
+        if interrupt is not None and await self._take_over(active, offset, claimed_end):
+            active = await self._activate(upload_id)  # it may have been dropped meanwhile
         session = active.session
         self._check_writable(session, offset, sequential)
         if not sequential and session.received.overlaps(offset, end or _EVERYTHING):
             raise RangeAlreadyReceived(f"bytes from {offset} were already received")
         limit = session.length if session.length is not None else self.max_size
-        active.claim(offset, end if end is not None else _EVERYTHING)
-        claim = active.claims[-1]
+        claim = active.claim(offset, claimed_end, interrupt)
         try:
             if sequential and offset != session.offset:
                 raise OffsetMismatch(
@@ -294,8 +326,26 @@ class UploadEngine:
                     active.hash_owner = None
                     self._maybe_catch_up(active)
         finally:
-            active.claims.remove(claim)
+            active.unclaim(claim)
             self._release(upload_id, active)
+
+    async def _take_over(self, active: ActiveUpload, start: int, end: int) -> bool:
+        """Interrupt the requests writing ``[start, end)`` and wait for them to let go.
+
+        Returns whether it waited (and so whether ``active`` may be stale).
+        """
+        blocking = active.blocking(start, end)
+        if not blocking or any(claim.interrupt is None for claim in blocking):
+            return False  # nothing to take, or held by work that cannot be interrupted
+        for claim in blocking:
+            assert claim.interrupt is not None
+            log.info("upload %s: a new request takes over from a running one", active.session.id)
+            claim.interrupt()
+        waits = [asyncio.ensure_future(claim.released.wait()) for claim in blocking]
+        _, pending = await asyncio.wait(waits, timeout=TAKE_OVER_WAIT)
+        for wait in pending:
+            wait.cancel()
+        return True
 
     def _check_writable(self, session: UploadSession, offset: int, sequential: bool) -> None:
         if session.concat_kind is ConcatKind.FINAL:
@@ -432,7 +482,7 @@ class UploadEngine:
             raise UploadIncomplete(
                 "the upload is missing bytes", missing=[list(gap) for gap in missing]
             )
-        active.claim(0, _EVERYTHING)
+        claim = active.claim(0, _EVERYTHING)
         try:
             if active.catch_up is not None:
                 with contextlib.suppress(Exception):
@@ -454,7 +504,7 @@ class UploadEngine:
             active.session = session = finished
             self._publish(UploadEventKind.FINISHED, active)
         finally:
-            active.claims.remove((0, _EVERYTHING))
+            active.unclaim(claim)
             self._release(upload_id, active)
         if session.concat_kind is ConcatKind.PARTIAL:
             self._spawn(self._assemble_waiting_finals(session.id))
@@ -506,7 +556,7 @@ class UploadEngine:
         final = active.session
         if final.state is not UploadState.ASSEMBLING or active.claims:
             return  # another task is assembling it, or already did
-        active.claim(0, _EVERYTHING)
+        claim = active.claim(0, _EVERYTHING)
         try:
             parts = [await self.get(pid) for pid in final.concat_parts]
             total = sum(p.length or 0 for p in parts)
@@ -520,7 +570,7 @@ class UploadEngine:
             active.hasher = hasher
             final.state = UploadState.RECEIVING
         finally:
-            active.claims.remove((0, _EVERYTHING))
+            active.unclaim(claim)
         await self.finish(final_id)
         await self._retire_parts(parts)
 

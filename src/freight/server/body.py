@@ -31,6 +31,7 @@ __all__ = [
     "close_after_response",
     "content_length",
     "has_body",
+    "interrupter",
     "stream_body",
 ]
 
@@ -63,6 +64,16 @@ def check_fits(offset: int, request: web.Request, limit: int | None) -> None:
         raise UploadTooLarge(
             f"{length} bytes at offset {offset} run past the upload's length of {limit}"
         )
+
+
+def interrupter(request: web.Request) -> Callable[[], None]:
+    """Ends this request by dropping its connection: how a newer request takes over."""
+
+    def interrupt() -> None:
+        if request.transport is not None:
+            request.transport.abort()
+
+    return interrupt
 
 
 def close_after_response(request: web.Request) -> bool:

@@ -57,7 +57,7 @@ from freight.errors import (
 from freight.protocol.checksum import digest_size, new_checksum
 from freight.protocol.digests import parse_digest_header
 from freight.protocol.metadata import safe_filename
-from freight.server.body import content_length, stream_body
+from freight.server.body import content_length, interrupter, stream_body
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.events import add_event_routes
 from freight.server.metrics import METRICS, add_metrics
@@ -470,7 +470,13 @@ async def _write_chunk(
     # A chunk counts whole or not at all: a half-kept one would be neither missing nor
     # received, and its retry would be taken for a duplicate.
     async with engine.writer(
-        upload_id, start, end=end, sequential=False, checksum=checksum, all_or_nothing=True
+        upload_id,
+        start,
+        end=end,
+        sequential=False,
+        checksum=checksum,
+        all_or_nothing=True,
+        interrupt=interrupter(request),
     ) as writer:
         await _stream(request, writer, end, counter)
         return await writer.commit(expected_end=end)

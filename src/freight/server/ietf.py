@@ -35,7 +35,7 @@ from freight.errors import MethodNotAllowed, OffsetMismatch, UploadCompleted, Up
 from freight.protocol import ietf
 from freight.protocol.digests import build_repr_digest
 from freight.protocol.metadata import parse_upload_metadata
-from freight.server.body import check_fits, content_length, has_body, stream_body
+from freight.server.body import check_fits, content_length, has_body, interrupter, stream_body
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.state import ENGINE, SETTINGS
 
@@ -189,7 +189,7 @@ async def write_body(
     start = req.offset or 0
     check_fits(start, request, session.length)
     end = session.length if req.complete else None
-    async with engine.writer(session.id, start) as writer:
+    async with engine.writer(session.id, start, interrupt=interrupter(request)) as writer:
         await stream_body(request, writer)
         return await writer.commit(expected_end=end)
 

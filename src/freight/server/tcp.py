@@ -375,19 +375,20 @@ class _Connection(asyncio.BufferedProtocol):
         self._send(_finished(finished))
 
     async def _claim_writer(self, stack: contextlib.AsyncExitStack, upload_id: str) -> UploadWriter:
-        """A writer at the durable offset, waiting a little for a previous one to let go.
+        """A writer at the durable offset, taking the upload over from an older connection.
 
-        A client that lost its connection reconnects at once, often before the old
-        connection has noticed the loss and kept its last bytes; waiting here spares it
-        an ERR_UPLOAD_LOCKED round trip. The offset is read again after each wait.
+        A client that lost its connection reconnects at once, long before the server
+        notices the old connection is dead: the old one is closed (keeping what it made
+        durable) and this one goes on from there. The offset is read again after each wait,
+        since the old connection's last bytes move it.
         """
         deadline = asyncio.get_running_loop().time() + self._settings.lock_wait
         while True:
             session = await self._engine.get(upload_id)
             try:
-                writer = self._engine.writer(upload_id, session.offset)
+                writer = self._engine.writer(upload_id, session.offset, interrupt=self.abort)
                 return await stack.enter_async_context(writer)
-            except UploadLocked:
+            except (UploadLocked, OffsetMismatch):
                 if asyncio.get_running_loop().time() >= deadline:
                     raise
             await asyncio.sleep(0.05)

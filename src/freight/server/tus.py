@@ -16,7 +16,7 @@ from freight.protocol import tus
 from freight.protocol.checksum import CHECKSUM_ALGORITHMS, new_checksum
 from freight.protocol.digests import build_repr_digest
 from freight.protocol.metadata import build_upload_metadata
-from freight.server.body import check_fits, has_body, stream_body
+from freight.server.body import check_fits, has_body, interrupter, stream_body
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.state import ENGINE, SETTINGS
 
@@ -142,7 +142,9 @@ async def write_body(
         raise UnsupportedMediaType(f"Content-Type must be {OFFSET_STREAM}")
     check_fits(offset, request, session.length)
     checksum = request_checksum(request)
-    async with engine.writer(session.id, offset, checksum=checksum) as writer:
+    async with engine.writer(
+        session.id, offset, checksum=checksum, interrupt=interrupter(request)
+    ) as writer:
         await stream_body(request, writer)
         session = await writer.commit()
     if session.is_complete:

@@ -535,3 +535,45 @@ async def test_buffer_pool_bounds_staging_memory(engine: UploadEngine) -> None:
     for pair in pairs:
         pool.release(pair)
     assert pool.idle_pairs == 8
+
+
+async def test_a_writer_with_an_interrupt_takes_over_from_an_older_one(
+    engine: UploadEngine,
+) -> None:
+    session = await engine.create(length=3 * MiB, metadata={})
+    data = os.urandom(3 * MiB)
+    interrupted = asyncio.Event()
+    first_may_end = asyncio.Event()
+
+    async def first() -> None:
+        async with engine.writer(session.id, 0, interrupt=interrupted.set) as writer:
+            await writer.write(data[:MiB])
+            await writer.checkpoint()
+            await first_may_end.wait()  # a request stuck on a dead connection
+
+    stuck = asyncio.create_task(first())
+    await asyncio.sleep(0.05)
+
+    async def end_first_when_interrupted() -> None:
+        await interrupted.wait()
+        first_may_end.set()
+
+    ender = asyncio.create_task(end_first_when_interrupted())
+    async with engine.writer(session.id, MiB, interrupt=lambda: None) as writer:
+        await writer.write(data[MiB:])
+        await writer.commit()
+    await stuck
+    await ender
+    assert interrupted.is_set()
+    finished = await engine.finish(session.id)
+    assert finished.sha256 == sha256(data)
+
+
+async def test_a_writer_without_an_interrupt_is_never_taken_over(engine: UploadEngine) -> None:
+    session = await engine.create(length=MiB, metadata={})
+    async with engine.writer(session.id, 0) as writer:
+        await writer.write(b"x" * 10)
+        with pytest.raises(FreightError) as caught:
+            async with engine.writer(session.id, 0, interrupt=lambda: None):
+                pass
+        assert caught.value.code == "ERR_UPLOAD_LOCKED"
