@@ -4,11 +4,14 @@
 - durable disk write: ``dd if=/dev/zero bs=1M conv=fdatasync`` of the upload's size into the
   work directory (after the same page-cache warm-up the uploads get);
 - a plain TCP pair (``bench/tcp_baselines.py``: sendfile on one side, ``recv_into`` on the
-  other): what raw TCP with no protocol at all achieves, for freight's TCP transport.
+  other): what raw TCP with no protocol at all achieves, for freight's TCP transport;
+- SHA-256 on one core (OpenSSL through ``hashlib``, over a buffer already in memory): no one
+  stream that is hashed on the way in can go faster than this, whatever the transport.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -21,7 +24,7 @@ from pathlib import Path
 from bench.measure import MiB, prewarm_page_cache
 from bench.peers import Unavailable, free_port, which
 
-__all__ = ["Ceiling", "dd_fdatasync", "iperf3_loopback", "tcp_pair"]
+__all__ = ["Ceiling", "dd_fdatasync", "iperf3_loopback", "sha256_one_core", "tcp_pair"]
 
 _DD_SECONDS = re.compile(r"copied, ([0-9.]+) s")
 
@@ -123,3 +126,15 @@ def tcp_pair(source: Path, directory: Path, timeout: float) -> dict[str, Ceiling
         "up": Ceiling(up.seconds, up.server_cpu),
         "down": Ceiling(down.seconds, down.server_cpu),
     }
+
+
+def sha256_one_core(size: int) -> Ceiling:
+    """Seconds (and CPU seconds) one thread takes to SHA-256 ``size`` bytes from memory."""
+    block = os.urandom(4 * MiB)
+    view = memoryview(block)
+    hasher = hashlib.sha256()
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    for _ in range(max(1, size // len(block))):
+        hasher.update(view)
+    seconds = time.perf_counter() - started
+    return Ceiling(seconds, time.thread_time() - cpu_started)

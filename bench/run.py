@@ -156,6 +156,7 @@ class Bench:
                 lambda: {"": Ceiling(ceilings.dd_fdatasync(ceiling_dir, size, timeout))},
             ),
             ("tcp pair", lambda: ceilings.tcp_pair(source.path, ceiling_dir, timeout)),
+            ("sha-256 one core", lambda: {"": ceilings.sha256_one_core(size)}),
         ]
         for name, measure in measures:
             if not self.wanted(name) or name in self.results.skipped:
