@@ -13,9 +13,11 @@ Three servers, each in its own process so its CPU time can be read from ``/proc`
   ``download_tcp``): framing, a SHA-256 of every byte on both sides, durable ACK windows
   (recorded in SQLite; synced too unless ``--fsync never``), resumable.
 
-Every upload is preceded by the page-cache warm-up of :mod:`bench.measure` (first-touch page
-cache costs about 2 s/GiB on this kind of VM) and every stored copy is checked by size. The
-machine is shared: run several rounds and read the ranges, not one number.
+The clients run in this process: their CPU time is this process's over the transfer. Every
+transfer is preceded by the page-cache warm-up of :mod:`bench.measure` in the directory that
+receives the file (first-touch page cache costs about 2 s/GiB on this kind of VM, and would
+land on whichever side writes) and every stored copy is checked by size. The machine is
+shared: run several rounds and read the ranges, not one number.
 :class:`BaselineServer` (``upload``/``download`` returning :class:`Run`) is also what
 :mod:`bench.ceilings` uses for its "tcp pair" ceiling: keep that interface stable.
 """
@@ -27,6 +29,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import socket
 import statistics
 import struct
@@ -53,13 +56,15 @@ _REQUEST = struct.Struct(">cQ")  # b"U" + size (upload) or b"D" + 0 (download)
 
 @dataclass(frozen=True)
 class Run:
-    """One timed transfer: wall seconds and the server process's CPU seconds."""
+    """One timed transfer: wall seconds, the server process's CPU seconds and the client's
+    (the clients run in this process: its own CPU time over the transfer, all threads)."""
 
     design: str
     direction: str
     size: int
     seconds: float
     server_cpu: float
+    client_cpu: float = 0.0
 
     @property
     def gib_per_s(self) -> float:
@@ -69,12 +74,22 @@ class Run:
     def cpu_per_gib(self) -> float:
         return self.server_cpu / (self.size / GiB)
 
+    @property
+    def client_cpu_per_gib(self) -> float:
+        return self.client_cpu / (self.size / GiB)
+
 
 def process_cpu(pid: int) -> float:
     """User + system seconds of a process, all its threads and reaped children included."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """User + system seconds of this process so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # the baseline servers (run as: python -m bench.tcp_baselines --serve naive|pair --dir D) --------
@@ -187,7 +202,7 @@ class BaselineServer:
     def upload(self, source: Path) -> Run:
         size = source.stat().st_size
         prewarm_page_cache(self.directory, size)
-        cpu, started = process_cpu(self.proc.pid), time.monotonic()
+        cpu, mine, started = process_cpu(self.proc.pid), own_cpu(), time.monotonic()
         with socket.create_connection(("127.0.0.1", self.port)) as conn:
             conn.sendall(_REQUEST.pack(b"U", size))
             with source.open("rb", buffering=0) as file:
@@ -200,10 +215,12 @@ class BaselineServer:
         seconds = time.monotonic() - started
         if (self.directory / "received.bin").stat().st_size != size:
             raise RuntimeError("the baseline server stored a different size")
-        return Run(self.design, "upload", size, seconds, process_cpu(self.proc.pid) - cpu)
+        server_cpu, client_cpu = process_cpu(self.proc.pid) - cpu, own_cpu() - mine
+        return Run(self.design, "upload", size, seconds, server_cpu, client_cpu)
 
     def download(self, target: Path) -> Run:
-        cpu, started = process_cpu(self.proc.pid), time.monotonic()
+        prewarm_page_cache(target.parent, (self.directory / "received.bin").stat().st_size)
+        cpu, mine, started = process_cpu(self.proc.pid), own_cpu(), time.monotonic()
         with socket.create_connection(("127.0.0.1", self.port)) as conn:
             conn.sendall(_REQUEST.pack(b"D", 0))
             size = struct.unpack(">Q", _read_exact(conn, 8))[0]
@@ -213,7 +230,8 @@ class BaselineServer:
                 else:
                     _receive_pair(conn, out.fileno(), size)
         seconds = time.monotonic() - started
-        return Run(self.design, "download", size, seconds, process_cpu(self.proc.pid) - cpu)
+        server_cpu, client_cpu = process_cpu(self.proc.pid) - cpu, own_cpu() - mine
+        return Run(self.design, "download", size, seconds, server_cpu, client_cpu)
 
 
 def measure_pair(source: Path, directory: Path, *, timeout: float) -> dict[str, float]:
@@ -255,6 +273,7 @@ class FreightServer:
             if match := re.search(r"listening on (tcp://\S+)", line):
                 self.tcp = match.group(1)
         self.last_url = ""
+        self.last_size = 0
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -265,20 +284,23 @@ class FreightServer:
 
         size = source.stat().st_size
         prewarm_page_cache(self.directory, size)
-        cpu, started = process_cpu(self.proc.pid), time.monotonic()
+        cpu, mine, started = process_cpu(self.proc.pid), own_cpu(), time.monotonic()
         result = asyncio.run(upload_tcp(source, self.tcp))
         seconds = time.monotonic() - started
-        self.last_url = result.url
-        return Run(self.design, "upload", size, seconds, process_cpu(self.proc.pid) - cpu)
+        self.last_url, self.last_size = result.url, size
+        server_cpu, client_cpu = process_cpu(self.proc.pid) - cpu, own_cpu() - mine
+        return Run(self.design, "upload", size, seconds, server_cpu, client_cpu)
 
     def download(self, target: Path) -> Run:
         from freight.client.tcp import download_tcp
 
         target.unlink(missing_ok=True)
-        cpu, started = process_cpu(self.proc.pid), time.monotonic()
+        prewarm_page_cache(target.parent, self.last_size)
+        cpu, mine, started = process_cpu(self.proc.pid), own_cpu(), time.monotonic()
         result = asyncio.run(download_tcp(self.last_url, target))
         seconds = time.monotonic() - started
-        run = Run(self.design, "download", result.size, seconds, process_cpu(self.proc.pid) - cpu)
+        server_cpu, client_cpu = process_cpu(self.proc.pid) - cpu, own_cpu() - mine
+        run = Run(self.design, "download", result.size, seconds, server_cpu, client_cpu)
         self._delete(self.last_url.rsplit("/", 1)[1])  # keep the disk from filling up
         return run
 
@@ -317,7 +339,8 @@ def run_rounds(
                     runs_done.append(run)
                     log(
                         f"round {round_} {name:8} {run.direction:8} {run.gib_per_s:5.2f} GiB/s  "
-                        f"server CPU {run.cpu_per_gib:5.2f} s/GiB"
+                        f"server CPU {run.cpu_per_gib:5.2f} s/GiB  "
+                        f"client CPU {run.client_cpu_per_gib:5.2f} s/GiB"
                     )
                 (work / f"{name}-copy.bin").unlink(missing_ok=True)
     finally:
@@ -335,6 +358,7 @@ def summarise(runs: list[Run]) -> list[dict[str, object]]:
                 continue
             speeds = [r.gib_per_s for r in mine]
             cpus = [r.cpu_per_gib for r in mine]
+            client_cpus = [r.client_cpu_per_gib for r in mine]
             rows.append(
                 {
                     "design": design,
@@ -349,6 +373,11 @@ def summarise(runs: list[Run]) -> list[dict[str, object]]:
                         round(min(cpus), 2),
                         round(statistics.median(cpus), 2),
                         round(max(cpus), 2),
+                    ],
+                    "client_cpu_s_per_gib": [
+                        round(min(client_cpus), 2),
+                        round(statistics.median(client_cpus), 2),
+                        round(max(client_cpus), 2),
                     ],
                 }
             )
@@ -376,11 +405,12 @@ def main(argv: list[str] | None = None) -> None:
         runs = run_rounds(
             source, work, options.runs, options.fsync, lambda line: print(line, flush=True)
         )
-    print("\nmin / median / max over the runs (server CPU includes its worker threads):")
+    print("\nmin / median / max over the runs (CPU includes each side's worker threads):")
     for row in summarise(runs):
         print(
             f"{row['design']:8} {row['direction']:8} GiB/s {row['gib_per_s']}  "
-            f"server CPU s/GiB {row['server_cpu_s_per_gib']}"
+            f"server CPU s/GiB {row['server_cpu_s_per_gib']}  "
+            f"client CPU s/GiB {row['client_cpu_s_per_gib']}"
         )
     print(json.dumps(summarise(runs)))
 

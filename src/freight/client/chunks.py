@@ -6,12 +6,14 @@ the SHA-256 computed locally; the server refuses a file whose hash differs. The 
 counts a chunk whole or not at all, so after any interruption the missing list is exact and
 nothing it acknowledged is sent again.
 
-Each chunk is read twice, never held whole: once to compute its ``Content-Digest`` (which
-must precede the body), then streamed in ``chunk_size`` pieces by :class:`FileBody`; the
-second read usually comes from the page cache. The first read also feeds the whole-file
-SHA-256 (a :class:`SplitHasher` whose disk reader covers whatever the chunks do not), so
-the file is hashed once, in worker threads, while it is sent. Each chunk retries on its own
-with backoff; a chunk that keeps failing stops the others.
+Each byte is read from disk once: one reader walks the missing chunks in order, reads each
+whole into a reused buffer, computes its ``Content-Digest`` (which must precede the body)
+and feeds the whole-file SHA-256 from that same buffer, the two hashes in two worker
+threads at once; the chunk is then sent from the buffer. At most ``parallel + 1`` chunks
+are held, and only while they fit :data:`HELD_CHUNKS_BUDGET`; past it (many streams, huge
+chunks) each chunk is read twice instead, with flat memory. The whole-file hash is a
+:class:`SplitHasher` whose disk reader covers only the chunks the server already had. Each
+chunk retries on its own with backoff; a chunk that keeps failing stops the others.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import base64
 import hashlib
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from freight.client.errors import (
     ProtocolViolation,
     ServerError,
 )
-from freight.client.filebody import FileBody
+from freight.client.filebody import BufferBody, FileBody
 from freight.client.hashing import SplitHasher
 from freight.client.http import (
     CHUNK_SIZE,
@@ -60,6 +61,10 @@ __all__ = ["DEFAULT_PARALLEL", "upload_chunks"]
 log = logging.getLogger(__name__)
 
 DEFAULT_PARALLEL = 4
+# Chunks are held in memory (read once) only while ``parallel + 1`` of them fit in this;
+# otherwise (many streams, or the large chunks of a file over a terabyte) each is read twice
+# and streamed, with flat memory.
+HELD_CHUNKS_BUDGET = 128 * 1024 * 1024
 # A digest that fails may be a bit flipped on the way (a bad proxy or NIC): worth a retry.
 _RETRY_STATUSES = frozenset({422})
 
@@ -126,6 +131,18 @@ class _Remote:
         return [n for first, end in self.missing for n in range(first, end)]
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk ready to send: its number, byte range and digest; ``buffer`` holds its bytes
+    when chunks are held (else they are read again from the file as they are sent)."""
+
+    n: int
+    start: int
+    end: int
+    digest: bytes
+    buffer: bytearray | None
+
+
 class _UploadGone(Exception):
     """The server no longer has the upload (expired or deleted): start a new one."""
 
@@ -175,7 +192,7 @@ class _ChunkUpload:
         self.stall_timeout = stall_timeout
         self.acknowledged = 0  # bytes the server has confirmed
         self.in_flight: dict[int, int] = {}  # chunk number -> bytes of it sent so far
-        self.hasher = SplitHasher(path, self.size, chunk_size=read_size)
+        self.hasher = SplitHasher(path, 0, chunk_size=read_size)  # replaced by run()
         self.local_digest: bytes | None = None
 
     async def run(self, on_start: Callable[[int, int], None] | None) -> UploadResult:
@@ -184,7 +201,11 @@ class _ChunkUpload:
         if on_start is not None:
             on_start(self.size, resumed_from)
         self._report()
-        # The disk reader hashes the whole file beside the transfer; chunk reads help it.
+        # The chunks that are sent feed the file's SHA-256 as they are read; a disk reader
+        # hashes the chunks the server already has (from the first missing one on, only
+        # those the reads skip past), beside the transfer.
+        first_missing = remote.missing[0][0] * remote.chunk_size if remote.missing else self.size
+        self.hasher = SplitHasher(self.path, first_missing, chunk_size=self.read_size)
         self.hasher.start()
         try:
             completed = await self._transfer(remote)
@@ -274,48 +295,75 @@ class _ChunkUpload:
         return self.size - lacking
 
     async def _send_missing(self, remote: _Remote) -> None:
-        pending = deque(remote.chunk_numbers())
-        workers = min(self.parallel, len(pending))
+        """Read the missing chunks in order, each once, and PUT them ``parallel`` at a time.
 
-        async def work() -> None:
-            while pending:
-                await self._send_chunk(remote, pending.popleft())
+        One reader walks the chunks (so the file's SHA-256 gets them in order) and hands each
+        to a sender with its digest and, when they fit :data:`HELD_CHUNKS_BUDGET`, its bytes;
+        buffers go back to the reader once their chunk is acknowledged, so at most
+        ``parallel + 1`` chunks are held.
+        """
+        numbers = remote.chunk_numbers()
+        senders = min(self.parallel, len(numbers))
+        if not senders:
+            return
+        held = (senders + 1) * remote.chunk_size <= HELD_CHUNKS_BUDGET
+        free: asyncio.Queue[bytearray | None] = asyncio.Queue()
+        for _ in range(senders + 1):
+            free.put_nowait(None)  # None: allocate when first needed
+        ready: asyncio.Queue[_Chunk | None] = asyncio.Queue()
 
-        await _run_together([asyncio.ensure_future(work()) for _ in range(workers)])
+        async def read() -> None:
+            for n in numbers:
+                buffer = await free.get()
+                ready.put_nowait(await self._read_chunk(remote, n, buffer, held))
+            for _ in range(senders):
+                ready.put_nowait(None)
 
-    async def _send_chunk(self, remote: _Remote, n: int) -> None:
+        async def send() -> None:
+            while (chunk := await ready.get()) is not None:
+                clean = await self._send_chunk(remote, chunk)
+                # A buffer whose request failed may still be queued in a dead transport
+                # (asyncio queues memoryviews): never overwrite it, allocate another.
+                free.put_nowait(chunk.buffer if clean else None)
+
+        tasks = [asyncio.ensure_future(read())]
+        tasks += [asyncio.ensure_future(send()) for _ in range(senders)]
+        await _run_together(tasks)
+
+    async def _read_chunk(
+        self, remote: _Remote, n: int, buffer: bytearray | None, held: bool
+    ) -> _Chunk:
+        """Chunk ``n`` read once: its digest, the file's SHA-256 fed, and its bytes if held."""
         start = n * remote.chunk_size
         end = min(start + remote.chunk_size, self.size)
-        budget = RetryBudget(self.policy, self.on_retry)
-        while True:
-            try:
-                await self._attempt_chunk(remote.url / "chunks" / str(n), n, (start, end))
-            except Exception as exc:
-                self._report()
-                if isinstance(exc, ServerError) and exc.http_status in (404, 410):
-                    raise _UploadGone() from exc
-                if not _chunk_retryable(exc):
-                    raise
-                await budget.failed(f"chunk {n}: {describe_error(exc)}")
-            else:
-                self.acknowledged += end - start
-                self.budget.progressed()
-                self._report()
-                return
+        if not held:
+            digest = await asyncio.to_thread(self._digest_range, start, end)
+            return _Chunk(n, start, end, digest, None)
+        buffer = buffer if buffer is not None else bytearray(remote.chunk_size)
+        view = memoryview(buffer)[: end - start]
+        await asyncio.to_thread(self._read_into, view, start)
+        # Both hashes read the same buffer at once, each in its own thread.
+        digest, _ = await asyncio.gather(
+            asyncio.to_thread(_sha256, view), asyncio.to_thread(self.hasher.feed, start, view)
+        )
+        self.hasher.start()  # a feed past a gap (a resume) is caught up from disk meanwhile
+        return _Chunk(n, start, end, digest, buffer)
 
-    async def _attempt_chunk(self, url: URL, n: int, span: tuple[int, int]) -> None:
-        try:
-            digest = await asyncio.to_thread(self._digest_range, *span)
-            await self._put(url, n, span, digest)
-        finally:
-            # Whatever happened (even cancellation), this attempt's bytes are no longer moving.
-            self.in_flight.pop(n, None)
+    def _read_into(self, view: memoryview, start: int) -> None:
+        with self.path.open("rb", buffering=0) as file:
+            file.seek(start)
+            done = 0
+            while done < len(view):
+                count = file.readinto(view[done:])
+                if not count:
+                    raise LocalFileChanged(f"{self.path} ended early at byte {start + done}")
+                done += count
 
     def _digest_range(self, start: int, end: int) -> bytes:
         """SHA-256 of ``[start, end)`` read in pieces; the pieces feed the file's hash too."""
         sha = hashlib.sha256()
         view = memoryview(bytearray(self.read_size))
-        with self.path.open("rb") as file:
+        with self.path.open("rb", buffering=0) as file:
             file.seek(start)
             position = start
             while position < end:
@@ -327,9 +375,31 @@ class _ChunkUpload:
                 position += count
         return sha.digest()
 
-    async def _put(self, url: URL, n: int, span: tuple[int, int], digest: bytes) -> None:
-        start, end = span
+    async def _send_chunk(self, remote: _Remote, chunk: _Chunk) -> bool:
+        """PUT one chunk until the server has it; True if no attempt failed."""
+        url = remote.url / "chunks" / str(chunk.n)
+        budget = RetryBudget(self.policy, self.on_retry)
+        clean = True
+        while True:
+            try:
+                await self._put(url, chunk)
+            except Exception as exc:
+                clean = False
+                self._report()
+                if isinstance(exc, ServerError) and exc.http_status in (404, 410):
+                    raise _UploadGone() from exc
+                if not _chunk_retryable(exc):
+                    raise
+                await budget.failed(f"chunk {chunk.n}: {describe_error(exc)}")
+            else:
+                self.acknowledged += chunk.end - chunk.start
+                self.budget.progressed()
+                self._report()
+                return clean
+
+    async def _put(self, url: URL, chunk: _Chunk) -> None:
         loop = asyncio.get_running_loop()
+        n, start, end = chunk.n, chunk.start, chunk.end
         # As for tus: give up on a link where neither reading nor writing has moved lately.
         async with asyncio.timeout_at(loop.time() + self.stall_timeout) as stall:
 
@@ -338,11 +408,16 @@ class _ChunkUpload:
                 self.in_flight[n] = position - start
                 self._report()
 
-            body = FileBody(self.path, start, end, chunk_size=self.read_size, on_read=moved)
+            body: BufferBody | FileBody
+            if chunk.buffer is not None:
+                view = memoryview(chunk.buffer)[: end - start]
+                body = BufferBody(view, start, piece_size=self.read_size, on_sent=moved)
+            else:
+                body = FileBody(self.path, start, end, chunk_size=self.read_size, on_read=moved)
             headers = {
                 "Content-Type": "application/octet-stream",
                 "Content-Length": str(end - start),
-                "Content-Digest": f"sha-256=:{base64.b64encode(digest).decode('ascii')}:",
+                "Content-Digest": f"sha-256=:{base64.b64encode(chunk.digest).decode('ascii')}:",
             }
             try:
                 async with self.session.put(url, data=body, headers=headers) as resp:
@@ -355,6 +430,8 @@ class _ChunkUpload:
                 raise
             finally:
                 body.close()
+                # Whatever happened (even cancellation), this attempt's bytes no longer move.
+                self.in_flight.pop(n, None)
 
     # completing
 
@@ -425,6 +502,10 @@ async def _run_together(tasks: Sequence[asyncio.Future[None]]) -> None:
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             raise result
+
+
+def _sha256(data: memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def _chunk_retryable(exc: BaseException) -> bool:

@@ -6,12 +6,15 @@ verified. Resuming sends ``Range`` with ``If-Range: <ETag>`` (the ETag remembere
 instead of ``206`` means the file changed, so the download starts over. Because some servers
 ignore ``If-Range`` (aiohttp 3.14's FileResponse does), a ``206`` is also checked: same ETag,
 same total size, and the range starting where asked; anything else starts over too. Finally
-the SHA-256 (prefix hashed from the ``.part`` in a thread, the rest as it arrives) must equal
-the server's ``Repr-Digest``; a mismatch deletes the ``.part``.
+the SHA-256 must equal the server's ``Repr-Digest``; a mismatch deletes the ``.part``. The
+prefix kept from an earlier run is hashed from the ``.part`` in a thread; the rest is hashed
+in batches as they are written, in worker threads that overlap with receiving (see
+:mod:`freight.client.writer`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable
@@ -38,7 +41,7 @@ from freight.client.http import (
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
 from freight.client.upload import ProgressCallback
 from freight.client.urls import file_id_from_url, parse_http_url
-from freight.client.writer import PartWriter, fsync_directory
+from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartWriter, fsync_directory
 from freight.protocol.metadata import safe_filename
 
 __all__ = ["MAX_RESTARTS", "DownloadInfo", "DownloadResult", "StartCallback", "download_file"]
@@ -314,13 +317,12 @@ class _Download:
         self, resp: aiohttp.ClientResponse, fd: int, offset: int, hasher: SplitHasher
     ) -> None:
         assert self.size is not None
-        writer = PartWriter(fd, offset, hasher=hasher, batch_size=self.chunk_size)
+        batch_size = max(self.chunk_size, RECEIVE_BATCH)
+        writer = PartWriter(fd, offset, hasher=hasher, batch_size=batch_size)
         writer.on_written = self._written
         try:
-            async for chunk in resp.content.iter_any():
-                if writer.received + len(chunk) > self.size:
-                    raise ProtocolViolation("the server sent more bytes than it announced")
-                await writer.add(chunk)
+            while await _collect_batch(resp.content, writer, self.size):
+                await writer.submit()
         finally:
             # Whatever arrived intact is kept: the next attempt resumes after it.
             await writer.flush()
@@ -350,3 +352,29 @@ class _Download:
     def _forget(self) -> None:
         if self.store is not None:
             self.store.forget_download(self.key)
+
+
+async def _collect_batch(content: aiohttp.StreamReader, writer: PartWriter, size: int) -> bool:
+    """Body chunks, as aiohttp received them (``iter_any`` would join them: a copy), into the
+    writer's batch until it is full or its first chunk has waited :data:`STALE_AFTER` (a
+    slow or stalled link: what came is written rather than held). False at the end."""
+    loop = asyncio.get_running_loop()
+    try:
+        # One timer per batch, not per chunk; waiting in readchunk loses nothing if cut short.
+        async with asyncio.timeout(None) as patience:
+            while True:
+                chunk, end_of_http_chunk = await content.readchunk()
+                if not chunk:
+                    if end_of_http_chunk:
+                        continue
+                    return False
+                if writer.received + len(chunk) > size:
+                    raise ProtocolViolation("the server sent more bytes than it announced")
+                if writer.append(chunk):
+                    return True
+                if patience.when() is None:
+                    patience.reschedule(loop.time() + STALE_AFTER)
+    except TimeoutError:
+        if not patience.expired():
+            raise  # aiohttp's own read timeout
+        return True

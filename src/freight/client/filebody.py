@@ -1,24 +1,29 @@
-"""A request body that streams a byte range of a local file with flat memory.
+"""Request bodies that stream a byte range of a local file, or bytes already read, flatly.
 
-Reads go through one reused buffer (``readinto``) in a worker thread, one chunk ahead of
-the network: while aiohttp writes chunk k, the thread reads and hashes chunk k+1. Each chunk
-is handed to aiohttp as a ``bytes`` copy because asyncio transports may keep a reference to
-what they are given until the socket accepts it (Python 3.12+ queues memoryviews, and TLS
-transports queue whatever they get), so a reused buffer could be overwritten while queued.
-The copy costs one memcpy per MiB; memory stays at a few chunks whatever the file size.
+:class:`FileBody` reads in a worker thread, one piece ahead of the network: while aiohttp
+writes piece k, the thread reads and hashes piece k+1. Each piece is read by ``os.pread``
+into a ``bytes`` object of its own, which aiohttp may keep as long as it likes (asyncio
+transports may hold on to what they are given until the socket takes it; Python 3.12+
+queues memoryviews, and TLS transports queue whatever they get, so a reused buffer could be
+overwritten while queued). That is one copy per byte, as a read into a reused buffer would
+be: glibc hands the same memory back for each piece, so no page is touched for the first
+time. Memory stays at a few pieces whatever the file size.
+
+:class:`BufferBody` sends bytes the caller already holds (a chunk read once for its digest)
+in pieces, without copying them; the caller must not change them until the request is over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
-from io import BufferedReader
 from pathlib import Path
 
 from freight.client.errors import LocalFileChanged
 from freight.client.hashing import SplitHasher
 
-__all__ = ["FileBody"]
+__all__ = ["BufferBody", "FileBody"]
 
 
 class FileBody:
@@ -43,8 +48,8 @@ class FileBody:
         self._end = end
         self._hasher = hasher
         self._on_read = on_read
-        self._buffer = memoryview(bytearray(chunk_size))
-        self._file: BufferedReader | None = None
+        self._chunk_size = chunk_size
+        self._fd: int | None = None
         self._ahead: asyncio.Future[bytes] | None = None
         self.error: BaseException | None = None
 
@@ -57,7 +62,7 @@ class FileBody:
         if self._ahead is None:
             self._ahead = self._start_read(self._position)
         try:
-            # Shielded: a cancelled request must not abandon a thread still using the buffer.
+            # Shielded: a cancelled request must not abandon a thread still using the file.
             chunk = await asyncio.shield(self._ahead)
         except asyncio.CancelledError:
             raise
@@ -80,9 +85,9 @@ class FileBody:
             self._close_file()
 
     def _close_file(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _start_read(self, offset: int) -> asyncio.Future[bytes]:
         future = asyncio.ensure_future(asyncio.to_thread(self._read_at, offset))
@@ -91,13 +96,47 @@ class FileBody:
         return future
 
     def _read_at(self, offset: int) -> bytes:
-        if self._file is None:
-            self._file = self._path.open("rb")
-            self._file.seek(offset)
-        view = self._buffer[: min(len(self._buffer), self._end - offset)]
-        count = self._file.readinto(view)
-        if not count:
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDONLY)
+        chunk = os.pread(self._fd, min(self._chunk_size, self._end - offset), offset)
+        if not chunk:
             raise LocalFileChanged(f"{self._path} shrank while being sent (ended at byte {offset})")
         if self._hasher is not None:
-            self._hasher.feed(offset, view[:count])
-        return bytes(view[:count])
+            self._hasher.feed(offset, chunk)
+        return chunk
+
+
+class BufferBody:
+    """Async iterator over ``data`` in pieces of ``piece_size`` (views, not copies), for
+    ``data=``; ``on_sent`` gets the position (from ``start``) after each piece is taken."""
+
+    error: BaseException | None = None  # nothing here can fail; the same interface as FileBody
+
+    def __init__(
+        self,
+        data: memoryview,
+        start: int,
+        *,
+        piece_size: int,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        self._data = data
+        self._start = start
+        self._piece_size = piece_size
+        self._on_sent = on_sent
+        self._taken = 0
+
+    def __aiter__(self) -> BufferBody:
+        return self
+
+    async def __anext__(self) -> memoryview:
+        if self._taken and self._on_sent is not None:
+            self._on_sent(self._start + self._taken)  # aiohttp has written the last piece
+        if self._taken >= len(self._data):
+            raise StopAsyncIteration
+        piece = self._data[self._taken : self._taken + self._piece_size]
+        self._taken += len(piece)
+        return piece
+
+    def close(self) -> None:
+        """Nothing to release (the same interface as :class:`FileBody`)."""

@@ -51,8 +51,18 @@ class SplitHasher:
             return self._hashed
 
     def start(self) -> None:
-        """Start hashing the prefix from disk in a worker thread (no-op if there is none)."""
-        if self._frontier > 0 and self._reader is None:
+        """Hash from disk, in a worker thread, whatever lies between the digest's reach and
+        the frontier: the prefix at first. Call it again after feeds that came too early
+        (past a gap) to catch up in the background; a no-op while a reader is running, after
+        one failed (:meth:`finish` raises its error) or when nothing is missing."""
+        reader = self._reader
+        if reader is not None and (
+            not reader.done() or reader.cancelled() or reader.exception() is not None
+        ):
+            return
+        with self._lock:
+            behind = self._hashed < self._frontier and not self._cancelled
+        if behind:
             self._reader = asyncio.ensure_future(asyncio.to_thread(self._read_from_disk))
 
     def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:

@@ -9,9 +9,11 @@ from there.
 
 Downloads: ``.part`` file plus ``GET`` from its size. A zero-length ``GET`` first asks which
 file the server has (size, SHA-256, name); if that is not the file the ``.part`` was started
-from, the ``.part`` starts over, so two versions are never spliced. Payload is received into
-two alternating reused buffers: one is written (``pwrite``, then hashed) in a thread while the
-other fills. The SHA-256 must match the server's before the file gets its name.
+from, the ``.part`` starts over, so two versions are never spliced. Payload is read by the
+kernel straight into three reused 4 MiB buffers in turn: while one fills, the one before is
+written (``pwrite``) in a worker thread and the one before that is hashed in another, so
+receiving, writing and hashing overlap. The SHA-256 must match the server's before the file
+gets its name.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ from freight.client.hashing import SplitHasher
 from freight.client.http import CHUNK_SIZE, RetryBudget, RetryCallback, RetryPolicy, Timeouts
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore, UploadKey
 from freight.client.upload import ProgressCallback, UploadResult
-from freight.client.writer import fsync_directory
+from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartSink, fsync_directory
 from freight.protocol.frames import (
+    HEADER_SIZE,
     MAX_TOKEN,
     SERVER_FRAMES,
     Accepted,
@@ -71,6 +74,7 @@ __all__ = ["TcpAddress", "TcpServerError", "download_tcp", "parse_tcp_url", "upl
 DATA_FRAME = 4 * 1024 * 1024  # payload per DATA frame: one sendfile call, one stall check
 HASH_GRACE = 15.0  # seconds to wait for the hash on an open connection (the server allows 60)
 _CONTROL_BUFFER = 64 * 1024
+_DATA_HEADER = HEADER_SIZE + 8  # a DATA frame's header and offset: what precedes its payload
 RETRYABLE_CODES = frozenset({"ERR_UPLOAD_LOCKED", "ERR_OFFSET_MISMATCH", "ERR_TIMEOUT"})
 _GONE_CODES = frozenset({"ERR_UPLOAD_NOT_FOUND", "ERR_UPLOAD_EXPIRED"})
 T = TypeVar("T")
@@ -197,15 +201,61 @@ class _Link:
             count = await asyncio.get_running_loop().sock_recv_into(self.sock, buffer)
         return self._decode(buffer, count)
 
+    def read_payload(self, buffer: memoryview) -> int | None:
+        """One read that never waits. Within a DATA payload, the payload goes straight into
+        ``buffer`` (no copy through the decoder) and its length is returned; between
+        payloads, one header is read and decoded into :attr:`frames`, and 0 is returned
+        (the read stops where a DATA header ends, so the control buffer never holds
+        payload). None: nothing has arrived."""
+        decoder = self.decoder
+        if decoder.payload_left:
+            count = self._read_now(buffer[: min(decoder.payload_left, len(buffer))])
+            if count == 0:
+                raise ConnectionFailed("the server closed the connection")
+            if count is not None:
+                decoder.skip_payload(count)
+            return count
+        held = decoder.buffered
+        want = _DATA_HEADER - held if held < _DATA_HEADER else len(self.control_buffer)
+        count = self._read_now(memoryview(self.control_buffer)[:want])
+        if count is None:
+            return None
+        self.frames.extend(self._decode(self.control_buffer, count))
+        return 0
+
+    async def readable(self, until: float | None) -> bool:
+        """Wait until bytes (or the end of the stream) can be read; False if the loop time
+        ``until`` came first. Nothing is read here, so giving up early loses nothing (a
+        cancelled ``sock_recv_into`` may have read bytes that are then lost)."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        fd = self.sock.fileno()
+        loop.add_reader(fd, _resolve, ready)
+        try:
+            async with asyncio.timeout_at(until) as patience:
+                async with _network("receiving", self.timeouts.read):
+                    await ready
+        except TimeoutError:
+            if patience.expired():
+                return False
+            raise
+        finally:
+            loop.remove_reader(fd)
+        return True
+
     def poll(self) -> None:
         """Decode whatever already arrived, without waiting (ACKs, an ERROR)."""
+        count = self._read_now(memoryview(self.control_buffer))
+        if count is not None:
+            self.frames.extend(self._decode(self.control_buffer, count))
+
+    def _read_now(self, view: memoryview) -> int | None:
         try:
-            count = self.sock.recv_into(self.control_buffer)
+            return self.sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError as exc:
             raise ConnectionFailed(f"receiving: {exc.strerror or exc}") from exc
-        self.frames.extend(self._decode(self.control_buffer, count))
 
     def _decode(self, buffer: bytearray, count: int) -> list[Frame]:
         if count == 0:
@@ -226,6 +276,11 @@ class _Link:
         if isinstance(frame, ErrorFrame):
             raise TcpServerError(frame, action)
         return frame
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _connect(host: str, port: int) -> socket.socket:
@@ -553,7 +608,8 @@ class _TcpDownload:
         self.target = Path()
         self.key = DownloadKey("", self.url)
         self.expected: DownloadState | None = None  # sha256 (hex, as the etag) and size
-        self.position = 0
+        self.position = 0  # bytes of the .part written
+        self.received = 0  # bytes of the .part received (written, being written, or held)
         self.restarted = False
 
     async def _probe(self) -> FileInfo:
@@ -679,35 +735,75 @@ class _TcpDownload:
         self.expected = state
 
     async def _receive(self, link: _Link, fd: int, hasher: SplitHasher, size: int) -> None:
-        """DATA until ``size``, received into three buffers in turn (see :class:`_PartSink`)."""
-        buffers = [bytearray(self.chunk_size) for _ in range(3)]
+        """DATA until ``size``, into three large buffers in turn; each one filled is handed
+        to the sink, which writes it while the one before is hashed and the next one fills."""
+        buffers = [memoryview(bytearray(max(self.chunk_size, RECEIVE_BATCH))) for _ in range(3)]
         sink = _PartSink(fd, hasher, self._written)
-        received = self.position
-        # Frames that came with FILE point into the control buffer, unused from here on.
-        batch: Sequence[Frame] = list(link.frames)
-        link.frames.clear()
+        start = self.received = self.position
+        buffer = buffers[0]
         try:
-            for turn in itertools.count():
-                received = self._check_chunks(batch, received, size)
-                await sink.add([f for f in batch if isinstance(f, DataChunk)])
-                if received == size:
+            # Frames that came with FILE point into the control buffer: copy their payload.
+            early = list(link.frames)
+            link.frames.clear()
+            self._take_payload(early, link.decoder, buffer, start, size)
+            for turn in itertools.count(1):
+                await self._fill(link, buffer, start, size)
+                full, start = DataChunk(start, buffer[: self.received - start]), self.received
+                await sink.add([full])
+                if self.received == size:
                     break
-                batch = await link.receive(buffers[turn % 3])
+                buffer = buffers[turn % 3]
         finally:
             # Whatever arrived intact is kept; the next attempt resumes after it.
+            if self.received > start:
+                await sink.add([DataChunk(start, buffer[: self.received - start])])
             await sink.close()
 
-    @staticmethod
-    def _check_chunks(batch: Sequence[Frame], received: int, size: int) -> int:
-        for frame in batch:
+    async def _fill(self, link: _Link, buffer: memoryview, start: int, size: int) -> None:
+        """Receive into ``buffer`` (which holds from ``start``) until it is full, the file is
+        complete, or the bytes in it have waited :data:`STALE_AFTER` for more (a slow or
+        stalled link: they are written rather than held). Payload goes from the socket
+        straight into the buffer, never through the decoder."""
+        loop = asyncio.get_running_loop()
+        stale_at = loop.time() + STALE_AFTER if self.received > start else None
+        while self.received - start < len(buffer) and self.received < size:
+            count = link.read_payload(buffer[self.received - start :])
+            if count is None:
+                if not await link.readable(stale_at):
+                    return
+            elif count:
+                self.received += count
+                if stale_at is None:
+                    stale_at = loop.time() + STALE_AFTER
+            else:
+                frames = list(link.frames)
+                link.frames.clear()
+                self._take_payload(frames, link.decoder, buffer, start, size)
+
+    def _take_payload(
+        self,
+        frames: Sequence[Frame],
+        decoder: FrameDecoder,
+        buffer: memoryview,
+        start: int,
+        size: int,
+    ) -> None:
+        """Copy the payload among ``frames`` to ``buffer`` (which holds from ``start``); an
+        ERROR or any other frame ends the download, and so does a DATA frame (whole or
+        still to come) that does not go on from what was received."""
+        for frame in frames:
             if isinstance(frame, ErrorFrame):
                 raise TcpServerError(frame, "downloading")
             if not isinstance(frame, DataChunk):
                 raise ProtocolViolation(f"{type(frame).__name__} in the middle of a download")
-            if frame.offset != received or frame.end > size:
-                raise ProtocolViolation(f"DATA at {frame.offset}, expected {received}")
-            received = frame.end
-        return received
+            if frame.offset != self.received or frame.end > size:
+                raise ProtocolViolation(f"DATA at {frame.offset}, expected {self.received}")
+            buffer[self.received - start : frame.end - start] = frame.data
+            self.received = frame.end
+        if decoder.payload_left:
+            offset = decoder.payload_offset
+            if offset != self.received or offset + decoder.payload_left > size:
+                raise ProtocolViolation(f"DATA at {offset}, expected {self.received}")
 
     def _written(self, position: int) -> None:
         if position > self.position:
@@ -734,52 +830,23 @@ class _TcpDownload:
             self.store.forget_download(self.key)
 
 
-class _PartSink:
-    """Received DATA into the ``.part``: batch *k* is written while batch *k - 1* is hashed.
-
-    Both run in worker threads, one of each at a time, so SHA-256 still sees the bytes in
-    order and only once they are on disk (the :class:`SplitHasher` may re-read them from
-    there). When ``add`` returns, every batch before the last two is written and hashed,
-    so its buffer is free: three receive buffers in turn suffice.
-    """
+class _PartSink(PartSink[Sequence[DataChunk]]):
+    """Received DATA into the ``.part``: one batch per receive buffer (see :class:`PartSink`:
+    three buffers in turn suffice)."""
 
     def __init__(self, fd: int, hasher: SplitHasher, on_written: Callable[[int], None]) -> None:
+        super().__init__(on_written)
         self._fd = fd
         self._hasher = hasher
-        self._on_written = on_written
-        self._writing: asyncio.Future[int] | None = None
-        self._in_write: Sequence[DataChunk] = ()
-        self._hashing: asyncio.Future[None] | None = None
 
-    async def add(self, chunks: Sequence[DataChunk]) -> None:
-        await self._settle()
-        if self._in_write:
-            job = asyncio.to_thread(_feed, self._hasher, self._in_write)
-            self._hashing = asyncio.ensure_future(job)
-        if chunks:
-            self._writing = asyncio.ensure_future(asyncio.to_thread(_write, self._fd, chunks))
-        self._in_write = chunks
+    async def add(self, chunks: Sequence[DataChunk] | None) -> None:
+        await super().add(chunks or None)
 
-    async def close(self) -> None:
-        await self.add(())
-        await self._settle()
+    def write(self, batch: Sequence[DataChunk]) -> int:
+        return _write(self._fd, batch)
 
-    async def _settle(self) -> None:
-        """Wait for the running write and the running hash (shielded: if the caller is
-        cancelled, the threads still finish with the buffers before anything reuses them)."""
-        writing, self._writing = self._writing, None
-        hashing, self._hashing = self._hashing, None
-        try:
-            if writing is not None:
-                try:
-                    position = await asyncio.shield(writing)
-                except BaseException:
-                    self._in_write = ()  # never hash bytes that did not reach the disk
-                    raise
-                self._on_written(position)
-        finally:
-            if hashing is not None:
-                await asyncio.shield(hashing)
+    def hash(self, batch: Sequence[DataChunk]) -> None:
+        _feed(self._hasher, batch)
 
 
 def _write(fd: int, chunks: Sequence[DataChunk]) -> int:
