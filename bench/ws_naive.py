@@ -7,8 +7,9 @@ SHA-256 and no durability; freight's figures include all three (SHA-256 of every
 fsync per 16 MiB window with the default ``--fsync batch``, SQLite bookkeeping).
 
 Each variant runs in its own server subprocess; the client runs here. Reported: wall-clock
-throughput and the server's CPU seconds (user + system, all threads, from /proc) per GiB.
-The machine may be shared, so every variant runs ``--repeat`` times and ranges are shown.
+throughput, the server's CPU seconds (user + system, all threads, from /proc) per GiB and
+the client's (this process, all threads, from ``getrusage``). The machine may be shared, so
+every variant runs ``--repeat`` times and ranges are shown.
 
     .venv/bin/python -m bench.ws_naive [--size-mib 1024] [--repeat 3] [--rtt-ms 0]
 
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -192,6 +194,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def start_proxy(upstream_url: str, rtt_ms: float) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     upstream = upstream_url.rsplit(":", 1)[1]
@@ -201,8 +208,15 @@ def start_proxy(upstream_url: str, rtt_ms: float) -> tuple[subprocess.Popen[byte
     return proc, f"http://127.0.0.1:{port}"
 
 
-def measure(variant: Variant, path: Path, scratch: Path, rtt_ms: float) -> tuple[float, float]:
-    """One upload: (MiB/s, server CPU seconds per GiB)."""
+@dataclass(frozen=True)
+class Run:
+    rate: float  # MiB/s
+    server_cpu: float  # CPU seconds per GiB
+    client_cpu: float
+
+
+def measure(variant: Variant, path: Path, scratch: Path, rtt_ms: float) -> Run:
+    """One upload, timed and costed."""
     data_dir = scratch / variant.name.replace(" ", "-")
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
@@ -211,19 +225,20 @@ def measure(variant: Variant, path: Path, scratch: Path, rtt_ms: float) -> tuple
     if rtt_ms > 0:
         proxy, url = start_proxy(url, rtt_ms)
     try:
-        before = cpu_seconds(proc.pid)
+        before, own_before = cpu_seconds(proc.pid), own_cpu_seconds()
         started = time.perf_counter()
         asyncio.run(variant.client(path, url))
         seconds = time.perf_counter() - started
         used = cpu_seconds(proc.pid) - before
+        own = own_cpu_seconds() - own_before
     finally:
         for each in (proc, proxy):
             if each is not None:
                 each.terminate()
                 each.wait(10)
         shutil.rmtree(data_dir, ignore_errors=True)
-    size = path.stat().st_size
-    return size / MiB / seconds, used / (size / (1024 * MiB))
+    gib = path.stat().st_size / (1024 * MiB)
+    return Run(gib * 1024 / seconds, used / gib, own / gib)
 
 
 FREIGHT_SERVE = ["-m", "freight", "serve", "--port", "{port}", "--data-dir", "{data_dir}"]
@@ -269,20 +284,25 @@ def main() -> None:
         scratch = Path(scratch_dir)
         path = scratch / "upload.bin"
         make_file(path, args.size_mib * MiB)
-        results: dict[str, list[tuple[float, float]]] = {v.name: [] for v in VARIANTS}
+        results: dict[str, list[Run]] = {v.name: [] for v in VARIANTS}
         for round_ in range(args.repeat):
             for variant in VARIANTS:  # interleaved, so load changes hit every variant alike
-                rate, cpu = measure(variant, path, scratch, args.rtt_ms)
-                results[variant.name].append((rate, cpu))
-                print(f"round {round_ + 1}: {variant.name}: {rate:.0f} MiB/s, {cpu:.2f} s/GiB")
+                run = measure(variant, path, scratch, args.rtt_ms)
+                results[variant.name].append(run)
+                print(
+                    f"round {round_ + 1}: {variant.name}: {run.rate:.0f} MiB/s, server "
+                    f"{run.server_cpu:.2f} s/GiB, client {run.client_cpu:.2f} s/GiB"
+                )
         link = f"loopback + {args.rtt_ms:g} ms RTT" if args.rtt_ms else "loopback"
         print(f"\n{args.size_mib} MiB upload on {link}, {args.repeat} runs each (min-max):")
         for name, runs in results.items():
-            rates = [r for r, _ in runs]
-            cpus = [c for _, c in runs]
+            rates = [r.rate for r in runs]
+            server = [r.server_cpu for r in runs]
+            client = [r.client_cpu for r in runs]
             print(
                 f"  {name:26} {min(rates):6.0f}-{max(rates):<6.0f} MiB/s   "
-                f"server CPU {min(cpus):.2f}-{max(cpus):.2f} s/GiB"
+                f"server CPU {min(server):.2f}-{max(server):.2f} s/GiB   "
+                f"client CPU {min(client):.2f}-{max(client):.2f} s/GiB"
             )
 
 

@@ -36,7 +36,7 @@ def _durable_offset(server_url: str, upload_id: str) -> int:
                 async with http.ws_connect(f"{server_url}/api/ws") as ws:
                     await ws.send_str(json.dumps({"op": "resume", "id": upload_id}))
                     reply = json.loads((await ws.receive(timeout=10)).data)
-                if reply.get("code") != "ERR_UPLOAD_LOCKED":  # the cut may not be noticed yet
+                if reply.get("code") != "ERR_UPLOAD_LOCKED":  # busy finishing: try again
                     break
                 await asyncio.sleep(0.05)
         assert reply["op"] == "ready", reply

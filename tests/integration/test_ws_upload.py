@@ -547,13 +547,23 @@ async def test_wrong_sha256_is_refused_and_the_upload_not_published(live: LiveWs
     assert not (await live.engine.get(ready["id"])).is_finished
 
 
-async def test_a_second_connection_to_the_same_upload_is_locked_out(live: LiveWs) -> None:
+async def test_a_resume_takes_the_upload_over_from_a_silent_connection(live: LiveWs) -> None:
+    """The first connection stays open but silent, as a dead link looks to the server."""
+    data = PatternStream(3 * 65536, block_size=65536)
     async with live.connect() as first:
-        ready = await opened(live, first)
+        ready = await opened(live, first, size=data.size)
+        await first.ws.send_bytes(next(data.chunks(0, 65536)))
         async with live.connect() as second:
             await second.send(op="resume", id=ready["id"])
-            error, close = await second.error()
-    assert (error["code"], close) == ("ERR_UPLOAD_LOCKED", 4423)
+            resumed = await second.reply(timeout=5)
+            assert resumed["op"] == "ready", resumed
+            assert 0 <= resumed["offset"] <= 65536
+            assert await first.closed() is not None  # the server let the old one go
+            await second.stream(resumed, data.chunks(resumed["offset"], data.size))
+            await second.send(op="done", sha256=data.sha256())
+            finished = await second.reply()
+    assert finished["op"] == "finished", finished
+    assert finished["sha256"] == data.sha256()
 
 
 async def test_an_upload_larger_than_the_server_allows_is_refused(tmp_path: Path) -> None:

@@ -268,7 +268,7 @@ class UploadEngine:
     async def writer(
         self,
         upload_id: str,
-        offset: int,
+        offset: int | None,
         *,
         end: int | None = None,
         sequential: bool = True,
@@ -286,13 +286,18 @@ class UploadEngine:
         request still writing the same bytes is interrupted in turn and this one waits
         for it to let go: a client that reconnects after a dropped connection takes its
         upload over at once instead of waiting until the server notices the old
-        connection is dead (tusd does the same).
+        connection is dead (tusd does the same). ``offset=None`` (sequential only) writes
+        from wherever the upload stands once that is done.
         """
         active = await self._activate(upload_id)
         claimed_end = end if end is not None else _EVERYTHING
-        if interrupt is not None and await self._take_over(active, offset, claimed_end):
+        if interrupt is not None and await self._take_over(active, offset or 0, claimed_end):
             active = await self._activate(upload_id)  # it may have been dropped meanwhile
         session = active.session
+        if offset is None:
+            if not sequential:
+                raise ValueError("only a sequential writer may start at the current offset")
+            offset = session.offset
         self._check_writable(session, offset, sequential)
         if not sequential and session.received.overlaps(offset, end or _EVERYTHING):
             raise RangeAlreadyReceived(f"bytes from {offset} were already received")

@@ -79,6 +79,7 @@ class UploadWriter:
         self._hasher = hasher
         self._policy = engine.fsync
         self._buffers = engine.buffers.acquire()
+        self._views = (memoryview(self._buffers[0]), memoryview(self._buffers[1]))
         self._buffer_size = len(self._buffers[0])
         self._current = 0
         self._fill = 0
@@ -116,7 +117,8 @@ class UploadWriter:
         while view.nbytes:
             room = self._buffer_size - self._fill
             take = min(room, view.nbytes)
-            self._buffers[self._current][self._fill : self._fill + take] = view[:take]
+            # Through a memoryview: assigning a view into a bytearray slice copies it twice.
+            self._views[self._current][self._fill : self._fill + take] = view[:take]
             self._fill += take
             view = view[take:]
             if self._fill == self._buffer_size:
@@ -131,7 +133,7 @@ class UploadWriter:
         room = self._buffer_size - self._fill
         if self._limit is not None:
             room = min(room, self._limit - self.position)
-        return memoryview(self._buffers[self._current])[self._fill : self._fill + room]
+        return self._views[self._current][self._fill : self._fill + room]
 
     def filled(self, nbytes: int) -> None:
         """Count ``nbytes`` put at the start of :meth:`free_space` as written."""

@@ -379,16 +379,15 @@ class _Connection(asyncio.BufferedProtocol):
 
         A client that lost its connection reconnects at once, long before the server
         notices the old connection is dead: the old one is closed (keeping what it made
-        durable) and this one goes on from there. The offset is read again after each wait,
-        since the old connection's last bytes move it.
+        durable) and this one goes on from wherever that leaves the upload. Work that cannot
+        be interrupted (finishing) is waited for, a little.
         """
         deadline = asyncio.get_running_loop().time() + self._settings.lock_wait
         while True:
-            session = await self._engine.get(upload_id)
             try:
-                writer = self._engine.writer(upload_id, session.offset, interrupt=self.abort)
+                writer = self._engine.writer(upload_id, None, interrupt=self.abort)
                 return await stack.enter_async_context(writer)
-            except (UploadLocked, OffsetMismatch):
+            except UploadLocked:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise
             await asyncio.sleep(0.05)

@@ -20,23 +20,34 @@ from freight.errors import (
 )
 from freight.protocol.ws_messages import (
     MAX_CONTROL_SIZE,
+    MAX_FRAME_HEADER,
     MAX_INT64,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
     Credit,
     CreditExceeded,
     Done,
     ErrorReply,
     Finished,
+    FrameHeader,
     FrameTooLarge,
     InvalidMessage,
     Ready,
     ReceiveWindow,
     Resume,
     Start,
+    apply_mask,
+    build_frame_header,
     build_message,
     close_code_for,
     error_reply,
     is_same_origin,
     parse_client_message,
+    parse_frame_header,
     parse_server_message,
 )
 
@@ -368,3 +379,71 @@ def test_same_origin(origin: str, scheme: str, host: str, same: bool) -> None:
 @given(st.text(max_size=60), st.text(max_size=30))
 def test_same_origin_never_raises(origin: str, host: str) -> None:
     assert isinstance(is_same_origin(origin, scheme="http", host=host), bool)
+
+
+# frame headers ---------------------------------------------------------------------------
+
+opcodes = st.sampled_from([OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG])
+lengths = st.one_of(
+    st.integers(min_value=0, max_value=130),
+    st.integers(min_value=65_530, max_value=65_540),
+    st.integers(min_value=0, max_value=MAX_INT64),
+)
+masks = st.none() | st.binary(min_size=4, max_size=4)
+
+
+@given(opcodes, lengths, masks, st.booleans(), st.binary(max_size=20))
+def test_frame_headers_round_trip(
+    opcode: int, length: int, mask: bytes | None, fin: bool, after: bytes
+) -> None:
+    header = build_frame_header(opcode, length, mask, fin=fin)
+    assert len(header) <= MAX_FRAME_HEADER
+    parsed = parse_frame_header(header + after)  # what follows is the payload's business
+    assert parsed == FrameHeader(
+        fin=fin, rsv=0, opcode=opcode, mask=mask, length=length, size=len(header)
+    )
+
+
+@given(opcodes, lengths, masks)
+def test_a_cut_header_says_how_much_it_needs(opcode: int, length: int, mask: bytes | None) -> None:
+    header = build_frame_header(opcode, length, mask)
+    for cut in range(len(header)):
+        need = parse_frame_header(header[:cut])
+        assert isinstance(need, int)
+        assert cut < need <= len(header)
+
+
+def test_frame_header_layout() -> None:
+    # RFC 6455 5.7: a masked "Hello" and an unmasked 256-byte binary frame.
+    assert build_frame_header(OP_TEXT, 5, bytes.fromhex("37fa213d")) == bytes.fromhex(
+        "818537fa213d"
+    )
+    assert build_frame_header(OP_BINARY, 256) == bytes.fromhex("827e0100")
+    assert build_frame_header(OP_BINARY, 65_536)[:2] == bytes.fromhex("827f")
+    reserved = parse_frame_header(bytes.fromhex("f200"))
+    assert isinstance(reserved, FrameHeader)
+    assert (reserved.rsv, reserved.opcode, reserved.length) == (7, OP_BINARY, 0)
+
+
+def test_frame_header_arguments_are_checked() -> None:
+    with pytest.raises(ValueError):
+        build_frame_header(OP_BINARY, -1)
+    with pytest.raises(ValueError):
+        build_frame_header(OP_BINARY, MAX_INT64 + 1)
+    with pytest.raises(ValueError):
+        build_frame_header(OP_BINARY, 1, b"abc")
+
+
+def test_masking_matches_rfc_example() -> None:
+    data = bytearray(b"Hello")
+    apply_mask(bytes.fromhex("37fa213d"), data)
+    assert data == bytes.fromhex("7f9f4d5158")
+
+
+@given(st.binary(min_size=4, max_size=4), st.binary(max_size=300))
+def test_masking_twice_gives_the_data_back(mask: bytes, payload: bytes) -> None:
+    data = bytearray(payload)
+    apply_mask(mask, data)
+    assert data == bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    apply_mask(mask, data)
+    assert data == payload
