@@ -243,7 +243,7 @@ async def test_where_the_socket_cannot_be_taken_over_aiohttp_reads_every_frame(
     def no_receiver(request: Any, *, alive_every: float) -> None:
         return None
 
-    monkeypatch.setattr(ws_server._Receiver, "take_over", no_receiver)
+    monkeypatch.setattr(ws_server.Receiver, "take_over", no_receiver)
     rng = random.Random(13)
     data = rng.randbytes(300 * KiB)
     async with connected(tmp_path / "data", SMALL, rng) as (wire, engine):
