@@ -229,7 +229,7 @@ def render_markdown(results: Results, chart: str | None) -> str:
         f"{results.runs} round(s)",
         "",
         f"Run {when} on " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + ".",
-        "Regenerate with `make bench` (about 10 minutes; `make bench BENCH_ARGS=--large` for "
+        "Regenerate with `make bench` (about 6 minutes; `make bench BENCH_ARGS=--large` for "
         "4 GiB).",
         "",
     ]
