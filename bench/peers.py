@@ -346,13 +346,14 @@ def start_freight(
     name: str | None = None,
     tcp: bool = True,
     cgroup_procs: Path | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Peer:
     name = name or f"freight-{fsync}"
     directory = work / name
     store = directory / "data"
     port = free_port()
     command = [sys.executable, "-m", "freight", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--data-dir", str(store), "--fsync", fsync]
+    command += ["--port", str(port), "--data-dir", str(store), "--fsync", fsync, *extra_args]
     tcp_url = None
     if tcp and freight_features().tcp_port:
         tcp_port = free_port()

@@ -23,7 +23,15 @@ from bench.model import Results, Sample, Target
 from bench.peers import Peer, freight_features
 from bench.suite import Source, measure_download, measure_upload, transfer_timeout
 
-__all__ = ["FREIGHT_PROTOCOLS", "FSYNC_POLICIES", "Plan", "Planner", "target_names"]
+__all__ = [
+    "FREIGHT_PROTOCOLS",
+    "FSYNC_POLICIES",
+    "NO_SHA256_PEER",
+    "TUS_NO_SHA256",
+    "Plan",
+    "Planner",
+    "target_names",
+]
 
 FSYNC_POLICIES = ("never", "batch", "always")
 FREIGHT_PROTOCOLS = (  # (label, protocol, parallel streams)
@@ -34,6 +42,11 @@ FREIGHT_PROTOCOLS = (  # (label, protocol, parallel streams)
 )
 
 
+# The same server doing the peers' work: no running SHA-256 (``--no-sha256``), no fsync.
+NO_SHA256_PEER = "freight-never-no-sha256"
+TUS_NO_SHA256 = "freight tus PATCH [never, --no-sha256]"
+
+
 def target_names() -> list[str]:
     """Every transfer target a run plans, in report order (the smoke test checks each)."""
     names = ["nginx PUT", "@tus/server PATCH", "tuspyserver PATCH"]
@@ -42,6 +55,7 @@ def target_names() -> list[str]:
         for fsync in FSYNC_POLICIES
         for label, _, _ in FREIGHT_PROTOCOLS
     ]
+    names.append(TUS_NO_SHA256)
     return [*names, "nginx GET", "http.server GET", "freight GET", "freight tcp get"]
 
 
@@ -106,6 +120,14 @@ class Planner:
             else:
                 names = [f"freight {label} [{fsync}]" for label, _, _ in FREIGHT_PROTOCOLS]
                 self.missing(f"freight-{fsync}", *names)
+        if peer := self.peers.get(NO_SHA256_PEER):
+            endpoint = f"{peer.url}/files/"
+            upload = functools.partial(clients.curl_tus, endpoint, source.path, timeout)
+            plans.append(
+                self.upload_plan(TUS_NO_SHA256, peer, source, upload, "curl POST + PATCH -T")
+            )
+        else:
+            self.missing(NO_SHA256_PEER, TUS_NO_SHA256)
         return plans
 
     def freight_upload_plans(self, peer: Peer, fsync: str, source: Source) -> list[Plan]:

@@ -18,6 +18,7 @@ __all__ = ["Goal", "evaluate_goals", "method_notes", "render_markdown", "write"]
 
 TUS_NEVER = "freight tus PATCH [never]"
 SHA256_CEILING = "sha-256 one core"
+TUS_NO_SHA256 = "freight tus PATCH [never, --no-sha256]"
 PEER_TUS = ("@tus/server PATCH", "tuspyserver PATCH")
 RSS_LIMIT_MIB = 64.0
 FLAT_MIB = 4.0
@@ -102,6 +103,7 @@ def evaluate_goals(results: Results) -> list[Goal]:
                 ours.median <= nginx.median,
             )
         )
+    goals += _same_work_goals(results)
     goals.append(
         _goal_ratio(
             results,
@@ -128,6 +130,25 @@ def evaluate_goals(results: Results) -> list[Goal]:
                 )
             )
     goals.extend(_memory_goals(results))
+    return goals
+
+
+def _same_work_goals(results: Results) -> list[Goal]:
+    """The tus targets again for freight doing the peers' work: no hash, no fsync."""
+    if results.throughput(TUS_NO_SHA256) is None:
+        return []
+    goals = [
+        _goal_ratio(results, f"{TUS_NO_SHA256} >= 1.0x nginx PUT", TUS_NO_SHA256, "nginx PUT", 1.0)
+    ]
+    ours, nginx = results.cpu_per_gib(TUS_NO_SHA256), results.cpu_per_gib("nginx PUT")
+    if ours is not None and nginx is not None:
+        goals.append(
+            Goal(
+                f"{TUS_NO_SHA256} server CPU/GiB <= nginx PUT's",
+                f"{ours.median:.2f} vs {nginx.median:.2f} s/GiB",
+                ours.median <= nginx.median,
+            )
+        )
     return goals
 
 

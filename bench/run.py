@@ -44,7 +44,7 @@ from bench.peers import (
     start_tuspyserver,
     which,
 )
-from bench.plans import FREIGHT_PROTOCOLS, FSYNC_POLICIES, Planner
+from bench.plans import FREIGHT_PROTOCOLS, FSYNC_POLICIES, NO_SHA256_PEER, Planner
 from bench.suite import (
     Source,
     concurrent_peak_rss,
@@ -123,6 +123,13 @@ class Bench:
         }
         for fsync in FSYNC_POLICIES:
             starters[f"freight-{fsync}"] = functools.partial(start_freight, fsync=fsync)
+        starters[NO_SHA256_PEER] = functools.partial(
+            start_freight,
+            fsync="never",
+            name=NO_SHA256_PEER,
+            tcp=False,
+            extra_args=("--no-sha256",),
+        )
         with ThreadPoolExecutor(len(starters)) as pool:
             futures = {
                 key: pool.submit(_try_start, starter, self.work)

@@ -36,3 +36,6 @@ class ServerConfig:
     disk_reserve: int = 64 * 1024 * 1024
     base_path: str = "/files/"
     tcp_port: int | None = None  # raw TCP protocol listener (docs/protocol.md); off when None
+    # Keep a running SHA-256 of every upload. Off, a file has one only when a client
+    # declared the digest it expects (checked by reading the file back when it finishes).
+    sha256: bool = True

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 import freight.client.tcp
@@ -465,6 +466,36 @@ def test_a_reconnect_takes_over_from_a_stalled_connection(tcp_server: TcpServer)
     finally:
         stalled.close()
         second.close()
+
+
+async def test_a_server_without_hashing_checks_declared_digests_and_serves_files(
+    start_tcp_server: Any, tmp_path: Path
+) -> None:
+    """``--no-sha256``: DONE's digest is checked by reading back; a file nobody declared a
+    digest for is served with an all-zero one, which the client takes as "unknown"."""
+    server = start_tcp_server("--no-sha256")
+    pattern = PatternStream(3 * MiB + 5, seed=12)
+    source = pattern.write_to(tmp_path / "source.bin")
+    sent = await upload_tcp(source, server.url, resume_store=ResumeStore(tmp_path / "state"))
+    assert sent.sha256 == pattern.sha256() and sent.verified
+    fetched = await download_tcp(sent.url, tmp_path / "copy.bin")
+    assert fetched.sha256 == pattern.sha256() and fetched.verified  # declared, then checked
+    http = server.process.url
+    tus = {"Tus-Resumable": "1.0.0"}
+    async with aiohttp.ClientSession() as session:
+        created = {**tus, "Upload-Length": str(pattern.size)}
+        async with session.post(f"{http}/files/", headers=created) as resp:
+            location = resp.headers["Location"]
+        patch = {**tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+        async with session.patch(
+            f"{http}{location}", data=source.read_bytes(), headers=patch
+        ) as resp:
+            assert resp.status == 204
+    upload_id = location.rsplit("/", 1)[1]
+    target = tmp_path / "plain.bin"
+    plain = await download_tcp(f"{server.url}/{upload_id}", target)
+    assert plain.sha256 == pattern.sha256() and not plain.verified
+    assert target.read_bytes() == source.read_bytes()
 
 
 def test_errors_answering_a_request_keep_the_connection(tcp_server: TcpServer) -> None:

@@ -51,6 +51,14 @@ def cli() -> None:
     default=None,
     help="Also serve freight's raw TCP protocol on this port (0 picks a free one); off by default.",
 )
+@click.option(
+    "--sha256/--no-sha256",
+    default=True,
+    show_default=True,
+    help="Keep a running SHA-256 of every upload. --no-sha256 skips that work (about one "
+    "CPU-second per GiB, more on small boards); a file then has a SHA-256 only when its "
+    "client declared one, checked by reading the file back at the end.",
+)
 def serve(
     host: str,
     port: int,
@@ -60,6 +68,7 @@ def serve(
     fsync: str,
     expire_after: float,
     tcp_port: int | None,
+    sha256: bool,
 ) -> None:
     """Run the freight server."""
     from freight.server.app import run_server
@@ -73,6 +82,7 @@ def serve(
         fsync=FsyncPolicy(fsync),
         expire_after=expire_after,
         tcp_port=tcp_port,
+        sha256=sha256,
     )
     run_server(config)
 

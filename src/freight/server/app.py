@@ -70,6 +70,7 @@ def create_app(config: ServerConfig) -> web.Application:
         expire_after=config.expire_after,
         max_size=config.max_size,
         disk_reserve=config.disk_reserve,
+        hash_uploads=config.sha256,
     )
     app[ENGINE] = engine
     app[SETTINGS] = config

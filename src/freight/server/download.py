@@ -52,13 +52,14 @@ class SendfileResponse(web.StreamResponse):
 def file_response(
     request: web.Request, session: UploadSession, store: object
 ) -> web.StreamResponse:
-    if not session.is_finished or session.sha256 is None:
+    if not session.is_finished:
         raise UploadIncomplete("the upload is not finished yet")
     if not isinstance(store, SendfileSource):
         raise NotImplementedError("downloads from this storage backend are not supported yet")
     path = store.file_path(session.id)
     size = session.length or 0
-    etag = f'"{session.sha256}"'
+    # A stored file never changes, so its id names its bytes as well as a digest would.
+    etag = f'"{session.sha256 or session.id}"'
     modified = session.finished or session.created
     headers = _representation_headers(session, etag, modified)
     if ranges.etag_matches(request.headers.get("If-None-Match"), etag):
@@ -77,13 +78,15 @@ def file_response(
 
 def _representation_headers(session: UploadSession, etag: str, modified: float) -> dict[str, str]:
     name = safe_filename(session.name, session.id)
-    return {
+    headers = {
         "Accept-Ranges": "bytes",
         "ETag": etag,
         "Last-Modified": format_http_date(modified),
         "Content-Type": "application/octet-stream",
         "Content-Disposition": content_disposition(name),
-        "Repr-Digest": build_repr_digest(session.sha256 or ""),
         "Cache-Control": "private, no-cache",
         "X-Content-Type-Options": "nosniff",
     }
+    if session.sha256 is not None:
+        headers["Repr-Digest"] = build_repr_digest(session.sha256)
+    return headers

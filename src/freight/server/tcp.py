@@ -83,6 +83,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 SHA256_METADATA_KEY = "sha256"  # the digest a PUT declared, kept for a later RESUME
+NO_DIGEST = bytes(32)
 _SMALL_BUFFER = 64 * 1024  # control frames; upload payload goes to the writer's own buffer
 _DATA_HEADER_SIZE = HEADER_SIZE + 8  # a DATA frame's header and offset
 
@@ -448,7 +449,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     async def _get(self, get: Get) -> None:
         session = await self._engine.get(get.upload_id)
-        if not session.is_finished or session.sha256 is None:
+        if not session.is_finished:
             raise UploadIncomplete("the upload is not finished yet")
         size = session.length or 0
         if get.offset > size:
@@ -463,7 +464,7 @@ class _Connection(asyncio.BufferedProtocol):
         except FileNotFoundError as exc:
             raise UploadNotFound("the file was deleted") from exc
         with file:
-            info = FileInfo(size, get.offset, length, bytes.fromhex(session.sha256), _name(session))
+            info = FileInfo(size, get.offset, length, _digest(session), _name(session))
             self._send(info)
             self._in_sync = False
             await self._send_range(file, get.offset, length)
@@ -490,8 +491,12 @@ class _Connection(asyncio.BufferedProtocol):
 
 
 def _finished(session: UploadSession) -> Finished:
-    assert session.sha256 is not None
-    return Finished(session.id, session.length or 0, bytes.fromhex(session.sha256))
+    return Finished(session.id, session.length or 0, _digest(session))
+
+
+def _digest(session: UploadSession) -> bytes:
+    """The file's SHA-256; all zeros when the server keeps none (``--no-sha256``)."""
+    return bytes.fromhex(session.sha256) if session.sha256 is not None else NO_DIGEST
 
 
 def _name(session: UploadSession) -> str:

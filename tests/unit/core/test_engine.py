@@ -577,3 +577,19 @@ async def test_a_writer_without_an_interrupt_is_never_taken_over(engine: UploadE
             async with engine.writer(session.id, 0, interrupt=lambda: None):
                 pass
         assert caught.value.code == "ERR_UPLOAD_LOCKED"
+
+
+async def test_without_a_running_hash_only_a_declared_digest_is_computed(
+    open_engine: OpenEngine,
+) -> None:
+    engine = open_engine(hash_uploads=False)
+    data = os.urandom(MiB + 17)
+    first = await engine.create(length=len(data), metadata={})
+    await write(engine, first.id, data)
+    assert (await engine.finish(first.id)).sha256 is None
+    second = await engine.create(length=len(data), metadata={})
+    await write(engine, second.id, data)
+    with pytest.raises(ChecksumMismatch):
+        await engine.finish(second.id, expected_sha256="00" * 32)
+    finished = await engine.finish(second.id, expected_sha256=sha256(data))
+    assert finished.sha256 == sha256(data)
