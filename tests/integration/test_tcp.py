@@ -194,6 +194,16 @@ def get_raw(client: RawClient, upload_id: str, offset: int, length: int) -> tupl
     return info, digest.digest()
 
 
+def start_upload(port: int, pattern: PatternStream, sent: int) -> tuple[RawClient, str]:
+    """PUT ``pattern`` and send its first ``sent`` bytes; the first window must be ACKed."""
+    client = RawClient(port)
+    client.hello()
+    upload_id = client.put(pattern.size)
+    send_range(client, pattern, 0, sent)
+    assert struct.unpack(">Q", client.expect(ACK))[0] == WINDOW
+    return client, upload_id
+
+
 # round trips through freight's client -----------------------------------------------------------
 
 
@@ -407,11 +417,7 @@ def test_raw_client_upload_acks_per_window_and_get_from_an_offset(tcp_server: Tc
 def test_resume_continues_at_the_durable_offset(tcp_server: TcpServer) -> None:
     size = 2 * WINDOW
     pattern = PatternStream(size, seed=10)
-    first = RawClient(tcp_server.port)
-    first.hello()
-    upload_id = first.put(size)
-    send_range(first, pattern, 0, WINDOW + 10)
-    assert struct.unpack(">Q", first.expect(ACK))[0] == WINDOW
+    first, upload_id = start_upload(tcp_server.port, pattern, WINDOW + 10)
     first.close()  # a cut: the 10 bytes past the ACK are kept once they are on disk
     second = RawClient(tcp_server.port)
     try:
@@ -440,11 +446,7 @@ def test_a_reconnect_takes_over_from_a_stalled_connection(tcp_server: TcpServer)
     """The old connection stays open and silent (a dead link the server cannot see)."""
     size = 2 * WINDOW
     pattern = PatternStream(size, seed=11)
-    stalled = RawClient(tcp_server.port)
-    stalled.hello()
-    upload_id = stalled.put(size)
-    send_range(stalled, pattern, 0, WINDOW + 4096)
-    assert struct.unpack(">Q", stalled.expect(ACK))[0] == WINDOW
+    stalled, upload_id = start_upload(tcp_server.port, pattern, WINDOW + 4096)
     second = RawClient(tcp_server.port)
     try:
         second.hello()
