@@ -111,18 +111,41 @@ class UploadWriter:
         return self._flushed - self._recorded
 
     async def write(self, data: Buffer) -> None:
+        """Take all of ``data``, waiting while both buffers are busy.
+
+        Returns with room in the filling buffer, so a socket may read into it next.
+        """
         view = memoryview(data).cast("B")
-        if self._limit is not None and self.position + view.nbytes > self._limit:
-            raise UploadTooLarge(f"the body runs past the upload's length of {self._limit} bytes")
+        self._check_room(view.nbytes)
         while view.nbytes:
-            room = self._buffer_size - self._fill
-            take = min(room, view.nbytes)
+            view = view[self.write_nowait(view) :]
+            if view.nbytes or self.is_full:
+                await self.hand_off()
+
+    def write_nowait(self, data: Buffer) -> int:
+        """Copy as much of ``data`` as fits without waiting; returns how many bytes it took.
+
+        A full buffer goes to the worker threads at once if the other one is free; copying
+        stops where it is not.
+        """
+        view = memoryview(data).cast("B")
+        self._check_room(view.nbytes)
+        taken = 0
+        while taken < view.nbytes:
+            if self.is_full and not self.hand_off_nowait():
+                break
+            take = min(self._buffer_size - self._fill, view.nbytes - taken)
             # Through a memoryview: assigning a view into a bytearray slice copies it twice.
-            self._views[self._current][self._fill : self._fill + take] = view[:take]
+            self._views[self._current][self._fill : self._fill + take] = view[taken : taken + take]
             self._fill += take
-            view = view[take:]
-            if self._fill == self._buffer_size:
-                await self._hand_off()
+            taken += take
+        if self.is_full:
+            self.hand_off_nowait()
+        return taken
+
+    def _check_room(self, nbytes: int) -> None:
+        if self._limit is not None and self.position + nbytes > self._limit:
+            raise UploadTooLarge(f"the body runs past the upload's length of {self._limit} bytes")
 
     def free_space(self) -> memoryview:
         """The unfilled part of the filling buffer, for a socket to read straight into.
@@ -156,10 +179,6 @@ class UploadWriter:
             return False
         self._hand_off_settled()
         return True
-
-    async def hand_off(self) -> None:
-        """Pass the filling buffer on once the previous one is written; raises its error."""
-        await self._hand_off()
 
     async def commit(self, *, expected_end: int | None = None) -> UploadSession:
         """Make every byte of this request durable and record it; returns the session."""
@@ -219,7 +238,8 @@ class UploadWriter:
 
     # internals ---------------------------------------------------------------------------
 
-    async def _hand_off(self) -> None:
+    async def hand_off(self) -> None:
+        """Pass the filling buffer on once the previous one is written; raises its error."""
         if self._pending is not None:
             await asyncio.wait([self._pending])
         self._hand_off_settled()
@@ -256,7 +276,7 @@ class UploadWriter:
             raise
 
     async def _drain(self) -> None:
-        await self._hand_off()
+        await self.hand_off()
         if self._pending is not None:
             await asyncio.wait([self._pending])
         self._advance(self._take_settled())

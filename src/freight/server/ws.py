@@ -69,7 +69,7 @@ from freight.protocol.ws_messages import (
 )
 from freight.server.body import interrupter
 from freight.server.state import ENGINE, SETTINGS
-from freight.server.ws_receiver import Receiver, write_message
+from freight.server.ws_receiver import Receiver
 
 __all__ = ["WS_PATH", "WS_SETTINGS", "WsSettings", "add_ws_routes"]
 
@@ -292,7 +292,7 @@ class _Connection:
                 incoming = None
                 if msg.type is WSMsgType.BINARY:
                     window.accept(len(msg.data))
-                    await write_message(writer, msg.data)
+                    await writer.write(msg.data)
                     if window.window_full:
                         await self._grant(writer, window)
                     continue

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from freight.core import UploadWriter
-from freight.errors import ClientDisconnected, FreightError, UploadTooLarge
+from freight.errors import ClientDisconnected, FreightError
 from freight.protocol.ws_messages import (
     MAX_FRAME_HEADER,
     OP_BINARY,
@@ -38,41 +38,9 @@ try:  # aiohttp's C helper, 8 bytes at a time; its module is private, hence the 
 except ImportError:  # pragma: no cover - another aiohttp layout
     from freight.protocol.ws_messages import apply_mask as unmask
 
-__all__ = ["Receiver", "write_message"]
+__all__ = ["Receiver"]
 
 log = logging.getLogger(__name__)
-
-
-async def write_message(writer: UploadWriter, data: bytes) -> None:
-    """A binary message aiohttp parsed, into the writer (waiting while the disk is behind)."""
-    view = memoryview(data)
-    while view.nbytes:
-        view = view[_fill(writer, view) :]
-        if view.nbytes:
-            await writer.hand_off()
-
-
-def _fill(writer: UploadWriter, data: memoryview) -> int:
-    """Copy the start of ``data`` into the writer's staging buffer; returns how much it took.
-
-    A full buffer goes to the worker threads at once if the other one is written already;
-    otherwise copying stops there. (``memoryview`` assignment: a plain copy, where assigning
-    to a ``bytearray`` slice would first copy the bytes into a temporary ``bytearray``.)
-    """
-    taken = 0
-    while taken < data.nbytes:
-        if writer.is_full and not writer.hand_off_nowait():
-            return taken
-        space = writer.free_space()
-        if not space.nbytes:
-            raise UploadTooLarge("a frame runs past the upload's length")
-        count = min(space.nbytes, data.nbytes - taken)
-        space[:count] = data[taken : taken + count]
-        writer.filled(count)
-        taken += count
-    if writer.is_full:
-        writer.hand_off_nowait()
-    return taken
 
 
 class _Mode(enum.Enum):
@@ -322,7 +290,7 @@ class Receiver(asyncio.BufferedProtocol):
             return
         frame = memoryview(self._frame)
         try:
-            self._staged += _fill(writer, frame[self._staged :])
+            self._staged += writer.write_nowait(frame[self._staged :])
         except Exception as exc:
             self._fail(_as_freight_error(exc))
             return
