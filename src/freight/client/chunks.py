@@ -62,9 +62,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PARALLEL = 4
 # Chunks are held in memory (read once) only while ``parallel + 1`` of them fit in this;
-# otherwise (many streams, or the large chunks of a file over a terabyte) each is read twice
-# and streamed, with flat memory.
-HELD_CHUNKS_BUDGET = 128 * 1024 * 1024
+# otherwise (the server's default 10 MiB chunks, many streams) each is read twice and
+# streamed through small reused buffers. Memory is the scarcer resource on the small boards
+# freight runs on: a few MiB, never several whole large chunks.
+HELD_CHUNKS_BUDGET = 16 * 1024 * 1024
 # A digest that fails may be a bit flipped on the way (a bad proxy or NIC): worth a retry.
 _RETRY_STATUSES = frozenset({422})
 
