@@ -265,13 +265,13 @@ async def test_concurrent_chunks_of_one_upload(api: ChunkApi) -> None:
 
 
 async def test_in_order_chunks_are_hashed_as_they_arrive(api: ChunkApi) -> None:
-    """Chunks sent one after another carry the running SHA-256, so completing reads nothing
-    back from disk: the hash already covers the whole upload before ``complete``."""
+    """The running SHA-256 follows each recorded chunk, so ``complete`` has next to nothing
+    left to hash: the hash covers every chunk received so far soon after it is stored."""
     data = os.urandom(6 * CHUNK + 5)
     upload_id = (await api.create(len(data), chunk_size=CHUNK))["id"]
     for n in range(7):
         assert (await api.put(upload_id, n, chunk_of(data, n)))[0] == 200
-        session = await api.live.engine.get(upload_id)
+        session = await api.live.engine.hashed(upload_id)
         assert session.hashed_offset == session.offset == min((n + 1) * CHUNK, len(data))
     status, done = await api.complete(upload_id)
     assert status == 200 and done["sha256"] == hashlib.sha256(data).hexdigest()

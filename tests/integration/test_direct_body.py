@@ -1,4 +1,8 @@
-"""Large request bodies read straight from the socket into the writer (server/body.py).
+"""Large request bodies taken straight from the socket (server/body.py, server/splice.py).
+
+Every test runs both ways a large body can go: spliced socket → pipe → file by a thread
+of its own (the default on Linux), and read into the writer's memory buffers (where
+splicing is not available, or a request checksum needs to see the bytes).
 
 Raw sockets on loopback, so the tests control exactly how the bytes arrive: the headers
 and the start of the body in one segment (aiohttp parses part of the body before the
@@ -13,11 +17,33 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from tus_fixtures import OCTETS, live_server
 
+from freight.core import writer as writer_module
+from freight.core.pipes import PIPE_SIZE, SplicePipe, splicing_available
 from freight.server.body import DIRECT_MIN
 
 MiB = 1024 * 1024
+
+
+@pytest.fixture(params=["splice", "buffers"], autouse=True)
+def receive_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Which way bodies go; returns a list that grows by one for each pipe opened."""
+    opened: list[int] = []
+    if request.param == "buffers":
+        monkeypatch.setattr(writer_module, "splicing_available", lambda: False)
+        return opened
+    if not splicing_available():
+        pytest.skip("splice(2) is Linux only")
+    real_init = SplicePipe.__init__
+
+    def counting_init(pipe: SplicePipe, size: int = PIPE_SIZE) -> None:
+        real_init(pipe, size)
+        opened.append(pipe.capacity)
+
+    monkeypatch.setattr(SplicePipe, "__init__", counting_init)
+    return opened
 
 
 def _patch_head(url: str, offset: int, length: int) -> bytes:
@@ -63,7 +89,9 @@ async def _send_in_pieces(writer: asyncio.StreamWriter, data: bytes, sizes: list
         turn += 1
 
 
-async def test_large_patch_is_stored_exactly_and_the_connection_closes(tmp_path: Path) -> None:
+async def test_large_patch_is_stored_exactly_and_the_connection_closes(
+    tmp_path: Path, receive_path: list[int]
+) -> None:
     body = os.urandom(DIRECT_MIN * 3 + 12345)
     async with live_server(tmp_path, fsync="never") as server:
         url = await server.create(len(body))
@@ -80,6 +108,7 @@ async def test_large_patch_is_stored_exactly_and_the_connection_closes(tmp_path:
         assert server.part_bytes(url) == body
         session = await server.engine.get(url.rsplit("/", 1)[1])
         assert session.sha256 == hashlib.sha256(body).hexdigest()
+        assert bool(receive_path) == writer_module.splicing_available()
 
 
 async def test_small_patch_keeps_the_connection_alive(tmp_path: Path) -> None:

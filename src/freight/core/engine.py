@@ -7,8 +7,10 @@ Rules it keeps, whatever protocol fed it:
   checksum was pending (then none of it counts).
 * Writers claim the byte range they will write. A claim overlapping another one is refused
   with :class:`UploadLocked`; a sequential writer (tus) claims everything from its offset.
-* The running SHA-256 follows the contiguous prefix. A writer that starts where the hash
-  stands carries it along; anything else is hashed from disk once, when the upload finishes.
+* The running SHA-256 trails the writers: once bytes of the contiguous prefix are recorded,
+  a background task hashes them from the page cache they were just written to. Receiving
+  never waits for hashing (which is what lets bytes go from socket to file without passing
+  through Python) unless the hash falls :attr:`UploadEngine.hash_lag` bytes behind.
 * ``receiving`` → ``finished`` (a final concatenation: ``assembling`` → ``finished``).
   Finishing is a rename; a finished upload never changes again.
 """
@@ -55,6 +57,8 @@ _IDLE_CACHE = 256
 CONSUMED_PART_GRACE = 600.0
 # How long a request taking an upload over waits for the interrupted one to let go.
 TAKE_OVER_WAIT = 5.0
+# The running hash reads back this much at a time, then tells waiting writers it moved.
+HASH_STEP = 8 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -82,13 +86,14 @@ class ActiveUpload:
     writers: set[UploadWriter] = field(default_factory=set)
     bytes_written: int = 0  # every byte written since start-up, duplicates included
     last_progress: float = 0.0
-    hash_owner: UploadWriter | None = None  # the writer carrying the running SHA-256
     catch_up: asyncio.Task[None] | None = None  # hashing received bytes from disk
+    forgotten: bool = False  # deleted: background work must not save it again
+    hash_moved: asyncio.Event = field(default_factory=asyncio.Event)  # set at each hash step
 
     @property
     def hash_is_free(self) -> bool:
         busy = self.catch_up is not None and not self.catch_up.done()
-        return self.hasher is not None and self.hash_owner is None and not busy
+        return self.hasher is not None and not busy
 
     @property
     def transferred(self) -> int:
@@ -129,6 +134,11 @@ class UploadEngine:
         self.hash_uploads = hash_uploads
         self.fsync = fsync
         self.sync_every = sync_every
+        # How far the running hash may trail the bytes written before writers wait for it:
+        # bytes further behind may have left the page cache and would be read back from the
+        # disk. Recording (which the hash waits for) trails writing by ``sync_every``, so
+        # less than twice that would make hashing and receiving take turns.
+        self.hash_lag = 2 * sync_every
         self.expire_after = expire_after
         self.max_size = max_size
         self.disk_reserve = disk_reserve
@@ -319,24 +329,17 @@ class UploadEngine:
             part = active.part
             if part is None:
                 part = active.part = await asyncio.to_thread(self.store.open_part, session)
-            carries_hash = active.hash_is_free and offset == session.hashed_offset
-            hasher = active.hasher.copy() if carries_hash and active.hasher else None
             bound = min(end, limit) if end is not None and limit is not None else end or limit
             writer = UploadWriter(
-                self, active, part, offset, bound, checksum, hasher, all_or_nothing=all_or_nothing
+                self, active, part, offset, bound, checksum, all_or_nothing=all_or_nothing
             )
             active.writers.add(writer)
-            if hasher is not None:
-                active.hash_owner = writer
             try:
                 yield writer
             finally:
                 await writer.abort()
                 writer.release_buffers()
                 active.writers.discard(writer)
-                if active.hash_owner is writer:
-                    active.hash_owner = None
-                    self._maybe_catch_up(active)
         finally:
             active.unclaim(claim)
             self._release(upload_id, active)
@@ -382,27 +385,43 @@ class UploadEngine:
         for key in idle[: max(0, len(idle) - _IDLE_CACHE)]:
             del self._active[key]
 
-    async def record_received(
-        self, active: ActiveUpload, start: int, end: int, hasher: StatefulSha256 | None
-    ) -> None:
+    async def record_received(self, active: ActiveUpload, start: int, end: int) -> None:
         """Called by writers once ``[start, end)`` is durable: make it count."""
         session = active.session
         session.received.add(start, end)
-        if hasher is not None:
-            session.hashed_offset = end
-            session.hash_state = hasher.state()
-            active.hasher = hasher
         session.expires = self.clock() + self.expire_after
         await self._save(active)
         self._publish(UploadEventKind.PROGRESS, active)
         self._maybe_catch_up(active)
 
-    def _maybe_catch_up(self, active: ActiveUpload) -> None:
-        """Hash, from disk, received bytes that no writer hashed on the way in.
+    async def hashed(self, upload_id: str) -> UploadSession:
+        """The session once the running hash covers every byte of its contiguous prefix."""
+        active = await self._activate(upload_id)
+        while active.catch_up is not None and not active.catch_up.done():
+            await asyncio.wait([active.catch_up])
+        return active.session
 
-        Chunks that arrive out of order are written without hashing; once the contiguous
-        prefix grows past the hash, the gap is read back (from the page cache, just
-        written) and hashed, each byte once, so finishing stays quick.
+    async def hash_progress(self, active: ActiveUpload) -> None:
+        """Wait for the running hash to take its next step (at once if it is not running)."""
+        if active.catch_up is not None and not active.catch_up.done():
+            await active.hash_moved.wait()
+
+    def hash_trails(self, active: ActiveUpload, start: int, position: int) -> bool:
+        """Whether a writer from ``start`` now at ``position`` should wait for the hash.
+
+        Only a writer the hash can follow (one that continues the contiguous prefix) waits,
+        and only while the hash trails it by more than :attr:`hash_lag`.
+        """
+        session = active.session
+        if active.hasher is None or session.received.contiguous_end() < start:
+            return False
+        return position - session.hashed_offset > self.hash_lag
+
+    def _maybe_catch_up(self, active: ActiveUpload) -> None:
+        """Hash received bytes from the file, behind the writers.
+
+        Bytes are read back from the page cache they were just written to, each byte once,
+        in one worker thread at a time; finishing then hashes only what is left.
         """
         session = active.session
         if not active.hash_is_free or session.state is not UploadState.RECEIVING:
@@ -414,20 +433,39 @@ class UploadEngine:
     async def _catch_up(self, active: ActiveUpload) -> None:
         session, hasher = active.session, active.hasher
         assert hasher is not None
-        while session.state is UploadState.RECEIVING:
-            start, end = session.hashed_offset, session.received.contiguous_end()
-            if end <= start:
-                return
+        try:
+            while session.state is UploadState.RECEIVING and not active.forgotten:
+                start, end = session.hashed_offset, session.received.contiguous_end()
+                if end <= start:
+                    return
+                if not await self._hash_steps(active, hasher, start, end):
+                    return
+                await self._save(active)
+        finally:
+            _pulse(active)
+
+    async def _hash_steps(
+        self, active: ActiveUpload, hasher: StatefulSha256, start: int, end: int
+    ) -> bool:
+        """Hash ``[start, end)`` a step at a time, so waiting writers see it move."""
+        session = active.session
+        for step_start in range(start, end, HASH_STEP):
+            step_end = min(end, step_start + HASH_STEP)
             before = hasher.copy()
             try:
                 async with self.read_buffers.borrow() as buffer:
-                    await asyncio.to_thread(self._hash_stored, session, hasher, start, end, buffer)
+                    await asyncio.to_thread(
+                        self._hash_stored, session, hasher, step_start, step_end, buffer
+                    )
             except (FreightError, OSError) as exc:
                 active.hasher = before  # it may have eaten part of the range
                 log.info("upload %s: hashing from disk stopped: %s", session.id, exc)
-                return
-            session.hashed_offset, session.hash_state = end, hasher.state()
-            await self._save(active)
+                return False
+            if active.forgotten:
+                return False
+            session.hashed_offset, session.hash_state = step_end, hasher.state()
+            _pulse(active)
+        return True
 
     def _hash_stored(
         self,
@@ -629,6 +667,7 @@ class UploadEngine:
             raise UploadLocked("the upload is being written; try again when that ends")
         else:
             session = active.session
+            await _stop_hashing(active)
         await asyncio.to_thread(self.store.delete, upload_id)
         self._forget(session)
 
@@ -647,6 +686,8 @@ class UploadEngine:
                 session = active.session if active else self.store.load(upload_id)
             except UploadNotFound:
                 continue
+            if active is not None:
+                await _stop_hashing(active)
             await asyncio.to_thread(self.store.delete, upload_id)
             self._forget(session)
             removed += 1
@@ -700,6 +741,20 @@ class UploadEngine:
                 active.part.close()
         self._active.clear()
         await asyncio.to_thread(self.store.close)
+
+
+def _pulse(active: ActiveUpload) -> None:
+    """Wake whoever waits for the hash to move (see :meth:`UploadEngine.hash_progress`)."""
+    moved, active.hash_moved = active.hash_moved, asyncio.Event()
+    moved.set()
+
+
+async def _stop_hashing(active: ActiveUpload) -> None:
+    """Let a running catch-up end without saving, before the upload's rows go."""
+    active.forgotten = True
+    if active.catch_up is not None:
+        with contextlib.suppress(Exception):
+            await active.catch_up
 
 
 def _restore_hasher(session: UploadSession) -> StatefulSha256 | None:

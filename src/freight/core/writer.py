@@ -1,9 +1,11 @@
 """Streaming one request's bytes into an upload: the hot path of every protocol.
 
 Bytes are copied into one of two reused buffers. A full buffer goes to a worker thread that
-writes it at its offset and feeds the running hashes, while the event loop fills the other
-buffer from the socket: reading, writing and hashing overlap, and memory stays at two
-buffers per writer whatever the file size.
+writes it at its offset (and feeds a request checksum, if the client sent one), while the
+event loop fills the other buffer from the socket: reading and writing overlap, and memory
+stays at two buffers per writer whatever the file size. The upload's running SHA-256 is not
+computed here: the engine hashes recorded bytes from the page cache behind the writers, and
+a writer only waits for it when it falls too far behind.
 
 A byte is recorded as received (and so acknowledged to clients) only after the sync the
 fsync policy asks for. ``commit`` records the whole request; ``abort`` keeps whatever was
@@ -22,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from freight._types import Buffer
 from freight.config import FsyncPolicy
-from freight.core.hashing import StatefulSha256
+from freight.core.pipes import splicing_available
 from freight.core.session import UploadSession
 from freight.errors import ChecksumMismatch, FreightError, LengthMismatch, UploadTooLarge
+from freight.storage.base import PipeTarget
 
 if TYPE_CHECKING:
     from freight.core.engine import ActiveUpload, UploadEngine
@@ -44,14 +47,6 @@ class RequestChecksum:
     hasher: Any  # a fresh hashlib object for ``algorithm``
 
 
-@dataclass(frozen=True)
-class _Mark:
-    """A durable point inside the request: bytes up to ``end`` and the hash there."""
-
-    end: int
-    hasher: StatefulSha256 | None
-
-
 class UploadWriter:
     """Writes bytes from ``start`` onwards; use as ``async with engine.writer(...) as w``."""
 
@@ -63,7 +58,6 @@ class UploadWriter:
         start: int,
         limit: int | None,
         checksum: RequestChecksum | None,
-        hasher: StatefulSha256 | None,
         *,
         all_or_nothing: bool = False,
     ) -> None:
@@ -76,7 +70,6 @@ class UploadWriter:
         # A pending checksum makes a request count whole or not at all, as do callers
         # whose unit is a chunk (a half-kept chunk would be neither missing nor received).
         self._all_or_nothing = all_or_nothing or checksum is not None
-        self._hasher = hasher
         self._policy = engine.fsync
         self._buffers = engine.buffers.acquire()
         self._views = (memoryview(self._buffers[0]), memoryview(self._buffers[1]))
@@ -89,7 +82,6 @@ class UploadWriter:
         self._checkpoint: asyncio.Task[None] | None = None
         self._recorded = start
         self._closed = False
-        self._hasher_valid = True
 
     @property
     def position(self) -> int:
@@ -134,14 +126,64 @@ class UploadWriter:
         while taken < view.nbytes:
             if self.is_full and not self.hand_off_nowait():
                 break
-            take = min(self._buffer_size - self._fill, view.nbytes - taken)
-            # Through a memoryview: assigning a view into a bytearray slice copies it twice.
-            self._views[self._current][self._fill : self._fill + take] = view[taken : taken + take]
-            self._fill += take
-            taken += take
+            taken += self._stage(view[taken:])
         if self.is_full:
             self.hand_off_nowait()
         return taken
+
+    def _stage(self, view: memoryview) -> int:
+        take = min(self._buffer_size - self._fill, view.nbytes)
+        # Through a memoryview: assigning a view into a bytearray slice copies it twice.
+        self._views[self._current][self._fill : self._fill + take] = view[:take]
+        self._fill += take
+        return take
+
+    @property
+    def can_splice(self) -> bool:
+        """Whether bytes may go from a socket to the file without passing through Python."""
+        no_hashing = self._checksum is None  # a request checksum needs to see the bytes
+        return no_hashing and splicing_available() and isinstance(self._part, PipeTarget)
+
+    @property
+    def fsync(self) -> FsyncPolicy:
+        return self._policy
+
+    @property
+    def part(self) -> PartFile:
+        """The file written, for :meth:`placed` callers that write it themselves."""
+        return self._part
+
+    async def settle(self) -> None:
+        """Write out whatever is staged and wait for it: the file then ends at :attr:`position`."""
+        await self._drain()
+
+    def placed(self, end: int) -> None:
+        """Bytes up to ``end`` were written into the file by the caller itself (``splice``).
+
+        Only after :meth:`settle`, with nothing staged since. They count as flushed, and
+        are recorded at the next checkpoint like any others.
+        """
+        if self._fill or (self._pending is not None and not self._pending.done()):
+            raise RuntimeError("bytes are staged: settle() first")
+        self._check_room(end - self._handed_off)
+        self._handed_off = end
+        self._advance(end)
+        self._maybe_checkpoint()
+
+    def hash_trails(self, position: int) -> bool:
+        """Whether writing should wait for the upload's hash before going past ``position``."""
+        return self._engine.hash_trails(self._active, self._start, position)
+
+    async def let_hash_near(self, position: int) -> None:
+        """Wait for the recording and hashing under way while the hash trails ``position``."""
+        while self.hash_trails(position):
+            catch_up = self._active.catch_up
+            if catch_up is not None and not catch_up.done():
+                await self._engine.hash_progress(self._active)
+            elif self._checkpoint is not None and not self._checkpoint.done():
+                await asyncio.wait([self._checkpoint])  # recording lets the hash go on
+            else:
+                return  # nothing under way would bring the hash closer
 
     def _check_room(self, nbytes: int) -> None:
         if self._limit is not None and self.position + nbytes > self._limit:
@@ -193,7 +235,7 @@ class UploadWriter:
                 raise ChecksumMismatch(
                     f"the body does not match its {self._checksum.algorithm} checksum"
                 )
-        await self._sync_and_record(_Mark(self._flushed, self._hasher))
+        await self._sync_and_record(self._flushed)
         self._closed = True
         return self._active.session
 
@@ -205,8 +247,7 @@ class UploadWriter:
         """
         await self._drain()
         if not self._all_or_nothing:
-            hasher = self._hasher.copy() if self._hasher is not None else None
-            await self._sync_and_record(_Mark(self._flushed, hasher))
+            await self._sync_and_record(self._flushed)
         return self._recorded
 
     def release_buffers(self) -> None:
@@ -228,9 +269,8 @@ class UploadWriter:
                 await self._checkpoint
         if self._all_or_nothing or self._flushed <= self._recorded:
             return
-        hasher = self._hasher if self._hasher_valid else None
         try:
-            await self._sync_and_record(_Mark(self._flushed, hasher))
+            await self._sync_and_record(self._flushed)
         except FreightError as exc:
             log.warning(
                 "upload %s: could not keep bytes after a failure: %s", self._active.session.id, exc
@@ -249,8 +289,8 @@ class UploadWriter:
         self._maybe_checkpoint()
         if self._fill == 0:
             return
-        buffer, size, at = self._buffers[self._current], self._fill, self._handed_off
-        self._pending = self._start_jobs(buffer, size, at)
+        size, at = self._fill, self._handed_off
+        self._pending = self._start_jobs(self._current, size, at)
         self._handed_off += size
         self._current ^= 1
         self._fill = 0
@@ -268,8 +308,6 @@ class UploadWriter:
         try:
             return pending.result()
         except BaseException:
-            # The hasher may have consumed bytes that never reached the disk.
-            self._hasher_valid = False
             # Bytes staged after the failed buffer would land at the wrong offset: drop them.
             self._handed_off = self._flushed
             self._fill = 0
@@ -283,38 +321,44 @@ class UploadWriter:
         if self._checkpoint is not None:
             await self._checkpoint
 
-    def _start_jobs(self, buffer: bytearray, size: int, at: int) -> asyncio.Future[int]:
-        """Write and hash the buffer in two worker threads at once; both only read it."""
+    def _start_jobs(self, slot: int, size: int, at: int) -> asyncio.Future[int]:
+        """Write the buffer in a worker thread, and feed the request checksum in another.
+
+        The job counts as done only once the upload's hash trails it by no more than the
+        engine allows, so a hash slower than the network holds the reading back.
+        """
         loop = asyncio.get_running_loop()
-        write = loop.run_in_executor(None, self._write_job, buffer, size, at)
-        if self._hasher is None and self._checksum is None:
+        write = loop.run_in_executor(None, self._write_job, slot, size, at)
+        jobs: list[asyncio.Future[Any]] = [write]
+        if self._checksum is not None:
+            jobs.append(loop.run_in_executor(None, self._hash_job, self._buffers[slot], size))
+        trails = self.hash_trails(at + size)
+        if len(jobs) == 1 and not trails:
             return write
-        hashing = loop.run_in_executor(None, self._hash_job, buffer, size)
+        return asyncio.ensure_future(self._all_of(jobs, at + size if trails else None))
 
-        async def both() -> int:
-            # Wait for both even when one fails: the buffer is reused only once neither
-            # thread reads it any more.
-            end, hashed = await asyncio.gather(write, hashing, return_exceptions=True)
-            for outcome in (end, hashed):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            assert isinstance(end, int)
-            return end
+    async def _all_of(self, jobs: list[asyncio.Future[Any]], hashed_near: int | None) -> int:
+        # Wait for every job even when one fails: the buffer is reused only once no thread
+        # reads it any more.
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        if hashed_near is not None:
+            await self.let_hash_near(hashed_near)
+        end = outcomes[0]
+        assert isinstance(end, int)
+        return end
 
-        return asyncio.ensure_future(both())
-
-    def _write_job(self, buffer: bytearray, size: int, at: int) -> int:
-        self._part.write_at(at, memoryview(buffer)[:size])
+    def _write_job(self, slot: int, size: int, at: int) -> int:
+        self._part.write_at(at, self._views[slot][:size])
         if self._policy is FsyncPolicy.ALWAYS:
             self._part.sync()
         return at + size
 
     def _hash_job(self, buffer: bytearray, size: int) -> None:
-        view = memoryview(buffer)[:size]
-        if self._hasher is not None:
-            self._hasher.update(view)
-        if self._checksum is not None:
-            self._checksum.hasher.update(view)
+        assert self._checksum is not None
+        self._checksum.hasher.update(memoryview(buffer)[:size])
 
     def _maybe_checkpoint(self) -> None:
         """Record progress every ``sync_every`` bytes, syncing off the event loop."""
@@ -324,21 +368,18 @@ class UploadWriter:
             return
         if self._flushed - self._recorded < self._engine.sync_every:
             return
-        # No job runs now, so the hasher sits exactly at the flushed offset.
-        hasher = self._hasher.copy() if self._hasher is not None else None
-        mark = _Mark(self._flushed, hasher)
-        self._checkpoint = asyncio.ensure_future(self._sync_and_record(mark))
+        self._checkpoint = asyncio.ensure_future(self._sync_and_record(self._flushed))
 
-    async def _sync_and_record(self, mark: _Mark) -> None:
-        if mark.end <= self._recorded:
+    async def _sync_and_record(self, end: int) -> None:
+        if end <= self._recorded:
             return
         if self._policy is not FsyncPolicy.NEVER:
             await asyncio.to_thread(self._part.sync)
         # Advance first: the progress event published while recording must not count these
         # bytes both as received and as still unrecorded.
-        start, self._recorded = self._recorded, mark.end
+        start, self._recorded = self._recorded, end
         try:
-            await self._engine.record_received(self._active, start, mark.end, mark.hasher)
+            await self._engine.record_received(self._active, start, end)
         except BaseException:
             self._recorded = start
             raise

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from freight.config import FsyncPolicy, ServerConfig
 from freight.core import UploadEngine
+from freight.core.pipes import splicing_available
 from freight.protocol import ietf
 from freight.server.api import add_api_routes
 from freight.server.chunks import add_chunk_api
@@ -20,7 +21,8 @@ from freight.server.ietf import handle_ietf
 from freight.server.links import add_link_routes
 from freight.server.middleware import auth_middleware, cors_middleware, error_middleware
 from freight.server.page import add_page_routes
-from freight.server.state import ENGINE, SETTINGS
+from freight.server.splice import Splicers
+from freight.server.state import ENGINE, SETTINGS, SPLICERS
 from freight.server.tcp import TcpServer, start_tcp_server
 from freight.server.tus import effective_method, handle_tus
 from freight.server.ws import add_ws_routes
@@ -74,6 +76,8 @@ def create_app(config: ServerConfig) -> web.Application:
     )
     app[ENGINE] = engine
     app[SETTINGS] = config
+    if splicing_available():
+        app[SPLICERS] = Splicers()
     base = config.base_path.rstrip("/")
     app.router.add_route("*", f"{base}/", files_endpoint)
     app.router.add_route("*", f"{base}", files_endpoint)
@@ -96,6 +100,8 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
     await engine.close()
+    if SPLICERS in app:
+        app[SPLICERS].shutdown()
 
 
 async def serve(config: ServerConfig) -> None:

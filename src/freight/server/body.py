@@ -1,7 +1,8 @@
 """Streaming a request body into an upload writer.
 
-A large body with a Content-Length is read straight from the socket into the writer's
-staging buffers: for the rest of the body the connection's transport is handed to a
+A large body with a Content-Length is taken straight from the socket. Where nothing needs
+to see its bytes it is spliced socket → pipe → file (:mod:`freight.server.splice`), never
+entering Python. Otherwise the connection's transport is handed to a
 :class:`asyncio.BufferedProtocol` whose ``get_buffer`` is the writer's free space, so the
 kernel copies each byte once into memory that goes to the disk as it is, with no bytes
 object per read, no parser and no stream buffer in between (aiohttp's body stream costs
@@ -15,6 +16,7 @@ Smaller bodies, and bodies without a length, go through aiohttp's body stream.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import cast
 
@@ -24,6 +26,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from freight.core.writer import UploadWriter
 from freight.errors import ClientDisconnected, InvalidHeader, UploadTooLarge
 from freight.server.ingest import WriterFeed
+from freight.server.splice import BodySplicer
+from freight.server.state import SPLICERS
 
 __all__ = [
     "DIRECT_MIN",
@@ -34,6 +38,8 @@ __all__ = [
     "interrupter",
     "stream_body",
 ]
+
+log = logging.getLogger(__name__)
 
 # Below this much unread body, the connection's reuse is worth more than the faster path.
 DIRECT_MIN = 4 * 1024 * 1024
@@ -141,20 +147,41 @@ async def _read_directly(request: web.Request, writer: UploadWriter, count: Coun
     while piece := content.read_nowait(-1):
         buffered.append(piece)
     transport = cast(asyncio.Transport, request.transport)
-    aiohttp_protocol = transport.get_protocol()
     transport.pause_reading()
     request[_CLOSE_AFTER] = True
-    taken = sum(map(len, buffered))
-    receiver = _DirectReceiver(writer, length - taken, transport, aiohttp_protocol, count)
-    transport.set_protocol(receiver)
+    remaining = length - sum(map(len, buffered))
     try:
         for piece in buffered:
             count(len(piece))
             await writer.write(piece)
-        await receiver.receive()
+        splicer = _splicer(request, writer, transport, count)
+        if splicer is not None:
+            await splicer.receive(remaining)
+            return
+        receiver = _DirectReceiver(writer, remaining, transport, transport.get_protocol(), count)
+        transport.set_protocol(receiver)
+        try:
+            await receiver.receive()
+        finally:
+            receiver.detach()
     finally:
-        receiver.detach()
         content.feed_eof()  # so aiohttp does not wait for the rest of a body it never sees
+
+
+def _splicer(
+    request: web.Request, writer: UploadWriter, transport: asyncio.Transport, count: Counter
+) -> BodySplicer | None:
+    """A splicer for this body if it can go socket → file by ``splice`` now, else None."""
+    splicers = request.app.get(SPLICERS)
+    if splicers is None or not splicers.available or not writer.can_splice:
+        return None
+    if transport.get_extra_info("socket") is None:
+        return None
+    try:
+        return BodySplicer(splicers, writer, transport, count)
+    except OSError as exc:
+        log.info("reading a body through memory, not a pipe: %s", exc)
+        return None
 
 
 class _DirectReceiver(asyncio.BufferedProtocol):

@@ -32,6 +32,16 @@ class PartFile(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class PipeTarget(Protocol):
+    """A part file that can take bytes straight from a pipe (``splice``), never through
+    user space."""
+
+    def write_from_pipe(self, pipe: int, offset: int, size: int) -> None: ...
+
+    def sync(self) -> None: ...
+
+
 class UploadStore(Protocol):
     def create(self, session: UploadSession) -> None:
         """Record a new session and reserve space for its declared length."""

@@ -134,6 +134,18 @@ class LocalPartFile:
         except OSError as exc:
             raise _space_error(exc) from exc
 
+    def write_from_pipe(self, pipe: int, offset: int, size: int) -> None:
+        """Move ``size`` bytes waiting in ``pipe`` to ``offset`` (``splice``, Linux only)."""
+        end = offset + size
+        try:
+            while offset < end:
+                moved = os.splice(pipe, self._fd, end - offset, offset_dst=offset)
+                if moved == 0:
+                    raise OSError(errno.EIO, "the pipe ran dry before its bytes were written")
+                offset += moved
+        except OSError as exc:
+            raise _space_error(exc) from exc
+
     def read_into(self, offset: int, buffer: memoryview) -> int:
         return os.preadv(self._fd, [buffer], offset)
 

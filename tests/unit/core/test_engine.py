@@ -7,9 +7,11 @@ import contextlib
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,6 +265,33 @@ async def test_delete(engine: UploadEngine) -> None:
         assert not local(engine).file_path(session.id).exists()
     with pytest.raises(UploadNotFound):
         await engine.delete(receiving.id)
+
+
+async def test_delete_while_the_hash_catches_up(
+    engine: UploadEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background hash saves the session as it goes; it must not bring a deleted upload
+    back."""
+    hashing = asyncio.Event()
+    hash_stored = engine._hash_stored
+    loop = asyncio.get_running_loop()
+
+    def slow_hash(*args: Any) -> None:
+        loop.call_soon_threadsafe(hashing.set)
+        time.sleep(0.2)
+        hash_stored(*args)
+
+    monkeypatch.setattr(engine, "_hash_stored", slow_hash)
+    session = await engine.create(length=2 * MiB, metadata={})
+    async with engine.writer(session.id, 0) as writer:
+        await writer.write(os.urandom(MiB))
+        await writer.commit()
+    await asyncio.wait_for(hashing.wait(), 5)
+    await engine.delete(session.id)
+    await asyncio.sleep(0.3)  # past the end of the hashing under way
+    with pytest.raises(UploadNotFound):
+        engine.store.load(session.id)
+    assert await engine.list_sessions() == []
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "", "x" * 200, "..", "a.part"])

@@ -9,8 +9,10 @@ import os
 import random
 import resource
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,6 +99,7 @@ async def test_sequential_writes_cross_the_buffer(
     await write(engine, session.id, data[:middle], sizes=sizes)
     session = await write(engine, session.id, data[middle:], middle, sizes=sizes)
     assert session.offset == len(data)
+    session = await engine.hashed(session.id)
     assert session.hashed_offset == len(data)
     assert stored_bytes(engine, session.id, len(data)) == data
     finished = await engine.finish(session.id)
@@ -108,6 +111,7 @@ async def test_commit_records_the_durable_offset(engine: UploadEngine) -> None:
     data = os.urandom(MiB + 100)
     session = await engine.create(length=4 * MiB, metadata={})
     await write(engine, session.id, data, sizes=(1000,))
+    session = await engine.hashed(session.id)
     stored = engine.store.load(session.id)
     assert stored.offset == len(data)
     assert stored.received.to_list() == [[0, len(data)]]
@@ -158,7 +162,7 @@ async def test_checksum_mismatch_keeps_nothing_and_leaves_the_hash_alone(
     head = MiB + 5
     session = await engine.create(length=len(data), metadata={})
     await write(engine, session.id, data[:head], sizes=(4096,))
-    state_before = session.hash_state
+    state_before = (await engine.hashed(session.id)).hash_state
     assert state_before is not None
 
     body = data[head:]
@@ -169,7 +173,7 @@ async def test_checksum_mismatch_keeps_nothing_and_leaves_the_hash_alone(
             await writer.write(corrupted)
             await writer.commit()
 
-    session = await engine.get(session.id)
+    session = await engine.hashed(session.id)
     stored = engine.store.load(session.id)
     for view in (session, stored):
         assert view.offset == head
@@ -193,7 +197,7 @@ async def test_abort_keeps_what_arrived_and_resumes(engine: UploadEngine) -> Non
                 await writer.write(piece)
             raise ConnectionDropped
 
-    session = await engine.get(session.id)
+    session = await engine.hashed(session.id)
     assert session.offset == sent
     assert session.hashed_offset == sent
     assert engine.store.load(session.id).offset == sent
@@ -263,6 +267,36 @@ async def test_parallel_writers_out_of_order_then_hash_catches_up(engine: Upload
     # Ranges written without the hash are hashed from disk in the background, or at finish.
     assert session.hashed_offset <= len(data)
     assert stored_bytes(engine, session.id, len(data)) == data
+    finished = await engine.finish(session.id)
+    assert finished.sha256 == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_writer_waits_for_a_hash_that_falls_behind(
+    open_engine: Callable[..., UploadEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashing trails the writes, but never by much more than ``hash_lag``: bytes further
+    behind might have left the page cache by the time the hash reaches them."""
+    engine = open_engine(sync_every=MiB, fsync=FsyncPolicy.NEVER)
+    assert engine.hash_lag == 2 * MiB
+    hash_stored = engine._hash_stored
+
+    def slow_hash(*args: Any) -> None:
+        time.sleep(0.05)
+        hash_stored(*args)
+
+    monkeypatch.setattr(engine, "_hash_stored", slow_hash)
+    data = os.urandom(32 * MiB)
+    session = await engine.create(length=len(data), metadata={})
+    widest = 0
+    async with engine.writer(session.id, 0) as writer:
+        for piece in chunked(data, [64 * 1024]):
+            await writer.write(piece)
+            await asyncio.sleep(0)  # as a socket would, let the checkpoints run
+            widest = max(widest, writer.position - session.hashed_offset)
+        await writer.commit()
+    # Recording trails writing by up to ``sync_every`` and the staging buffers run ahead of
+    # that; unbounded, the hash would trail by over 20 MiB.
+    assert engine.hash_lag < widest <= engine.hash_lag + engine.sync_every + 3 * BUFFER_SIZE
     finished = await engine.finish(session.id)
     assert finished.sha256 == hashlib.sha256(data).hexdigest()
 

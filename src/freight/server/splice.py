@@ -1,0 +1,238 @@
+"""Moving the rest of a request body from its socket into the file, without reading it.
+
+When nothing needs to see the bytes (no request checksum: the engine hashes uploads behind
+the writers, from the page cache), a large body goes socket → pipe → file with
+``splice(2)``, in one thread that does nothing else for that body: it waits for the socket
+with ``poll``, moves what arrived into a pipe, and from the pipe to its offset in the file.
+Bytes never enter Python, and no byte crosses between threads (handing each pipe-load to
+another thread cost half as much CPU again as the splicing itself, in measurements here).
+
+The event loop hears of progress every :data:`REPORT_EVERY` bytes: the writer counts the
+bytes as written (checkpoints then record them as usual) and, if the upload's hash falls
+too far behind, tells the thread to wait for it.
+
+The connection's transport is paused meanwhile; the thread reads a duplicate of its socket,
+so a transport closed under it (a take-over aborts it) cannot hand the descriptor number to
+another connection. The transport's protocol is swapped for this one so that an abort or a
+lost connection still stops the thread.
+
+A bounded pool of such threads (:class:`Splicers`) serves the whole server; a body that
+finds them all busy is read through memory buffers instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Final
+
+from freight.config import FsyncPolicy
+from freight.core.pipes import SplicePipe
+from freight.errors import ClientDisconnected
+from freight.storage.base import PipeTarget
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from freight.core.writer import UploadWriter
+
+__all__ = ["REPORT_EVERY", "BodySplicer", "Splicers"]
+
+REPORT_EVERY: Final = 4 * 1024 * 1024
+_SPLICERS: Final = 8
+
+
+class Splicers:
+    """The threads that splice bodies; at most ``size`` bodies at once."""
+
+    def __init__(self, size: int = _SPLICERS) -> None:
+        self.pool = ThreadPoolExecutor(size, thread_name_prefix="freight-splice")
+        self._size = size
+        self._busy = 0
+
+    @property
+    def available(self) -> bool:
+        return self._busy < self._size
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def track(self, done: asyncio.Future[int]) -> int:
+        self._busy += 1
+        try:
+            return await asyncio.shield(done)
+        finally:
+            self._busy -= 1
+
+
+class BodySplicer(asyncio.Protocol):
+    """Splices the rest of a body from ``transport``'s socket into ``writer``'s file.
+
+    Making one takes a pipe and descriptors (OSError when the system has none to spare);
+    :meth:`receive` then moves the bytes and gives everything back.
+    """
+
+    def __init__(
+        self,
+        splicers: Splicers,
+        writer: UploadWriter,
+        transport: asyncio.Transport,
+        count: Callable[[int], None],
+    ) -> None:
+        self._splicers = splicers
+        self._writer = writer
+        self._transport = transport
+        self._previous = transport.get_protocol()
+        self._count = count
+        self._job = _SpliceJob(
+            transport.get_extra_info("socket").fileno(),
+            writer.part,
+            sync_each=writer.fsync is FsyncPolicy.ALWAYS,
+            report=self._report_soon,
+        )
+        self._loop = asyncio.get_running_loop()
+        self._reported = 0
+        self._waiting_for_hash: asyncio.Task[None] | None = None
+
+    async def receive(self, remaining: int) -> None:
+        """Move ``remaining`` bytes; raises ClientDisconnected if the body ends early."""
+        job = self._job
+        try:
+            await self._writer.settle()
+            self._reported = start = self._writer.position
+            self._transport.set_protocol(self)
+            end = start + remaining
+            done = self._loop.run_in_executor(self._splicers.pool, job.run, start, end)
+            try:
+                await self._splicers.track(done)
+            finally:
+                job.stop()
+                if not done.done():
+                    await asyncio.wait([done])  # the thread must let go of the descriptors
+                self._transport.set_protocol(self._previous)
+                if self._waiting_for_hash is not None:
+                    self._waiting_for_hash.cancel()
+                self._progress(job.end)
+        except OSError as exc:
+            raise ClientDisconnected(f"the body ended early at byte {job.end}: {exc}") from exc
+        finally:
+            job.close()
+        if job.end_of_stream:
+            # The client shut its side: like aiohttp on an early end, close ours too.
+            self._transport.close()
+            raise ClientDisconnected(f"the body ended early at byte {job.end}")
+
+    # asyncio.Protocol: the paused transport reports only its end ------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._job.stop()
+        # aiohttp tracks its connections and must hear of the loss itself.
+        self._previous.connection_lost(exc)
+
+    # internals ---------------------------------------------------------------------------
+
+    def _report_soon(self, end: int) -> None:
+        """Called in the splicing thread."""
+        self._loop.call_soon_threadsafe(self._progress, end)
+
+    def _progress(self, end: int) -> None:
+        if end <= self._reported:
+            return
+        self._count(end - self._reported)
+        self._reported = end
+        self._writer.placed(end)
+        if self._waiting_for_hash is None and self._writer.hash_trails(end):
+            self._job.pause()
+            self._waiting_for_hash = asyncio.ensure_future(self._resume_after_hash(end))
+
+    async def _resume_after_hash(self, end: int) -> None:
+        try:
+            await self._writer.let_hash_near(end)
+        finally:
+            self._waiting_for_hash = None
+            self._job.resume()
+
+
+class _SpliceJob:
+    """The thread's side: socket → pipe → file from ``start`` to ``end``."""
+
+    def __init__(
+        self,
+        sock: int,
+        part: object,
+        *,
+        sync_each: bool,
+        report: Callable[[int], None],
+    ) -> None:
+        if not isinstance(part, PipeTarget):
+            raise OSError("this storage cannot take bytes from a pipe")
+        self._part = part
+        self._sync_each = sync_each
+        self._report = report
+        self.end = 0  # bytes up to here are in the file
+        self.end_of_stream = False
+        self._stopped = False
+        self._go = threading.Event()
+        self._go.set()
+        self._pipe = SplicePipe()
+        try:
+            # A wake-up for poll(), and a duplicate of the socket: closing the transport under
+            # the thread cannot hand the descriptor number to another connection.
+            self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            self._sock = os.dup(sock)
+        except OSError:
+            self._pipe.close()
+            raise
+
+    def run(self, start: int, target: int) -> int:
+        """Move bytes until the file holds ``[start, target)``, the socket ends or stop()."""
+        self.end = start
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
+        last_report = start
+        while self.end < target and self._wait_for_go():
+            try:
+                moved = self._pipe.fill_from(self._sock, target - self.end)
+            except BlockingIOError:
+                poller.poll()
+                continue
+            if moved == 0:
+                self.end_of_stream = True
+                break
+            self._part.write_from_pipe(self._pipe.read_end, self.end, moved)
+            if self._sync_each:
+                self._part.sync()
+            self.end += moved
+            if self.end - last_report >= REPORT_EVERY:
+                self._report(self.end)
+                last_report = self.end
+        return self.end
+
+    def _wait_for_go(self) -> bool:
+        self._go.wait()
+        return not self._stopped
+
+    def pause(self) -> None:
+        self._go.clear()
+
+    def resume(self) -> None:
+        self._go.set()
+
+    def stop(self) -> None:
+        """Make the thread return soon (from any thread)."""
+        self._stopped = True
+        self._go.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"x")
+
+    def close(self) -> None:
+        """Release the descriptors; only once the thread has returned."""
+        self._pipe.close()
+        for fd in (self._sock, self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
