@@ -76,6 +76,17 @@ _COLUMNS = (
 )
 
 
+def _read_exactly(fd: int, size: int) -> bytes:
+    pieces = []
+    while size:
+        piece = os.read(fd, size)
+        if not piece:
+            raise OSError(errno.EIO, "the pipe ran dry before its bytes were written")
+        pieces.append(piece)
+        size -= len(piece)
+    return b"".join(pieces)
+
+
 def _space_error(exc: OSError) -> FreightError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientStorage("the server's disk is full")
@@ -139,7 +150,14 @@ class LocalPartFile:
         end = offset + size
         try:
             while offset < end:
-                moved = os.splice(pipe, self._fd, end - offset, offset_dst=offset)
+                try:
+                    moved = os.splice(pipe, self._fd, end - offset, offset_dst=offset)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    # This filesystem takes no splice: copy through memory instead.
+                    self.write_at(offset, _read_exactly(pipe, end - offset))
+                    return
                 if moved == 0:
                     raise OSError(errno.EIO, "the pipe ran dry before its bytes were written")
                 offset += moved

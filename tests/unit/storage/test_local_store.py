@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,33 @@ def test_part_files_write_in_place(store: LocalStore, tmp_path: Path) -> None:
         readonly.close()
     with pytest.raises(UploadNotFound):
         LocalPartFile(tmp_path / "missing", writable=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="splice(2) is Linux only")
+def test_part_files_take_bytes_from_a_pipe(store: LocalStore) -> None:
+    session = session_of(length=300_000)
+    store.create(session)
+    part = store.open_part(session)
+    data = os.urandom(200_000)
+    read_end, write_end = os.pipe()
+    try:
+        writer = threading.Thread(target=os.write, args=(write_end, data))
+        writer.start()  # the pipe holds 64 KiB: it fills while the file drains it
+        part.write_from_pipe(read_end, 100_000, len(data))
+        writer.join()
+        buffer = bytearray(len(data))
+        assert part.read_into(100_000, memoryview(buffer)) == len(data)
+        assert bytes(buffer) == data
+        os.write(write_end, b"short")
+        os.close(write_end)
+        write_end = -1
+        with pytest.raises(FreightError):  # the pipe ends 5 bytes short
+            part.write_from_pipe(read_end, 0, 10)
+    finally:
+        part.close()
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
 
 
 def test_reserve_for_a_missing_part_is_not_found(store: LocalStore) -> None:
