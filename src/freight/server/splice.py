@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import os
 import select
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
@@ -44,6 +45,8 @@ __all__ = ["REPORT_EVERY", "BodySplicer", "Splicers"]
 
 REPORT_EVERY: Final = 4 * 1024 * 1024
 _SPLICERS: Final = 8
+# The thread sleeps until this much has arrived (or the body's rest): fewer, fuller splices.
+_LOW_WATER: Final = 256 * 1024
 
 
 class Splicers:
@@ -175,6 +178,7 @@ class _SpliceJob:
         self._report = report
         self.end = 0  # bytes up to here are in the file
         self.end_of_stream = False
+        self._low_water = 1
         self._stopped = False
         self._go = threading.Event()
         self._go.set()
@@ -183,7 +187,12 @@ class _SpliceJob:
             # A wake-up for poll(), and a duplicate of the socket: closing the transport under
             # the thread cannot hand the descriptor number to another connection.
             self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-            self._sock = os.dup(sock)
+            try:
+                self._sock = socket.socket(fileno=os.dup(sock))
+            except OSError:
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                raise
         except OSError:
             self._pipe.close()
             raise
@@ -192,13 +201,15 @@ class _SpliceJob:
         """Move bytes until the file holds ``[start, target)``, the socket ends or stop()."""
         self.end = start
         poller = select.poll()
-        poller.register(self._sock, select.POLLIN)
+        poller.register(self._sock.fileno(), select.POLLIN)
         poller.register(self._wake_read, select.POLLIN)
         last_report = start
         while self.end < target and self._wait_for_go():
             try:
-                moved = self._pipe.fill_from(self._sock, target - self.end)
+                moved = self._pipe.fill_from(self._sock.fileno(), target - self.end)
             except BlockingIOError:
+                # Wake for a pipe-load (or the rest of the body), not for every segment.
+                self._set_low_water(min(_LOW_WATER, target - self.end))
                 poller.poll()
                 continue
             if moved == 0:
@@ -212,6 +223,11 @@ class _SpliceJob:
                 self._report(self.end)
                 last_report = self.end
         return self.end
+
+    def _set_low_water(self, size: int) -> None:
+        if size != self._low_water:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+            self._low_water = size
 
     def _wait_for_go(self) -> bool:
         self._go.wait()
@@ -233,6 +249,9 @@ class _SpliceJob:
     def close(self) -> None:
         """Release the descriptors; only once the thread has returned."""
         self._pipe.close()
-        for fd in (self._sock, self._wake_read, self._wake_write):
+        with contextlib.suppress(OSError):
+            self._set_low_water(1)
+        self._sock.close()
+        for fd in (self._wake_read, self._wake_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
