@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import select
 import socket
+import sys
+import termios
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
 
     from freight.core.writer import UploadWriter
 
-__all__ = ["REPORT_EVERY", "BodySplicer", "Splicers"]
+__all__ = ["REPORT_EVERY", "BodySplicer", "SocketSplice", "Splicers"]
 
 REPORT_EVERY: Final = 4 * 1024 * 1024
 _SPLICERS: Final = 8
@@ -72,71 +75,72 @@ class Splicers:
             self._busy -= 1
 
 
-class BodySplicer(asyncio.Protocol):
-    """Splices the rest of a body from ``transport``'s socket into ``writer``'s file.
+class SocketSplice:
+    """Moves bytes from one socket into one writer's file, a run at a time.
 
     Making one takes a pipe and descriptors (OSError when the system has none to spare);
-    :meth:`receive` then moves the bytes and gives everything back.
+    :meth:`close` gives them back.
     """
 
     def __init__(
         self,
         splicers: Splicers,
         writer: UploadWriter,
-        transport: asyncio.Transport,
+        sock: int,
         count: Callable[[int], None],
+        *,
+        idle_timeout: float | None = None,
     ) -> None:
         self._splicers = splicers
         self._writer = writer
-        self._transport = transport
-        self._previous = transport.get_protocol()
         self._count = count
         self._job = _SpliceJob(
-            transport.get_extra_info("socket").fileno(),
+            sock,
             writer.part,
             sync_each=writer.fsync is FsyncPolicy.ALWAYS,
             report=self._report_soon,
+            idle_timeout=idle_timeout,
         )
         self._loop = asyncio.get_running_loop()
         self._reported = 0
         self._waiting_for_hash: asyncio.Task[None] | None = None
 
-    async def receive(self, remaining: int) -> None:
-        """Move ``remaining`` bytes; raises ClientDisconnected if the body ends early."""
+    @property
+    def end_of_stream(self) -> bool:
+        """The client shut its side of the connection during the last run."""
+        return self._job.end_of_stream
+
+    async def move(self, length: int) -> int:
+        """Move ``length`` bytes to the writer's position; returns how many arrived.
+
+        Fewer arrive only when the socket ends (:attr:`end_of_stream`) or :meth:`stop` is
+        called; a failed socket raises ClientDisconnected, a failed disk FreightError, a
+        socket silent for the idle timeout TimeoutError.
+        """
         job = self._job
+        await self._writer.settle()
+        self._reported = start = self._writer.position
+        done = self._loop.run_in_executor(self._splicers.pool, job.run, start, start + length)
         try:
-            await self._writer.settle()
-            self._reported = start = self._writer.position
-            self._transport.set_protocol(self)
-            end = start + remaining
-            done = self._loop.run_in_executor(self._splicers.pool, job.run, start, end)
-            try:
-                await self._splicers.track(done)
-            finally:
-                job.stop()
-                if not done.done():
-                    await asyncio.wait([done])  # the thread must let go of the descriptors
-                self._transport.set_protocol(self._previous)
-                if self._waiting_for_hash is not None:
-                    self._waiting_for_hash.cancel()
-                self._progress(job.end)
+            await self._splicers.track(done)
         except OSError as exc:
-            raise ClientDisconnected(f"the body ended early at byte {job.end}: {exc}") from exc
+            raise ClientDisconnected(f"the connection failed at byte {job.end}: {exc}") from exc
         finally:
-            job.close()
-        if job.end_of_stream:
-            # The client shut its side: like aiohttp on an early end, close ours too.
-            self._transport.close()
-            raise ClientDisconnected(f"the body ended early at byte {job.end}")
+            if not done.done():
+                job.stop()
+                await asyncio.wait([done])  # the thread must let go of the descriptors
+            if self._waiting_for_hash is not None:
+                self._waiting_for_hash.cancel()
+            self._progress(job.end)
+        return job.end - start
 
-    # asyncio.Protocol: the paused transport reports only its end ------------------------
-
-    def connection_lost(self, exc: Exception | None) -> None:
+    def stop(self) -> None:
+        """End the current run, and any later one, soon (the connection is gone)."""
         self._job.stop()
-        # aiohttp tracks its connections and must hear of the loss itself.
-        self._previous.connection_lost(exc)
 
-    # internals ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Only once no run is under way."""
+        self._job.close()
 
     def _report_soon(self, end: int) -> None:
         """Called in the splicing thread."""
@@ -160,6 +164,46 @@ class BodySplicer(asyncio.Protocol):
             self._job.resume()
 
 
+class BodySplicer(asyncio.Protocol):
+    """Splices the rest of a request body from ``transport``'s socket into the file.
+
+    Making one takes a pipe and descriptors (OSError when the system has none to spare).
+    """
+
+    def __init__(
+        self,
+        splicers: Splicers,
+        writer: UploadWriter,
+        transport: asyncio.Transport,
+        count: Callable[[int], None],
+    ) -> None:
+        self._transport = transport
+        self._previous = transport.get_protocol()
+        sock = transport.get_extra_info("socket").fileno()
+        self._splice = SocketSplice(splicers, writer, sock, count)
+
+    async def receive(self, remaining: int) -> None:
+        """Move ``remaining`` bytes; raises ClientDisconnected if the body ends early."""
+        self._transport.set_protocol(self)
+        try:
+            moved = await self._splice.move(remaining)
+        finally:
+            self._transport.set_protocol(self._previous)
+            self._splice.close()
+        if self._splice.end_of_stream:
+            # The client shut its side: like aiohttp on an early end, close ours too.
+            self._transport.close()
+        if moved < remaining:
+            raise ClientDisconnected(f"the body ended {remaining - moved} bytes early")
+
+    # asyncio.Protocol: the paused transport reports only its end ------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._splice.stop()
+        # aiohttp tracks its connections and must hear of the loss itself.
+        self._previous.connection_lost(exc)
+
+
 class _SpliceJob:
     """The thread's side: socket → pipe → file from ``start`` to ``end``."""
 
@@ -170,12 +214,14 @@ class _SpliceJob:
         *,
         sync_each: bool,
         report: Callable[[int], None],
+        idle_timeout: float | None = None,
     ) -> None:
         if not isinstance(part, PipeTarget):
             raise OSError("this storage cannot take bytes from a pipe")
         self._part = part
         self._sync_each = sync_each
         self._report = report
+        self._idle_ms = None if idle_timeout is None else int(idle_timeout * 1000)
         self.end = 0  # bytes up to here are in the file
         self.end_of_stream = False
         self._low_water = 1
@@ -204,25 +250,36 @@ class _SpliceJob:
         poller.register(self._sock.fileno(), select.POLLIN)
         poller.register(self._wake_read, select.POLLIN)
         last_report = start
-        while self.end < target and self._wait_for_go():
-            try:
-                moved = self._pipe.fill_from(self._sock.fileno(), target - self.end)
-            except BlockingIOError:
-                # Wake for a pipe-load (or the rest of the body), not for every segment.
-                self._set_low_water(min(_LOW_WATER, target - self.end))
-                poller.poll()
-                continue
-            if moved == 0:
-                self.end_of_stream = True
-                break
-            self._part.write_from_pipe(self._pipe.read_end, self.end, moved)
-            if self._sync_each:
-                self._part.sync()
-            self.end += moved
-            if self.end - last_report >= REPORT_EVERY:
-                self._report(self.end)
-                last_report = self.end
+        try:
+            while self.end < target and self._wait_for_go():
+                try:
+                    moved = self._pipe.fill_from(self._sock.fileno(), target - self.end)
+                except BlockingIOError:
+                    # Wake for a pipe-load (or the rest of the run), not for every segment.
+                    self._set_low_water(min(_LOW_WATER, target - self.end))
+                    if not poller.poll(self._idle_ms) and not self._queued():
+                        raise TimeoutError("no data for too long") from None
+                    continue
+                if moved == 0:
+                    self.end_of_stream = True
+                    break
+                self._part.write_from_pipe(self._pipe.read_end, self.end, moved)
+                if self._sync_each:
+                    self._part.sync()
+                self.end += moved
+                if self.end - last_report >= REPORT_EVERY:
+                    self._report(self.end)
+                    last_report = self.end
+        finally:
+            # Whoever reads the socket next (the event loop) wants every byte at once.
+            with contextlib.suppress(OSError):
+                self._set_low_water(1)
         return self.end
+
+    def _queued(self) -> int:
+        """Bytes waiting in the socket (a slow trickle stays below the low-water mark)."""
+        answer = fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, bytes(4))
+        return int.from_bytes(answer, sys.byteorder)
 
     def _set_low_water(self, size: int) -> None:
         if size != self._low_water:
@@ -249,8 +306,6 @@ class _SpliceJob:
     def close(self) -> None:
         """Release the descriptors; only once the thread has returned."""
         self._pipe.close()
-        with contextlib.suppress(OSError):
-            self._set_low_water(1)
         self._sock.close()
         for fd in (self._wake_read, self._wake_write):
             with contextlib.suppress(OSError):

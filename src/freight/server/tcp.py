@@ -29,12 +29,14 @@ import contextlib
 import hmac
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, cast
 
 from freight._types import Buffer
 from freight.config import ServerConfig
 from freight.core import UploadEngine, UploadSession, UploadWriter
+from freight.core.pipes import splicing_available
 from freight.errors import (
     ChecksumMismatch,
     ClientDisconnected,
@@ -75,6 +77,7 @@ from freight.protocol.frames import (
     encode_data_header,
 )
 from freight.server.ingest import WriterFeed
+from freight.server.splice import SocketSplice, Splicers
 from freight.storage.base import SendfileSource
 
 __all__ = ["SHA256_METADATA_KEY", "TcpServer", "TcpSettings", "error_frame", "start_tcp_server"]
@@ -136,6 +139,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._in_sync = False  # both sides know where the stream stands
         self._holds: set[str] = set()  # why reading is paused; it resumes when none is left
         self._feed: WriterFeed | None = None  # while an upload streams in
+        self._splice: SocketSplice | None = None  # payloads go socket → file, if it can
         self._direct = False  # the last buffer handed out was the writer's own
         self._ack_due = 0  # the writer position at which the next ACK is owed
         self._last_read = 0.0
@@ -178,6 +182,9 @@ class _Connection(asyncio.BufferedProtocol):
         if self._frames or self._failure is not None:
             self._hold("frames")
             self._wake()
+        elif self._splice_ready():
+            self._hold("splice")
+            self._wake()
 
     def eof_received(self) -> bool:
         try:
@@ -188,6 +195,8 @@ class _Connection(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._splice is not None:
+            self._splice.stop()
         self._fail_with(ClientDisconnected("the connection was lost"))
 
     def abort(self) -> None:
@@ -224,7 +233,7 @@ class _Connection(asyncio.BufferedProtocol):
         :meth:`_stream_into` to refuse.
         """
         feed, decoder = self._feed, self._decoder
-        if feed is None or self._frames or self._failure is not None:
+        if feed is None or self._splice is not None or self._frames or self._failure is not None:
             return None
         if not decoder.payload_left or decoder.payload_offset != feed.writer.position:
             return None
@@ -239,6 +248,13 @@ class _Connection(asyncio.BufferedProtocol):
         if feed.writer.position >= self._ack_due:
             self._hold("window")
             self._wake()
+
+    def _splice_ready(self) -> bool:
+        """Whether the payload that comes next can be spliced: it is where the writer is."""
+        feed, decoder = self._feed, self._decoder
+        if feed is None or self._splice is None or self._frames or self._failure is not None:
+            return False
+        return bool(decoder.payload_left) and decoder.payload_offset == feed.writer.position
 
     def _ack_is_due(self) -> bool:
         return self._feed is not None and self._feed.writer.position >= self._ack_due
@@ -256,7 +272,7 @@ class _Connection(asyncio.BufferedProtocol):
         while not self._frames:
             if self._failure is not None:
                 raise self._failure
-            if or_ack and self._ack_is_due():
+            if or_ack and (self._ack_is_due() or self._splice_ready()):
                 return None
             self._wakeup = asyncio.get_running_loop().create_future()
             self._release("frames")
@@ -408,12 +424,15 @@ class _Connection(asyncio.BufferedProtocol):
             fail=self._fail_on_write,
         )
         self._feed, self._ack_due = feed, writer.start + self._settings.window
+        self._splice = self._server.splice_for(writer, self._transport, self._counted)
         try:
             while True:
                 frame = await self._next_event(or_ack=True)
                 if frame is None or type(frame) is DataChunk:
                     if frame is not None:
                         await self._write_frame(writer, frame)
+                    elif self._splice_ready():
+                        await self._splice_payload()
                     if self._ack_is_due():
                         await self._acknowledge(feed)
                 elif isinstance(frame, Done):
@@ -424,8 +443,28 @@ class _Connection(asyncio.BufferedProtocol):
         finally:
             self._feed = None
             feed.cancel()
+            if self._splice is not None:
+                self._splice.close()
+                self._splice = None
             self._holds.discard("room")
             self._holds.discard("window")
+            self._holds.discard("splice")
+
+    async def _splice_payload(self) -> None:
+        """Move the payload that comes next from the socket to the file, off the event loop."""
+        assert self._splice is not None
+        length = self._decoder.payload_left
+        try:
+            moved = await self._splice.move(length)
+        except TimeoutError:
+            raise IdleTimeout("no data for too long; closing the connection") from None
+        self._decoder.skip_payload(moved)
+        if moved < length:
+            raise ClientDisconnected("the connection ended inside a DATA payload")
+        self._release("splice")
+
+    def _counted(self, nbytes: int) -> None:
+        self._last_read = asyncio.get_running_loop().time()
 
     def _fail_on_write(self, exc: BaseException) -> None:
         self._fail_with(exc if isinstance(exc, FreightError) else FreightError(str(exc)))
@@ -524,6 +563,7 @@ class TcpServer:
         self.settings = settings or TcpSettings()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        self._splicers = Splicers() if splicing_available() else None
         self.address: tuple[str, int] = ("", 0)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -534,6 +574,27 @@ class TcpServer:
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
         return self.address
+
+    def splice_for(
+        self,
+        writer: UploadWriter,
+        transport: asyncio.Transport | None,
+        count: Callable[[int], None],
+    ) -> SocketSplice | None:
+        """A splice for one upload's payloads, if it can have one now."""
+        splicers = self._splicers
+        if splicers is None or not splicers.available or not writer.can_splice:
+            return None
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return None
+        try:
+            return SocketSplice(
+                splicers, writer, sock.fileno(), count, idle_timeout=self.settings.idle_timeout
+            )
+        except OSError as exc:
+            log.info("receiving through memory, not a pipe: %s", exc)
+            return None
 
     def track(self, connection: _Connection) -> None:
         self._connections.add(connection)
@@ -552,6 +613,8 @@ class TcpServer:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._splicers is not None:
+            self._splicers.shutdown()
 
 
 async def start_tcp_server(engine: UploadEngine, config: ServerConfig) -> TcpServer:
