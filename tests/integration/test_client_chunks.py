@@ -1,6 +1,8 @@
-"""The chunk API client reads each byte from disk once and feeds both hashes from it.
+"""The chunk API client: one hash per byte by default, or per-chunk digests from one read.
 
-Against a real ``freight serve``: a fresh upload reads every chunk once (into a buffer its
+Against a real ``freight serve``. By default chunks carry no digest: the whole-file SHA-256
+is hashed from disk beside the transfer and the server checks it at ``complete``. With
+``chunk_digests=True`` a fresh upload reads every chunk once (into a buffer its
 ``Content-Digest``, the file's SHA-256 and the request body all use) and the disk reader of
 the whole-file hash reads nothing; a resume with gaps hashes the chunks the server already
 had from disk beside the transfer; large chunks or many streams fall back to reading twice
@@ -67,7 +69,9 @@ async def test_a_fresh_upload_reads_each_byte_once(
 ) -> None:
     reads = _Reads(monkeypatch)
     source, data = _source(tmp_path, 7 * MiB + 3)
-    sent = await upload_chunks(source, freight_server.url, requested_chunk_size=MiB, parallel=3)
+    sent = await upload_chunks(
+        source, freight_server.url, requested_chunk_size=MiB, parallel=3, chunk_digests=True
+    )
     assert sent.sha256 == hashlib.sha256(data).hexdigest() and sent.verified
     assert reads.chunk_bytes == len(data)
     assert reads.disk_bytes == 0
@@ -95,7 +99,9 @@ async def test_a_resume_hashes_the_chunks_the_server_had_from_disk(
     store = ResumeStore(tmp_path / "state")
     store.put_upload(UploadKey.for_file(source, endpoint), f"{endpoint}/{upload_id}")
     reads = _Reads(monkeypatch)
-    sent = await upload_chunks(source, freight_server.url, resume_store=store, parallel=2)
+    sent = await upload_chunks(
+        source, freight_server.url, resume_store=store, parallel=2, chunk_digests=True
+    )
     assert sent.resumed_from == 3 * MiB
     assert sent.sha256 == hashlib.sha256(data).hexdigest()
     assert reads.chunk_bytes == len(data) - 3 * MiB  # only the missing chunks were read
@@ -109,9 +115,34 @@ async def test_chunks_too_many_to_hold_are_read_twice_instead(
     monkeypatch.setattr(freight.client.chunks, "HELD_CHUNKS_BUDGET", 2 * MiB)
     reads = _Reads(monkeypatch)
     source, data = _source(tmp_path, 5 * MiB + 7)
-    sent = await upload_chunks(source, freight_server.url, requested_chunk_size=MiB, parallel=4)
+    sent = await upload_chunks(
+        source, freight_server.url, requested_chunk_size=MiB, parallel=4, chunk_digests=True
+    )
     assert sent.sha256 == hashlib.sha256(data).hexdigest()
     assert reads.chunk_bytes == 0  # streamed from the file, not held
+    await _check_stored(freight_server.url, sent.url, data)
+
+
+async def test_by_default_chunks_carry_no_digest_and_the_file_is_hashed_from_disk(
+    freight_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One hash per byte: the whole file's, from disk beside the transfer; the server gets
+    bare chunks (which it may splice into place) and checks the file's SHA-256 at the end."""
+    reads = _Reads(monkeypatch)
+    digests: list[str | None] = []
+    put = aiohttp.ClientSession.put
+
+    def recording_put(session: aiohttp.ClientSession, url: Any, **kwargs: Any) -> Any:
+        digests.append(kwargs.get("headers", {}).get("Content-Digest"))
+        return put(session, url, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "put", recording_put)
+    source, data = _source(tmp_path, 9 * MiB + 5)
+    sent = await upload_chunks(source, freight_server.url, requested_chunk_size=MiB, parallel=3)
+    assert sent.sha256 == hashlib.sha256(data).hexdigest() and sent.verified
+    assert digests == [None] * 10
+    assert reads.chunk_bytes == len(data)  # each chunk read once, to be sent
+    assert reads.disk_bytes == len(data)  # and the file once more, by the hash's reader
     await _check_stored(freight_server.url, sent.url, data)
 
 

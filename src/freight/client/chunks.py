@@ -6,13 +6,19 @@ the SHA-256 computed locally; the server refuses a file whose hash differs. The 
 counts a chunk whole or not at all, so after any interruption the missing list is exact and
 nothing it acknowledged is sent again.
 
-Each byte is read from disk once: one reader walks the missing chunks in order, reads each
-whole into a reused buffer, computes its ``Content-Digest`` (which must precede the body)
-and feeds the whole-file SHA-256 from that same buffer, the two hashes in two worker
-threads at once; the chunk is then sent from the buffer. At most ``parallel + 1`` chunks
-are held, and only while they fit :data:`HELD_CHUNKS_BUDGET`; past it (many streams, huge
-chunks) each chunk is read twice instead, with flat memory. The whole-file hash is a
-:class:`SplitHasher` whose disk reader covers only the chunks the server already had. Each
+The whole-file SHA-256 (checked by the server at ``complete``) is what makes the upload
+trustworthy, so by default chunks carry no digest of their own: a thread hashes the file
+from disk (the page cache, mostly) while the chunks are sent, and the server splices each
+chunk into place without looking at it. That is one hash per byte on each side instead of
+two. ``chunk_digests=True`` adds a ``Content-Digest`` to every chunk, so a chunk damaged on
+the way is refused and resent on its own instead of failing the whole file at ``complete``.
+
+With chunk digests each byte is still read from disk once: one reader walks the missing
+chunks in order, reads each whole into a reused buffer, computes its digest (which must
+precede the body) and feeds the whole-file SHA-256 from that same buffer, the two hashes in
+two worker threads at once; the chunk is then sent from the buffer. At most
+``parallel + 1`` chunks are held, and only while they fit :data:`HELD_CHUNKS_BUDGET`; past
+it (many streams, huge chunks) each chunk is read twice instead, with flat memory. Each
 chunk retries on its own with backoff; a chunk that keeps failing stops the others.
 """
 
@@ -84,12 +90,14 @@ async def upload_chunks(
     timeouts: Timeouts | None = None,
     chunk_size: int = CHUNK_SIZE,
     requested_chunk_size: int | None = None,
+    chunk_digests: bool = False,
 ) -> UploadResult:
     """Upload ``path`` to the server at ``server_url`` through its chunk API.
 
     Keyword arguments are those of :func:`freight.client.upload.upload_file` (``chunk_size``
-    is the read granularity) plus ``parallel`` (chunks in flight) and
-    ``requested_chunk_size`` (the API chunk size to ask for; the server has the last word).
+    is the read granularity) plus ``parallel`` (chunks in flight),
+    ``requested_chunk_size`` (the API chunk size to ask for; the server has the last word)
+    and ``chunk_digests`` (send each chunk's SHA-256, see the module's doc).
     """
     path = Path(path)
     if not path.is_file():
@@ -114,6 +122,7 @@ async def upload_chunks(
             read_size=chunk_size,
             requested_chunk_size=requested_chunk_size,
             stall_timeout=(timeouts or Timeouts()).read,
+            chunk_digests=chunk_digests,
         )
         return await upload.run(on_start)
 
@@ -140,7 +149,7 @@ class _Chunk:
     n: int
     start: int
     end: int
-    digest: bytes
+    digest: bytes | None
     buffer: bytearray | None
 
 
@@ -175,6 +184,7 @@ class _ChunkUpload:
         read_size: int,
         requested_chunk_size: int | None,
         stall_timeout: float,
+        chunk_digests: bool,
     ) -> None:
         self.session = session
         self.path = path
@@ -191,6 +201,7 @@ class _ChunkUpload:
         self.read_size = read_size
         self.requested_chunk_size = requested_chunk_size
         self.stall_timeout = stall_timeout
+        self.chunk_digests = chunk_digests
         self.acknowledged = 0  # bytes the server has confirmed
         self.in_flight: dict[int, int] = {}  # chunk number -> bytes of it sent so far
         self.hasher = SplitHasher(path, 0, chunk_size=read_size)  # replaced by run()
@@ -202,11 +213,12 @@ class _ChunkUpload:
         if on_start is not None:
             on_start(self.size, resumed_from)
         self._report()
-        # The chunks that are sent feed the file's SHA-256 as they are read; a disk reader
-        # hashes the chunks the server already has (from the first missing one on, only
-        # those the reads skip past), beside the transfer.
+        # With chunk digests the chunks that are sent feed the file's SHA-256 as they are
+        # read, and a disk reader hashes the chunks the server already has (from the first
+        # missing one on, only those the reads skip past). Without, the reader hashes it all.
         first_missing = remote.missing[0][0] * remote.chunk_size if remote.missing else self.size
-        self.hasher = SplitHasher(self.path, first_missing, chunk_size=self.read_size)
+        from_disk = first_missing if self.chunk_digests else self.size
+        self.hasher = SplitHasher(self.path, from_disk, chunk_size=self.read_size)
         self.hasher.start()
         try:
             completed = await self._transfer(remote)
@@ -337,6 +349,12 @@ class _ChunkUpload:
         """Chunk ``n`` read once: its digest, the file's SHA-256 fed, and its bytes if held."""
         start = n * remote.chunk_size
         end = min(start + remote.chunk_size, self.size)
+        if not self.chunk_digests:
+            if not held:
+                return _Chunk(n, start, end, None, None)  # streamed from the file as sent
+            buffer = buffer if buffer is not None else bytearray(remote.chunk_size)
+            await asyncio.to_thread(self._read_into, memoryview(buffer)[: end - start], start)
+            return _Chunk(n, start, end, None, buffer)
         if not held:
             digest = await asyncio.to_thread(self._digest_range, start, end)
             return _Chunk(n, start, end, digest, None)
@@ -418,8 +436,10 @@ class _ChunkUpload:
             headers = {
                 "Content-Type": "application/octet-stream",
                 "Content-Length": str(end - start),
-                "Content-Digest": f"sha-256=:{base64.b64encode(chunk.digest).decode('ascii')}:",
             }
+            if chunk.digest is not None:
+                digest = base64.b64encode(chunk.digest).decode("ascii")
+                headers["Content-Digest"] = f"sha-256=:{digest}:"
             try:
                 async with self.session.put(url, data=body, headers=headers) as resp:
                     if resp.status != 200:
