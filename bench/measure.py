@@ -9,7 +9,10 @@
   ``os.urandom`` when openssl is missing), SHA-256 of stored copies, and the page-cache
   "first touch" warm-up: on this kind of VM the first write into never-used page-cache pages
   costs about 2 s/GiB extra, so a scratch file of the upload's size is written and deleted in
-  the target's data directory before every timed upload, for every target alike.
+  the target's data directory before every timed upload, for every target alike. The cost
+  comes from the balloon driver's free page reporting, which hands freed pages back to the
+  host (a deleted scratch file included, a couple of seconds later); so the run also pauses
+  it where it can (root, ``/sys/module/page_reporting``) and puts it back afterwards.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import resource
 import shutil
 import statistics
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +36,7 @@ __all__ = [
     "children_cpu_seconds",
     "find_stored_copy",
     "make_random_file",
+    "page_reporting_paused",
     "prewarm_page_cache",
     "process_tree",
     "reset_peak_rss",
@@ -190,6 +195,27 @@ def find_stored_copy(paths: Iterable[Path], size: int, sha256: str) -> Path | No
         except OSError:
             continue  # a server's temporary file vanished while we looked
     return None
+
+
+_PAGE_REPORTING = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+# Free blocks are reported from this order up; no block is this large, so none is.
+_NO_REPORTING = "11"
+
+
+@contextmanager
+def page_reporting_paused() -> Iterator[str]:
+    """Pause free page reporting for the block; yields what was done, for the report."""
+    try:
+        before = _PAGE_REPORTING.read_text().strip()
+        _PAGE_REPORTING.write_text(_NO_REPORTING)
+    except OSError as exc:
+        reason = "not present" if isinstance(exc, FileNotFoundError) else f"left on ({exc})"
+        yield reason
+        return
+    try:
+        yield f"paused for the run (page_reporting_order {before} -> {_NO_REPORTING})"
+    finally:
+        _PAGE_REPORTING.write_text(before)
 
 
 def prewarm_page_cache(directory: Path, size: int) -> None:

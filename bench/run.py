@@ -31,7 +31,14 @@ from bench import ceilings, clients, report
 from bench.ceilings import Ceiling
 from bench.cgroup import create_memory_cgroup
 from bench.clients import ClientError
-from bench.measure import GiB, MiB, make_random_file, reset_peak_rss, snapshot
+from bench.measure import (
+    GiB,
+    MiB,
+    make_random_file,
+    page_reporting_paused,
+    reset_peak_rss,
+    snapshot,
+)
 from bench.model import Results, Sample, Target
 from bench.peers import (
     BENCH_DIR,
@@ -359,6 +366,7 @@ def run_bench(options: Options) -> Results:
     if not options.smoke and float(_load().split()[0]) > 1.5:
         log(f"warning: load average {_load()}: other work will slow every target down")
     with work_directory(options) as work, ExitStack() as stack:
+        results.machine["free page reporting"] = stack.enter_context(page_reporting_paused())
         bench = Bench(options, work, results)
         source = bench.source(options.size, seed=1)
         if "transfers" in options.sections:

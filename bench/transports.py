@@ -14,6 +14,8 @@ import argparse
 import subprocess
 import sys
 
+from bench.measure import page_reporting_paused
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -21,12 +23,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     options = parser.parse_args()
     size, runs = str(options.size_mib), str(options.runs)
-    for command in (
-        ["bench.ws_naive", "--size-mib", size, "--repeat", runs],
-        ["bench.tcp_baselines", "--size-mib", size, "--runs", runs],
-    ):
-        print(f"== python -m {' '.join(command)}", flush=True)
-        subprocess.run([sys.executable, "-m", *command], check=True)
+    with page_reporting_paused() as reporting:
+        print(f"free page reporting: {reporting} (see bench/measure.py)", flush=True)
+        for command in (
+            ["bench.ws_naive", "--size-mib", size, "--repeat", runs],
+            ["bench.tcp_baselines", "--size-mib", size, "--runs", runs],
+        ):
+            print(f"== python -m {' '.join(command)}", flush=True)
+            subprocess.run([sys.executable, "-m", *command], check=True)
 
 
 if __name__ == "__main__":
