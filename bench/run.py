@@ -366,7 +366,9 @@ def run_bench(options: Options) -> Results:
     if not options.smoke and float(_load().split()[0]) > 1.5:
         log(f"warning: load average {_load()}: other work will slow every target down")
     with work_directory(options) as work, ExitStack() as stack:
-        results.machine["free page reporting"] = stack.enter_context(page_reporting_paused())
+        if not options.smoke:  # tiny files gain nothing from it; leave the machine alone
+            reporting = stack.enter_context(page_reporting_paused())
+            results.machine["free page reporting"] = reporting
         bench = Bench(options, work, results)
         source = bench.source(options.size, seed=1)
         if "transfers" in options.sections:
