@@ -20,6 +20,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.measure import MiB, prewarm_page_cache
 from bench.peers import Unavailable, free_port, which
@@ -59,8 +60,7 @@ def iperf3_loopback(size: int, timeout: float) -> float:
             )
             report = json.loads(client.stdout or "{}")
             if "end" in report and "sum_received" in report["end"]:
-                received = report["end"]["sum_received"]
-                return float(received["seconds"]) * size / float(received["bytes"])
+                return _iperf3_seconds(report["end"], size)
             if "refused" not in report.get("error", "refused"):
                 raise Unavailable(f"iperf3 failed: {report.get('error')}")
             time.sleep(0.1)
@@ -68,6 +68,17 @@ def iperf3_loopback(size: int, timeout: float) -> float:
     finally:
         server.kill()
         server.wait()
+
+
+def _iperf3_seconds(end: dict[str, Any], size: int) -> float:
+    """The receiver's time for ``size`` bytes; the sender's when a very short run left the
+    receiver's summary empty (it happens with a 1 MiB smoke transfer)."""
+    for side in ("sum_received", "sum_sent"):
+        summary = end.get(side) or {}
+        moved, seconds = float(summary.get("bytes", 0)), float(summary.get("seconds", 0))
+        if moved > 0 and seconds > 0:
+            return seconds * size / moved
+    raise Unavailable("iperf3 reported no bytes moved")
 
 
 def dd_fdatasync(directory: Path, size: int, timeout: float) -> float:
