@@ -2,7 +2,7 @@
 
 Usage: ``python -m bench.tcp_baselines [--size-mib 1024] [--runs 3] [--fsync never]``
 
-Three servers, each in its own process so its CPU time can be read from ``/proc``:
+Four servers, each in its own process so its CPU time can be read from ``/proc``:
 
 - ``naive``: the "size header, then a 1 KiB read/write loop" design: ``recv(1024)`` +
   ``write`` to receive, ``read(1024)`` + ``sendall`` to send. No name, checksum or resume.
@@ -12,6 +12,9 @@ Three servers, each in its own process so its CPU time can be read from ``/proc`
 - ``freight``: ``freight serve --tcp-port 0`` with freight's own client (``upload_tcp`` and
   ``download_tcp``): framing, a SHA-256 of every byte on both sides, durable ACK windows
   (recorded in SQLite; synced too unless ``--fsync never``), resumable.
+- ``freight-bare``: the same with nothing hashed on either side (``--no-sha256``, and a
+  client that sends DONE with a zero digest, as a device too small to hash would): freight's
+  receive and send paths alone, against the pair.
 
 The clients run in this process: their CPU time is this process's over the transfer. Every
 transfer is preceded by the page-cache warm-up of :mod:`bench.measure` in the directory that
@@ -253,9 +256,13 @@ class FreightServer:
 
     design = "freight"
 
-    def __init__(self, directory: Path, fsync: str) -> None:
+    def __init__(self, directory: Path, fsync: str, *, hashing: bool = True) -> None:
         self.directory = directory
+        self.hashing = hashing
+        if not hashing:
+            self.design = "freight-bare"
         command = [sys.executable, "-m", "freight", "serve", "--port", "0", "--tcp-port", "0"]
+        command += [] if hashing else ["--no-sha256"]
         self.proc = subprocess.Popen(
             [*command, "--data-dir", str(directory), "--fsync", fsync],
             stdout=subprocess.PIPE,
@@ -285,7 +292,7 @@ class FreightServer:
         size = source.stat().st_size
         prewarm_page_cache(self.directory, size)
         cpu, mine, started = process_cpu(self.proc.pid), own_cpu(), time.monotonic()
-        result = asyncio.run(upload_tcp(source, self.tcp))
+        result = asyncio.run(upload_tcp(source, self.tcp, verify=self.hashing))
         seconds = time.monotonic() - started
         self.last_url, self.last_size = result.url, size
         server_cpu, client_cpu = process_cpu(self.proc.pid) - cpu, own_cpu() - mine
@@ -329,6 +336,7 @@ def run_rounds(
         "naive": lambda: BaselineServer("naive", work / "naive"),
         "pair": lambda: BaselineServer("pair", work / "pair"),
         "freight": lambda: FreightServer(work / "freight", fsync),
+        "freight-bare": lambda: FreightServer(work / "freight-bare", fsync, hashing=False),
     }
     runs_done: list[Run] = []
     servers = {name: make() for name, make in makers.items()}
@@ -351,7 +359,7 @@ def run_rounds(
 
 def summarise(runs: list[Run]) -> list[dict[str, object]]:
     rows = []
-    for design in ("naive", "pair", "freight"):
+    for design in ("naive", "pair", "freight", "freight-bare"):
         for direction in ("upload", "download"):
             mine = [r for r in runs if r.design == design and r.direction == direction]
             if not mine:

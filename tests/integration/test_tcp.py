@@ -500,6 +500,40 @@ async def test_a_server_without_hashing_checks_declared_digests_and_serves_files
     assert target.read_bytes() == source.read_bytes()
 
 
+@pytest.mark.parametrize("server_hashes", [True, False], ids=["sha256", "no-sha256"])
+async def test_a_client_that_does_not_hash_sends_done_with_zeros(
+    start_tcp_server: Any, tmp_path: Path, server_hashes: bool
+) -> None:
+    """A device too small to hash sends DONE with 32 zero bytes: nothing is checked, and
+    FINISHED tells it the server's digest (zeros too when the server keeps none)."""
+    server = start_tcp_server() if server_hashes else start_tcp_server("--no-sha256")
+    pattern = PatternStream(2 * WINDOW + 77, seed=21)
+    source = pattern.write_to(tmp_path / "source.bin")
+    sent = await upload_tcp(source, server.url, verify=False)
+    assert not sent.verified
+    assert sent.sha256 == (pattern.sha256() if server_hashes else "")
+    target = tmp_path / "copy.bin"
+    fetched = await download_tcp(sent.url, target)
+    assert fetched.verified == server_hashes
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == pattern.sha256()
+
+
+def test_raw_done_with_zeros_is_not_a_checksum_mismatch(tcp_server: TcpServer) -> None:
+    pattern = PatternStream(WINDOW // 2, seed=5)
+    client = RawClient(tcp_server.port)
+    client.hello()
+    upload_id = client.put(pattern.size)
+    send_range(client, pattern, 0, pattern.size)
+    client.send(DONE, bytes(32))
+    kind, body = client.frame()
+    while kind == ACK:
+        kind, body = client.frame()
+    assert kind == FINISHED, (kind, body)
+    assert body[8:40] == bytes.fromhex(pattern.sha256())
+    assert body[40:].decode() == upload_id
+    client.close()
+
+
 def test_errors_answering_a_request_keep_the_connection(tcp_server: TcpServer) -> None:
     client = RawClient(tcp_server.port)
     try:
@@ -516,7 +550,7 @@ def test_errors_answering_a_request_keep_the_connection(tcp_server: TcpServer) -
         client.send(RESUME, unfinished.encode())
         assert struct.unpack_from(">QQ", client.expect(ACCEPTED)) == (0, 10)
         client.data(0, b"0123456789")
-        _, body = client.done(bytes(32))  # the wrong SHA-256
+        _, body = client.done(b"\x01" * 32)  # the wrong SHA-256 (zeros would mean "none")
         assert parse_error(body)[0] == "ERR_CHECKSUM_MISMATCH"
         upload_id, _ = upload_raw(client, iter([b"0123456789"]), 10)
         client.send(GET, struct.pack(">QQ", 11, 1) + upload_id.encode())

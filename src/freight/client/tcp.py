@@ -330,11 +330,15 @@ async def upload_tcp(
     timeouts: Timeouts | None = None,
     chunk_size: int = CHUNK_SIZE,
     parallel: int = 1,
+    verify: bool = True,
 ) -> UploadResult:
     """Upload ``path`` to ``tcp://host:port``; resumable like :func:`upload_file`.
 
     One connection carries the whole file (``parallel`` is accepted for the uploader
     registry and ignored: one stream already runs at the loopback limit).
+    ``verify=False`` does not hash the file: DONE carries 32 zero bytes and the result
+    reports the server's SHA-256 unchecked (``verified`` False), for devices that cannot
+    spare the CPU.
     """
     del chunk_size, parallel  # sendfile moves the payload; no read size to choose
     path = Path(path)
@@ -351,7 +355,7 @@ async def upload_tcp(
         on_start=on_start,
         timeouts=timeouts or Timeouts(),
     )
-    return await upload.run()
+    return await (upload.run() if verify else upload.run_unverified())
 
 
 class _TcpUpload:
@@ -413,7 +417,26 @@ class _TcpUpload:
             resumed_from=self.resumed_from or 0,
         )
 
-    async def _attempt(self, hasher: SplitHasher) -> Finished:
+    async def run_unverified(self) -> UploadResult:
+        """Send without hashing; the server's SHA-256 is reported, not checked."""
+        self.digest = asyncio.ensure_future(_no_digest())
+        try:
+            finished = await _with_retries(self.budget, lambda: self._attempt(None))
+        finally:
+            await self.digest
+        self._forget()
+        if finished.size != self.size:
+            raise ClientError(f"the server stored {finished.size} bytes, not {self.size}")
+        return UploadResult(
+            url=self.address.file_url(finished.upload_id),
+            name=self.path.name,
+            size=self.size,
+            sha256=finished.sha256.hex() if finished.sha256 != NO_DIGEST else "",
+            verified=False,
+            resumed_from=self.resumed_from or 0,
+        )
+
+    async def _attempt(self, hasher: SplitHasher | None) -> Finished:
         while True:
             if self.digest is not None:
                 await self.digest  # hashing was behind: it finishes before we reconnect
@@ -435,13 +458,14 @@ class _TcpUpload:
             finally:
                 link.close()
 
-    def _digest(self, hasher: SplitHasher) -> asyncio.Task[bytes]:
+    def _digest(self, hasher: SplitHasher | None) -> asyncio.Task[bytes]:
         """The whole file's SHA-256, computed once whatever the number of attempts."""
         if self.digest is None:
+            assert hasher is not None
             self.digest = asyncio.ensure_future(hasher.finish(self.size))
         return self.digest
 
-    async def _digest_ready(self, hasher: SplitHasher) -> bool:
+    async def _digest_ready(self, hasher: SplitHasher | None) -> bool:
         """Wait a little for the hash; the server closes connections silent for a minute."""
         digest = self._digest(hasher)
         with contextlib.suppress(TimeoutError):
@@ -851,6 +875,10 @@ class _PartSink(PartSink[Sequence[DataChunk]]):
 
     def hash(self, batch: Sequence[DataChunk]) -> None:
         _feed(self._hasher, batch)
+
+
+async def _no_digest() -> bytes:
+    return NO_DIGEST
 
 
 def _write(fd: int, chunks: Sequence[DataChunk]) -> int:
