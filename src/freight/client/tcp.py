@@ -386,7 +386,7 @@ class _TcpUpload:
         self.acked = 0
         self.resumed_from: int | None = None
         self.upload_id: str | None = None
-        self.digest: asyncio.Task[bytes] | None = None
+        self.digest: asyncio.Future[bytes] | None = None
 
     async def run(self) -> UploadResult:
         hasher = SplitHasher(self.path, self.size)
@@ -408,31 +408,26 @@ class _TcpUpload:
                 local=local.hex(),
                 remote=finished.sha256.hex(),
             )
-        return UploadResult(
-            url=self.address.file_url(finished.upload_id),
-            name=self.path.name,
-            size=self.size,
-            sha256=local.hex(),
-            verified=True,
-            resumed_from=self.resumed_from or 0,
-        )
+        return self._result(finished, local.hex(), verified=True)
 
     async def run_unverified(self) -> UploadResult:
-        """Send without hashing; the server's SHA-256 is reported, not checked."""
-        self.digest = asyncio.ensure_future(_no_digest())
-        try:
-            finished = await _with_retries(self.budget, lambda: self._attempt(None))
-        finally:
-            await self.digest
+        """Send without hashing: DONE carries zeros; the server's SHA-256 is reported."""
+        self.digest = asyncio.get_running_loop().create_future()
+        self.digest.set_result(NO_DIGEST)
+        finished = await _with_retries(self.budget, lambda: self._attempt(None))
         self._forget()
         if finished.size != self.size:
             raise ClientError(f"the server stored {finished.size} bytes, not {self.size}")
+        remote = finished.sha256.hex() if finished.sha256 != NO_DIGEST else ""
+        return self._result(finished, remote, verified=False)
+
+    def _result(self, finished: Finished, sha256: str, *, verified: bool) -> UploadResult:
         return UploadResult(
             url=self.address.file_url(finished.upload_id),
             name=self.path.name,
             size=self.size,
-            sha256=finished.sha256.hex() if finished.sha256 != NO_DIGEST else "",
-            verified=False,
+            sha256=sha256,
+            verified=verified,
             resumed_from=self.resumed_from or 0,
         )
 
@@ -458,7 +453,7 @@ class _TcpUpload:
             finally:
                 link.close()
 
-    def _digest(self, hasher: SplitHasher | None) -> asyncio.Task[bytes]:
+    def _digest(self, hasher: SplitHasher | None) -> asyncio.Future[bytes]:
         """The whole file's SHA-256, computed once whatever the number of attempts."""
         if self.digest is None:
             assert hasher is not None
@@ -875,10 +870,6 @@ class _PartSink(PartSink[Sequence[DataChunk]]):
 
     def hash(self, batch: Sequence[DataChunk]) -> None:
         _feed(self._hasher, batch)
-
-
-async def _no_digest() -> bytes:
-    return NO_DIGEST
 
 
 def _write(fd: int, chunks: Sequence[DataChunk]) -> int:

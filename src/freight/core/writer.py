@@ -126,17 +126,14 @@ class UploadWriter:
         while taken < view.nbytes:
             if self.is_full and not self.hand_off_nowait():
                 break
-            taken += self._stage(view[taken:])
+            take = min(self._buffer_size - self._fill, view.nbytes - taken)
+            # Through a memoryview: assigning a view into a bytearray slice copies it twice.
+            self._views[self._current][self._fill : self._fill + take] = view[taken : taken + take]
+            self._fill += take
+            taken += take
         if self.is_full:
             self.hand_off_nowait()
         return taken
-
-    def _stage(self, view: memoryview) -> int:
-        take = min(self._buffer_size - self._fill, view.nbytes)
-        # Through a memoryview: assigning a view into a bytearray slice copies it twice.
-        self._views[self._current][self._fill : self._fill + take] = view[:take]
-        self._fill += take
-        return take
 
     @property
     def can_splice(self) -> bool:

@@ -16,7 +16,6 @@ Smaller bodies, and bodies without a length, go through aiohttp's body stream.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import cast
 
@@ -26,7 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from freight.core.writer import UploadWriter
 from freight.errors import ClientDisconnected, InvalidHeader, UploadTooLarge
 from freight.server.ingest import WriterFeed
-from freight.server.splice import BodySplicer
+from freight.server.splice import BodySplicer, open_splice
 from freight.server.state import SPLICERS
 
 __all__ = [
@@ -38,8 +37,6 @@ __all__ = [
     "interrupter",
     "stream_body",
 ]
-
-log = logging.getLogger(__name__)
 
 # Below this much unread body, the connection's reuse is worth more than the faster path.
 DIRECT_MIN = 4 * 1024 * 1024
@@ -154,9 +151,9 @@ async def _read_directly(request: web.Request, writer: UploadWriter, count: Coun
         for piece in buffered:
             count(len(piece))
             await writer.write(piece)
-        splicer = _splicer(request, writer, transport, count)
-        if splicer is not None:
-            await splicer.receive(remaining)
+        splice = open_splice(request.app.get(SPLICERS), writer, transport, count)
+        if splice is not None:
+            await BodySplicer(transport, splice).receive(remaining)
             return
         receiver = _DirectReceiver(writer, remaining, transport, transport.get_protocol(), count)
         transport.set_protocol(receiver)
@@ -166,22 +163,6 @@ async def _read_directly(request: web.Request, writer: UploadWriter, count: Coun
             receiver.detach()
     finally:
         content.feed_eof()  # so aiohttp does not wait for the rest of a body it never sees
-
-
-def _splicer(
-    request: web.Request, writer: UploadWriter, transport: asyncio.Transport, count: Counter
-) -> BodySplicer | None:
-    """A splicer for this body if it can go socket → file by ``splice`` now, else None."""
-    splicers = request.app.get(SPLICERS)
-    if splicers is None or not splicers.available or not writer.can_splice:
-        return None
-    if transport.get_extra_info("socket") is None:
-        return None
-    try:
-        return BodySplicer(splicers, writer, transport, count)
-    except OSError as exc:
-        log.info("reading a body through memory, not a pipe: %s", exc)
-        return None
 
 
 class _DirectReceiver(asyncio.BufferedProtocol):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import select
 import socket
@@ -44,7 +45,9 @@ if TYPE_CHECKING:
 
     from freight.core.writer import UploadWriter
 
-__all__ = ["REPORT_EVERY", "BodySplicer", "SocketSplice", "Splicers"]
+__all__ = ["REPORT_EVERY", "BodySplicer", "SocketSplice", "Splicers", "open_splice"]
+
+log = logging.getLogger(__name__)
 
 REPORT_EVERY: Final = 4 * 1024 * 1024
 _SPLICERS: Final = 8
@@ -164,23 +167,35 @@ class SocketSplice:
             self._job.resume()
 
 
+def open_splice(
+    splicers: Splicers | None,
+    writer: UploadWriter,
+    transport: asyncio.BaseTransport | None,
+    count: Callable[[int], None],
+    *,
+    idle_timeout: float | None = None,
+) -> SocketSplice | None:
+    """A splice from ``transport``'s socket into ``writer``'s file if one can be had now:
+    a free thread, a writer that needs no look at the bytes, a plain socket and a pipe."""
+    if splicers is None or not splicers.available or not writer.can_splice:
+        return None
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return None
+    try:
+        return SocketSplice(splicers, writer, sock.fileno(), count, idle_timeout=idle_timeout)
+    except OSError as exc:
+        log.info("receiving through memory, not a pipe: %s", exc)
+        return None
+
+
 class BodySplicer(asyncio.Protocol):
-    """Splices the rest of a request body from ``transport``'s socket into the file.
+    """Splices the rest of a request body from ``transport``'s socket into the file."""
 
-    Making one takes a pipe and descriptors (OSError when the system has none to spare).
-    """
-
-    def __init__(
-        self,
-        splicers: Splicers,
-        writer: UploadWriter,
-        transport: asyncio.Transport,
-        count: Callable[[int], None],
-    ) -> None:
+    def __init__(self, transport: asyncio.Transport, splice: SocketSplice) -> None:
         self._transport = transport
         self._previous = transport.get_protocol()
-        sock = transport.get_extra_info("socket").fileno()
-        self._splice = SocketSplice(splicers, writer, sock, count)
+        self._splice = splice
 
     async def receive(self, remaining: int) -> None:
         """Move ``remaining`` bytes; raises ClientDisconnected if the body ends early."""

@@ -29,7 +29,6 @@ import contextlib
 import hmac
 import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -77,7 +76,7 @@ from freight.protocol.frames import (
     encode_data_header,
 )
 from freight.server.ingest import WriterFeed
-from freight.server.splice import SocketSplice, Splicers
+from freight.server.splice import SocketSplice, Splicers, open_splice
 from freight.storage.base import SendfileSource
 
 __all__ = ["SHA256_METADATA_KEY", "TcpServer", "TcpSettings", "error_frame", "start_tcp_server"]
@@ -429,7 +428,13 @@ class _Connection(asyncio.BufferedProtocol):
             fail=self._fail_on_write,
         )
         self._feed, self._ack_due = feed, writer.start + self._settings.window
-        self._splice = self._server.splice_for(writer, self._transport, self._counted)
+        self._splice = open_splice(
+            self._server.splicers,
+            writer,
+            self._transport,
+            self._counted,
+            idle_timeout=self._settings.idle_timeout,
+        )
         try:
             while True:
                 frame = await self._next_event(or_ack=True)
@@ -568,7 +573,7 @@ class TcpServer:
         self.settings = settings or TcpSettings()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
-        self._splicers = Splicers() if splicing_available() else None
+        self.splicers = Splicers() if splicing_available() else None
         self.address: tuple[str, int] = ("", 0)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -579,27 +584,6 @@ class TcpServer:
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
         return self.address
-
-    def splice_for(
-        self,
-        writer: UploadWriter,
-        transport: asyncio.Transport | None,
-        count: Callable[[int], None],
-    ) -> SocketSplice | None:
-        """A splice for one upload's payloads, if it can have one now."""
-        splicers = self._splicers
-        if splicers is None or not splicers.available or not writer.can_splice:
-            return None
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            return None
-        try:
-            return SocketSplice(
-                splicers, writer, sock.fileno(), count, idle_timeout=self.settings.idle_timeout
-            )
-        except OSError as exc:
-            log.info("receiving through memory, not a pipe: %s", exc)
-            return None
 
     def track(self, connection: _Connection) -> None:
         self._connections.add(connection)
@@ -618,8 +602,8 @@ class TcpServer:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-        if self._splicers is not None:
-            self._splicers.shutdown()
+        if self.splicers is not None:
+            self.splicers.shutdown()
 
 
 async def start_tcp_server(engine: UploadEngine, config: ServerConfig) -> TcpServer:
