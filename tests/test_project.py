@@ -63,7 +63,25 @@ def test_ci_script_is_strict_and_ends_with_make_test() -> None:
     ]
     assert "set -euo pipefail" in lines
     assert lines[-1] in ("make test", "exec make test")
-    assert "apt-get" in script and "DEBIAN_FRONTEND=noninteractive" in script
+    assert "DEBIAN_FRONTEND=noninteractive" in script
+    assert "tools/system-deps install" in lines
+
+
+def test_system_deps_installs_with_apt_and_names_what_is_missing() -> None:
+    script = (ROOT / "tools" / "system-deps").read_text()
+    assert "apt-get" in script and "install -y" in script
+    for package in ("chromium", "nginx-light", "iperf3", "nodejs", "npm", "curl"):
+        assert package in script, f"{package} missing from tools/system-deps"
+    done = subprocess.run(
+        [str(ROOT / "tools" / "system-deps"), "check"], capture_output=True, text=True, timeout=60
+    )
+    # On a machine that ran `make test` (which installs them), nothing is missing.
+    assert done.returncode == 0, done.stderr
+
+
+def test_make_test_checks_system_packages_first() -> None:
+    text = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: system-deps ", text, re.M)
 
 
 def test_every_dependency_pins_a_minimum_version() -> None:
