@@ -39,6 +39,7 @@ __all__ = [
 
 PROTOCOLS = ("tus", "ietf", "chunks", "ws", "tcp")
 IETF_VERSION = "8"
+CHUNK = 2 * MiB
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ async def upload(job: Job, endpoints: Endpoints, *, attempts: int, read_timeout:
     if job.protocol == "ietf":
         return await upload_ietf(job, endpoints.http, retry=retry, timeouts=timeouts)
     target = endpoints.tcp if job.protocol == "tcp" else endpoints.http
+    extra: dict[str, Any] = {}
+    if job.protocol == "chunks":
+        extra["requested_chunk_size"] = CHUNK  # several acknowledgements per file
     result = await UPLOADERS[job.protocol](
         job.path,
         target,
@@ -119,6 +123,7 @@ async def upload(job: Job, endpoints: Endpoints, *, attempts: int, read_timeout:
         resume_store=ResumeStore(job.state_dir),
         retry=retry,
         timeouts=timeouts,
+        **extra,
     )
     if result.sha256 != job.sha256:
         raise AssertionError(f"{job.name}: the client reports {result.sha256}")

@@ -28,7 +28,7 @@ __all__ = ["LinkProxy"]
 _READ = 64 * 1024
 
 
-@dataclass
+@dataclass(eq=False)
 class _Link:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter | None = None
@@ -43,7 +43,7 @@ class _Link:
                 writer.transport.abort()
 
 
-@dataclass
+@dataclass(eq=False)
 class LinkProxy:
     """Forwards ``127.0.0.1:port`` to ``127.0.0.1:upstream_port``; see the module doc."""
 
@@ -64,9 +64,6 @@ class LinkProxy:
         self._random = random.Random(self.seed)
         self._loop = LoopThread()
         self._server: asyncio.Server | None = None
-
-    def __hash__(self) -> int:
-        return id(self)
 
     def start(self) -> LinkProxy:
         async def listen() -> asyncio.Server:

@@ -29,6 +29,7 @@ class Scale:
     kill_uploads_per_protocol: int
     kill_file_size: int
     kills: int
+    kill_interval: tuple[float, float]  # seconds of uploading between a restart and a kill
     link_rate: int  # bytes/s each proxied connection forwards, so kills land mid-transfer
     cut_file_size: int
     cut_range: tuple[int, int]  # client bytes a link carries before it is cut
@@ -41,9 +42,10 @@ class Scale:
 SHORT = Scale(
     name="short",
     kill_uploads_per_protocol=1,
-    kill_file_size=24 * MiB,
+    kill_file_size=16 * MiB,
     kills=3,
-    link_rate=8 * MiB,
+    kill_interval=(0.8, 1.6),
+    link_rate=4 * MiB,
     cut_file_size=8 * MiB,
     cut_range=(512 * 1024, 3 * MiB),
     stall_seconds=6.0,
@@ -56,7 +58,8 @@ FULL = Scale(
     kill_uploads_per_protocol=4,
     kill_file_size=96 * MiB,
     kills=12,
-    link_rate=12 * MiB,
+    kill_interval=(0.5, 2.5),
+    link_rate=8 * MiB,
     cut_file_size=48 * MiB,
     cut_range=(256 * 1024, 8 * MiB),
     stall_seconds=20.0,
