@@ -38,7 +38,7 @@ help:
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make typecheck  mypy (strict, src/freight)"
 	@echo "make bench      benchmark against nginx, @tus/server, tuspyserver (~10 min; BENCH_ARGS=--large)"
-	@echo "make chaos      kills, cut and stalled links, a full disk, 128 transfers (~5 min; root)"
+	@echo "make chaos      kills, cut and stalled links, a full disk, 128 transfers (~2 min; root)"
 	@echo "make clean      remove caches and build output (keeps .venv and $(DATA_DIR))"
 	@echo "make distclean  clean, and remove .venv and tests/interop/node_modules"
 
