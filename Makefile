@@ -29,12 +29,16 @@ BENCH_APT := nginx-light iperf3
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .PHONY: bench
 
+# make chaos: the chaos suite in full (not part of make test, which runs its short form).
+.PHONY: chaos
+
 help:
 	@echo "make serve      run freight on http://$(HOST):$(PORT) with data in ./$(DATA_DIR)"
 	@echo "make test       lint, format check, type check and the whole test suite"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make typecheck  mypy (strict, src/freight)"
 	@echo "make bench      benchmark against nginx, @tus/server, tuspyserver (~10 min; BENCH_ARGS=--large)"
+	@echo "make chaos      kills, cut and stalled links, a full disk, 128 transfers (~2 min; root)"
 	@echo "make clean      remove caches and build output (keeps .venv and $(DATA_DIR))"
 	@echo "make distclean  clean, and remove .venv and tests/interop/node_modules"
 
@@ -77,6 +81,10 @@ bench: $(VENV)/.stamp-bench
 			|| echo "make bench: could not install $(BENCH_APT); those targets will be skipped"
 	fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+chaos: $(VENV)/.stamp-test
+	FREIGHT_CHAOS=full $(BIN)/python -m pytest -p no:cacheprovider -q -rxX --durations=10 \
+		tests/chaos $(PYTEST_ARGS)
 
 serve: $(VENV)/.stamp-install
 	exec $(BIN)/freight serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
