@@ -32,8 +32,17 @@ class ServerConfig:
     fsync: FsyncPolicy = FsyncPolicy.BATCH
     sync_every: int = 64 * 1024 * 1024
     expire_after: float = 24 * 3600.0
+    # An upload nobody has written a byte to goes much sooner: a creation whose answer was
+    # lost, or one made only to claim space, must not hold its place for a day.
+    expire_unstarted: float = 600.0
     sweep_interval: float = 60.0
+    # Disk space creations leave free (what unfinished uploads still need counts as taken).
     disk_reserve: int = 64 * 1024 * 1024
+    # Unfinished uploads the server holds, in all and per client address.
+    max_unfinished: int = 10_000
+    max_unfinished_per_client: int = 1_000
+    # The share of the space free for uploads that one client's unfinished uploads may claim.
+    client_space_share: float = 0.5
     base_path: str = "/files/"
     tcp_port: int | None = None  # raw TCP protocol listener (docs/protocol.md); off when None
     # Keep a running SHA-256 of every upload. Off, a file has one only when a client

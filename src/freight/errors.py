@@ -24,10 +24,12 @@ __all__ = [
     "PreconditionFailed",
     "RangeAlreadyReceived",
     "RangeNotSatisfiable",
+    "TooManyUploads",
     "Unauthorized",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",
     "UnsupportedVersion",
+    "UploadCapacityReached",
     "UploadCompleted",
     "UploadExpired",
     "UploadForbidden",
@@ -194,3 +196,17 @@ class ChecksumMismatch(FreightError):
 class InsufficientStorage(FreightError):
     code = "ERR_INSUFFICIENT_STORAGE"
     status = 507
+
+
+class TooManyUploads(FreightError):
+    """This client has as many unfinished uploads as it may; finish or delete some first."""
+
+    code = "ERR_TOO_MANY_UPLOADS"
+    status = 429
+
+
+class UploadCapacityReached(TooManyUploads):
+    """The server holds as many unfinished uploads as it takes; try again later."""
+
+    code = "ERR_UPLOAD_CAPACITY"
+    status = 503

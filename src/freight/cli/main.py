@@ -46,6 +46,48 @@ def cli() -> None:
     help="Seconds an unfinished upload may sit idle before it is deleted.",
 )
 @click.option(
+    "--expire-unstarted",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds an upload that never received a byte is kept before it is deleted.",
+)
+@click.option(
+    "--sweep-interval",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between sweeps that delete expired uploads and finish complete ones.",
+)
+@click.option(
+    "--disk-reserve",
+    type=click.IntRange(min=0),
+    default=64 * 1024 * 1024,
+    show_default=True,
+    help="Bytes of disk that new uploads may not claim.",
+)
+@click.option(
+    "--max-unfinished",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Unfinished uploads the server holds at most (503 beyond).",
+)
+@click.option(
+    "--max-unfinished-per-client",
+    type=click.IntRange(min=1),
+    default=1_000,
+    show_default=True,
+    help="Unfinished uploads one client address may hold (429 beyond).",
+)
+@click.option(
+    "--client-space-share",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Share of the free disk one client address's unfinished uploads may claim.",
+)
+@click.option(
     "--tcp-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -67,6 +109,12 @@ def serve(
     max_size: int | None,
     fsync: str,
     expire_after: float,
+    expire_unstarted: float,
+    sweep_interval: float,
+    disk_reserve: int,
+    max_unfinished: int,
+    max_unfinished_per_client: int,
+    client_space_share: float,
     tcp_port: int | None,
     sha256: bool,
 ) -> None:
@@ -81,6 +129,12 @@ def serve(
         max_size=max_size,
         fsync=FsyncPolicy(fsync),
         expire_after=expire_after,
+        expire_unstarted=expire_unstarted,
+        sweep_interval=sweep_interval,
+        disk_reserve=disk_reserve,
+        max_unfinished=max_unfinished,
+        max_unfinished_per_client=max_unfinished_per_client,
+        client_space_share=client_space_share,
         tcp_port=tcp_port,
         sha256=sha256,
     )

@@ -44,25 +44,39 @@ async def list_files(
     on_retry: RetryCallback | None = None,
     timeouts: Timeouts | None = None,
 ) -> list[RemoteFile]:
-    """Every finished file on the server at ``server_url`` (any URL of that server)."""
+    """Every finished file on the server at ``server_url`` (any URL of that server).
+
+    The server lists a page at a time; this follows ``next_cursor`` to the last page.
+    """
     root = split_file_url(server_url)[0]
     budget = RetryBudget(retry or RetryPolicy(), on_retry)
+    files: list[RemoteFile] = []
+    cursor: str | None = None
     async with open_session(token, timeouts=timeouts) as session:
+        while True:
+            url = api_files_url(root)
+            page_url = url if cursor is None else url.update_query(cursor=cursor)
 
-        async def fetch() -> Any:
-            async with session.get(api_files_url(root)) as resp:
-                if resp.status != 200:
-                    raise await server_error(resp, "listing files")
-                try:
-                    return await resp.json(content_type=None)
-                except ValueError as exc:
-                    raise ProtocolViolation("the file list is not valid JSON") from exc
+            async def fetch(page_url: URL = page_url) -> Any:
+                async with session.get(page_url) as resp:
+                    if resp.status != 200:
+                        raise await server_error(resp, "listing files")
+                    try:
+                        return await resp.json(content_type=None)
+                    except ValueError as exc:
+                        raise ProtocolViolation("the file list is not valid JSON") from exc
 
-        data = await retrying(budget, fetch)
-    entries = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ProtocolViolation("the file list has no 'files' array")
-    return [_remote_file(entry, root) for entry in entries if isinstance(entry, dict)]
+            data = await retrying(budget, fetch)
+            entries = data.get("files") if isinstance(data, dict) else None
+            if not isinstance(entries, list):
+                raise ProtocolViolation("the file list has no 'files' array")
+            files.extend(_remote_file(entry, root) for entry in entries if isinstance(entry, dict))
+            following = data.get("next_cursor")
+            if not following:
+                return files
+            if not isinstance(following, str) or following == cursor or not entries:
+                raise ProtocolViolation("the file list's next_cursor does not move on")
+            cursor = following
 
 
 async def delete_file(

@@ -310,14 +310,21 @@ class _Upload:
         return new_offset, digest
 
     async def _completed_digest(self, url: str) -> bytes | None:
-        """The digest of a completed upload when no PATCH answer carried it."""
-        if self.head_digest is not None:
-            return self.head_digest
-        # A plain HEAD (no Tus-Resumable) asks for the file itself, which has Repr-Digest.
+        """The digest of a completed upload when no PATCH answer carried it.
+
+        Every byte acknowledged is not enough: the server must also have finished the file
+        (an upload whose finishing failed, on a full disk say, reports the whole offset).
+        A plain HEAD (no Tus-Resumable) asks for the file itself: 200 only once finished.
+        """
         async with self.session.head(url) as resp:
             if resp.status != 200:
-                return None
-            return parse_repr_digest(resp.headers.get("Repr-Digest"))
+                raise ServerError(
+                    "the server has every byte but has not finished the file yet "
+                    f"(HTTP {resp.status})",
+                    http_status=409 if resp.status in (409, 423) else resp.status,
+                )
+            digest = parse_repr_digest(resp.headers.get("Repr-Digest"))
+        return digest if digest is not None else self.head_digest
 
     # bookkeeping
 

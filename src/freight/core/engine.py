@@ -24,8 +24,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from freight.config import FsyncPolicy
+from freight.core.admission import Admission
 from freight.core.buffers import BufferPool, ReadBuffers
 from freight.core.events import EventHub, UploadEvent, UploadEventKind
 from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
@@ -46,7 +48,7 @@ from freight.errors import (
     UploadNotFound,
     UploadTooLarge,
 )
-from freight.storage.base import PartFile, UploadStore
+from freight.storage.base import ListingKind, PageKey, PartFile, UploadStore
 
 __all__ = ["ActiveUpload", "UploadEngine"]
 
@@ -59,6 +61,11 @@ CONSUMED_PART_GRACE = 600.0
 TAKE_OVER_WAIT = 5.0
 # The running hash reads back this much at a time, then tells waiting writers it moved.
 HASH_STEP = 8 * 1024 * 1024
+# The sweeper finishes a complete upload nobody finished once it was left alone this long
+# (its client normally finishes it at once, maybe with a digest to check).
+FINISH_GRACE = 5.0
+# Uploads the sweeper takes further per round.
+WORK_BATCH = 100
 
 
 @dataclass(eq=False)
@@ -123,8 +130,12 @@ class UploadEngine:
         fsync: FsyncPolicy = FsyncPolicy.BATCH,
         sync_every: int = 64 * 1024 * 1024,
         expire_after: float = 24 * 3600.0,
+        expire_unstarted: float | None = None,
         max_size: int | None = None,
         disk_reserve: int = 0,
+        max_unfinished: int | None = None,
+        max_unfinished_per_client: int | None = None,
+        client_space_share: float = 1.0,
         hash_uploads: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -140,8 +151,18 @@ class UploadEngine:
         # less than twice that would make hashing and receiving take turns.
         self.hash_lag = 2 * sync_every
         self.expire_after = expire_after
+        # Until its first byte is recorded an upload goes sooner, never later than others.
+        self.expire_unstarted = min(expire_after, expire_unstarted or expire_after)
         self.max_size = max_size
         self.disk_reserve = disk_reserve
+        self.admission = Admission(
+            disk_reserve=disk_reserve,
+            max_unfinished=max_unfinished,
+            max_unfinished_per_client=max_unfinished_per_client,
+            client_space_share=client_space_share,
+        )
+        # Creations are admitted one at a time, so two cannot both take the last room.
+        self._admission = asyncio.Lock()
         self.clock = clock
         self._active: dict[str, ActiveUpload] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -159,8 +180,14 @@ class UploadEngine:
         length: int | None,
         metadata: Mapping[str, str | None],
         concat_kind: ConcatKind | None = None,
+        client: str | None = None,
     ) -> UploadSession:
-        """Start an upload; ``length=None`` defers the length."""
+        """Start an upload; ``length=None`` defers the length.
+
+        ``client`` (the peer's address) is held to the per-client caps. The new upload
+        takes no memory and no disk space until bytes arrive, and expires after
+        :attr:`expire_unstarted` unless they do.
+        """
         if length is not None:
             self._check_size(length)
         now = self.clock()
@@ -169,14 +196,21 @@ class UploadEngine:
             length=length,
             metadata=dict(metadata),
             created=now,
-            expires=now + self.expire_after,
+            expires=now + self.expire_unstarted,
             concat_kind=concat_kind,
+            client=client,
         )
-        await asyncio.to_thread(self.store.create, session)
-        hasher = new_sha256() if self.hash_uploads else None
-        active = self._active[session.id] = ActiveUpload(session, hasher)
-        self._publish(UploadEventKind.CREATED, active)
+        async with self._admission:
+            await asyncio.to_thread(self._admit_and_store, session)
+        self._publish_session(UploadEventKind.CREATED, session, 0)
         return session
+
+    def _admit_and_store(self, session: UploadSession) -> None:
+        self._admit(session.length or 0, session.client, new=True)
+        self.store.create(session)
+
+    def _admit(self, needed: int, client: str | None, *, new: bool) -> None:
+        self.admission.check(self.store, self.clock(), needed, client, new=new)
 
     async def create_final(
         self, part_ids: Sequence[str], metadata: Mapping[str, str | None]
@@ -225,11 +259,8 @@ class UploadEngine:
                 f"{length} bytes is more than this server accepts ({self.max_size})",
                 max_size=self.max_size,
             )
-        free = self.store.free_bytes() - self.disk_reserve
-        if length > free:
-            raise InsufficientStorage(
-                f"{length} bytes will not fit: {max(free, 0)} bytes are free", free=max(free, 0)
-            )
+        if length > self.store.free_bytes() - self.disk_reserve:
+            raise InsufficientStorage("the server does not have the disk space for this upload")
 
     # reading state -----------------------------------------------------------------------
 
@@ -245,8 +276,33 @@ class UploadEngine:
             raise UploadExpired("this upload expired and is being deleted")
 
     async def list_sessions(self) -> list[UploadSession]:
+        """Every session: for start-up work and tests; listings go by :meth:`list_page`."""
         stored = await asyncio.to_thread(self.store.list_sessions)
         return [self._active[s.id].session if s.id in self._active else s for s in stored]
+
+    async def list_page(
+        self, kind: ListingKind, after: PageKey | None, limit: int
+    ) -> tuple[list[UploadSession], bool]:
+        """Up to ``limit`` sessions of a listing after ``after``, and whether more follow."""
+        stored = await asyncio.to_thread(self.store.list_page, kind, after, limit + 1, self.clock())
+        page = [self._active[s.id].session if s.id in self._active else s for s in stored]
+        return page[:limit], len(page) > limit
+
+    def active_transfers(self, limit: int) -> list[UploadSession]:
+        """Unexpired uploads receiving bytes now or lately (at most ``limit``, latest first):
+        what a live view needs, from memory, never a scan of every session."""
+        now = self.clock()
+        sessions = [
+            a.session
+            for a in reversed(self._active.values())
+            if a.session.state is not UploadState.FINISHED
+            and (a.session.expires is None or a.session.expires >= now)
+        ]
+        return sessions[:limit]
+
+    async def unfinished_count(self) -> int:
+        totals = await asyncio.to_thread(self.store.unfinished_totals, self.clock())
+        return totals.count
 
     async def _activate(self, upload_id: str) -> ActiveUpload:
         active = self._active.get(upload_id)
@@ -276,9 +332,11 @@ class UploadEngine:
         if length < session.received.highest():
             raise LengthMismatch(f"{session.received.highest()} bytes were already received")
         self._check_size(length)
-        session.length = length
-        await asyncio.to_thread(self.store.reserve, session)
-        await self._save(active)
+        needed = length - session.received.total()
+        async with self._admission:
+            await asyncio.to_thread(self._admit, needed, session.client, new=False)
+            # In memory only once it is recorded: a failed save must leave no trace.
+            await self._save(active, apply=True, length=length)
         return session
 
     @contextlib.asynccontextmanager
@@ -386,11 +444,14 @@ class UploadEngine:
             del self._active[key]
 
     async def record_received(self, active: ActiveUpload, start: int, end: int) -> None:
-        """Called by writers once ``[start, end)`` is durable: make it count."""
-        session = active.session
-        session.received.add(start, end)
-        session.expires = self.clock() + self.expire_after
-        await self._save(active)
+        """Called by writers once ``[start, end)`` is durable: make it count.
+
+        The bytes count in memory (and so in any offset a client is told) only once the
+        record is saved: a save that fails, on a full disk say, leaves the session as the
+        store has it.
+        """
+        expires = self.clock() + self.expire_after
+        await self._save(active, added=(start, end), apply=True, expires=expires)
         self._publish(UploadEventKind.PROGRESS, active)
         self._maybe_catch_up(active)
 
@@ -508,15 +569,34 @@ class UploadEngine:
             )
         )
 
-    async def _save(self, active: ActiveUpload) -> None:
-        # Saves of one upload go in order; each writes a snapshot so the loop may go on.
+    async def _save(
+        self,
+        active: ActiveUpload,
+        *,
+        added: tuple[int, int] | None = None,
+        apply: bool = False,
+        **changes: Any,
+    ) -> None:
+        """Save the session with ``changes`` and the ``added`` byte range.
+
+        Saves of one upload go in order; each writes a snapshot so the loop may go on.
+        ``apply`` makes the changes in memory too, once saved, under the same lock, so two
+        recordings of one upload never lose each other's ranges.
+        """
         async with active.save_lock:
+            session = active.session
+            received = session.received.copy()
+            if added is not None:
+                received.add(*added)
             snapshot = dataclasses.replace(
-                active.session,
-                received=active.session.received.copy(),
-                metadata=dict(active.session.metadata),
+                session, received=received, metadata=dict(session.metadata), **changes
             )
             await asyncio.to_thread(self.store.save, snapshot)
+            if apply:
+                if added is not None:
+                    session.received.add(*added)
+                for name, value in changes.items():
+                    setattr(session, name, value)
 
     # finishing ---------------------------------------------------------------------------
 
@@ -700,21 +780,51 @@ class UploadEngine:
             await asyncio.sleep(interval)
             try:
                 await self.sweep_expired()
+                await self.finish_pending_work()
             except Exception:
                 log.exception("sweeping expired uploads failed")
 
     async def resume_interrupted_work(self) -> None:
         """After a restart: finish complete uploads and assemble ready concatenations."""
-        for session in await self.list_sessions():
+        await self.finish_pending_work(limit=None)
+
+    async def finish_pending_work(self, *, limit: int | None = WORK_BATCH) -> int:
+        """Finish complete uploads nobody finished, and assemble concatenations whose parts
+        are all finished; returns how many went further.
+
+        A client may never ask again: its finishing failed (a full disk) after its bytes
+        were recorded, or its answer was lost and a tus client that sees the whole offset
+        stops. An upload in use, or written in the last :data:`FINISH_GRACE` seconds, is
+        left to its client.
+        """
+        ids = await asyncio.to_thread(self.store.work_ids, limit or (1 << 62))
+        done, failures = 0, 0
+        last_error: FreightError | None = None
+        for upload_id in ids:
+            active = self._active.get(upload_id)
+            if active is not None and (
+                active.claims or self.clock() - active.last_progress < FINISH_GRACE
+            ):
+                continue
             try:
-                if session.state is UploadState.RECEIVING and session.is_complete:
-                    await self.finish(session.id)
-                elif session.state is UploadState.ASSEMBLING:
-                    parts = [await self.get(pid) for pid in session.concat_parts]
-                    if all(p.is_finished for p in parts):
-                        await self._assemble(session.id)
+                done += await self._take_further(await self.get(upload_id))
             except FreightError as exc:
-                log.warning("could not resume work on upload %s: %s", session.id, exc)
+                failures, last_error = failures + 1, exc
+        if last_error is not None:
+            # One line per round, whatever the number of uploads stuck the same way.
+            log.warning("could not finish %d complete uploads: %s", failures, last_error)
+        return done
+
+    async def _take_further(self, session: UploadSession) -> bool:
+        if session.state is UploadState.RECEIVING and session.is_complete:
+            await self.finish(session.id, expected_sha256=_declared_sha256(session))
+            return True
+        if session.state is UploadState.ASSEMBLING:
+            parts = [await self.get(pid) for pid in session.concat_parts]
+            if all(p.is_finished for p in parts):
+                await self._assemble(session.id)
+                return True
+        return False
 
     def open_file(self, session: UploadSession) -> PartFile:
         if not session.is_finished:
@@ -767,6 +877,14 @@ def _restore_hasher(session: UploadSession) -> StatefulSha256 | None:
     # The saved state cannot be used here; the hash is rebuilt from disk at finish.
     session.hashed_offset = 0
     return new_sha256()
+
+
+def _declared_sha256(session: UploadSession) -> str | None:
+    """The SHA-256 a client declared at creation (chunk API), checked when finishing."""
+    value = session.metadata.get("sha256")
+    if value and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value):
+        return value
+    return None
 
 
 def _check_expected(digest: str | None, expected: str | None) -> None:

@@ -56,6 +56,8 @@ class UploadSession:
     concat_parts: tuple[str, ...] = ()
     sha256: str | None = None
     finished: float | None = None
+    # The address that created it, for per-client caps (None: not from a network client).
+    client: str | None = None
 
     @property
     def offset(self) -> int:

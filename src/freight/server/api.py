@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from freight.core import ConcatKind, UploadSession
+from freight.core import UploadSession
+from freight.server.paging import next_cursor, parse_page_request
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = ["add_api_routes"]
@@ -26,13 +27,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def list_files(request: web.Request) -> web.Response:
-    sessions = await request.app[ENGINE].list_sessions()
-    files = [
-        file_entry(request, s)
-        for s in sessions
-        if s.is_finished and s.concat_kind is not ConcatKind.PARTIAL
-    ]
-    return web.json_response({"files": files})
+    """One page of finished files, oldest first; ``next_cursor`` asks for the next page."""
+    wanted = parse_page_request(request.query)
+    page, more = await request.app[ENGINE].list_page("files", wanted.after, wanted.limit)
+    files = [file_entry(request, s) for s in page]
+    return web.json_response({"files": files, "next_cursor": next_cursor(page, more)})
 
 
 async def delete_file(request: web.Request) -> web.Response:

@@ -70,8 +70,12 @@ def create_app(config: ServerConfig) -> web.Application:
         fsync=config.fsync,
         sync_every=config.sync_every,
         expire_after=config.expire_after,
+        expire_unstarted=config.expire_unstarted,
         max_size=config.max_size,
         disk_reserve=config.disk_reserve,
+        max_unfinished=config.max_unfinished,
+        max_unfinished_per_client=config.max_unfinished_per_client,
+        client_space_share=config.client_space_share,
         hash_uploads=config.sha256,
     )
     app[ENGINE] = engine

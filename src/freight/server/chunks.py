@@ -37,7 +37,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from freight.core import RangeSet, UploadEngine, UploadSession, UploadState, UploadWriter
+from freight.core import RangeSet, UploadEngine, UploadSession, UploadWriter
 from freight.core.writer import RequestChecksum
 from freight.errors import (
     BadRequest,
@@ -62,6 +62,7 @@ from freight.server.errors import PROTOCOL_KEY
 from freight.server.events import add_event_routes
 from freight.server.metrics import METRICS, add_metrics
 from freight.server.openapi import add_openapi_route
+from freight.server.paging import next_cursor, parse_page_request
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = [
@@ -320,7 +321,9 @@ async def create_upload(request: web.Request) -> web.Response:
     metadata: dict[str, str | None] = {"filename": wanted.name, "chunk_size": str(chunk_size)}
     if wanted.sha256 is not None:
         metadata["sha256"] = wanted.sha256
-    session = await request.app[ENGINE].create(length=wanted.size, metadata=metadata)
+    session = await request.app[ENGINE].create(
+        length=wanted.size, metadata=metadata, client=request.remote
+    )
     upload_url = f"{API_PREFIX}/{session.id}"
     body = {
         "id": session.id,
@@ -336,15 +339,13 @@ async def create_upload(request: web.Request) -> web.Response:
 
 async def list_uploads(request: web.Request) -> web.Response:
     request[PROTOCOL_KEY] = "chunks"
-    engine = request.app[ENGINE]
-    now = engine.clock()
-    uploads = [
-        upload_status(request.app, session)
-        for session in await engine.list_sessions()
-        if session.state is UploadState.RECEIVING
-        and (session.expires is None or session.expires >= now)
-    ]
-    return web.json_response({"uploads": uploads}, headers=_NO_STORE)
+    wanted = parse_page_request(request.query)
+    page, more = await request.app[ENGINE].list_page("uploads", wanted.after, wanted.limit)
+    body = {
+        "uploads": [upload_status(request.app, session) for session in page],
+        "next_cursor": next_cursor(page, more),
+    }
+    return web.json_response(body, headers=_NO_STORE)
 
 
 async def get_upload(request: web.Request) -> web.Response:

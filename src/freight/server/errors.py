@@ -13,6 +13,7 @@ from freight.errors import (
     FreightError,
     OffsetMismatch,
     RangeNotSatisfiable,
+    TooManyUploads,
     UnsupportedMediaType,
     UnsupportedVersion,
     UploadCompleted,
@@ -25,6 +26,10 @@ from freight.protocol.ranges import unsatisfied_content_range
 __all__ = ["PROTOCOL_KEY", "error_response", "internal_error_response"]
 
 log = logging.getLogger(__name__)
+
+# Seconds a client refused for holding too many unfinished uploads should wait: about the
+# time an unstarted upload takes to expire is too long to ask, a sweep is about right.
+RETRY_AFTER_CAP = 60
 
 Protocol: TypeAlias = str | tuple[str, int]
 PROTOCOL_KEY: web.RequestKey[Protocol] = web.RequestKey("freight.protocol")
@@ -60,6 +65,8 @@ def error_response(request: web.Request, error: FreightError) -> web.Response:
         headers["Content-Range"] = unsatisfied_content_range(error.size)
     if isinstance(error, UploadLocked):
         headers["Retry-After"] = "1"
+    elif isinstance(error, TooManyUploads):
+        headers["Retry-After"] = str(RETRY_AFTER_CAP)
     accept_patch = error.details.get("accept_patch")
     if isinstance(error, UnsupportedMediaType) and isinstance(accept_patch, str):
         headers["Accept-Patch"] = accept_patch  # RFC 5789 section 2.2

@@ -73,7 +73,9 @@ def options(request: web.Request, version: int) -> web.Response:
 async def create(request: web.Request, req: ietf.IetfRequest) -> web.Response:
     engine = request.app[ENGINE]
     check_max_size(request, engine.max_size)
-    session = await engine.create(length=req.length, metadata=creation_metadata(request.headers))
+    session = await engine.create(
+        length=req.length, metadata=creation_metadata(request.headers), client=request.remote
+    )
     location = f"{request.app[SETTINGS].base_path}{session.id}"
     limit = upload_limit(engine, req.version, session)
     if has_body(request):

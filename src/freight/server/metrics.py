@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
-from freight.core import UploadEngine, UploadState
+from freight.core import UploadEngine
 from freight.core.events import EventHub, UploadEventKind
 from freight.server.state import ENGINE
 
@@ -109,8 +109,7 @@ METRICS = web.AppKey("freight.metrics", ServerMetrics)
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
-    sessions = await request.app[ENGINE].list_sessions()
-    metrics.uploads_in_progress.set(sum(s.state is UploadState.RECEIVING for s in sessions))
+    metrics.uploads_in_progress.set(await request.app[ENGINE].unfinished_count())
     # CONTENT_TYPE_LATEST carries a charset, which aiohttp only accepts as a raw header.
     return web.Response(
         body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}

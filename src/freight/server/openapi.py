@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from freight import __version__
+from freight.server.paging import DEFAULT_PAGE, MAX_PAGE
 from freight.server.state import SETTINGS
 
 if TYPE_CHECKING:
@@ -70,6 +71,23 @@ TEXT = {"type": "string"}
 NULLABLE_STRING = {"type": ["string", "null"]}
 COUNT = {"type": "integer", "minimum": 0}
 SHA256_HEX = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+NEXT_CURSOR = {
+    "type": ["string", "null"],
+    "description": "Pass as ?cursor= for the next page; null on the last page.",
+}
+PAGE = [
+    _param(
+        "limit",
+        "query",
+        f"Entries per page (default {DEFAULT_PAGE}).",
+        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+    ),
+    _param("cursor", "query", "The next_cursor of the previous page.", TEXT),
+]
+TOO_MANY = {
+    "429": _error("This client holds too many unfinished uploads (Retry-After)."),
+    "503": _error("The server holds as many unfinished uploads as it takes (Retry-After)."),
+}
 _STATUS_FIELDS = (
     "id", "name", "size", "received_bytes", "percent", "state", "created", "expires",
     "chunk_size", "chunk_count", "missing", "wire_bytes", "sha256", "url", "upload_url",
@@ -177,8 +195,11 @@ def _schemas(policy: ChunkPolicy) -> Json:
         },
         "UploadList": {
             "type": "object",
-            "required": ["uploads"],
-            "properties": {"uploads": {"type": "array", "items": _ref("UploadStatus")}},
+            "required": ["uploads", "next_cursor"],
+            "properties": {
+                "uploads": {"type": "array", "items": _ref("UploadStatus")},
+                "next_cursor": NEXT_CURSOR,
+            },
         },
         "ChunkReceived": {
             "type": "object",
@@ -223,8 +244,11 @@ def _schemas(policy: ChunkPolicy) -> Json:
         },
         "FileList": {
             "type": "object",
-            "required": ["files"],
-            "properties": {"files": {"type": "array", "items": _ref("FileEntry")}},
+            "required": ["files", "next_cursor"],
+            "properties": {
+                "files": {"type": "array", "items": _ref("FileEntry")},
+                "next_cursor": NEXT_CURSOR,
+            },
         },
         "UploadEvent": {
             "type": "object",
@@ -262,8 +286,12 @@ def _chunk_paths() -> Json:
     return {
         "/api/uploads": {
             "get": {
-                "summary": "Uploads in progress, of every protocol",
-                "responses": {"200": _json("Uploads still receiving.", _ref("UploadList"))},
+                "summary": "Uploads in progress, of every protocol, a page at a time",
+                "parameters": PAGE,
+                "responses": {
+                    "200": _json("Uploads still receiving.", _ref("UploadList")),
+                    "400": _error("A bad limit or cursor."),
+                },
             },
             "post": {
                 "summary": "Create a chunk upload",
@@ -277,6 +305,7 @@ def _chunk_paths() -> Json:
                     ),
                     "400": _error("A field is missing or invalid."),
                     "413": _error("Larger than the server accepts (--max-size)."),
+                    **TOO_MANY,
                     "507": _error("Not enough free disk space."),
                 },
             },
@@ -396,6 +425,7 @@ def _tus_paths(base: str) -> Json:
                 "400": _error("Malformed headers."),
                 "412": _error("Unsupported Tus-Resumable."),
                 "413": _error("Too large."),
+                **TOO_MANY,
                 "507": _error("Not enough disk."),
             },
         },
@@ -419,6 +449,7 @@ def _tus_paths(base: str) -> Json:
                 "409": _error("Wrong Upload-Offset."),
                 "415": _error("Wrong Content-Type."),
                 "460": _error("Upload-Checksum mismatch; the bytes were discarded."),
+                "507": _error("The disk is full; the offset is what was recorded."),
             },
         },
         "delete": {
@@ -479,8 +510,12 @@ def _service_paths() -> Json:
         },
         "/api/files": {
             "get": {
-                "summary": "Finished files",
-                "responses": {"200": _json("Files.", _ref("FileList"))},
+                "summary": "Finished files, a page at a time",
+                "parameters": PAGE,
+                "responses": {
+                    "200": _json("Files.", _ref("FileList")),
+                    "400": _error("A bad limit or cursor."),
+                },
             }
         },
         "/api/files/{upload_id}": {

@@ -151,6 +151,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.task = asyncio.ensure_future(self._serve())
         self._server.track(self)
 
+    def _peer_address(self) -> str | None:
+        peer = self._transport.get_extra_info("peername") if self._transport else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
     def get_buffer(self, sizehint: int) -> Buffer:
         direct = self._direct_space()
         if direct:
@@ -364,7 +368,9 @@ class _Connection(asyncio.BufferedProtocol):
         metadata: dict[str, str | None] = {"filename": put.name or None}
         if put.sha256 is not None:
             metadata[SHA256_METADATA_KEY] = put.sha256.hex()
-        session = await self._engine.create(length=put.size, metadata=metadata)
+        session = await self._engine.create(
+            length=put.size, metadata=metadata, client=self._peer_address()
+        )
         await self._receive(session, put.sha256)
 
     async def _resume(self, resume: Resume) -> None:

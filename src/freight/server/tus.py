@@ -94,7 +94,10 @@ async def create(request: web.Request) -> web.Response:
     else:
         kind = ConcatKind.PARTIAL if creation.concat is not None else None
         session = await engine.create(
-            length=creation.length, metadata=creation.metadata, concat_kind=kind
+            length=creation.length,
+            metadata=creation.metadata,
+            concat_kind=kind,
+            client=request.remote,
         )
         if has_body(request):
             session = await write_body(request, engine, session, 0)

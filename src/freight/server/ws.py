@@ -247,7 +247,9 @@ class _Connection:
         metadata: dict[str, str | None] = {"filename": opening.name}
         if opening.sha256 is not None:
             metadata["sha256"] = opening.sha256  # kept for a resume on another connection
-        return await self.engine.create(length=opening.size, metadata=metadata)
+        return await self.engine.create(
+            length=opening.size, metadata=metadata, client=self.request.remote
+        )
 
     def _window(self, opening: Start | Resume, session: UploadSession) -> ReceiveWindow:
         max_frame = min(opening.max_frame or self.settings.max_frame, self.settings.max_frame)

@@ -9,15 +9,38 @@ wrapped in a :class:`freight.errors.FreightError`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
 
 from freight._types import Buffer
 
 if TYPE_CHECKING:
     from freight.core.session import UploadSession
 
-__all__ = ["PartFile", "SendfileSource", "UploadStore"]
+__all__ = [
+    "ListingKind",
+    "PageKey",
+    "PartFile",
+    "SendfileSource",
+    "UnfinishedTotals",
+    "UploadStore",
+]
+
+ListingKind: TypeAlias = Literal["files", "uploads"]
+"""``files``: finished uploads (no used concatenation parts); ``uploads``: unexpired ones
+still receiving."""
+
+PageKey: TypeAlias = tuple[float, str]
+"""Where a listing page ends: the last session's ``(created, id)``."""
+
+
+@dataclass(frozen=True)
+class UnfinishedTotals:
+    """Unfinished uploads, and the bytes they still need (declared minus received)."""
+
+    count: int
+    pending_bytes: int
 
 
 class PartFile(Protocol):
@@ -44,7 +67,7 @@ class PipeTarget(Protocol):
 
 class UploadStore(Protocol):
     def create(self, session: UploadSession) -> None:
-        """Record a new session and reserve space for its declared length."""
+        """Record a new session. Space is taken as bytes arrive, not for the declared length."""
 
     def load(self, upload_id: str) -> UploadSession: ...
 
@@ -54,7 +77,8 @@ class UploadStore(Protocol):
     def open_part(self, session: UploadSession) -> PartFile: ...
 
     def reserve(self, session: UploadSession) -> None:
-        """Reserve space once a deferred length becomes known."""
+        """A deferred length became known (a backend taking space as bytes arrive does
+        nothing)."""
 
     def finish(self, session: UploadSession) -> None:
         """Turn the complete part into a stored file (a rename, never a copy)."""
@@ -66,6 +90,17 @@ class UploadStore(Protocol):
         """Forget the session and free its bytes; unknown ids are not an error."""
 
     def list_sessions(self) -> list[UploadSession]: ...
+
+    def list_page(
+        self, kind: ListingKind, after: PageKey | None, limit: int, now: float
+    ) -> list[UploadSession]:
+        """Up to ``limit`` sessions of a listing in creation order, after ``after``."""
+
+    def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
+        """Unexpired unfinished uploads (only ``client``'s if given) and what they need."""
+
+    def work_ids(self, limit: int) -> list[str]:
+        """Complete uploads not finished yet, and concatenations waiting to be assembled."""
 
     def expired_ids(self, now: float) -> list[str]: ...
 

@@ -289,6 +289,7 @@ async def test_a_writer_waits_for_a_hash_that_falls_behind(
     session = await engine.create(length=len(data), metadata={})
     widest = 0
     async with engine.writer(session.id, 0) as writer:
+        session = await engine.get(session.id)  # the live session, once it is being written
         for piece in chunked(data, [64 * 1024]):
             await writer.write(piece)
             await asyncio.sleep(0)  # as a socket would, let the checkpoints run

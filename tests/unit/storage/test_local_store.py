@@ -214,23 +214,15 @@ def test_open_part_reads_a_file_renamed_before_its_row(store: LocalStore) -> Non
         reopened.close()
 
 
-def test_declared_length_is_preallocated(store: LocalStore) -> None:
+def test_a_declared_length_takes_no_space(store: LocalStore) -> None:
+    # A creation (answered or lost) must not hold disk space before bytes arrive.
     session = session_of(length=5 * MiB + 3)
     store.create(session)
     path = store.part_path(session.id)
-    assert os.stat(path).st_size == session.length
-    assert allocated(path) >= 5 * MiB + 3
-
-
-def test_deferred_length_is_preallocated_once_declared(store: LocalStore) -> None:
-    session = session_of(length=None)
-    store.create(session)
-    path = store.part_path(session.id)
-    assert os.stat(path).st_size == 0
-    store.reserve(session)  # nothing to reserve yet
-    session.length = 3 * MiB
+    assert allocated(path) == 0
+    session.length = 64 * MiB
     store.reserve(session)
-    assert allocated(path) >= 3 * MiB
+    assert allocated(path) == 0
 
 
 def test_part_files_write_in_place(store: LocalStore, tmp_path: Path) -> None:

@@ -140,3 +140,16 @@ export async function api(method, path, { json, signal } = {}) {
   }
   throw errorFrom(reply.status, reply.text);
 }
+
+/** Every entry of a paged listing (`/api/files`, `/api/uploads`): follows `next_cursor`. */
+export async function listAll(path, key) {
+  const entries = [];
+  let cursor = null;
+  do {
+    const query = cursor ? `?cursor=${encodeURIComponent(cursor)}` : "";
+    const page = await api("GET", `${path}${query}`);
+    entries.push(...page[key]);
+    cursor = page[key].length ? page.next_cursor : null;
+  } while (cursor);
+  return entries;
+}

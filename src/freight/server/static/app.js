@@ -1,6 +1,6 @@
 // The page: settings, drag and drop, the token dialog, and the three lists.
 
-import { api, auth } from "./api.js";
+import { api, auth, listAll } from "./api.js";
 import { followEvents } from "./events.js";
 import { knownUploadIds } from "./resume-store.js";
 import { TRANSPORTS } from "./transports.js";
@@ -172,7 +172,7 @@ function scheduleFilesRefresh() {
 
 async function refreshFiles() {
   try {
-    const { files } = await api("GET", "/api/files");
+    const files = await listAll("/api/files", "files");
     files.sort((a, b) => (b.created ?? 0) - (a.created ?? 0));
     renderFiles($("files"), $("files-empty"), files, deleteFile);
   } catch (error) {
