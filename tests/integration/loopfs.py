@@ -1,4 +1,8 @@
-"""A small loop-mounted ext4 filesystem for tests that fill a disk (never the real one)."""
+"""A small loop-mounted ext4 filesystem for tests that fill a disk (never the real one).
+
+Needs root (``mount``); the mount, the loop device and the image go on exit even when the
+test fails.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +16,37 @@ from pathlib import Path
 
 MiB = 1024 * 1024
 
-__all__ = ["fill", "fill_up", "loop_ext4"]
+__all__ = ["fill", "fill_up", "loop_ext4", "loop_mounted_ext4"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
 
 
 @contextlib.contextmanager
-def loop_ext4(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB ext4 filesystem in a file, mounted meanwhile and unmounted after."""
-    image, mount = tmp_path / "disk.img", tmp_path / "mnt"
-    mount.mkdir()
+def loop_mounted_ext4(directory: Path, size: int) -> Iterator[Path]:
+    """Mount a fresh ``size``-byte ext4 at ``directory/mnt``; yields the mount point."""
+    image, mount = directory / "disk.img", directory / "mnt"
+    mount.mkdir(parents=True)
     with image.open("wb") as file:
-        file.truncate(64 * MiB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+        file.truncate(size)
+    made = _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+    assert made.returncode == 0, made.stderr
+    mounted = _run("mount", "-o", "loop", str(image), str(mount))
+    assert mounted.returncode == 0, f"mounting a loop device needs root: {mounted.stderr}"
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        if _run("umount", str(mount)).returncode != 0:
+            _run("umount", "-l", str(mount))
+        for line in _run("losetup", "-j", str(image)).stdout.splitlines():
+            _run("losetup", "-d", line.split(":", 1)[0])  # mount -o loop usually did it
+        image.unlink(missing_ok=True)
+
+
+def loop_ext4(tmp_path: Path, size: int = 64 * MiB) -> contextlib.AbstractContextManager[Path]:
+    """A 64 MiB ext4 filesystem in ``tmp_path``, mounted meanwhile and unmounted after."""
+    return loop_mounted_ext4(tmp_path, size)
 
 
 def fill(path: Path, leave: int) -> None:
