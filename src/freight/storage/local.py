@@ -34,7 +34,7 @@ from typing import Any
 from freight._types import Buffer
 from freight.core.rangeset import RangeSet
 from freight.core.session import ConcatKind, UploadSession, UploadState
-from freight.errors import FreightError, InsufficientStorage, UploadNotFound
+from freight.errors import FreightError, InsufficientStorage, UploadNotFound, storage_os_error
 
 __all__ = ["LocalPartFile", "LocalStore"]
 
@@ -88,9 +88,7 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 
 def _space_error(exc: OSError) -> FreightError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage("the server's disk is full")
-    return FreightError(f"storage failure: {exc.strerror or exc}")
+    return storage_os_error(exc)
 
 
 def _load_fallocate() -> Any:
@@ -134,6 +132,8 @@ class LocalPartFile:
             self._fd = os.open(path, flags)
         except FileNotFoundError as exc:
             raise UploadNotFound("upload data is missing") from exc
+        except OSError as exc:
+            raise _space_error(exc) from exc
 
     def write_at(self, offset: int, data: Buffer) -> None:
         view = memoryview(data).cast("B")
