@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # The request head limits, one coherent set: a field holds the largest header freight
 # reads (Upload-Metadata up to 64 KiB, Upload-Concat with 1,000 URLs of up to 128 bytes).
 MAX_REQUEST_LINE: Final = 8 * 1024
-MAX_HEADER_FIELD: Final = 128 * 1024  # name and value of one header
+MAX_HEADER_FIELD: Final = 128 * 1024  # one header line (aiohttp's C parser: name, value each)
 MAX_HEADERS: Final = 128
 MAX_REQUEST_HEAD: Final = 256 * 1024  # the whole head; bounds memory per slow connection
 ACCEPT_ERROR_EVERY: Final = 10.0
@@ -122,19 +122,21 @@ class GuardedHandler(web.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._guard.is_waiting(self) and self._body_done():
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4
+            if self._head_bytes > MAX_REQUEST_HEAD:
+                log.debug("request head over %d bytes; closing", MAX_REQUEST_HEAD)
+                if self.transport is not None:
+                    self.transport.write(_TOO_LARGE)
+                self.force_close()
+                return
         parsed = self._request_count  # aiohttp counts request heads as it parses them
         super().data_received(data)
         if self._request_count != parsed:
             self._stop_timer()
             self._head_bytes = 0
             self._guard.busy(self)
-        elif self._guard.is_waiting(self) and self._body_done():
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_REQUEST_HEAD:
-                log.debug("request head over %d bytes; closing", MAX_REQUEST_HEAD)
-                if self.transport is not None:
-                    self.transport.write(_TOO_LARGE)
-                self.force_close()
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
