@@ -48,3 +48,14 @@ class ServerConfig:
     # Keep a running SHA-256 of every upload. Off, a file has one only when a client
     # declared the digest it expects (checked by reading the file back when it finishes).
     sha256: bool = True
+    # Connection limits (docs/limits.md). A connection must send a whole request head within
+    # header_timeout of being accepted; an idle keep-alive connection closes after
+    # keepalive_timeout. A body, download or TCP stream that moves fewer than
+    # min_rate bytes a second for idle_timeout seconds while bytes are owed is stalled and
+    # closed (what was durable is kept). At most max_pending connections may wait for a
+    # request head at once; past that the one waiting longest is dropped.
+    header_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    min_rate: int = 1024
+    keepalive_timeout: float = 60.0
+    max_pending: int = 256

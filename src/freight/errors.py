@@ -7,6 +7,7 @@ transport maps these errors to its wire format in exactly one function.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, ClassVar
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "PreconditionFailed",
     "RangeAlreadyReceived",
     "RangeNotSatisfiable",
+    "ResourcesExhausted",
     "TooManyUploads",
     "Unauthorized",
     "UnsupportedChecksumAlgorithm",
@@ -37,6 +39,7 @@ __all__ = [
     "UploadLocked",
     "UploadNotFound",
     "UploadTooLarge",
+    "storage_os_error",
 ]
 
 
@@ -210,3 +213,22 @@ class UploadCapacityReached(TooManyUploads):
 
     code = "ERR_UPLOAD_CAPACITY"
     status = 503
+
+
+class ResourcesExhausted(FreightError):
+    """The server is out of open files (or kernel memory) for now; retry shortly."""
+
+    code = "ERR_RESOURCES_EXHAUSTED"
+    status = 503
+
+
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def storage_os_error(exc: OSError) -> FreightError:
+    """The typed error for an operating-system failure on the storage path."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage("the server's disk is full")
+    if exc.errno in _EXHAUSTED:
+        return ResourcesExhausted(f"the server is out of resources: {exc.strerror or exc}")
+    return FreightError(f"storage failure: {exc.strerror or exc}")

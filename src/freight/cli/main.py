@@ -101,6 +101,43 @@ def cli() -> None:
     "CPU-second per GiB, more on small boards); a file then has a SHA-256 only when its "
     "client declared one, checked by reading the file back at the end.",
 )
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a new connection has to send a whole request head.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds a body, download or TCP stream may move less than --min-rate before "
+    "its connection is closed (what was durable is kept; clients resume).",
+)
+@click.option(
+    "--min-rate",
+    type=click.IntRange(min=0),
+    default=1024,
+    show_default=True,
+    help="Bytes per second below which a transfer counts as stalled (0: only no bytes at all).",
+)
+@click.option(
+    "--keepalive-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds an idle keep-alive connection stays open.",
+)
+@click.option(
+    "--max-pending",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Connections that may wait for a request head at once (at most a quarter of the "
+    "open-file limit); past that the longest-waiting one is closed.",
+)
 def serve(
     host: str,
     port: int,
@@ -117,6 +154,11 @@ def serve(
     client_space_share: float,
     tcp_port: int | None,
     sha256: bool,
+    header_timeout: float,
+    idle_timeout: float,
+    min_rate: int,
+    keepalive_timeout: float,
+    max_pending: int,
 ) -> None:
     """Run the freight server."""
     from freight.server.app import run_server
@@ -137,6 +179,11 @@ def serve(
         client_space_share=client_space_share,
         tcp_port=tcp_port,
         sha256=sha256,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+        min_rate=min_rate,
+        keepalive_timeout=keepalive_timeout,
+        max_pending=max_pending,
     )
     run_server(config)
 

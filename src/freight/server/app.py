@@ -16,6 +16,13 @@ from freight.core.pipes import splicing_available
 from freight.protocol import ietf
 from freight.server.api import add_api_routes
 from freight.server.chunks import add_chunk_api
+from freight.server.connections import (
+    ConnectionGuard,
+    GuardedSite,
+    handler_options,
+    pending_cap,
+    quiet_accept_errors,
+)
 from freight.server.download import file_response
 from freight.server.ietf import handle_ietf
 from freight.server.links import add_link_routes
@@ -110,14 +117,17 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def serve(config: ServerConfig) -> None:
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, read_bufsize=READ_BUFSIZE)
+    loop = asyncio.get_running_loop()
+    quiet_accept_errors(loop)
+    options = {**handler_options(config), "access_log": None, "read_bufsize": READ_BUFSIZE}
+    runner = web.AppRunner(app, handle_signals=False, **options)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    guard = ConnectionGuard(config.header_timeout, pending_cap(config.max_pending))
+    site = GuardedSite(runner, config.host, config.port, guard, options)
     await site.start()
     host, port = runner.addresses[0][:2]
     print(f"freight listening on http://{host}:{port} (data in {config.data_dir})", flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tcp: TcpServer | None = None

@@ -26,7 +26,8 @@ from freight.core.writer import UploadWriter
 from freight.errors import ClientDisconnected, InvalidHeader, UploadTooLarge
 from freight.server.ingest import WriterFeed
 from freight.server.splice import BodySplicer, open_splice
-from freight.server.state import SPLICERS
+from freight.server.stall import Direction, watch_progress
+from freight.server.state import SETTINGS, SPLICERS
 
 __all__ = [
     "DIRECT_MIN",
@@ -87,14 +88,24 @@ def close_after_response(request: web.Request) -> bool:
 async def stream_body(
     request: web.Request, writer: UploadWriter, on_bytes: Counter | None = None
 ) -> None:
-    """Feed the whole body to ``writer``; ``on_bytes`` counts bytes as they arrive."""
+    """Feed the whole body to ``writer``; ``on_bytes`` counts bytes as they arrive.
+
+    A body that stalls (see :mod:`freight.server.stall`) raises :class:`Stalled` with its
+    connection closed; what the writer made durable is kept.
+    """
     count = on_bytes or _ignore
-    if not request.content.is_eof():
+    if request.content.is_eof():
+        await _read_stream(request, writer, count)
+        return
+    settings = request.app[SETTINGS]
+    async with watch_progress(
+        request.transport, Direction.RECEIVE, settings.idle_timeout, settings.min_rate
+    ):
         unread = _unread_length(request, writer)
         if unread >= DIRECT_MIN and _can_take_transport(request):
             await _read_directly(request, writer, count)
-            return
-    await _read_stream(request, writer, count)
+        else:
+            await _read_stream(request, writer, count)
 
 
 def _ignore(nbytes: int) -> None:

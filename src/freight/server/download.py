@@ -9,44 +9,73 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import IO
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from freight.core import UploadSession
-from freight.errors import PreconditionFailed, UploadIncomplete
+from freight.errors import PreconditionFailed, UploadIncomplete, storage_os_error
 from freight.protocol import ranges
 from freight.protocol.digests import build_repr_digest
 from freight.protocol.metadata import content_disposition, safe_filename
 from freight.protocol.tus import format_http_date
+from freight.server.stall import Direction, Stalled, watch_progress
+from freight.server.state import SETTINGS
 from freight.storage.base import SendfileSource
 
 __all__ = ["SendfileResponse", "file_response"]
 
 
 class SendfileResponse(web.StreamResponse):
-    """Sends ``count`` bytes of ``path`` from ``offset`` with the kernel's sendfile."""
+    """Sends ``count`` bytes of ``path`` from ``offset`` with the kernel's sendfile.
 
-    def __init__(self, path: Path, offset: int, count: int, **kwargs: object) -> None:
+    The file is opened here, while the handler runs, so that failing to open it (out of
+    descriptors) is still an error response rather than a connection cut after the headers.
+    """
+
+    def __init__(
+        self, path: Path, offset: int, count: int, *, send_body: bool = True, **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._path = path
+        self._file: IO[bytes] | None = None
+        if count and send_body:
+            try:
+                self._file = open(path, "rb")  # noqa: SIM115 (closed once sent)
+            except OSError as exc:
+                raise storage_os_error(exc) from exc
         self._offset = offset
         self._count = count
         self.content_length = count
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        writer = await super().prepare(request)
-        if request.method == "HEAD" or self._count == 0:
-            return writer
+        file, self._file = self._file, None
+        if file is None:
+            return await super().prepare(request)
+        with file:
+            writer = await super().prepare(request)
+            await self._send(request, file)
+        await super().write_eof()
+        return writer
+
+    async def _send(self, request: web.BaseRequest, file: IO[bytes]) -> None:
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")
-        with open(self._path, "rb") as file:
-            # asyncio loops over os.sendfile until count is sent (Linux caps one call near
-            # 2 GiB) and falls back to read/write on transports without sendfile (TLS).
-            await asyncio.get_running_loop().sendfile(transport, file, self._offset, self._count)
-        await super().write_eof()
-        return writer
+        settings = request.app.get(SETTINGS) if isinstance(request, web.Request) else None
+        idle = settings.idle_timeout if settings else None
+        try:
+            async with watch_progress(
+                transport, Direction.SEND, idle, settings.min_rate if settings else 0
+            ):
+                # asyncio loops over os.sendfile until count is sent (Linux caps one call
+                # near 2 GiB) and falls back to read/write on transports without sendfile.
+                await asyncio.get_running_loop().sendfile(
+                    transport, file, self._offset, self._count
+                )
+        except Stalled as exc:
+            # aiohttp takes a ConnectionError here as a client that went away.
+            raise ConnectionResetError(exc.message) from None
 
 
 def file_response(
@@ -67,13 +96,16 @@ def file_response(
     if_match = request.headers.get("If-Match")
     if if_match is not None and not ranges.etag_matches_strong(if_match, etag):
         raise PreconditionFailed("If-Match does not match the file's ETag")
+    send_body = request.method != "HEAD"
     byte_range = None
     if ranges.if_range_allows_partial(request.headers.get("If-Range"), etag, modified):
         byte_range = ranges.parse_range(request.headers.get("Range"), size)
     if byte_range is None:
-        return SendfileResponse(path, 0, size, status=200, headers=headers)
+        return SendfileResponse(path, 0, size, send_body=send_body, status=200, headers=headers)
     headers["Content-Range"] = byte_range.content_range(size)
-    return SendfileResponse(path, byte_range.start, byte_range.length, status=206, headers=headers)
+    return SendfileResponse(
+        path, byte_range.start, byte_range.length, send_body=send_body, status=206, headers=headers
+    )
 
 
 def _representation_headers(session: UploadSession, etag: str, modified: float) -> dict[str, str]:

@@ -13,12 +13,14 @@ from freight.errors import (
     FreightError,
     OffsetMismatch,
     RangeNotSatisfiable,
+    ResourcesExhausted,
     TooManyUploads,
     UnsupportedMediaType,
     UnsupportedVersion,
     UploadCompleted,
     UploadLocked,
     UploadTooLarge,
+    storage_os_error,
 )
 from freight.protocol import ietf, tus
 from freight.protocol.ranges import unsatisfied_content_range
@@ -63,7 +65,7 @@ def error_response(request: web.Request, error: FreightError) -> web.Response:
         headers["Upload-Offset"] = str(error.offset)
     if isinstance(error, RangeNotSatisfiable):
         headers["Content-Range"] = unsatisfied_content_range(error.size)
-    if isinstance(error, UploadLocked):
+    if isinstance(error, UploadLocked | ResourcesExhausted):
         headers["Retry-After"] = "1"
     elif isinstance(error, TooManyUploads):
         headers["Retry-After"] = str(RETRY_AFTER_CAP)
@@ -106,5 +108,10 @@ def _ietf_additions(
 
 
 def internal_error_response(request: web.Request, exc: BaseException) -> web.Response:
+    if isinstance(exc, OSError):
+        mapped = storage_os_error(exc)
+        if isinstance(mapped, ResourcesExhausted):  # not a bug: no traceback
+            log.warning("%s %s: %s", request.method, request.path, mapped.message)
+            return error_response(request, mapped)
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return error_response(request, FreightError("internal server error"))

@@ -615,6 +615,7 @@ class TcpServer:
 async def start_tcp_server(engine: UploadEngine, config: ServerConfig) -> TcpServer:
     """Start the TCP listener ``config`` asks for, sharing the HTTP app's engine."""
     assert config.tcp_port is not None
-    server = TcpServer(engine, TcpSettings(token=config.token))
+    settings = TcpSettings(token=config.token, idle_timeout=config.idle_timeout)
+    server = TcpServer(engine, settings)
     await server.start(config.host, config.tcp_port)
     return server

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from freight._types import Buffer
-from freight.errors import FreightError, InsufficientStorage, UploadNotFound
+from freight.errors import FreightError, InsufficientStorage, UploadNotFound, storage_os_error
 
 __all__ = ["LocalPartFile", "SpaceReserve", "space_error"]
 
@@ -28,9 +28,7 @@ DISK_FULL = "the server's disk is full"
 
 
 def space_error(exc: OSError) -> FreightError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return InsufficientStorage(DISK_FULL)
-    return FreightError(f"storage failure: {exc.strerror or exc}")
+    return storage_os_error(exc)
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -126,6 +124,8 @@ class LocalPartFile:
             self._fd = os.open(path, flags)
         except FileNotFoundError as exc:
             raise UploadNotFound("upload data is missing") from exc
+        except OSError as exc:
+            raise space_error(exc) from exc
 
     def write_at(self, offset: int, data: Buffer) -> None:
         view = memoryview(data).cast("B")
