@@ -69,6 +69,7 @@ class Claim:
     end: int
     interrupt: Callable[[], None] | None = None
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    writer: UploadWriter | None = None  # the writer holding it, once there is one
 
     def overlaps(self, start: int, end: int) -> bool:
         return self.start < end and start < self.end
@@ -306,14 +307,22 @@ class UploadEngine:
         connection is dead (tusd does the same). ``offset=None`` (sequential only) writes
         from wherever the upload stands once that is done.
         """
+        if offset is None and not sequential:
+            raise ValueError("only a sequential writer may start at the current offset")
         active = await self._activate(upload_id)
         claimed_end = end if end is not None else _EVERYTHING
-        if interrupt is not None and await self._take_over(active, offset or 0, claimed_end):
-            active = await self._activate(upload_id)  # it may have been dropped meanwhile
+        if interrupt is not None:
+            # A sequential request takes over only from the current offset: a stale one
+            # would cut a healthy request off and be refused all the same. What the old
+            # request wrote from that offset on is the newer one's to write again.
+            rewrites = offset if sequential else None
+            if rewrites is not None:
+                self._check_writable(active.session, rewrites, sequential)
+                _check_offset(active.session, rewrites)
+            if await self._take_over(active, offset or 0, claimed_end, rewrites):
+                active = await self._activate(upload_id)  # it may have been dropped meanwhile
         session = active.session
         if offset is None:
-            if not sequential:
-                raise ValueError("only a sequential writer may start at the current offset")
             offset = session.offset
         self._check_writable(session, offset, sequential)
         if not sequential and session.received.overlaps(offset, end or _EVERYTHING):
@@ -321,16 +330,11 @@ class UploadEngine:
         limit = session.length if session.length is not None else self.max_size
         claim = active.claim(offset, claimed_end, interrupt)
         try:
-            if sequential and offset != session.offset:
-                raise OffsetMismatch(
-                    f"the upload is at offset {session.offset}, not {offset}",
-                    offset=session.offset,
-                )
-            part = active.part
-            if part is None:
-                part = active.part = await asyncio.to_thread(self.store.open_part, session)
+            if sequential:
+                _check_offset(session, offset)
+            part = await self._shared_part(active)
             bound = min(end, limit) if end is not None and limit is not None else end or limit
-            writer = UploadWriter(
+            writer = claim.writer = UploadWriter(
                 self, active, part, offset, bound, checksum, all_or_nothing=all_or_nothing
             )
             active.writers.add(writer)
@@ -344,22 +348,43 @@ class UploadEngine:
             active.unclaim(claim)
             self._release(upload_id, active)
 
-    async def _take_over(self, active: ActiveUpload, start: int, end: int) -> bool:
+    async def _shared_part(self, active: ActiveUpload) -> PartFile:
+        """The upload's open part file, shared by all its writers; the first opens it.
+
+        Writers of other ranges (parallel chunks) can get here together: a copy opened
+        while another writer was opening one is closed at once, or it would stay open
+        for good and pin the file's disk space even after the upload is deleted.
+        """
+        if active.part is None:
+            opening = asyncio.ensure_future(asyncio.to_thread(self.store.open_part, active.session))
+            try:
+                opened = await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                opening.add_done_callback(_close_opened)
+                raise
+            if active.part is None:
+                active.part = opened
+            else:
+                opened.close()
+        return active.part
+
+    async def _take_over(
+        self, active: ActiveUpload, start: int, end: int, rewrites: int | None
+    ) -> bool:
         """Interrupt the requests writing ``[start, end)`` and wait for them to let go.
 
-        Returns whether it waited (and so whether ``active`` may be stale).
+        They keep what they made durable, except bytes from ``rewrites`` on (the newer
+        request sends those again). Returns whether it waited (and so whether ``active``
+        may be stale).
         """
         blocking = active.blocking(start, end)
         if not blocking or any(claim.interrupt is None for claim in blocking):
             return False  # nothing to take, or held by work that cannot be interrupted
+        log.info("upload %s: a new request takes over from a running one", active.session.id)
         for claim in blocking:
-            assert claim.interrupt is not None
-            log.info("upload %s: a new request takes over from a running one", active.session.id)
-            claim.interrupt()
-        waits = [asyncio.ensure_future(claim.released.wait()) for claim in blocking]
-        _, pending = await asyncio.wait(waits, timeout=TAKE_OVER_WAIT)
-        for wait in pending:
-            wait.cancel()
+            if rewrites is not None and claim.writer is not None:
+                claim.writer.yield_from(rewrites)
+        await _interrupt(blocking)
         return True
 
     def _check_writable(self, session: UploadSession, offset: int, sequential: bool) -> None:
@@ -732,15 +757,54 @@ class UploadEngine:
         if not task.cancelled() and task.exception() is not None:
             log.error("background work failed", exc_info=task.exception())
 
+    async def interrupt_writers(self) -> None:
+        """End every request writing an upload and wait (a while) for them to let go.
+
+        For a shutdown: each keeps what reached its file, synced and recorded, as after a
+        dropped connection, and its client resumes from there; waiting instead for a slow
+        client to finish could take as long as that client likes.
+        """
+        await _interrupt([claim for a in self._active.values() for claim in a.claims])
+
     async def close(self) -> None:
+        await self.interrupt_writers()
         for task in list(self._background):
             with contextlib.suppress(BaseException):
                 await task
         for active in self._active.values():
-            if active.part is not None:
+            # A part still claimed is left open: closing it under its writer would have the
+            # writer sync a closed file, and lose what it was about to record.
+            if active.part is not None and not active.claims:
                 active.part.close()
+                active.part = None
         self._active.clear()
         await asyncio.to_thread(self.store.close)
+
+
+async def _interrupt(claims: Sequence[Claim]) -> None:
+    """End the requests holding ``claims`` and wait (a while) for them to let go."""
+    for claim in claims:
+        if claim.interrupt is not None:
+            claim.interrupt()
+    waits = [asyncio.ensure_future(claim.released.wait()) for claim in claims]
+    if not waits:
+        return
+    _, pending = await asyncio.wait(waits, timeout=TAKE_OVER_WAIT)
+    for wait in pending:
+        wait.cancel()
+
+
+def _check_offset(session: UploadSession, offset: int) -> None:
+    if offset != session.offset:
+        raise OffsetMismatch(
+            f"the upload is at offset {session.offset}, not {offset}", offset=session.offset
+        )
+
+
+def _close_opened(opening: asyncio.Future[PartFile]) -> None:
+    """Close a part file whose opener was cancelled before it could use it."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def _pulse(active: ActiveUpload) -> None:
