@@ -229,3 +229,38 @@ def test_sigterm_keeps_what_a_slow_patch_sent(server_factory: Any, tmp_path: Pat
     assert kept >= sent_before - 2 * MiB  # nearly all of it: the trickle is 1.3 MB/s
     part = data_dir / "uploads" / f"{url.rsplit('/', 1)[1]}.part"
     assert sha256_of_file(part, kept) == data.sha256(kept)
+
+
+# --- concatenation -----------------------------------------------------------------------------
+
+
+def test_twenty_finals_over_the_same_parts_copy_them_once(
+    freight_server: Any, tmp_path: Path
+) -> None:
+    base = freight_server.url
+    parts = []
+    for n in range(10):
+        reply = request(
+            "POST",
+            f"{base}/files/",
+            {"Tus-Resumable": "1.0.0", "Upload-Length": str(MiB), "Upload-Concat": "partial"},
+        )
+        assert reply.status == 201
+        url = f"{base}{reply.header('Location')}"
+        status, _ = send_patch(url, patch_headers("tus", 0), [bytes([n]) * MiB], MiB)
+        assert status == 204
+        parts.append(urlsplit(url).path)
+
+    def create_final(paths: list[str]) -> tuple[int, str | None]:
+        headers = {"Tus-Resumable": "1.0.0", "Upload-Concat": "final;" + " ".join(paths)}
+        reply = request("POST", f"{base}/files/", headers)
+        return reply.status, reply.header("Location")
+
+    status, first = create_final(parts)
+    assert status == 201
+    answers = [create_final(parts) for _ in range(9)]  # retries whose answers were lost
+    assert answers == [(201, first)] * 9
+    others = [create_final(parts[i:] + parts[:i]) for i in range(1, 11)]  # other orders
+    assert [status for status, _ in others if status != 201] == [400] * 9  # the 10th repeats
+    files = tmp_path / "data" / "files"
+    assert sum(p.stat().st_size for p in files.iterdir()) == 20 * MiB  # parts + one final

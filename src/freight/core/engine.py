@@ -145,6 +145,7 @@ class UploadEngine:
         self.disk_reserve = disk_reserve
         self.clock = clock
         self._active: dict[str, ActiveUpload] = {}
+        self._concat_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.events = EventHub()
         self.buffers = BufferPool()
@@ -182,34 +183,75 @@ class UploadEngine:
     async def create_final(
         self, part_ids: Sequence[str], metadata: Mapping[str, str | None]
     ) -> UploadSession:
-        """Create a final concatenation; it is assembled once every part is finished."""
+        """Create a final concatenation; it is assembled once every part is finished.
+
+        A partial upload belongs to one final at most: each final copies its parts, so
+        finals sharing parts would let a client have the server write any multiple of what
+        it sent. The same list again (a client whose answer was lost retries) gets the
+        final those parts already belong to; a part whose final was deleted is free again.
+        """
         if not part_ids:
             raise ConcatenationError("a final concatenation needs at least one partial upload")
         if len(set(part_ids)) != len(part_ids):
             raise ConcatenationError("a partial upload may appear only once in a concatenation")
-        parts = [await self._load_part(part_id) for part_id in part_ids]
-        lengths = [p.length for p in parts]
-        total = None if any(n is None for n in lengths) else sum(n or 0 for n in lengths)
-        if total is not None:
-            self._check_size(total)
-        now = self.clock()
-        session = UploadSession(
-            id=new_upload_id(),
-            length=total,
-            metadata=dict(metadata),
-            created=now,
-            expires=now + self.expire_after,
-            state=UploadState.ASSEMBLING,
-            concat_kind=ConcatKind.FINAL,
-            concat_parts=tuple(part_ids),
-        )
-        await asyncio.to_thread(self.store.create, session)
-        hasher = new_sha256() if self.hash_uploads else None
-        active = self._active[session.id] = ActiveUpload(session, hasher)
-        self._publish(UploadEventKind.CREATED, active)
+        # Held from checking the parts' owners to recording the new one: two finals
+        # created at once must not both find a part free.
+        async with self._concat_lock:
+            parts = [await self._load_part(part_id) for part_id in part_ids]
+            existing = await self._final_owning(parts)
+            if existing is not None:
+                return existing
+            known = sum(p.length or 0 for p in parts)
+            self._check_size(known)  # the final is a copy: as large again as its parts
+            total = None if any(p.length is None for p in parts) else known
+            now = self.clock()
+            session = UploadSession(
+                id=new_upload_id(),
+                length=total,
+                metadata=dict(metadata),
+                created=now,
+                expires=now + self.expire_after,
+                state=UploadState.ASSEMBLING,
+                concat_kind=ConcatKind.FINAL,
+                concat_parts=tuple(part_ids),
+            )
+            # Parts first: one owned by a final that never came to be is free again.
+            for part in parts:
+                owned = await self._activate(part.id)
+                owned.session.used_by = session.id
+                await self._save(owned)
+            await asyncio.to_thread(self.store.create, session)
+            hasher = new_sha256() if self.hash_uploads else None
+            active = self._active[session.id] = ActiveUpload(session, hasher)
+            self._publish(UploadEventKind.CREATED, active)
         if all(p.is_finished for p in parts):
             await self._assemble(session.id)
         return await self.get(session.id)
+
+    async def _final_owning(self, parts: Sequence[UploadSession]) -> UploadSession | None:
+        """The final made of exactly ``parts`` if there is one; refuses parts used elsewhere."""
+        owners: dict[str, UploadSession | None] = {}
+        for part in parts:
+            if part.used_by is not None and part.used_by not in owners:
+                owners[part.used_by] = await self._live_final(part.used_by)
+        live = {owner: final for owner, final in owners.items() if final is not None}
+        if not live:
+            return None
+        taken = [p.id for p in parts if p.used_by in live]
+        if len(live) == 1 and len(taken) == len(parts):
+            [final] = live.values()
+            if final.concat_parts == tuple(taken):
+                return final
+        raise ConcatenationError(
+            f"partial upload {taken[0]} already belongs to another final upload"
+        )
+
+    async def _live_final(self, final_id: str) -> UploadSession | None:
+        try:
+            final = await self.get(final_id)
+        except (UploadNotFound, UploadExpired):
+            return None
+        return final if final.concat_kind is ConcatKind.FINAL else None
 
     async def _load_part(self, part_id: str) -> UploadSession:
         try:
@@ -625,7 +667,16 @@ class UploadEngine:
                 except FreightError:
                     continue
                 if all(p.is_finished for p in parts):
-                    await self._assemble(session.id)
+                    await self._assemble_or_refuse(session.id)
+
+    async def _assemble_or_refuse(self, final_id: str) -> None:
+        try:
+            await self._assemble(final_id)
+        except UploadTooLarge as exc:
+            log.warning("final upload %s is refused: %s", final_id, exc)
+            await self.delete(final_id)  # its parts are free again
+        except InsufficientStorage as exc:
+            log.warning("final upload %s waits for disk space: %s", final_id, exc)
 
     async def _assemble(self, final_id: str) -> None:
         """Copy the finished parts, in order, into the final upload and finish it."""
@@ -638,6 +689,7 @@ class UploadEngine:
             parts = [await self.get(pid) for pid in final.concat_parts]
             total = sum(p.length or 0 for p in parts)
             if final.length is None:
+                self._check_size(total)  # its parts' lengths were not all known before
                 final.length = total
                 await asyncio.to_thread(self.store.reserve, final)
             async with self.read_buffers.borrow() as buffer:
@@ -737,7 +789,7 @@ class UploadEngine:
                 elif session.state is UploadState.ASSEMBLING:
                     parts = [await self.get(pid) for pid in session.concat_parts]
                     if all(p.is_finished for p in parts):
-                        await self._assemble(session.id)
+                        await self._assemble_or_refuse(session.id)
             except FreightError as exc:
                 log.warning("could not resume work on upload %s: %s", session.id, exc)
 

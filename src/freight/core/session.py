@@ -56,6 +56,7 @@ class UploadSession:
     concat_parts: tuple[str, ...] = ()
     sha256: str | None = None
     finished: float | None = None
+    used_by: str | None = None  # a partial upload: the final concatenation it belongs to
 
     @property
     def offset(self) -> int:

@@ -54,10 +54,13 @@ CREATE TABLE IF NOT EXISTS uploads (
     concat_kind TEXT,
     concat_parts TEXT NOT NULL,
     sha256 TEXT,
-    finished REAL
+    finished REAL,
+    used_by TEXT
 );
 CREATE INDEX IF NOT EXISTS uploads_state ON uploads (state, expires);
 """
+# Columns added since the first schema, each with its type: added to older databases on open.
+_ADDED_COLUMNS = (("used_by", "TEXT"),)
 
 _COLUMNS = (
     "id",
@@ -73,6 +76,7 @@ _COLUMNS = (
     "concat_parts",
     "sha256",
     "finished",
+    "used_by",
 )
 
 
@@ -198,6 +202,7 @@ class LocalStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._repair()
 
     # paths -------------------------------------------------------------------------------
@@ -340,6 +345,12 @@ class LocalStore:
         with self._lock:
             self._db.close()
 
+    def _migrate(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(uploads)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in present:
+                self._db.execute(f"ALTER TABLE uploads ADD COLUMN {name} {kind}")
+
     def _repair(self) -> None:
         """Drop files that have no row: a crash came between a file and its row changing."""
         known = {s.id for s in self.list_sessions()}
@@ -374,6 +385,7 @@ def _to_row(session: UploadSession) -> tuple[Any, ...]:
         json.dumps(list(session.concat_parts)),
         session.sha256,
         session.finished,
+        session.used_by,
     )
 
 
@@ -393,4 +405,5 @@ def _from_row(row: tuple[Any, ...]) -> UploadSession:
         concat_parts=tuple(json.loads(values["concat_parts"])),
         sha256=values["sha256"],
         finished=values["finished"],
+        used_by=values["used_by"],
     )

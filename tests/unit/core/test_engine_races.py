@@ -51,6 +51,7 @@ async def test_parallel_writers_open_one_part_file_and_close_it(engine: UploadEn
 
     for batch in ((0, 1, 2, 3), (4, 5, 6, 7)):  # a client sending four chunks at once
         await asyncio.gather(*(put(n) for n in batch))
+        await engine.hashed(session.id)  # hashing behind the writers opens the file too
         assert open_descriptors_of(part_path) == 0
     await engine.finish(session.id)
     await engine.delete(session.id)
