@@ -295,9 +295,11 @@ class UploadEngine:
         active = self._active.get(upload_id)
         if active is None:
             session = await asyncio.to_thread(self.store.load, upload_id)
-            active = self._active.setdefault(upload_id, ActiveUpload(session, None))
-            if self.hash_uploads:
-                active.hasher = _restore_hasher(active.session)
+            active = self._active.get(upload_id)
+            if active is None:  # else another call activated it meanwhile, and may hash
+                active = self._active[upload_id] = ActiveUpload(session, None)
+                if self.hash_uploads:
+                    active.hasher = _restore_hasher(session)
         else:
             # Most recently used last, so eviction drops the longest idle.
             self._active[upload_id] = self._active.pop(upload_id)
