@@ -292,10 +292,11 @@ class _Upload:
         log.debug("PATCH %s at offset %d", url, offset)
         try:
             async with self.session.patch(url, data=body, headers=headers) as resp:
-                if resp.status not in (200, 204):
+                moved_on = _moved_on(resp, offset)
+                if resp.status not in (200, 204) and moved_on is None:
                     raise await server_error(resp, "sending data")
                 new_offset = parse_upload_offset(resp.headers.get("Upload-Offset"))
-                digest = parse_repr_digest(resp.headers.get("Repr-Digest"))
+                digest = None if moved_on else parse_repr_digest(resp.headers.get("Repr-Digest"))
         except Exception:
             if body.error is not None:
                 raise body.error from None  # a local read failure, not a network one
@@ -340,6 +341,22 @@ class _Upload:
     def _forget(self) -> None:
         if self.store is not None:
             self.store.forget_upload(self.key)
+
+
+def _moved_on(resp: aiohttp.ClientResponse, offset: int) -> int | None:
+    """The offset of a 409 that holds more than this PATCH started at, else None.
+
+    An earlier request of ours, given up as stalled, recorded its bytes after we asked
+    where the server stood: the upload went forward, so it goes on from there without
+    counting a failure (the caller checks the offset like any other answer).
+    """
+    if resp.status != 409:
+        return None
+    try:
+        moved = parse_upload_offset(resp.headers.get("Upload-Offset"))
+    except ProtocolViolation:
+        return None
+    return moved if moved > offset else None
 
 
 def _worth_resyncing(exc: Exception) -> bool:

@@ -76,6 +76,7 @@ class Claim:
     end: int
     interrupt: Callable[[], None] | None = None
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    writer: UploadWriter | None = None  # the writer holding it, once there is one
 
     def overlaps(self, start: int, end: int) -> bool:
         return self.start < end and start < self.end
@@ -165,6 +166,7 @@ class UploadEngine:
         self._admission = asyncio.Lock()
         self.clock = clock
         self._active: dict[str, ActiveUpload] = {}
+        self._concat_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.events = EventHub()
         self.buffers = BufferPool()
@@ -215,34 +217,75 @@ class UploadEngine:
     async def create_final(
         self, part_ids: Sequence[str], metadata: Mapping[str, str | None]
     ) -> UploadSession:
-        """Create a final concatenation; it is assembled once every part is finished."""
+        """Create a final concatenation; it is assembled once every part is finished.
+
+        A partial upload belongs to one final at most: each final copies its parts, so
+        finals sharing parts would let a client have the server write any multiple of what
+        it sent. The same list again (a client whose answer was lost retries) gets the
+        final those parts already belong to; a part whose final was deleted is free again.
+        """
         if not part_ids:
             raise ConcatenationError("a final concatenation needs at least one partial upload")
         if len(set(part_ids)) != len(part_ids):
             raise ConcatenationError("a partial upload may appear only once in a concatenation")
-        parts = [await self._load_part(part_id) for part_id in part_ids]
-        lengths = [p.length for p in parts]
-        total = None if any(n is None for n in lengths) else sum(n or 0 for n in lengths)
-        if total is not None:
-            self._check_size(total)
-        now = self.clock()
-        session = UploadSession(
-            id=new_upload_id(),
-            length=total,
-            metadata=dict(metadata),
-            created=now,
-            expires=now + self.expire_after,
-            state=UploadState.ASSEMBLING,
-            concat_kind=ConcatKind.FINAL,
-            concat_parts=tuple(part_ids),
-        )
-        await asyncio.to_thread(self.store.create, session)
-        hasher = new_sha256() if self.hash_uploads else None
-        active = self._active[session.id] = ActiveUpload(session, hasher)
-        self._publish(UploadEventKind.CREATED, active)
+        # Held from checking the parts' owners to recording the new one: two finals
+        # created at once must not both find a part free.
+        async with self._concat_lock:
+            parts = [await self._load_part(part_id) for part_id in part_ids]
+            existing = await self._final_owning(parts)
+            if existing is not None:
+                return existing
+            known = sum(p.length or 0 for p in parts)
+            self._check_size(known)  # the final is a copy: as large again as its parts
+            total = None if any(p.length is None for p in parts) else known
+            now = self.clock()
+            session = UploadSession(
+                id=new_upload_id(),
+                length=total,
+                metadata=dict(metadata),
+                created=now,
+                expires=now + self.expire_after,
+                state=UploadState.ASSEMBLING,
+                concat_kind=ConcatKind.FINAL,
+                concat_parts=tuple(part_ids),
+            )
+            # Parts first: one owned by a final that never came to be is free again.
+            for part in parts:
+                owned = await self._activate(part.id)
+                owned.session.used_by = session.id
+                await self._save(owned)
+            await asyncio.to_thread(self.store.create, session)
+            hasher = new_sha256() if self.hash_uploads else None
+            active = self._active[session.id] = ActiveUpload(session, hasher)
+            self._publish(UploadEventKind.CREATED, active)
         if all(p.is_finished for p in parts):
             await self._assemble(session.id)
         return await self.get(session.id)
+
+    async def _final_owning(self, parts: Sequence[UploadSession]) -> UploadSession | None:
+        """The final made of exactly ``parts`` if there is one; refuses parts used elsewhere."""
+        owners: dict[str, UploadSession | None] = {}
+        for part in parts:
+            if part.used_by is not None and part.used_by not in owners:
+                owners[part.used_by] = await self._live_final(part.used_by)
+        live = {owner: final for owner, final in owners.items() if final is not None}
+        if not live:
+            return None
+        taken = [p.id for p in parts if p.used_by in live]
+        if len(live) == 1 and len(taken) == len(parts):
+            [final] = live.values()
+            if final.concat_parts == tuple(taken):
+                return final
+        raise ConcatenationError(
+            f"partial upload {taken[0]} already belongs to another final upload"
+        )
+
+    async def _live_final(self, final_id: str) -> UploadSession | None:
+        try:
+            final = await self.get(final_id)
+        except (UploadNotFound, UploadExpired):
+            return None
+        return final if final.concat_kind is ConcatKind.FINAL else None
 
     async def _load_part(self, part_id: str) -> UploadSession:
         try:
@@ -308,9 +351,11 @@ class UploadEngine:
         active = self._active.get(upload_id)
         if active is None:
             session = await asyncio.to_thread(self.store.load, upload_id)
-            active = self._active.setdefault(upload_id, ActiveUpload(session, None))
-            if self.hash_uploads:
-                active.hasher = _restore_hasher(active.session)
+            active = self._active.get(upload_id)
+            if active is None:  # else another call activated it meanwhile, and may hash
+                active = self._active[upload_id] = ActiveUpload(session, None)
+                if self.hash_uploads:
+                    active.hasher = _restore_hasher(session)
         else:
             # Most recently used last, so eviction drops the longest idle.
             self._active[upload_id] = self._active.pop(upload_id)
@@ -364,14 +409,22 @@ class UploadEngine:
         connection is dead (tusd does the same). ``offset=None`` (sequential only) writes
         from wherever the upload stands once that is done.
         """
+        if offset is None and not sequential:
+            raise ValueError("only a sequential writer may start at the current offset")
         active = await self._activate(upload_id)
         claimed_end = end if end is not None else _EVERYTHING
-        if interrupt is not None and await self._take_over(active, offset or 0, claimed_end):
-            active = await self._activate(upload_id)  # it may have been dropped meanwhile
+        if interrupt is not None:
+            # A sequential request takes over only from the current offset: a stale one
+            # would cut a healthy request off and be refused all the same. What the old
+            # request wrote from that offset on is the newer one's to write again.
+            rewrites = offset if sequential else None
+            if rewrites is not None:
+                self._check_writable(active.session, rewrites, sequential)
+                _check_offset(active.session, rewrites)
+            if await self._take_over(active, offset or 0, claimed_end, rewrites):
+                active = await self._activate(upload_id)  # it may have been dropped meanwhile
         session = active.session
         if offset is None:
-            if not sequential:
-                raise ValueError("only a sequential writer may start at the current offset")
             offset = session.offset
         self._check_writable(session, offset, sequential)
         if not sequential and session.received.overlaps(offset, end or _EVERYTHING):
@@ -379,16 +432,11 @@ class UploadEngine:
         limit = session.length if session.length is not None else self.max_size
         claim = active.claim(offset, claimed_end, interrupt)
         try:
-            if sequential and offset != session.offset:
-                raise OffsetMismatch(
-                    f"the upload is at offset {session.offset}, not {offset}",
-                    offset=session.offset,
-                )
-            part = active.part
-            if part is None:
-                part = active.part = await asyncio.to_thread(self.store.open_part, session)
+            if sequential:
+                _check_offset(session, offset)
+            part = await self._shared_part(active)
             bound = min(end, limit) if end is not None and limit is not None else end or limit
-            writer = UploadWriter(
+            writer = claim.writer = UploadWriter(
                 self, active, part, offset, bound, checksum, all_or_nothing=all_or_nothing
             )
             active.writers.add(writer)
@@ -402,22 +450,43 @@ class UploadEngine:
             active.unclaim(claim)
             self._release(upload_id, active)
 
-    async def _take_over(self, active: ActiveUpload, start: int, end: int) -> bool:
+    async def _shared_part(self, active: ActiveUpload) -> PartFile:
+        """The upload's open part file, shared by all its writers; the first opens it.
+
+        Writers of other ranges (parallel chunks) can get here together: a copy opened
+        while another writer was opening one is closed at once, or it would stay open
+        for good and pin the file's disk space even after the upload is deleted.
+        """
+        if active.part is None:
+            opening = asyncio.ensure_future(asyncio.to_thread(self.store.open_part, active.session))
+            try:
+                opened = await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                opening.add_done_callback(_close_opened)
+                raise
+            if active.part is None:
+                active.part = opened
+            else:
+                opened.close()
+        return active.part
+
+    async def _take_over(
+        self, active: ActiveUpload, start: int, end: int, rewrites: int | None
+    ) -> bool:
         """Interrupt the requests writing ``[start, end)`` and wait for them to let go.
 
-        Returns whether it waited (and so whether ``active`` may be stale).
+        They keep what they made durable, except bytes from ``rewrites`` on (the newer
+        request sends those again). Returns whether it waited (and so whether ``active``
+        may be stale).
         """
         blocking = active.blocking(start, end)
         if not blocking or any(claim.interrupt is None for claim in blocking):
             return False  # nothing to take, or held by work that cannot be interrupted
+        log.info("upload %s: a new request takes over from a running one", active.session.id)
         for claim in blocking:
-            assert claim.interrupt is not None
-            log.info("upload %s: a new request takes over from a running one", active.session.id)
-            claim.interrupt()
-        waits = [asyncio.ensure_future(claim.released.wait()) for claim in blocking]
-        _, pending = await asyncio.wait(waits, timeout=TAKE_OVER_WAIT)
-        for wait in pending:
-            wait.cancel()
+            if rewrites is not None and claim.writer is not None:
+                claim.writer.yield_from(rewrites)
+        await _interrupt(blocking)
         return True
 
     def _check_writable(self, session: UploadSession, offset: int, sequential: bool) -> None:
@@ -680,7 +749,16 @@ class UploadEngine:
                 except FreightError:
                     continue
                 if all(p.is_finished for p in parts):
-                    await self._assemble(session.id)
+                    await self._assemble_or_refuse(session.id)
+
+    async def _assemble_or_refuse(self, final_id: str) -> None:
+        try:
+            await self._assemble(final_id)
+        except UploadTooLarge as exc:
+            log.warning("final upload %s is refused: %s", final_id, exc)
+            await self.delete(final_id)  # its parts are free again
+        except InsufficientStorage as exc:
+            log.warning("final upload %s waits for disk space: %s", final_id, exc)
 
     async def _assemble(self, final_id: str) -> None:
         """Copy the finished parts, in order, into the final upload and finish it."""
@@ -693,6 +771,7 @@ class UploadEngine:
             parts = [await self.get(pid) for pid in final.concat_parts]
             total = sum(p.length or 0 for p in parts)
             if final.length is None:
+                self._check_size(total)  # its parts' lengths were not all known before
                 final.length = total
                 await asyncio.to_thread(self.store.reserve, final)
             async with self.read_buffers.borrow() as buffer:
@@ -822,7 +901,7 @@ class UploadEngine:
         if session.state is UploadState.ASSEMBLING:
             parts = [await self.get(pid) for pid in session.concat_parts]
             if all(p.is_finished for p in parts):
-                await self._assemble(session.id)
+                await self._assemble_or_refuse(session.id)
                 return True
         return False
 
@@ -842,15 +921,54 @@ class UploadEngine:
         if not task.cancelled() and task.exception() is not None:
             log.error("background work failed", exc_info=task.exception())
 
+    async def interrupt_writers(self) -> None:
+        """End every request writing an upload and wait (a while) for them to let go.
+
+        For a shutdown: each keeps what reached its file, synced and recorded, as after a
+        dropped connection, and its client resumes from there; waiting instead for a slow
+        client to finish could take as long as that client likes.
+        """
+        await _interrupt([claim for a in self._active.values() for claim in a.claims])
+
     async def close(self) -> None:
+        await self.interrupt_writers()
         for task in list(self._background):
             with contextlib.suppress(BaseException):
                 await task
         for active in self._active.values():
-            if active.part is not None:
+            # A part still claimed is left open: closing it under its writer would have the
+            # writer sync a closed file, and lose what it was about to record.
+            if active.part is not None and not active.claims:
                 active.part.close()
+                active.part = None
         self._active.clear()
         await asyncio.to_thread(self.store.close)
+
+
+async def _interrupt(claims: Sequence[Claim]) -> None:
+    """End the requests holding ``claims`` and wait (a while) for them to let go."""
+    for claim in claims:
+        if claim.interrupt is not None:
+            claim.interrupt()
+    waits = [asyncio.ensure_future(claim.released.wait()) for claim in claims]
+    if not waits:
+        return
+    _, pending = await asyncio.wait(waits, timeout=TAKE_OVER_WAIT)
+    for wait in pending:
+        wait.cancel()
+
+
+def _check_offset(session: UploadSession, offset: int) -> None:
+    if offset != session.offset:
+        raise OffsetMismatch(
+            f"the upload is at offset {session.offset}, not {offset}", offset=session.offset
+        )
+
+
+def _close_opened(opening: asyncio.Future[PartFile]) -> None:
+    """Close a part file whose opener was cancelled before it could use it."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 def _pulse(active: ActiveUpload) -> None:

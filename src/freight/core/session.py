@@ -58,6 +58,7 @@ class UploadSession:
     finished: float | None = None
     # The address that created it, for per-client caps (None: not from a network client).
     client: str | None = None
+    used_by: str | None = None  # a partial upload: the final concatenation it belongs to
 
     @property
     def offset(self) -> int:

@@ -82,6 +82,7 @@ class UploadWriter:
         self._checkpoint: asyncio.Task[None] | None = None
         self._recorded = start
         self._closed = False
+        self._keep_below: int | None = None  # set when a newer request takes over
 
     @property
     def position(self) -> int:
@@ -254,6 +255,14 @@ class UploadWriter:
         else:
             self._engine.buffers.discard(self._buffers)
 
+    def yield_from(self, offset: int) -> None:
+        """A newer request takes this one over from ``offset``: bytes from there are its
+        to write and record, so this writer records none of them, even on its way out.
+
+        Recording them would move the upload past the offset the newer request was
+        started at (what the client last heard), and refuse it."""
+        self._keep_below = offset if self._keep_below is None else min(self._keep_below, offset)
+
     async def abort(self) -> None:
         """Keep what arrived before a failure, unless the writer is all-or-nothing."""
         if self._closed:
@@ -372,6 +381,10 @@ class UploadWriter:
             return
         if self._policy is not FsyncPolicy.NEVER:
             await asyncio.to_thread(self._part.sync)
+        if self._keep_below is not None:
+            end = min(end, self._keep_below)  # taken over meanwhile: see yield_from()
+            if end <= self._recorded:
+                return
         # Advance first: the progress event published while recording must not count these
         # bytes both as received and as still unrecorded.
         start, self._recorded = self._recorded, end

@@ -99,7 +99,14 @@ def create_app(config: ServerConfig) -> web.Application:
     add_chunk_api(app)
     add_page_routes(app)
     app.cleanup_ctx.append(_engine_lifecycle)
+    app.on_shutdown.append(_stop_writers)
     return app
+
+
+async def _stop_writers(app: web.Application) -> None:
+    # Before aiohttp waits for running requests: an upload request ends only when its
+    # client is done, so it is cut off instead and keeps what reached the file.
+    await app[ENGINE].interrupt_writers()
 
 
 async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -113,7 +113,9 @@ async def append(request: web.Request, req: ietf.IetfRequest, upload_id: str) ->
         if features.has_problem_types:
             raise UploadCompleted(message)
         raise OffsetMismatch(message, offset=session.offset, provided_offset=req.offset)
-    if req.length is not None:
+    if req.length is not None and req.length != session.length:
+        # Only a change needs the upload to itself: a retry restating the length must
+        # still be able to take over from a stalled request.
         session = await engine.declare_length(upload_id, req.length)
     if req.offset != session.offset:
         raise OffsetMismatch(

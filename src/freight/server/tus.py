@@ -130,7 +130,9 @@ async def patch(request: web.Request, upload_id: str) -> web.Response:
     offset = tus.parse_offset(request.headers.get("Upload-Offset"))
     session = await engine.get(upload_id)
     declared = tus.parse_length(request.headers.get("Upload-Length"))
-    if declared is not None:
+    if declared is not None and declared != session.length:
+        # Only a change needs the upload to itself: a retry restating the length must
+        # still be able to take over from a stalled request.
         session = await engine.declare_length(upload_id, declared)
     session = await write_body(request, engine, session, offset)
     return web.Response(status=204, headers=state_headers(session))

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     sha256 TEXT,
     finished REAL,
     client TEXT,
-    received_bytes INTEGER NOT NULL DEFAULT 0
+    received_bytes INTEGER NOT NULL DEFAULT 0,
+    used_by TEXT
 );
 """
 # Created after the columns a database from an older version lacks were added.
@@ -52,7 +53,11 @@ CREATE INDEX IF NOT EXISTS uploads_state ON uploads (state, expires);
 CREATE INDEX IF NOT EXISTS uploads_listing ON uploads (state, created, id);
 CREATE INDEX IF NOT EXISTS uploads_client ON uploads (client, state);
 """
-_ADDED_COLUMNS = {"client": "TEXT", "received_bytes": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED_COLUMNS = {
+    "client": "TEXT",
+    "received_bytes": "INTEGER NOT NULL DEFAULT 0",
+    "used_by": "TEXT",  # a partial upload: the final concatenation it belongs to
+}
 
 _COLUMNS = (
     "id",
@@ -70,6 +75,7 @@ _COLUMNS = (
     "finished",
     "client",
     "received_bytes",
+    "used_by",
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM uploads"
 _UNFINISHED = "state IN ('receiving', 'assembling') AND (expires IS NULL OR expires >= ?)"
@@ -226,6 +232,7 @@ def _to_row(session: UploadSession) -> tuple[Any, ...]:
         session.finished,
         session.client,
         session.received.total(),
+        session.used_by,
     )
 
 
@@ -246,4 +253,5 @@ def _from_row(row: tuple[Any, ...]) -> UploadSession:
         sha256=values["sha256"],
         finished=values["finished"],
         client=values["client"],
+        used_by=values["used_by"],
     )
