@@ -15,7 +15,14 @@ from freight.cli.options import (
     retry_policy,
     token_option,
 )
-from freight.cli.render import TransferBar, human_size, print_json, print_lines, run_command
+from freight.cli.render import (
+    TransferBar,
+    human_size,
+    print_json,
+    print_lines,
+    run_command,
+    visible,
+)
 from freight.client import (
     DownloadInfo,
     DownloadResult,
@@ -159,7 +166,7 @@ def _report_upload(result: UploadResult, seconds: float, as_json: bool) -> None:
     sent = result.size - result.resumed_from
     headline = Text.assemble(
         ("Sent ", "green"),
-        (result.name, "bold green"),
+        (visible(result.name), "bold green"),
         f" ({human_size(result.size)}) in {seconds:.1f} s, {_rate(sent, seconds)}",
         (f", resumed at {human_size(result.resumed_from)}" if result.resumed_from else ""),
         _verification(result.verified, "the server's"),
@@ -185,7 +192,7 @@ def _report_download(result: DownloadResult, seconds: float, as_json: bool) -> N
     received = result.size - result.resumed_from
     headline = Text.assemble(
         ("Saved ", "green"),
-        (str(result.path), "bold green"),
+        (visible(str(result.path)), "bold green"),
         f" ({human_size(result.size)}) in {seconds:.1f} s, {_rate(received, seconds)}",
         (f", resumed at {human_size(result.resumed_from)}" if result.resumed_from else ""),
         (", restarted because the file changed on the server" if result.restarted else ""),
