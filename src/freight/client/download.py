@@ -254,8 +254,6 @@ class _Download:
             except Exception as exc:
                 if not is_retryable(exc):
                     raise
-                if self.position > offset:
-                    self.budget.progressed()
                 offset = self.position
                 await self.budget.failed(describe_error(exc))
 
@@ -333,6 +331,7 @@ class _Download:
 
     def _written(self, position: int) -> None:
         self.position = position
+        self.budget.reached(position)  # on disk: a retry resumes after it
         self._report(position)
 
     def _started(self, offset: int) -> None:

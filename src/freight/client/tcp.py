@@ -532,9 +532,8 @@ class _TcpUpload:
     def _acknowledge(self, frame: ControlFrame) -> None:
         if not isinstance(frame, Ack):
             raise ProtocolViolation(f"expected ACK, got {type(frame).__name__}")
-        if frame.offset > self.acked:
-            self.acked = frame.offset
-            self.budget.progressed()
+        self.acked = max(self.acked, frame.offset)
+        self.budget.reached(frame.offset)
 
     async def _await_finished(self, link: _Link) -> Finished:
         while True:
@@ -544,6 +543,9 @@ class _TcpUpload:
             self._acknowledge(frame)
 
     def _started(self, offset: int) -> None:
+        # Where a resume starts is the server's durable offset: progress if it moved, even
+        # when the cut came before any ACK (the server keeps what it synced on a cut).
+        self.budget.reached(offset)
         if self.resumed_from is None:
             self.resumed_from = offset
         if self.on_start is not None:
@@ -831,7 +833,7 @@ class _TcpDownload:
     def _written(self, position: int) -> None:
         if position > self.position:
             self.position = position
-            self.budget.progressed()
+            self.budget.reached(position)
             self._report(position)
 
     def _started(self, size: int, offset: int) -> None:

@@ -322,9 +322,8 @@ class _Upload:
     # bookkeeping
 
     def _acknowledge(self, offset: int) -> None:
-        if offset > self.acknowledged:
-            self.acknowledged = offset
-            self.budget.progressed()
+        self.acknowledged = max(self.acknowledged, offset)
+        self.budget.reached(offset)
 
     def _report(self, done: int) -> None:
         if self.progress is not None:

@@ -230,6 +230,7 @@ class _WsUpload:
         self.hasher: SplitHasher | None = None
         self.resumed_from: int | None = None
         self.acknowledged = 0  # highest offset the server has said is durable
+        self.upload_url: str | None = None  # the upload this call started or resumed
         self.local_digest = ""  # known once every byte was read
 
     async def run(self) -> UploadResult:
@@ -291,7 +292,10 @@ class _WsUpload:
 
     async def _open(self, ws: aiohttp.ClientWebSocketResponse) -> Ready | Finished:
         """Send ``resume`` or ``start``; returns ``ready`` (or ``finished`` for a resume)."""
-        remembered = self.store.get_upload(self.key) if self.store is not None else None
+        # This call's own upload first: without a resume store it is the only memory of it.
+        remembered = self.upload_url
+        if remembered is None and self.store is not None:
+            remembered = self.store.get_upload(self.key)
         upload_id = file_id_from_url(URL(remembered)) if remembered else None
         if upload_id is not None:
             await ws.send_str(build_message(Resume(id=upload_id, max_frame=self.frame_size)))
@@ -314,8 +318,10 @@ class _WsUpload:
                 raise ProtocolViolation(f"the server created an upload of {reply.size} bytes")
             self._forget()
             raise _StartOver
-        if upload_id is None and self.store is not None:
-            self.store.put_upload(self.key, str(self.endpoint.join(URL(reply.url))))
+        if upload_id is None:
+            self.upload_url = str(self.endpoint.join(URL(reply.url)))
+            if self.store is not None:
+                self.store.put_upload(self.key, self.upload_url)
         self._opened_at(reply.offset)
         return reply
 
@@ -419,15 +425,15 @@ class _WsUpload:
     # bookkeeping --------------------------------------------------------------------------
 
     def _acknowledge(self, offset: int) -> None:
-        if offset > self.acknowledged:
-            self.acknowledged = offset
-            self.budget.progressed()
+        self.acknowledged = max(self.acknowledged, offset)
+        self.budget.reached(offset)
 
     def _report(self, done: int) -> None:
         if self.progress is not None:
             self.progress(done)
 
     def _forget(self) -> None:
+        self.upload_url = None
         if self.store is not None:
             self.store.forget_upload(self.key)
 
