@@ -4,7 +4,7 @@
 watched direction (each new connection gets the same allowance), so a transfer only gets
 through by resuming many times. ``stall_after``: once, after that many bytes in the watched
 direction, the proxy stops forwarding both ways but keeps the connection open (a hung
-middlebox); it records when the client gave up on it.
+middlebox); it records when the client gave up on it (closed it, or connected again).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class FlakyLink:
         self._loops = LoopThread()
         self._server: asyncio.Server | None = None
         self._stalled = False
+        self._links: set[_Connection] = set()
         self.port = 0
 
     @property
@@ -67,24 +68,32 @@ class FlakyLink:
 
             async def close() -> None:
                 server.close()
+                for each in list(self._links):
+                    each.close()
+                await asyncio.sleep(0.1)  # let the handlers see it and end
 
             self._loops.run(close())
         self._loops.close()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.stats.connections += 1
+        if self._stalled and self.stats.stall_noticed_at is None:
+            # A new connection after the stall: the client gave up on the stalled one.
+            self.stats.stall_noticed_at = time.monotonic()
         try:
             server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
             client_w.transport.abort()
             return
         link = _Connection(self, (client_w, server_w))
+        self._links.add(link)
         await asyncio.gather(
             link.pump(client_r, server_w, "up"),
             link.pump(server_r, client_w, "down"),
             return_exceptions=True,
         )
         link.close()
+        self._links.discard(link)
 
 
 class _Connection:
@@ -93,8 +102,10 @@ class _Connection:
         self.writers = writers
         self.counted = 0  # bytes forwarded in the watched direction on this connection
         self.frozen = False
+        self.closed = False
 
     def close(self) -> None:
+        self.closed = True
         for writer in self.writers:
             writer.transport.abort()
 
@@ -130,9 +141,10 @@ class _Connection:
         sock = self.writers[0].get_extra_info("socket")
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
-        while not poller.poll(0):
+        while not poller.poll(0) and not self.closed:
             await asyncio.sleep(0.05)
-        self.owner.stats.stall_noticed_at = time.monotonic()
+        if self.owner.stats.stall_noticed_at is None:
+            self.owner.stats.stall_noticed_at = time.monotonic()
         self.close()
 
     def _allowance(self, data: bytes) -> bytes:

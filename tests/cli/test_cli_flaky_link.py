@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import MiB, json_output, make_file, run_cli, sha256_of
+from cli_support import MiB, cli_env, json_output, make_file, run_cli, sha256_of
 from flaky_link import FlakyLink
 
 from freight.client import RetryPolicy, download_file, upload_file
@@ -118,3 +118,60 @@ def test_cli_send_with_two_retries_survives_a_dozen_cuts(
     )  # fmt: skip
     assert json_output(done)["sha256"] == digest
     assert proxy.stats.cuts >= 10
+
+
+# A link that stops forwarding without closing -----------------------------------------------
+
+STALL = 1.5  # the client's --stall-timeout in these tests
+STALL_SIZE = 8 * MiB
+MARGIN = 4.0  # a loaded 2-core machine; the default before was 120 s
+
+
+def _stall_bound(proxy: FlakyLink) -> float:
+    assert proxy.stats.stalled_at is not None, "the link never stalled"
+    assert proxy.stats.stall_noticed_at is not None, "the client never gave up on the stall"
+    return proxy.stats.stall_noticed_at - proxy.stats.stalled_at
+
+
+@pytest.mark.parametrize("protocol", sorted(UPLOADERS))
+def test_upload_resumes_after_a_stalled_link(
+    protocol: str, servers: Servers, link: Callable[..., FlakyLink], tmp_path: Path
+) -> None:
+    from freight.client import Timeouts
+
+    source = tmp_path / "big.bin"
+    digest = make_file(source, STALL_SIZE)
+    tcp = protocol == "tcp"
+    proxy = link(servers.tcp_port if tcp else servers.http_port, stall_after=2 * MiB)
+    upload = UPLOADERS[protocol](
+        source,
+        proxy.tcp_url if tcp else proxy.url,
+        parallel=1,
+        retry=POLICY,
+        timeouts=Timeouts(stall=STALL),
+    )
+    result = asyncio.run(asyncio.wait_for(upload, 30))
+    assert result.sha256 == digest
+    assert _stall_bound(proxy) < STALL + MARGIN
+
+
+@pytest.mark.parametrize("protocol", ["http", "tcp"])
+def test_download_resumes_after_a_stalled_link(
+    protocol: str, servers: Servers, link: Callable[..., FlakyLink], tmp_path: Path
+) -> None:
+    source = tmp_path / "big.bin"
+    digest = make_file(source, STALL_SIZE)
+    file_id = asyncio.run(upload_file(source, servers.url)).url.rstrip("/").rsplit("/", 1)[-1]
+    tcp = protocol == "tcp"
+    port = servers.tcp_port if tcp else servers.http_port
+    proxy = link(port, direction="down", stall_after=2 * MiB)
+    out = tmp_path / "copy.bin"
+    done = run_cli(
+        "get",
+        f"{proxy.tcp_url}/{file_id}" if tcp else f"{proxy.url}/files/{file_id}",
+        "-o", str(out), "--stall-timeout", str(STALL), "--json",
+        env=cli_env(tmp_path / "state"),
+        timeout=40,
+    )  # fmt: skip
+    assert json_output(done)["sha256"] == digest == sha256_of(out)
+    assert _stall_bound(proxy) < STALL + MARGIN

@@ -13,6 +13,8 @@ from freight.cli.options import (
     quiet_option,
     retries_option,
     retry_policy,
+    stall_option,
+    timeouts,
     token_option,
 )
 from freight.cli.render import (
@@ -56,6 +58,7 @@ __all__ = ["get", "send"]
 )
 @token_option
 @retries_option(10)
+@stall_option
 @json_option
 @quiet_option
 def send(
@@ -65,6 +68,7 @@ def send(
     parallel: int,
     token: str | None,
     retries: int,
+    stall_timeout: float,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -87,6 +91,7 @@ def send(
                 resume_store=ResumeStore(),
                 retry=retry_policy(retries),
                 on_retry=bar.retrying,
+                timeouts=timeouts(stall_timeout),
             )
         )
     _report_upload(result, time.monotonic() - started, as_json)
@@ -103,6 +108,7 @@ def send(
 @click.option("-f", "--force", is_flag=True, help="Replace an existing file of the same name.")
 @token_option
 @retries_option(10)
+@stall_option
 @json_option
 @quiet_option
 def get(
@@ -111,6 +117,7 @@ def get(
     force: bool,
     token: str | None,
     retries: int,
+    stall_timeout: float,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -140,6 +147,7 @@ def get(
                 resume_store=ResumeStore(),
                 retry=retry_policy(retries),
                 on_retry=bar.retrying,
+                timeouts=timeouts(stall_timeout),
             )
         )
     _report_download(result, time.monotonic() - started, as_json)

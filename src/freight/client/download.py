@@ -100,7 +100,8 @@ async def download_file(
     """
     file_url = parse_http_url(url)
     budget = RetryBudget(retry or RetryPolicy(), on_retry)
-    async with open_session(token, timeouts=timeouts) as session:
+    # Every read of a download is owed bytes: silence for `stall` seconds is a stalled link.
+    async with open_session(token, timeouts=(timeouts or Timeouts()).for_transfer()) as session:
         download = _Download(
             session,
             file_url,

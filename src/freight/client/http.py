@@ -57,12 +57,19 @@ _TOKEN = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: anything else breaks th
 class Timeouts:
     """Socket-level timeouts in seconds; a transfer as a whole is never timed out.
 
-    ``read`` bounds the silence between two reads, which includes the wait for the answer
-    to a large PATCH while the server syncs its last bytes to disk.
+    ``read`` bounds the silence between two reads while the server works (finishing an
+    upload, answering a control message). ``stall`` bounds how long a transfer may go
+    without progress while bytes are owed (sending blocked, a body, ACK or credit awaited):
+    a link that stops forwarding without closing is abandoned and resumed after that long.
     """
 
     connect: float = 15.0
     read: float = 120.0
+    stall: float = 30.0
+
+    def for_transfer(self) -> Timeouts:
+        """These timeouts for a session whose every read is owed data (a download)."""
+        return Timeouts(self.connect, min(self.read, self.stall), self.stall)
 
 
 @dataclass(frozen=True)

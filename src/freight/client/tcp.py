@@ -189,17 +189,51 @@ class _Link:
         self.sock.close()
 
     async def send(self, data: bytes) -> None:
-        async with _network("sending", self.timeouts.read):
+        # Frames are small: one that cannot leave for `stall` seconds means a stalled link.
+        async with _network("sending", self.timeouts.stall):
             await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
     async def send_file(self, file: IO[bytes], offset: int, count: int) -> int:
-        async with _network("sending", self.timeouts.read):
-            loop = asyncio.get_running_loop()
-            return await loop.sock_sendfile(self.sock, file, offset, count)
+        """``count`` bytes of ``file`` from ``offset`` with ``sendfile``; fewer only if the
+        file ended. Gives up when no byte could leave for ``stall`` seconds (asyncio's own
+        ``sock_sendfile`` is the same loop, but a timeout could only bound the whole call,
+        which a slow link makes long)."""
+        if not hasattr(os, "sendfile"):  # pragma: no cover - Linux and macOS have it
+            async with _network("sending", self.timeouts.stall):
+                loop = asyncio.get_running_loop()
+                return await loop.sock_sendfile(self.sock, file, offset, count)
+        sent = 0
+        while sent < count:
+            try:
+                moved = os.sendfile(self.sock.fileno(), file.fileno(), offset + sent, count - sent)
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+                continue
+            except OSError as exc:
+                raise ConnectionFailed(f"sending: {exc.strerror or exc}") from exc
+            if moved == 0:
+                break  # the file ended early
+            sent += moved
+        return sent
 
-    async def receive(self, buffer: bytearray) -> list[Frame]:
-        """One read into ``buffer``, decoded; DATA in the result points into ``buffer``."""
-        async with _network("receiving", self.timeouts.read):
+    async def _writable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        fd = self.sock.fileno()
+        loop.add_writer(fd, _resolve, ready)
+        try:
+            async with asyncio.timeout(self.timeouts.stall):
+                await ready
+        except TimeoutError as exc:
+            stall = self.timeouts.stall
+            raise ConnectionFailed(f"sending: nothing could be sent for {stall:g} s") from exc
+        finally:
+            loop.remove_writer(fd)
+
+    async def receive(self, buffer: bytearray, patience: float | None = None) -> list[Frame]:
+        """One read into ``buffer``, decoded; DATA in the result points into ``buffer``.
+        ``patience``: seconds to wait (the read timeout by default)."""
+        async with _network("receiving", patience or self.timeouts.read):
             count = await asyncio.get_running_loop().sock_recv_into(self.sock, buffer)
         return self._decode(buffer, count)
 
@@ -235,7 +269,8 @@ class _Link:
         loop.add_reader(fd, _resolve, ready)
         try:
             async with asyncio.timeout_at(until) as patience:
-                async with _network("receiving", self.timeouts.read):
+                # Called while payload is owed: silence for `stall` seconds is a stall.
+                async with _network("receiving", self.timeouts.stall):
                     await ready
         except TimeoutError:
             if patience.expired():
@@ -268,10 +303,11 @@ class _Link:
         except FrameError as exc:
             raise ProtocolViolation(f"the server broke the protocol: {exc.message}") from exc
 
-    async def next_control(self, action: str) -> ControlFrame:
-        """The next frame, which must be a control frame; an ERROR frame is raised."""
+    async def next_control(self, action: str, patience: float | None = None) -> ControlFrame:
+        """The next frame, which must be a control frame; an ERROR frame is raised.
+        ``patience``: seconds to wait for it (the read timeout by default)."""
         while not self.frames:
-            self.frames.extend(await self.receive(self.control_buffer))
+            self.frames.extend(await self.receive(self.control_buffer, patience))
         frame = self.frames.popleft()
         if isinstance(frame, DataChunk):
             raise ProtocolViolation("the server sent DATA where none was expected")
@@ -512,7 +548,9 @@ class _TcpUpload:
                 link.poll()
                 self._take_acks(link)
                 while position >= self.acked + 2 * window:
-                    self._acknowledge(await link.next_control("sending data"))
+                    # An ACK is owed: the server has had a window's bytes to sync.
+                    ack = await link.next_control("sending data", self.timeouts.stall)
+                    self._acknowledge(ack)
                 count = min(frame_size, self.size - position, self.acked + 2 * window - position)
                 await link.send(encode_data_header(position, count))
                 if await link.send_file(file, position, count) != count:

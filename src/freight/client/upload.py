@@ -101,7 +101,7 @@ async def upload_file(
             progress=progress,
             on_start=on_start,
             chunk_size=chunk_size,
-            stall_timeout=(timeouts or Timeouts()).read,
+            stall_timeout=(timeouts or Timeouts()).stall,
         )
         return await upload.run()
 

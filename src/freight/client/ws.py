@@ -114,6 +114,7 @@ async def upload_file_ws(
             on_start=on_start,
             frame_size=min(chunk_size, _FRAME_SIZE),
             read_timeout=(timeouts or Timeouts()).read,
+            stall_timeout=(timeouts or Timeouts()).stall,
         )
         return await upload.run()
 
@@ -139,6 +140,10 @@ class _SendWindow:
         self.limit = limit
         self.done_sent = False
         self._moved = asyncio.Event()
+        self.moved_at = asyncio.get_running_loop().time()  # last frame sent or message read
+
+    def moved(self) -> None:
+        self.moved_at = asyncio.get_running_loop().time()
 
     def grant(self, limit: int) -> None:
         if limit > self.limit:
@@ -215,6 +220,7 @@ class _WsUpload:
         on_start: Callable[[int, int], None] | None,
         frame_size: int,
         read_timeout: float,
+        stall_timeout: float,
     ) -> None:
         self.session = session
         self.path = path
@@ -227,6 +233,7 @@ class _WsUpload:
         self.on_start = on_start
         self.frame_size = frame_size
         self.read_timeout = read_timeout
+        self.stall_timeout = stall_timeout
         self.hasher: SplitHasher | None = None
         self.resumed_from: int | None = None
         self.acknowledged = 0  # highest offset the server has said is durable
@@ -347,8 +354,11 @@ class _WsUpload:
         window = _SendWindow(ready.offset + ready.credit)
         reader = asyncio.ensure_future(self._read_replies(ws, window))
         sender = asyncio.ensure_future(self._send_data(ws, ready, window))
+        watchdog = asyncio.ensure_future(self._watch(window))
         try:
-            await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_EXCEPTION)
+            await asyncio.wait({reader, sender, watchdog}, return_when=asyncio.FIRST_EXCEPTION)
+            if watchdog.done():
+                watchdog.result()
             if not reader.done() and _retryable(sender.exception() or Exception()):
                 # The connection failed under the sender; the server's reason, if it gave
                 # one (an error message before closing), is on its way: prefer it.
@@ -358,9 +368,20 @@ class _WsUpload:
             sender.result()
             raise AssertionError("unreachable: the sender ended without the reader")
         finally:
-            for task in (reader, sender):
+            for task in (reader, sender, watchdog):
                 task.cancel()
-            await asyncio.gather(reader, sender, return_exceptions=True)
+            await asyncio.gather(reader, sender, watchdog, return_exceptions=True)
+
+    async def _watch(self, window: _SendWindow) -> None:
+        """Raise once nothing moved for ``stall_timeout`` while data was owed: no frame
+        went out (sending blocked, or credit awaited) and no message came in. A link that
+        stops forwarding without closing is given up on then, not after minutes."""
+        loop = asyncio.get_running_loop()
+        while not window.done_sent:
+            idle = loop.time() - window.moved_at
+            if idle >= self.stall_timeout:
+                raise _ConnectionLost(f"no progress for {idle:.0f} s: the link stalled")
+            await asyncio.sleep(self.stall_timeout - idle)
 
     async def _send_data(
         self, ws: aiohttp.ClientWebSocketResponse, ready: Ready, window: _SendWindow
@@ -382,6 +403,7 @@ class _WsUpload:
                     await window.room_until(position + len(data))
                     # aiohttp takes any bytes-like object at runtime; its hint says bytes.
                     await ws.send_bytes(data)  # type: ignore[arg-type]
+                    window.moved()
                     position += len(data)
                     self._report(position)
         finally:
@@ -400,6 +422,7 @@ class _WsUpload:
     ) -> Finished:
         while True:
             reply = await self._next_reply(ws)
+            window.moved()
             if isinstance(reply, Credit):
                 window.grant(reply.offset + reply.credit)
                 self._acknowledge(reply.offset)
