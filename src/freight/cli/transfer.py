@@ -125,8 +125,10 @@ def get(
 
     URL is a file's address on a server: http://host:port/files/ID, or tcp://host:port/ID
     for a server's raw TCP port (freight serve --tcp-port).
-    Writes OUTPUT.part and renames it once its SHA-256 matches the server's; running the
-    same command again after an interruption resumes the .part, unless the file changed.
+    Writes a hidden .OUTPUT.<hash>.freight-part beside OUTPUT and renames it once its
+    SHA-256 matches the server's; running the same command again after an interruption
+    resumes it, unless the file changed. An existing part file that is a link, a special
+    file or another user's is never written through.
     """
     started = time.monotonic()
     with TransferBar(url.rstrip("/").rsplit("/", 1)[-1], enabled=not quiet) as bar:

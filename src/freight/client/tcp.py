@@ -7,7 +7,8 @@ server's last ``ACK``. A worker thread hashes the file from disk meanwhile, for 
 After any failure the next attempt asks the server where its durable copy ends and goes on
 from there.
 
-Downloads: ``.part`` file plus ``GET`` from its size. A zero-length ``GET`` first asks which
+Downloads: a part file (:mod:`freight.client.partfile`, as for HTTP) plus ``GET`` from
+its size. A zero-length ``GET`` first asks which
 file the server has (size, SHA-256, name); if that is not the file the ``.part`` was started
 from, the ``.part`` starts over, so two versions are never spliced. Payload is read by the
 kernel straight into three reused 4 MiB buffers in turn: while one fills, the one before is
@@ -42,9 +43,10 @@ from freight.client.errors import (
 )
 from freight.client.hashing import SplitHasher
 from freight.client.http import CHUNK_SIZE, RetryBudget, RetryCallback, RetryPolicy, Timeouts
+from freight.client.partfile import PartFile, local_name
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore, UploadKey
 from freight.client.upload import ProgressCallback, UploadResult
-from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartSink, fsync_directory
+from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartSink
 from freight.protocol.frames import (
     HEADER_SIZE,
     MAX_TOKEN,
@@ -67,7 +69,6 @@ from freight.protocol.frames import (
     Welcome,
     encode_data_header,
 )
-from freight.protocol.metadata import safe_filename
 
 __all__ = ["TcpAddress", "TcpServerError", "download_tcp", "parse_tcp_url", "upload_tcp"]
 
@@ -699,8 +700,8 @@ class _TcpDownload:
         if output is not None and not output.is_dir():
             return output
         info = await self._probe()
-        target = (output or Path.cwd()) / safe_filename(info.name or None, self.file_id)
-        if target.exists() and not overwrite:
+        target = (output or Path.cwd()) / local_name(info.name or None, self.file_id)
+        if os.path.lexists(target) and not overwrite:
             raise ClientError(
                 f"{target} already exists; choose another name with -o or replace it with --force"
             )
@@ -708,27 +709,25 @@ class _TcpDownload:
 
     async def run(self, target: Path) -> DownloadResult:
         self.target = target
-        part = target.with_name(target.name + ".part")
-        self.key = DownloadKey.for_part(part, self.url)
-        resumed_from = self._resume_point(part)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o666)
+        part = PartFile(target)
+        self.key = DownloadKey.for_part(part.path, self.url)
         try:
-            info, local = await self._fetch_all(fd, part, resumed_from)
+            resumed_from = self._resume_point(part.open())
+            info, local = await self._fetch_all(part, resumed_from)
             # All zeros: the server keeps no digest (``--no-sha256``); nothing to check.
             verified = info.sha256 != NO_DIGEST
             if verified and local != info.sha256:
-                self._discard(part)
+                part.discard()
+                self._forget()
                 raise DigestMismatch(
                     f"SHA-256 mismatch: the server advertises {info.sha256.hex()}, received "
                     f"{local.hex()}; the partial file was deleted",
                     local=local.hex(),
                     remote=info.sha256.hex(),
                 )
-            os.fsync(fd)
+            part.commit()
         finally:
-            os.close(fd)
-        os.replace(part, target)
-        fsync_directory(target.parent)
+            part.close()
         self._forget()
         return DownloadResult(
             url=self.url,
@@ -740,25 +739,22 @@ class _TcpDownload:
             restarted=self.restarted,
         )
 
-    def _resume_point(self, part: Path) -> int:
-        """Bytes of ``part`` worth keeping: only if we know which file they came from."""
+    def _resume_point(self, have: int) -> int:
+        """Bytes of the part file worth keeping: only if we know which file they came from."""
         state = self.store.get_download(self.key) if self.store else None
-        try:
-            have = part.stat().st_size
-        except FileNotFoundError:
-            return 0
         if state is None or have > state.size:
             return 0
         self.expected = state
         return have
 
-    async def _fetch_all(self, fd: int, part: Path, offset: int) -> tuple[FileInfo, bytes]:
+    async def _fetch_all(self, part: PartFile, offset: int) -> tuple[FileInfo, bytes]:
         """Fill ``part`` from ``offset``; start over whenever the server's file changed."""
+        fd = part.fd
         if offset == 0:
-            os.ftruncate(fd, 0)
+            part.truncate()
         self.position = offset
         for _ in range(MAX_RESTARTS + 1):
-            hasher = SplitHasher(part, offset, chunk_size=self.chunk_size)
+            hasher = SplitHasher(part.path, offset, chunk_size=self.chunk_size)
             hasher.start()
             try:
                 info = await _with_retries(
@@ -769,7 +765,7 @@ class _TcpDownload:
                 pass
             finally:
                 await hasher.close()
-            os.ftruncate(fd, 0)
+            part.truncate()
             offset, self.position, self.expected, self.restarted = 0, 0, None, True
             self._report(0)
         raise ClientError(f"the file keeps changing on the server ({MAX_RESTARTS} restarts)")
@@ -882,11 +878,6 @@ class _TcpDownload:
     def _report(self, done: int) -> None:
         if self.progress is not None:
             self.progress(done)
-
-    def _discard(self, part: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        self._forget()
 
     def _forget(self) -> None:
         if self.store is not None:
