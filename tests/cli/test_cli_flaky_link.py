@@ -175,3 +175,17 @@ def test_download_resumes_after_a_stalled_link(
     )  # fmt: skip
     assert json_output(done)["sha256"] == digest == sha256_of(out)
     assert _stall_bound(proxy) < STALL + MARGIN
+
+
+def test_cli_chunks_cross_a_cutting_link_with_small_chunks(
+    servers: Servers, link: Callable[..., FlakyLink], tmp_path: Path, env: dict[str, str]
+) -> None:
+    source = tmp_path / "big.bin"
+    digest = make_file(source, 8 * MiB)
+    proxy = link(servers.http_port, cut_every=CUT)
+    args = ("send", str(source), proxy.url, "--protocol", "chunks", "--parallel", "1")
+    done = run_cli(*args, "--chunk-size", str(256 * 1024), "--retries", "2", "--json", env=env)
+    assert json_output(done)["sha256"] == digest
+    assert proxy.stats.cuts >= 5
+    refused = run_cli("send", str(source), proxy.url, "--chunk-size", "1024", env=env)
+    assert refused.returncode == 2 and "--protocol chunks only" in refused.stderr

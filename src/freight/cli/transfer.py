@@ -56,6 +56,14 @@ __all__ = ["get", "send"]
     show_default=True,
     help="Streams at once, for protocols that can use several.",
 )
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Bytes per chunk to ask the server for (--protocol chunks only; the server clamps "
+    "it to its limits, 256 KiB to 64 MiB by default). Smaller chunks cross a link that "
+    "drops connections more often than a whole chunk takes to send.",
+)
 @token_option
 @retries_option(10)
 @stall_option
@@ -66,6 +74,7 @@ def send(
     server_url: str,
     protocol: str,
     parallel: int,
+    chunk_size: int | None,
     token: str | None,
     retries: int,
     stall_timeout: float,
@@ -78,6 +87,11 @@ def send(
     Interrupted? Run the same command again: it resumes where the server's durable copy
     ends. Prints the file's URL and SHA-256, checked against the server's.
     """
+    extra: dict[str, int] = {}
+    if chunk_size is not None:
+        if protocol != "chunks":
+            raise click.UsageError("--chunk-size applies to --protocol chunks only")
+        extra["requested_chunk_size"] = chunk_size
     started = time.monotonic()
     with TransferBar(file.name, enabled=not quiet) as bar:
         result = run_command(
@@ -92,6 +106,7 @@ def send(
                 retry=retry_policy(retries),
                 on_retry=bar.retrying,
                 timeouts=timeouts(stall_timeout),
+                **extra,
             )
         )
     _report_upload(result, time.monotonic() - started, as_json)
