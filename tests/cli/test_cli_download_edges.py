@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from cli_support import FakeFile, FakeFileServer, MiB, json_output, run_cli
 
+from freight.client.partfile import part_path
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
 
 
 def _seed_part(state_dir: Path, out: Path, url: str, content: bytes, etag: str, keep: int) -> Path:
     """A .part holding the first ``keep`` bytes of ``content``, as an interrupted run leaves."""
-    part = out.with_name(out.name + ".part")
+    part = part_path(out)
     part.write_bytes(content[:keep])
     ResumeStore(state_dir).put_download(
         DownloadKey.for_part(part, url), DownloadState(etag=etag, size=len(content))
@@ -69,7 +70,7 @@ def test_a_digest_mismatch_fails_and_leaves_no_file(
     assert done.returncode == 1
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("Error: SHA-256 mismatch")
-    assert not out.exists() and not out.with_name("out.bin.part").exists()
+    assert not out.exists() and not part_path(out).exists()
     assert json.loads((state_dir / "downloads.json").read_text())["entries"] == []
 
 

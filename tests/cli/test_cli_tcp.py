@@ -29,6 +29,8 @@ from cli_support import (
     start_cli,
 )
 
+from freight.client.partfile import part_path
+
 Proxy = Callable[[int], ChaosProxy]
 TCP_LINE = re.compile(r"tcp listening on tcp://[^\s:]+:(\d+)")
 OVERHEAD = 64 * 1024  # frame headers and control frames, generously
@@ -209,7 +211,7 @@ def test_get_resumes_a_partial_download(
     out = tmp_path / "out.bin"
     proxy.reset(down=_Rule(cut_after=10 * MiB))
     _one_line_error(run_cli("get", proxied, "-o", str(out), "--retries", "0", env=env))
-    kept = (tmp_path / "out.bin.part").stat().st_size
+    kept = part_path(tmp_path / "out.bin").stat().st_size
     assert 0 < kept <= 10 * MiB
 
     proxy.reset()

@@ -28,6 +28,7 @@ from cli_support import (
     start_cli,
 )
 
+from freight.client.partfile import part_path
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
 
 Proxy = Callable[[int], ChaosProxy]
@@ -68,7 +69,7 @@ def test_send_get_ls_rm_round_trip(
     got = json_output(run_cli("get", sent["url"], "-o", str(out), "--json", env=env))
     assert got["sha256"] == digest and got["verified"] is True
     assert sha256_of(out) == digest
-    assert not out.with_name("copy.img.part").exists()
+    assert not part_path(out).exists()
 
     # Without -o the server's name is used, in the current directory.
     downloads = tmp_path / "downloads"
@@ -222,7 +223,7 @@ def test_get_resumes_a_partial_download(
     proxy = chaos_proxy(freight_server.port)
     proxied = url.replace(freight_server.url, proxy.url)
     out = tmp_path / "out.bin"
-    part = tmp_path / "out.bin.part"
+    part = part_path(tmp_path / "out.bin")
 
     proxy.reset(down=_Rule(cut_after=10 * MiB))
     first = run_cli("get", proxied, "-o", str(out), "--retries", "0", env=env)
@@ -248,7 +249,7 @@ def test_get_resumes_after_ctrl_c(
     proxy = chaos_proxy(freight_server.port)
     proxied = url.replace(freight_server.url, proxy.url)
     out = tmp_path / "out.bin"
-    part = tmp_path / "out.bin.part"
+    part = part_path(tmp_path / "out.bin")
 
     proxy.reset(down=_Rule(blackhole_after=12 * MiB))
     client = start_cli("get", proxied, "-o", str(out), "--json", env=env)
@@ -273,7 +274,7 @@ def test_get_starts_over_when_the_part_is_from_another_version(
     digest = make_file(source, 8 * MiB)
     url = json_output(run_cli("send", str(source), freight_server.url, "--json", env=env))["url"]
     out = tmp_path / "out.bin"
-    part = tmp_path / "out.bin.part"
+    part = part_path(tmp_path / "out.bin")
     part.write_bytes(os.urandom(3 * MiB))  # bytes of some other version of the file
     ResumeStore(state_dir).put_download(
         DownloadKey.for_part(part, url), DownloadState(etag='"not-this-version"', size=8 * MiB)

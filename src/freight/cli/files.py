@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import click
+from rich.text import Text
 
 from freight.cli.options import json_option, retries_option, retry_policy, token_option
-from freight.cli.render import print_files_table, print_json, run_command, stderr_console
+from freight.cli.render import (
+    one_line,
+    print_files_table,
+    print_json,
+    run_command,
+    stderr_console,
+    visible,
+)
 from freight.client import RemoteFile, delete_file, list_files
 
 __all__ = ["ls", "rm"]
@@ -28,7 +36,7 @@ def ls(server_url: str, token: str | None, retries: int, as_json: bool) -> None:
             token=token,
             retry=retry_policy(retries),
             on_retry=lambda notice: stderr_console().print(
-                f"{notice.reason}; retrying in {notice.delay:.1f} s", style="yellow"
+                Text(one_line(f"{notice.reason}; retrying in {notice.delay:.1f} s"), "yellow")
             ),
         )
     )
@@ -54,7 +62,7 @@ def rm(url: str, file_id: str | None, token: str | None, retries: int, as_json: 
     if as_json:
         print_json({"deleted": deleted})
     else:
-        click.echo(f"Deleted {deleted}")
+        click.echo(f"Deleted {visible(deleted)}")
 
 
 def _file_json(item: RemoteFile) -> dict[str, object]:

@@ -7,9 +7,17 @@ from typing import Any, TypeVar
 
 import click
 
-from freight.client import RetryPolicy
+from freight.client import RetryPolicy, Timeouts
 
-__all__ = ["json_option", "quiet_option", "retries_option", "retry_policy", "token_option"]
+__all__ = [
+    "json_option",
+    "quiet_option",
+    "retries_option",
+    "retry_policy",
+    "stall_option",
+    "timeouts",
+    "token_option",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,3 +59,18 @@ def retries_option(default: int) -> Callable[[F], F]:
 
 def retry_policy(retries: int) -> RetryPolicy:
     return RetryPolicy(attempts=retries)
+
+
+def stall_option(function: F) -> F:
+    return click.option(
+        "--stall-timeout",
+        type=click.FloatRange(min=0.1),
+        default=Timeouts.stall,
+        show_default=True,
+        help="Seconds without progress while data is owed (sending blocked, an answer or "
+        "data awaited) before the connection is dropped and the transfer resumed.",
+    )(function)
+
+
+def timeouts(stall_timeout: float) -> Timeouts:
+    return Timeouts(stall=stall_timeout)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import unicodedata
 from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import IO, Any, TypeVar
@@ -46,6 +47,7 @@ __all__ = [
     "print_lines",
     "run_command",
     "stderr_console",
+    "visible",
 ]
 
 T = TypeVar("T")
@@ -60,9 +62,33 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# Characters that reorder or hide text around them: shown escaped, like control characters.
+_INVISIBLE = frozenset("\u061c\u200e\u200f\u2028\u2029") | frozenset(
+    chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))
+)
+
+
+def visible(text: str) -> str:
+    """``text`` safe to print: control and bidi characters appear escaped (``\\x1b``).
+
+    File names, URLs and server messages come from the server, so from anyone who could
+    upload: printed raw, an escape sequence could retitle or clear the terminal and a CR or
+    LF could forge lines. Everything shown goes through here and is printed as a rich
+    :class:`Text` (never markup), so ``[link=...]`` stays literal too.
+    """
+    return "".join(_escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    if char in _INVISIBLE or unicodedata.category(char) in ("Cc", "Cs"):
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
+
+
 def one_line(text: str) -> str:
     """Collapse whitespace, newlines included: errors are always exactly one line."""
-    return " ".join(text.split()) or "unknown error"
+    return visible(" ".join(text.split())) or "unknown error"
 
 
 def print_error(message: str) -> None:
@@ -118,7 +144,7 @@ class TransferBar:
 
     def __init__(self, description: str, *, enabled: bool = True) -> None:
         self._console = stderr_console()
-        self._description = description
+        self._description = visible(description)
         self._enabled = enabled and self._console.is_terminal
         self._progress: Progress | None = None
         self._task: TaskID | None = None
@@ -127,7 +153,8 @@ class TransferBar:
     def __enter__(self) -> TransferBar:
         if self._enabled:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                # Not markup: the description is a file name, maybe the server's.
+                TextColumn("{task.description}", markup=False, style="bold"),
                 BarColumn(),
                 TaskProgressColumn(),
                 DownloadColumn(),
@@ -150,7 +177,7 @@ class TransferBar:
     def start(self, total: int, done: int = 0, description: str | None = None) -> None:
         """(Re)start the bar at ``done`` of ``total`` bytes; the jump does not count as speed."""
         self.total = total
-        self._description = description or self._description
+        self._description = visible(description or self._description)
         if self._progress is None:
             return
         if self._task is not None:
@@ -192,7 +219,7 @@ def print_lines(lines: Iterable[tuple[str, str]], headline: Text | None = None) 
         console.print(headline)
     width = max((len(label) for label, _ in pairs), default=0)
     for label, value in pairs:
-        console.print(Text.assemble((f"{label + ':':<{width + 1}} ", "bold"), value))
+        console.print(Text.assemble((f"{label + ':':<{width + 1}} ", "bold"), visible(value)))
 
 
 def print_files_table(files: list[RemoteFile]) -> None:
@@ -213,12 +240,14 @@ def print_files_table(files: list[RemoteFile]) -> None:
     table.add_column("Created", no_wrap=True)
     if show_ids:
         # Ids are what `freight rm` takes: never cut or fold them.
-        table.add_column("ID", no_wrap=True, min_width=max(len(item.id) for item in files))
+        table.add_column("ID", no_wrap=True, min_width=max(len(visible(item.id)) for item in files))
     for item in files:
         digest = item.sha256 or "-"
         if not full_digest and len(digest) > _SHORT_DIGEST:
             digest = digest[:_SHORT_DIGEST] + "…"
         created = item.created.astimezone().strftime("%Y-%m-%d %H:%M") if item.created else "-"
-        row = [item.name, human_size(item.size), digest, created]
-        table.add_row(*row, *([item.id] if show_ids else []))
+        # Text cells, not strings: a string cell would be read as rich markup.
+        cells = [visible(item.name), human_size(item.size), visible(digest), created]
+        cells += [visible(item.id)] if show_ids else []
+        table.add_row(*(Text(cell) for cell in cells))
     console.print(table)

@@ -13,9 +13,18 @@ from freight.cli.options import (
     quiet_option,
     retries_option,
     retry_policy,
+    stall_option,
+    timeouts,
     token_option,
 )
-from freight.cli.render import TransferBar, human_size, print_json, print_lines, run_command
+from freight.cli.render import (
+    TransferBar,
+    human_size,
+    print_json,
+    print_lines,
+    run_command,
+    visible,
+)
 from freight.client import (
     DownloadInfo,
     DownloadResult,
@@ -47,8 +56,17 @@ __all__ = ["get", "send"]
     show_default=True,
     help="Streams at once, for protocols that can use several.",
 )
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Bytes per chunk to ask the server for (--protocol chunks only; the server clamps "
+    "it to its limits, 256 KiB to 64 MiB by default). Smaller chunks cross a link that "
+    "drops connections more often than a whole chunk takes to send.",
+)
 @token_option
 @retries_option(10)
+@stall_option
 @json_option
 @quiet_option
 def send(
@@ -56,8 +74,10 @@ def send(
     server_url: str,
     protocol: str,
     parallel: int,
+    chunk_size: int | None,
     token: str | None,
     retries: int,
+    stall_timeout: float,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -67,6 +87,11 @@ def send(
     Interrupted? Run the same command again: it resumes where the server's durable copy
     ends. Prints the file's URL and SHA-256, checked against the server's.
     """
+    extra: dict[str, int] = {}
+    if chunk_size is not None:
+        if protocol != "chunks":
+            raise click.UsageError("--chunk-size applies to --protocol chunks only")
+        extra["requested_chunk_size"] = chunk_size
     started = time.monotonic()
     with TransferBar(file.name, enabled=not quiet) as bar:
         result = run_command(
@@ -80,6 +105,8 @@ def send(
                 resume_store=ResumeStore(),
                 retry=retry_policy(retries),
                 on_retry=bar.retrying,
+                timeouts=timeouts(stall_timeout),
+                **extra,
             )
         )
     _report_upload(result, time.monotonic() - started, as_json)
@@ -96,6 +123,7 @@ def send(
 @click.option("-f", "--force", is_flag=True, help="Replace an existing file of the same name.")
 @token_option
 @retries_option(10)
+@stall_option
 @json_option
 @quiet_option
 def get(
@@ -104,6 +132,7 @@ def get(
     force: bool,
     token: str | None,
     retries: int,
+    stall_timeout: float,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -111,8 +140,10 @@ def get(
 
     URL is a file's address on a server: http://host:port/files/ID, or tcp://host:port/ID
     for a server's raw TCP port (freight serve --tcp-port).
-    Writes OUTPUT.part and renames it once its SHA-256 matches the server's; running the
-    same command again after an interruption resumes the .part, unless the file changed.
+    Writes a hidden .OUTPUT.<hash>.freight-part beside OUTPUT and renames it once its
+    SHA-256 matches the server's; running the same command again after an interruption
+    resumes it, unless the file changed. An existing part file that is a link, a special
+    file or another user's is never written through.
     """
     started = time.monotonic()
     with TransferBar(url.rstrip("/").rsplit("/", 1)[-1], enabled=not quiet) as bar:
@@ -133,6 +164,7 @@ def get(
                 resume_store=ResumeStore(),
                 retry=retry_policy(retries),
                 on_retry=bar.retrying,
+                timeouts=timeouts(stall_timeout),
             )
         )
     _report_download(result, time.monotonic() - started, as_json)
@@ -159,7 +191,7 @@ def _report_upload(result: UploadResult, seconds: float, as_json: bool) -> None:
     sent = result.size - result.resumed_from
     headline = Text.assemble(
         ("Sent ", "green"),
-        (result.name, "bold green"),
+        (visible(result.name), "bold green"),
         f" ({human_size(result.size)}) in {seconds:.1f} s, {_rate(sent, seconds)}",
         (f", resumed at {human_size(result.resumed_from)}" if result.resumed_from else ""),
         _verification(result.verified, "the server's"),
@@ -185,7 +217,7 @@ def _report_download(result: DownloadResult, seconds: float, as_json: bool) -> N
     received = result.size - result.resumed_from
     headline = Text.assemble(
         ("Saved ", "green"),
-        (str(result.path), "bold green"),
+        (visible(str(result.path)), "bold green"),
         f" ({human_size(result.size)}) in {seconds:.1f} s, {_rate(received, seconds)}",
         (f", resumed at {human_size(result.resumed_from)}" if result.resumed_from else ""),
         (", restarted because the file changed on the server" if result.restarted else ""),

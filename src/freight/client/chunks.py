@@ -121,7 +121,7 @@ async def upload_chunks(
             parallel=parallel,
             read_size=chunk_size,
             requested_chunk_size=requested_chunk_size,
-            stall_timeout=(timeouts or Timeouts()).read,
+            stall_timeout=(timeouts or Timeouts()).stall,
             chunk_digests=chunk_digests,
         )
         return await upload.run(on_start)

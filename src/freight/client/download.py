@@ -1,6 +1,7 @@
 """Fetching a file from a freight server: resumable, verified, never spliced.
 
-Bytes land in ``<name>.part`` and the file gets its final name only once complete and
+Bytes land in a ``.freight-part`` file beside the target (:mod:`freight.client.partfile`,
+shared with TCP downloads) and the file gets its final name only once complete and
 verified. Resuming sends ``Range`` with ``If-Range: <ETag>`` (the ETag remembered in the
 :class:`~freight.client.resume_store.ResumeStore` when the ``.part`` was started); a ``200``
 instead of ``206`` means the file changed, so the download starts over. Because some servers
@@ -15,7 +16,6 @@ in batches as they are written, in worker threads that overlap with receiving (s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,11 +38,11 @@ from freight.client.http import (
     open_session,
     server_error,
 )
+from freight.client.partfile import PartFile, local_name
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
 from freight.client.upload import ProgressCallback
 from freight.client.urls import file_id_from_url, parse_http_url
-from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartWriter, fsync_directory
-from freight.protocol.metadata import safe_filename
+from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartWriter
 
 __all__ = ["MAX_RESTARTS", "DownloadInfo", "DownloadResult", "StartCallback", "download_file"]
 
@@ -100,7 +100,8 @@ async def download_file(
     """
     file_url = parse_http_url(url)
     budget = RetryBudget(retry or RetryPolicy(), on_retry)
-    async with open_session(token, timeouts=timeouts) as session:
+    # Every read of a download is owed bytes: silence for `stall` seconds is a stalled link.
+    async with open_session(token, timeouts=(timeouts or Timeouts()).for_transfer()) as session:
         download = _Download(
             session,
             file_url,
@@ -150,7 +151,7 @@ class _Download:
             return output
         name = await self._suggested_name()
         target = (output or Path.cwd()) / name
-        if target.exists() and not overwrite:
+        if os.path.lexists(target) and not overwrite:
             raise ClientError(
                 f"{target} already exists; choose another name with -o or replace it with --force"
             )
@@ -169,33 +170,30 @@ class _Download:
                     raise
                 await self.budget.failed(describe_error(exc))
                 continue
-            fallback = safe_filename(file_id_from_url(self.url), "download")
-            return safe_filename(suggested, fallback)
+            return local_name(suggested, file_id_from_url(self.url) or "")
 
     # the transfer
 
     async def run(self, target: Path) -> DownloadResult:
         self.target = target
-        part = target.with_name(target.name + ".part")
-        self.key = DownloadKey.for_part(part, str(self.url))
-        offset = resumed_from = self._resume_point(part)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o666)
+        part = PartFile(target)
+        self.key = DownloadKey.for_part(part.path, str(self.url))
         try:
-            local = await self._fetch_all(fd, part, offset)
+            offset = resumed_from = self._resume_point(part.open())
+            local = await self._fetch_all(part, offset)
             assert self.size is not None
             if self.digest is not None and self.digest != local:
-                self._discard(part)
+                part.discard()
+                self._forget()
                 raise DigestMismatch(
                     f"SHA-256 mismatch: the server advertises {self.digest.hex()}, "
                     f"received {local.hex()}; the partial file was deleted",
                     local=local.hex(),
                     remote=self.digest.hex(),
                 )
-            os.fsync(fd)
+            part.commit()
         finally:
-            os.close(fd)
-        os.replace(part, target)
-        fsync_directory(target.parent)
+            part.close()
         self._forget()
         return DownloadResult(
             url=str(self.url),
@@ -207,25 +205,23 @@ class _Download:
             restarted=self.restarted,
         )
 
-    def _resume_point(self, part: Path) -> int:
-        """Bytes of ``part`` worth keeping: only if we know which version they came from."""
+    def _resume_point(self, have: int) -> int:
+        """Bytes of the part file worth keeping: only if we know which version they came
+        from."""
         state = self.store.get_download(self.key) if self.store else None
-        try:
-            have = part.stat().st_size
-        except FileNotFoundError:
-            return 0
         if state is None or have > state.size:
             return 0
         self.etag, self.size = state.etag, state.size
         return have
 
-    async def _fetch_all(self, fd: int, part: Path, offset: int) -> bytes:
+    async def _fetch_all(self, part: PartFile, offset: int) -> bytes:
         """Fill ``part`` from ``offset``; start over whenever the remote file changed."""
+        fd = part.fd
         if offset == 0:
-            os.ftruncate(fd, 0)
+            part.truncate()
         restarts = 0
         while True:
-            hasher = SplitHasher(part, offset, chunk_size=self.chunk_size)
+            hasher = SplitHasher(part.path, offset, chunk_size=self.chunk_size)
             hasher.start()
             try:
                 if await self._fetch_from(fd, offset, hasher):
@@ -236,7 +232,7 @@ class _Download:
             restarts += 1
             if restarts > MAX_RESTARTS:
                 raise ClientError(f"the file keeps changing on the server ({restarts} restarts)")
-            os.ftruncate(fd, 0)
+            part.truncate()
             offset, self.etag, self.size, self.digest = 0, None, None, None
             self.restarted = True
             self._report(0)
@@ -254,8 +250,6 @@ class _Download:
             except Exception as exc:
                 if not is_retryable(exc):
                     raise
-                if self.position > offset:
-                    self.budget.progressed()
                 offset = self.position
                 await self.budget.failed(describe_error(exc))
 
@@ -333,6 +327,7 @@ class _Download:
 
     def _written(self, position: int) -> None:
         self.position = position
+        self.budget.reached(position)  # on disk: a retry resumes after it
         self._report(position)
 
     def _started(self, offset: int) -> None:
@@ -343,11 +338,6 @@ class _Download:
     def _report(self, done: int) -> None:
         if self.progress is not None:
             self.progress(done)
-
-    def _discard(self, part: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        self._forget()
 
     def _forget(self) -> None:
         if self.store is not None:

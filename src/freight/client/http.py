@@ -57,12 +57,19 @@ _TOKEN = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: anything else breaks th
 class Timeouts:
     """Socket-level timeouts in seconds; a transfer as a whole is never timed out.
 
-    ``read`` bounds the silence between two reads, which includes the wait for the answer
-    to a large PATCH while the server syncs its last bytes to disk.
+    ``read`` bounds the silence between two reads while the server works (finishing an
+    upload, answering a control message). ``stall`` bounds how long a transfer may go
+    without progress while bytes are owed (sending blocked, a body, ACK or credit awaited):
+    a link that stops forwarding without closing is abandoned and resumed after that long.
     """
 
     connect: float = 15.0
     read: float = 120.0
+    stall: float = 30.0
+
+    def for_transfer(self) -> Timeouts:
+        """These timeouts for a session whose every read is owed data (a download)."""
+        return Timeouts(self.connect, min(self.read, self.stall), self.stall)
 
 
 @dataclass(frozen=True)
@@ -95,16 +102,31 @@ RetryCallback = Callable[[RetryNotice], None]
 
 
 class RetryBudget:
-    """Counts consecutive failures of one operation and sleeps between retries."""
+    """Counts consecutive failures of one operation and sleeps between retries.
+
+    What counts as progress is the far end's *durable* position moving forward
+    (:meth:`reached`): an ACK, a credit, the offset a resume starts from, bytes written to a
+    download's ``.part``. Each protocol reports every such position it learns, wherever it
+    learns it, so a link cut every few MiB never exhausts the budget while each attempt
+    moves the transfer on.
+    """
 
     def __init__(self, policy: RetryPolicy, on_retry: RetryCallback | None = None) -> None:
         self._policy = policy
         self._on_retry = on_retry
         self._failures = 0
+        self._furthest = -1
 
     def progressed(self) -> None:
         """The operation moved forward: the next failure starts a fresh count."""
         self._failures = 0
+
+    def reached(self, position: int) -> None:
+        """The durable position is ``position``: progress if it is the furthest seen yet."""
+        if position > self._furthest:
+            if self._furthest >= 0:
+                self._failures = 0
+            self._furthest = position
 
     async def failed(self, reason: str) -> None:
         """Wait before the next attempt, or raise :class:`ConnectionFailed` if none is left."""

@@ -7,7 +7,8 @@ server's last ``ACK``. A worker thread hashes the file from disk meanwhile, for 
 After any failure the next attempt asks the server where its durable copy ends and goes on
 from there.
 
-Downloads: ``.part`` file plus ``GET`` from its size. A zero-length ``GET`` first asks which
+Downloads: a part file (:mod:`freight.client.partfile`, as for HTTP) plus ``GET`` from
+its size. A zero-length ``GET`` first asks which
 file the server has (size, SHA-256, name); if that is not the file the ``.part`` was started
 from, the ``.part`` starts over, so two versions are never spliced. Payload is read by the
 kernel straight into three reused 4 MiB buffers in turn: while one fills, the one before is
@@ -42,9 +43,10 @@ from freight.client.errors import (
 )
 from freight.client.hashing import SplitHasher
 from freight.client.http import CHUNK_SIZE, RetryBudget, RetryCallback, RetryPolicy, Timeouts
+from freight.client.partfile import PartFile, local_name
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore, UploadKey
 from freight.client.upload import ProgressCallback, UploadResult
-from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartSink, fsync_directory
+from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartSink
 from freight.protocol.frames import (
     HEADER_SIZE,
     MAX_TOKEN,
@@ -67,7 +69,6 @@ from freight.protocol.frames import (
     Welcome,
     encode_data_header,
 )
-from freight.protocol.metadata import safe_filename
 
 __all__ = ["TcpAddress", "TcpServerError", "download_tcp", "parse_tcp_url", "upload_tcp"]
 
@@ -189,17 +190,51 @@ class _Link:
         self.sock.close()
 
     async def send(self, data: bytes) -> None:
-        async with _network("sending", self.timeouts.read):
+        # Frames are small: one that cannot leave for `stall` seconds means a stalled link.
+        async with _network("sending", self.timeouts.stall):
             await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
     async def send_file(self, file: IO[bytes], offset: int, count: int) -> int:
-        async with _network("sending", self.timeouts.read):
-            loop = asyncio.get_running_loop()
-            return await loop.sock_sendfile(self.sock, file, offset, count)
+        """``count`` bytes of ``file`` from ``offset`` with ``sendfile``; fewer only if the
+        file ended. Gives up when no byte could leave for ``stall`` seconds (asyncio's own
+        ``sock_sendfile`` is the same loop, but a timeout could only bound the whole call,
+        which a slow link makes long)."""
+        if not hasattr(os, "sendfile"):  # pragma: no cover - Linux and macOS have it
+            async with _network("sending", self.timeouts.stall):
+                loop = asyncio.get_running_loop()
+                return await loop.sock_sendfile(self.sock, file, offset, count)
+        sent = 0
+        while sent < count:
+            try:
+                moved = os.sendfile(self.sock.fileno(), file.fileno(), offset + sent, count - sent)
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+                continue
+            except OSError as exc:
+                raise ConnectionFailed(f"sending: {exc.strerror or exc}") from exc
+            if moved == 0:
+                break  # the file ended early
+            sent += moved
+        return sent
 
-    async def receive(self, buffer: bytearray) -> list[Frame]:
-        """One read into ``buffer``, decoded; DATA in the result points into ``buffer``."""
-        async with _network("receiving", self.timeouts.read):
+    async def _writable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        fd = self.sock.fileno()
+        loop.add_writer(fd, _resolve, ready)
+        try:
+            async with asyncio.timeout(self.timeouts.stall):
+                await ready
+        except TimeoutError as exc:
+            stall = self.timeouts.stall
+            raise ConnectionFailed(f"sending: nothing could be sent for {stall:g} s") from exc
+        finally:
+            loop.remove_writer(fd)
+
+    async def receive(self, buffer: bytearray, patience: float | None = None) -> list[Frame]:
+        """One read into ``buffer``, decoded; DATA in the result points into ``buffer``.
+        ``patience``: seconds to wait (the read timeout by default)."""
+        async with _network("receiving", patience or self.timeouts.read):
             count = await asyncio.get_running_loop().sock_recv_into(self.sock, buffer)
         return self._decode(buffer, count)
 
@@ -235,7 +270,8 @@ class _Link:
         loop.add_reader(fd, _resolve, ready)
         try:
             async with asyncio.timeout_at(until) as patience:
-                async with _network("receiving", self.timeouts.read):
+                # Called while payload is owed: silence for `stall` seconds is a stall.
+                async with _network("receiving", self.timeouts.stall):
                     await ready
         except TimeoutError:
             if patience.expired():
@@ -268,10 +304,11 @@ class _Link:
         except FrameError as exc:
             raise ProtocolViolation(f"the server broke the protocol: {exc.message}") from exc
 
-    async def next_control(self, action: str) -> ControlFrame:
-        """The next frame, which must be a control frame; an ERROR frame is raised."""
+    async def next_control(self, action: str, patience: float | None = None) -> ControlFrame:
+        """The next frame, which must be a control frame; an ERROR frame is raised.
+        ``patience``: seconds to wait for it (the read timeout by default)."""
         while not self.frames:
-            self.frames.extend(await self.receive(self.control_buffer))
+            self.frames.extend(await self.receive(self.control_buffer, patience))
         frame = self.frames.popleft()
         if isinstance(frame, DataChunk):
             raise ProtocolViolation("the server sent DATA where none was expected")
@@ -512,7 +549,9 @@ class _TcpUpload:
                 link.poll()
                 self._take_acks(link)
                 while position >= self.acked + 2 * window:
-                    self._acknowledge(await link.next_control("sending data"))
+                    # An ACK is owed: the server has had a window's bytes to sync.
+                    ack = await link.next_control("sending data", self.timeouts.stall)
+                    self._acknowledge(ack)
                 count = min(frame_size, self.size - position, self.acked + 2 * window - position)
                 await link.send(encode_data_header(position, count))
                 if await link.send_file(file, position, count) != count:
@@ -532,9 +571,8 @@ class _TcpUpload:
     def _acknowledge(self, frame: ControlFrame) -> None:
         if not isinstance(frame, Ack):
             raise ProtocolViolation(f"expected ACK, got {type(frame).__name__}")
-        if frame.offset > self.acked:
-            self.acked = frame.offset
-            self.budget.progressed()
+        self.acked = max(self.acked, frame.offset)
+        self.budget.reached(frame.offset)
 
     async def _await_finished(self, link: _Link) -> Finished:
         while True:
@@ -544,6 +582,9 @@ class _TcpUpload:
             self._acknowledge(frame)
 
     def _started(self, offset: int) -> None:
+        # Where a resume starts is the server's durable offset: progress if it moved, even
+        # when the cut came before any ACK (the server keeps what it synced on a cut).
+        self.budget.reached(offset)
         if self.resumed_from is None:
             self.resumed_from = offset
         if self.on_start is not None:
@@ -659,8 +700,8 @@ class _TcpDownload:
         if output is not None and not output.is_dir():
             return output
         info = await self._probe()
-        target = (output or Path.cwd()) / safe_filename(info.name or None, self.file_id)
-        if target.exists() and not overwrite:
+        target = (output or Path.cwd()) / local_name(info.name or None, self.file_id)
+        if os.path.lexists(target) and not overwrite:
             raise ClientError(
                 f"{target} already exists; choose another name with -o or replace it with --force"
             )
@@ -668,27 +709,25 @@ class _TcpDownload:
 
     async def run(self, target: Path) -> DownloadResult:
         self.target = target
-        part = target.with_name(target.name + ".part")
-        self.key = DownloadKey.for_part(part, self.url)
-        resumed_from = self._resume_point(part)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o666)
+        part = PartFile(target)
+        self.key = DownloadKey.for_part(part.path, self.url)
         try:
-            info, local = await self._fetch_all(fd, part, resumed_from)
+            resumed_from = self._resume_point(part.open())
+            info, local = await self._fetch_all(part, resumed_from)
             # All zeros: the server keeps no digest (``--no-sha256``); nothing to check.
             verified = info.sha256 != NO_DIGEST
             if verified and local != info.sha256:
-                self._discard(part)
+                part.discard()
+                self._forget()
                 raise DigestMismatch(
                     f"SHA-256 mismatch: the server advertises {info.sha256.hex()}, received "
                     f"{local.hex()}; the partial file was deleted",
                     local=local.hex(),
                     remote=info.sha256.hex(),
                 )
-            os.fsync(fd)
+            part.commit()
         finally:
-            os.close(fd)
-        os.replace(part, target)
-        fsync_directory(target.parent)
+            part.close()
         self._forget()
         return DownloadResult(
             url=self.url,
@@ -700,25 +739,22 @@ class _TcpDownload:
             restarted=self.restarted,
         )
 
-    def _resume_point(self, part: Path) -> int:
-        """Bytes of ``part`` worth keeping: only if we know which file they came from."""
+    def _resume_point(self, have: int) -> int:
+        """Bytes of the part file worth keeping: only if we know which file they came from."""
         state = self.store.get_download(self.key) if self.store else None
-        try:
-            have = part.stat().st_size
-        except FileNotFoundError:
-            return 0
         if state is None or have > state.size:
             return 0
         self.expected = state
         return have
 
-    async def _fetch_all(self, fd: int, part: Path, offset: int) -> tuple[FileInfo, bytes]:
+    async def _fetch_all(self, part: PartFile, offset: int) -> tuple[FileInfo, bytes]:
         """Fill ``part`` from ``offset``; start over whenever the server's file changed."""
+        fd = part.fd
         if offset == 0:
-            os.ftruncate(fd, 0)
+            part.truncate()
         self.position = offset
         for _ in range(MAX_RESTARTS + 1):
-            hasher = SplitHasher(part, offset, chunk_size=self.chunk_size)
+            hasher = SplitHasher(part.path, offset, chunk_size=self.chunk_size)
             hasher.start()
             try:
                 info = await _with_retries(
@@ -729,7 +765,7 @@ class _TcpDownload:
                 pass
             finally:
                 await hasher.close()
-            os.ftruncate(fd, 0)
+            part.truncate()
             offset, self.position, self.expected, self.restarted = 0, 0, None, True
             self._report(0)
         raise ClientError(f"the file keeps changing on the server ({MAX_RESTARTS} restarts)")
@@ -831,7 +867,7 @@ class _TcpDownload:
     def _written(self, position: int) -> None:
         if position > self.position:
             self.position = position
-            self.budget.progressed()
+            self.budget.reached(position)
             self._report(position)
 
     def _started(self, size: int, offset: int) -> None:
@@ -842,11 +878,6 @@ class _TcpDownload:
     def _report(self, done: int) -> None:
         if self.progress is not None:
             self.progress(done)
-
-    def _discard(self, part: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        self._forget()
 
     def _forget(self) -> None:
         if self.store is not None:

@@ -101,7 +101,7 @@ async def upload_file(
             progress=progress,
             on_start=on_start,
             chunk_size=chunk_size,
-            stall_timeout=(timeouts or Timeouts()).read,
+            stall_timeout=(timeouts or Timeouts()).stall,
         )
         return await upload.run()
 
@@ -330,9 +330,8 @@ class _Upload:
     # bookkeeping
 
     def _acknowledge(self, offset: int) -> None:
-        if offset > self.acknowledged:
-            self.acknowledged = offset
-            self.budget.progressed()
+        self.acknowledged = max(self.acknowledged, offset)
+        self.budget.reached(offset)
 
     def _report(self, done: int) -> None:
         if self.progress is not None:

@@ -114,6 +114,7 @@ async def upload_file_ws(
             on_start=on_start,
             frame_size=min(chunk_size, _FRAME_SIZE),
             read_timeout=(timeouts or Timeouts()).read,
+            stall_timeout=(timeouts or Timeouts()).stall,
         )
         return await upload.run()
 
@@ -139,6 +140,10 @@ class _SendWindow:
         self.limit = limit
         self.done_sent = False
         self._moved = asyncio.Event()
+        self.moved_at = asyncio.get_running_loop().time()  # last frame sent or message read
+
+    def moved(self) -> None:
+        self.moved_at = asyncio.get_running_loop().time()
 
     def grant(self, limit: int) -> None:
         if limit > self.limit:
@@ -215,6 +220,7 @@ class _WsUpload:
         on_start: Callable[[int, int], None] | None,
         frame_size: int,
         read_timeout: float,
+        stall_timeout: float,
     ) -> None:
         self.session = session
         self.path = path
@@ -227,9 +233,11 @@ class _WsUpload:
         self.on_start = on_start
         self.frame_size = frame_size
         self.read_timeout = read_timeout
+        self.stall_timeout = stall_timeout
         self.hasher: SplitHasher | None = None
         self.resumed_from: int | None = None
         self.acknowledged = 0  # highest offset the server has said is durable
+        self.upload_url: str | None = None  # the upload this call started or resumed
         self.local_digest = ""  # known once every byte was read
 
     async def run(self) -> UploadResult:
@@ -291,7 +299,10 @@ class _WsUpload:
 
     async def _open(self, ws: aiohttp.ClientWebSocketResponse) -> Ready | Finished:
         """Send ``resume`` or ``start``; returns ``ready`` (or ``finished`` for a resume)."""
-        remembered = self.store.get_upload(self.key) if self.store is not None else None
+        # This call's own upload first: without a resume store it is the only memory of it.
+        remembered = self.upload_url
+        if remembered is None and self.store is not None:
+            remembered = self.store.get_upload(self.key)
         upload_id = file_id_from_url(URL(remembered)) if remembered else None
         if upload_id is not None:
             await ws.send_str(build_message(Resume(id=upload_id, max_frame=self.frame_size)))
@@ -314,8 +325,10 @@ class _WsUpload:
                 raise ProtocolViolation(f"the server created an upload of {reply.size} bytes")
             self._forget()
             raise _StartOver
-        if upload_id is None and self.store is not None:
-            self.store.put_upload(self.key, str(self.endpoint.join(URL(reply.url))))
+        if upload_id is None:
+            self.upload_url = str(self.endpoint.join(URL(reply.url)))
+            if self.store is not None:
+                self.store.put_upload(self.key, self.upload_url)
         self._opened_at(reply.offset)
         return reply
 
@@ -341,8 +354,11 @@ class _WsUpload:
         window = _SendWindow(ready.offset + ready.credit)
         reader = asyncio.ensure_future(self._read_replies(ws, window))
         sender = asyncio.ensure_future(self._send_data(ws, ready, window))
+        watchdog = asyncio.ensure_future(self._watch(window))
         try:
-            await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_EXCEPTION)
+            await asyncio.wait({reader, sender, watchdog}, return_when=asyncio.FIRST_EXCEPTION)
+            if watchdog.done():
+                watchdog.result()
             if not reader.done() and _retryable(sender.exception() or Exception()):
                 # The connection failed under the sender; the server's reason, if it gave
                 # one (an error message before closing), is on its way: prefer it.
@@ -352,9 +368,20 @@ class _WsUpload:
             sender.result()
             raise AssertionError("unreachable: the sender ended without the reader")
         finally:
-            for task in (reader, sender):
+            for task in (reader, sender, watchdog):
                 task.cancel()
-            await asyncio.gather(reader, sender, return_exceptions=True)
+            await asyncio.gather(reader, sender, watchdog, return_exceptions=True)
+
+    async def _watch(self, window: _SendWindow) -> None:
+        """Raise once nothing moved for ``stall_timeout`` while data was owed: no frame
+        went out (sending blocked, or credit awaited) and no message came in. A link that
+        stops forwarding without closing is given up on then, not after minutes."""
+        loop = asyncio.get_running_loop()
+        while not window.done_sent:
+            idle = loop.time() - window.moved_at
+            if idle >= self.stall_timeout:
+                raise _ConnectionLost(f"no progress for {idle:.0f} s: the link stalled")
+            await asyncio.sleep(self.stall_timeout - idle)
 
     async def _send_data(
         self, ws: aiohttp.ClientWebSocketResponse, ready: Ready, window: _SendWindow
@@ -376,6 +403,7 @@ class _WsUpload:
                     await window.room_until(position + len(data))
                     # aiohttp takes any bytes-like object at runtime; its hint says bytes.
                     await ws.send_bytes(data)  # type: ignore[arg-type]
+                    window.moved()
                     position += len(data)
                     self._report(position)
         finally:
@@ -394,6 +422,7 @@ class _WsUpload:
     ) -> Finished:
         while True:
             reply = await self._next_reply(ws)
+            window.moved()
             if isinstance(reply, Credit):
                 window.grant(reply.offset + reply.credit)
                 self._acknowledge(reply.offset)
@@ -419,15 +448,15 @@ class _WsUpload:
     # bookkeeping --------------------------------------------------------------------------
 
     def _acknowledge(self, offset: int) -> None:
-        if offset > self.acknowledged:
-            self.acknowledged = offset
-            self.budget.progressed()
+        self.acknowledged = max(self.acknowledged, offset)
+        self.budget.reached(offset)
 
     def _report(self, done: int) -> None:
         if self.progress is not None:
             self.progress(done)
 
     def _forget(self) -> None:
+        self.upload_url = None
         if self.store is not None:
             self.store.forget_upload(self.key)
 

@@ -20,6 +20,7 @@ import pytest
 
 from freight.client.errors import ConnectionFailed, ProtocolViolation
 from freight.client.http import RetryPolicy
+from freight.client.partfile import part_path
 from freight.client.resume_store import ResumeStore
 from freight.client.tcp import TcpServerError, download_tcp
 from freight.protocol.frames import (
@@ -157,9 +158,9 @@ async def test_a_resume_continues_the_part(
     store = ResumeStore(tmp_path / "state")
     with pytest.raises(ConnectionFailed):
         await download_tcp(url(fake), target, resume_store=store, retry=NO_RETRIES)
-    kept = target.with_name("out.bin.part").stat().st_size
+    kept = part_path(target).stat().st_size
     assert 0 < kept < len(data)
-    assert target.with_name("out.bin.part").read_bytes() == data[:kept]
+    assert part_path(target).read_bytes() == data[:kept]
     fetched = await download_tcp(url(fake), target, resume_store=store, retry=NO_RETRIES)
     assert fetched.resumed_from == kept and target.read_bytes() == data
     assert fake.gets[-1].offset == kept
@@ -183,7 +184,7 @@ async def test_an_error_mid_stream_keeps_what_came_before(
     with pytest.raises(TcpServerError) as raised:
         await download_tcp(url(fake), target, retry=NO_RETRIES)
     assert raised.value.server_code == "ERR_INTERNAL"
-    assert target.with_name("out.bin.part").read_bytes() == data[:cut]
+    assert part_path(target).read_bytes() == data[:cut]
 
 
 async def test_data_out_of_place_is_a_protocol_violation(
@@ -201,7 +202,7 @@ async def test_data_out_of_place_is_a_protocol_violation(
     target = tmp_path / "out.bin"
     with pytest.raises(ProtocolViolation):
         await download_tcp(url(fake), target, retry=NO_RETRIES)
-    assert target.with_name("out.bin.part").read_bytes() == data[: len(data) // 2]
+    assert part_path(target).read_bytes() == data[: len(data) // 2]
 
 
 async def test_bytes_of_a_stalled_stream_reach_the_disk(
@@ -220,7 +221,7 @@ async def test_bytes_of_a_stalled_stream_reach_the_disk(
 
     fake = await serve(data, script)
     target = tmp_path / "out.bin"
-    part = target.with_name("out.bin.part")
+    part = part_path(target)
     positions: list[int] = []
     task = asyncio.ensure_future(
         download_tcp(url(fake), target, retry=NO_RETRIES, progress=positions.append)
