@@ -39,3 +39,6 @@ class ServerConfig:
     # Keep a running SHA-256 of every upload. Off, a file has one only when a client
     # declared the digest it expects (checked by reading the file back when it finishes).
     sha256: bool = True
+    # Web origins (``https://host[:port]``, or ``*``) whose pages may use a server without a
+    # token, besides its own; the only ones granted Chrome's private-network access.
+    cors_origins: tuple[str, ...] = ()

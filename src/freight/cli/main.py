@@ -59,6 +59,17 @@ def cli() -> None:
     "CPU-second per GiB, more on small boards); a file then has a SHA-256 only when its "
     "client declared one, checked by reading the file back at the end.",
 )
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    envvar="FREIGHT_CORS_ORIGIN",
+    callback=lambda ctx, param, value: _cors_origins(value),
+    metavar="ORIGIN",
+    help="Let web pages from ORIGIN (https://host[:port], or * for any) use a server without "
+    "a token, and grant it Chrome's private-network access; repeatable, or comma-separated "
+    "in FREIGHT_CORS_ORIGIN. By default only the server's own page may.",
+)
 def serve(
     host: str,
     port: int,
@@ -69,6 +80,7 @@ def serve(
     expire_after: float,
     tcp_port: int | None,
     sha256: bool,
+    cors_origins: tuple[str, ...],
 ) -> None:
     """Run the freight server."""
     from freight.server.app import run_server
@@ -83,8 +95,22 @@ def serve(
         expire_after=expire_after,
         tcp_port=tcp_port,
         sha256=sha256,
+        cors_origins=cors_origins,
     )
     run_server(config)
+
+
+def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    from freight.server.origins import parse_origin
+
+    origins = tuple(o.strip() for value in values for o in value.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*":
+            try:
+                parse_origin(origin)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--cors-origin") from None
+    return origins
 
 
 cli.add_command(send)
