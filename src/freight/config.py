@@ -59,3 +59,6 @@ class ServerConfig:
     min_rate: int = 1024
     keepalive_timeout: float = 60.0
     max_pending: int = 256
+    # Web origins (``https://host[:port]``, or ``*``) whose pages may use a server without a
+    # token, besides its own; the only ones granted Chrome's private-network access.
+    cors_origins: tuple[str, ...] = ()

@@ -141,22 +141,24 @@ async def test_method_override(server: LiveServer, started: tuple[str, bytes]) -
         assert resp.headers["Upload-Offset"] == str(len(data))
 
 
-async def test_cors_preflight_allows_tus_headers(server: LiveServer) -> None:
+async def test_cors_preflight_allows_tus_headers(tmp_path: Path) -> None:
     headers = {
         "Origin": "http://example.test",
         "Access-Control-Request-Method": "PATCH",
         "Access-Control-Request-Headers": "upload-offset,tus-resumable",
     }
-    async with server.http.options(f"{server.url}/files/x", headers=headers) as resp:
-        assert resp.status == 204
-        assert resp.headers["Access-Control-Allow-Origin"] == "http://example.test"
-        allowed = resp.headers["Access-Control-Allow-Headers"].lower()
-        assert "upload-offset" in allowed
-        assert "tus-resumable" in allowed
-    async with server.http.head(
-        f"{server.url}/files/x", headers={**TUS, "Origin": "http://example.test"}
-    ) as resp:
-        assert "Upload-Offset" in resp.headers["Access-Control-Expose-Headers"]
+    allowed_origin = {"cors_origins": ("http://example.test",)}
+    async with live_server(tmp_path / "data", **allowed_origin) as server:
+        async with server.http.options(f"{server.url}/files/x", headers=headers) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == "http://example.test"
+            allowed = resp.headers["Access-Control-Allow-Headers"].lower()
+            assert "upload-offset" in allowed
+            assert "tus-resumable" in allowed
+        async with server.http.head(
+            f"{server.url}/files/x", headers={**TUS, "Origin": "http://example.test"}
+        ) as resp:
+            assert "Upload-Offset" in resp.headers["Access-Control-Expose-Headers"]
 
 
 # --- concatenation ---------------------------------------------------------------------------

@@ -138,6 +138,17 @@ def cli() -> None:
     help="Connections that may wait for a request head at once (at most a quarter of the "
     "open-file limit); past that the longest-waiting one is closed.",
 )
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    envvar="FREIGHT_CORS_ORIGIN",
+    callback=lambda ctx, param, value: _cors_origins(value),
+    metavar="ORIGIN",
+    help="Let web pages from ORIGIN (https://host[:port], or * for any) use a server without "
+    "a token, and grant it Chrome's private-network access; repeatable, or comma-separated "
+    "in FREIGHT_CORS_ORIGIN. By default only the server's own page may.",
+)
 def serve(
     host: str,
     port: int,
@@ -159,6 +170,7 @@ def serve(
     min_rate: int,
     keepalive_timeout: float,
     max_pending: int,
+    cors_origins: tuple[str, ...],
 ) -> None:
     """Run the freight server."""
     from freight.server.app import run_server
@@ -184,8 +196,22 @@ def serve(
         min_rate=min_rate,
         keepalive_timeout=keepalive_timeout,
         max_pending=max_pending,
+        cors_origins=cors_origins,
     )
     run_server(config)
+
+
+def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    from freight.server.origins import parse_origin
+
+    origins = tuple(o.strip() for value in values for o in value.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*":
+            try:
+                parse_origin(origin)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--cors-origin") from None
+    return origins
 
 
 cli.add_command(send)

@@ -247,7 +247,8 @@ def parse_upload_length(value: str | None) -> int | None:
 
 
 def _parse_content_length(value: str | None) -> int | None:
-    # RFC 9110: 1*DIGIT, nothing else; not a structured field.
+    # RFC 9110: 1*DIGIT, nothing else; not a structured field. Leading zeros are allowed, so
+    # the size check counts significant digits, before int() (which refuses 4300+ digits).
     if value is None:
         return None
     stripped = value.strip()
@@ -255,7 +256,12 @@ def _parse_content_length(value: str | None) -> int | None:
         raise InvalidHeader(
             "Content-Length must be a non-negative integer", header="Content-Length"
         )
-    return int(stripped)
+    significant = stripped.lstrip("0") or "0"
+    if len(significant) > len(str(_MAX_SF_INTEGER)):
+        raise UploadTooLarge(
+            f"a Content-Length of {len(significant)} digits is more than any upload"
+        )
+    return int(significant)
 
 
 def _media_type(content_type: str | None) -> str | None:

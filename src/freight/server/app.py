@@ -13,7 +13,6 @@ from aiohttp import web
 from freight.config import FsyncPolicy, ServerConfig
 from freight.core import UploadEngine
 from freight.core.pipes import splicing_available
-from freight.protocol import ietf
 from freight.server.api import add_api_routes
 from freight.server.chunks import add_chunk_api
 from freight.server.connections import (
@@ -23,15 +22,22 @@ from freight.server.connections import (
     pending_cap,
     quiet_accept_errors,
 )
+from freight.server.dispatch import DOWNLOAD_ROUTE, dispatch_middleware, resolve
 from freight.server.download import file_response
 from freight.server.ietf import handle_ietf
 from freight.server.links import add_link_routes
-from freight.server.middleware import auth_middleware, cors_middleware, error_middleware
+from freight.server.middleware import (
+    auth_middleware,
+    cors_middleware,
+    error_middleware,
+    origin_middleware,
+)
+from freight.server.origins import ORIGIN_POLICY, OriginPolicy
 from freight.server.page import add_page_routes
 from freight.server.splice import Splicers
 from freight.server.state import ENGINE, SETTINGS, SPLICERS
 from freight.server.tcp import TcpServer, start_tcp_server
-from freight.server.tus import effective_method, handle_tus
+from freight.server.tus import handle_tus
 from freight.server.ws import add_ws_routes
 from freight.storage import LocalStore
 
@@ -48,27 +54,29 @@ READ_BUFSIZE = 16 * 1024
 
 
 async def files_endpoint(request: web.Request) -> web.StreamResponse:
-    """Everything under ``/files/``: tus, IETF resumable uploads and downloads share URLs."""
-    method = effective_method(request)
-    version = ietf.parse_interop_version(request.headers.get(ietf.INTEROP_HEADER))
+    """Everything under ``/files/``: tus, IETF resumable uploads and downloads share URLs.
+
+    What the request means was resolved once by :mod:`.dispatch`, before the auth check.
+    """
+    dispatch = resolve(request)
     upload_id = request.match_info.get("upload_id")
-    if upload_id is not None and _is_download(request, method, version):
+    if upload_id is not None and dispatch.download:
         engine = request.app[ENGINE]
         return file_response(request, await engine.get(upload_id), engine.store)
-    if version is not None:
-        return await handle_ietf(request, method, version)
-    return await handle_tus(request, method)
-
-
-def _is_download(request: web.Request, method: str, version: int | None) -> bool:
-    if method == "GET":
-        return True
-    return method == "HEAD" and version is None and "Tus-Resumable" not in request.headers
+    if dispatch.interop_version is not None:
+        return await handle_ietf(request, dispatch.method, dispatch.interop_version)
+    return await handle_tus(request, dispatch.method)
 
 
 def create_app(config: ServerConfig) -> web.Application:
     app = web.Application(
-        middlewares=[cors_middleware, error_middleware, auth_middleware(config.token)],
+        middlewares=[
+            cors_middleware,
+            error_middleware,
+            dispatch_middleware,
+            origin_middleware,
+            auth_middleware(config.token),
+        ],
         client_max_size=1024 * 1024,
     )
     store = LocalStore(config.data_dir, durable=config.fsync is not FsyncPolicy.NEVER)
@@ -90,9 +98,10 @@ def create_app(config: ServerConfig) -> web.Application:
     if splicing_available():
         app[SPLICERS] = Splicers()
     base = config.base_path.rstrip("/")
-    app.router.add_route("*", f"{base}/", files_endpoint)
-    app.router.add_route("*", f"{base}", files_endpoint)
-    app.router.add_route("*", f"{base}/{{upload_id}}", files_endpoint)
+    app[ORIGIN_POLICY] = OriginPolicy.from_config(config)
+    app.router.add_route("*", f"{base}/", files_endpoint, name="files:collection")
+    app.router.add_route("*", f"{base}", files_endpoint, name="files:collection-bare")
+    app.router.add_route("*", f"{base}/{{upload_id}}", files_endpoint, name=DOWNLOAD_ROUTE)
     add_api_routes(app)
     add_link_routes(app)
     add_ws_routes(app)

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 from aiohttp import web
 
 from freight.errors import UploadIncomplete
+from freight.server.dispatch import DOWNLOAD_ROUTE, resolve
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = ["LINK_LIFETIME", "add_link_routes", "link_allows", "signature"]
 
 LINK_LIFETIME = 3600
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_SIG = re.compile(r"[0-9a-f]{64}")
+_EXPIRES = re.compile(r"[0-9]{1,12}")  # ASCII digits only, and far fewer than int() refuses
 
 
 def signature(token: str, upload_id: str, expires: int) -> str:
@@ -28,13 +33,20 @@ def signature(token: str, upload_id: str, expires: int) -> str:
 
 
 def link_allows(request: web.Request, token: str) -> bool:
-    """True for a GET or HEAD of a file carrying a valid, unexpired signature."""
-    if request.method not in ("GET", "HEAD"):
+    """True for a download (GET, or a HEAD that is no tus or IETF request) of the one file a
+    valid, unexpired signature names.
+
+    Decided by the route and the method :mod:`.dispatch` resolved, never by path text or the
+    raw method: no header turns a link into a delete, an upload or an API read. Query values
+    are checked for shape before use, so hostile ones are simply no link.
+    """
+    dispatch = resolve(request)
+    if not dispatch.download or request.match_info.route.name != DOWNLOAD_ROUTE:
         return False
-    upload_id = request.match_info.get("upload_id")
-    sig = request.query.get("sig")
+    upload_id = request.match_info.get("upload_id", "")
+    sig = request.query.get("sig", "")
     expires_text = request.query.get("expires", "")
-    if upload_id is None or sig is None or not expires_text.isdigit():
+    if not (_ID.fullmatch(upload_id) and _SIG.fullmatch(sig) and _EXPIRES.fullmatch(expires_text)):
         return False
     expires = int(expires_text)
     if expires < time.time():

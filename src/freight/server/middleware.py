@@ -1,4 +1,4 @@
-"""Cross-cutting request handling: errors, bearer-token auth and CORS."""
+"""Cross-cutting request handling: errors, bearer-token auth, origins and CORS."""
 
 from __future__ import annotations
 
@@ -8,14 +8,21 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from freight.errors import FreightError, Unauthorized
+from freight.errors import FreightError, Unauthorized, UploadForbidden
 from freight.protocol import ietf
 from freight.protocol.tus import TUS_HEADERS
 from freight.server.body import close_after_response
 from freight.server.errors import error_response, internal_error_response
 from freight.server.links import link_allows
+from freight.server.origins import origin_listed, origin_permitted
 
-__all__ = ["auth_middleware", "cors_middleware", "error_middleware"]
+__all__ = [
+    "auth_middleware",
+    "cors_middleware",
+    "error_middleware",
+    "header_bytes",
+    "origin_middleware",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,21 +71,32 @@ def _is_public_route(request: web.Request) -> bool:
     return name is not None and name.startswith("public:")
 
 
+def _checks_itself(request: web.Request) -> bool:
+    return request.path in OPEN_PATHS or request.path in SELF_CHECKED_PATHS
+
+
+def header_bytes(value: str) -> bytes | None:
+    """A header value as the bytes that came in (aiohttp decodes odd bytes with
+    surrogateescape); None if it cannot be, which matches no secret."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+
+
 def auth_middleware(token: str | None) -> Middleware:
-    expected = f"Bearer {token}".encode() if token else None
+    expected = header_bytes(f"Bearer {token}") if token else None
 
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is None or request.path in OPEN_PATHS or _is_preflight(request):
+        if expected is None or _is_preflight(request) or _checks_itself(request):
             return await handler(request)
         if _is_public_route(request):
             return await handler(request)
-        if request.path in SELF_CHECKED_PATHS:
-            return await handler(request)
         if token is not None and link_allows(request, token):
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        given = header_bytes(request.headers.get("Authorization", ""))
+        if given is None or not hmac.compare_digest(given, expected):
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
         return await handler(request)
 
@@ -86,24 +104,49 @@ def auth_middleware(token: str | None) -> Middleware:
 
 
 @web.middleware
+async def origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a browser page the origin policy does not let in (:mod:`.origins`), reading
+    and writing alike. The page and ``/health`` stay open; ``/api/ws`` checks the same
+    policy itself before its upgrade."""
+    if _checks_itself(request) or _is_public_route(request) or origin_permitted(request):
+        return await handler(request)
+    raise UploadForbidden("pages from this origin may not use this server (see --cors-origin)")
+
+
+@web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Let browser pages on other origins use the API (the token still guards it)."""
+    """CORS headers for the origins the policy lets in; none for any other."""
     origin = request.headers.get("Origin")
+    permitted = origin is not None and origin_permitted(request)
     if _is_preflight(request):
-        response: web.StreamResponse = web.Response(status=204)
-    else:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            response = exc
-    if origin:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
-        response.headers["Access-Control-Expose-Headers"] = _HEADER_LIST
-        if _is_preflight(request):
-            response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
-            response.headers["Access-Control-Allow-Headers"] = _HEADER_LIST
-            response.headers["Access-Control-Max-Age"] = "86400"
+        return _preflight(request, origin, permitted)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    if permitted and origin is not None:
+        _allow(response, origin)
     if isinstance(response, web.HTTPException) and response.status >= 400:
         raise response
     return response
+
+
+def _preflight(request: web.Request, origin: str | None, permitted: bool) -> web.StreamResponse:
+    if not permitted or origin is None:
+        refused = UploadForbidden("pages from this origin may not use this server")
+        return error_response(request, refused)
+    response = web.Response(status=204)
+    _allow(response, origin)
+    response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+    response.headers["Access-Control-Allow-Headers"] = _HEADER_LIST
+    response.headers["Access-Control-Max-Age"] = "86400"
+    wants_private = request.headers.get("Access-Control-Request-Private-Network", "")
+    if wants_private.strip().lower() == "true" and origin_listed(request, origin):
+        response.headers["Access-Control-Allow-Private-Network"] = "true"
+    return response
+
+
+def _allow(response: web.StreamResponse, origin: str) -> None:
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Vary"] = "Origin"
+    response.headers["Access-Control-Expose-Headers"] = _HEADER_LIST

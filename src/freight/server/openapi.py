@@ -12,12 +12,28 @@ registered, in :data:`_OPTIONAL_PATHS`), with its schemas in :func:`_schemas`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from freight import __version__
-from freight.server.paging import DEFAULT_PAGE, MAX_PAGE
+from freight.server.openapi_schemas import (
+    CHUNK_N,
+    COUNT,
+    EXPIRED,
+    NOT_FOUND,
+    PAGE,
+    TEXT,
+    TOO_MANY,
+    UPLOAD_ID,
+    Json,
+    error_body,
+    header,
+    json_body,
+    param,
+    ref,
+    schemas,
+)
 from freight.server.state import SETTINGS
 
 if TYPE_CHECKING:
@@ -25,260 +41,15 @@ if TYPE_CHECKING:
 
 __all__ = ["add_openapi_route", "build_openapi", "registered_paths"]
 
-Json = dict[str, Any]
-ID_PATTERN = "^[A-Za-z0-9_-]{1,128}$"
 
-
-def _ref(name: str) -> Json:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(description: str, schema: Json, headers: Json | None = None) -> Json:
-    response: Json = {
-        "description": description,
-        "content": {"application/json": {"schema": schema}},
-    }
-    if headers:
-        response["headers"] = headers
-    return response
-
-
-def _error(description: str, schema: str = "Error") -> Json:
-    return _json(description, _ref(schema))
-
-
-def _header(description: str, schema: Json | None = None) -> Json:
-    return {"description": description, "schema": schema or {"type": "string"}}
-
-
-def _param(name: str, where: str, description: str, schema: Json, required: bool = False) -> Json:
-    return {
-        "name": name,
-        "in": where,
-        "required": required or where == "path",
-        "description": description,
-        "schema": schema,
-    }
-
-
-UPLOAD_ID = _param(
-    "upload_id", "path", "An upload's (or file's) id.", {"type": "string", "pattern": ID_PATTERN}
+OPERATIONS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+UNAUTHORIZED = error_body("The server has a token and the request does not carry it.")
+FOREIGN_ORIGIN = error_body(
+    "A web page of another origin, on a server without a token (only its own page and the "
+    "--cors-origin origins may use it)."
 )
-CHUNK_N = _param("n", "path", "0-based chunk number.", {"type": "integer", "minimum": 0})
-NOT_FOUND = _error("No upload with this id.")
-EXPIRED = _error("The upload expired and is being deleted.")
-TEXT = {"type": "string"}
-NULLABLE_STRING = {"type": ["string", "null"]}
-COUNT = {"type": "integer", "minimum": 0}
-SHA256_HEX = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-NEXT_CURSOR = {
-    "type": ["string", "null"],
-    "description": "Pass as ?cursor= for the next page; null on the last page.",
-}
-PAGE = [
-    _param(
-        "limit",
-        "query",
-        f"Entries per page (default {DEFAULT_PAGE}).",
-        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
-    ),
-    _param("cursor", "query", "The next_cursor of the previous page.", TEXT),
-]
-TOO_MANY = {
-    "429": _error("This client holds too many unfinished uploads (Retry-After)."),
-    "503": _error("The server holds as many unfinished uploads as it takes (Retry-After)."),
-}
-_STATUS_FIELDS = (
-    "id", "name", "size", "received_bytes", "percent", "state", "created", "expires",
-    "chunk_size", "chunk_count", "missing", "wire_bytes", "sha256", "url", "upload_url",
-)  # fmt: skip
-CHUNK_RANGES: Json = {
-    "type": "array",
-    "description": "Half-open chunk ranges [first, end): [[0, 2], [5, 6]] means chunks 0, 1, 5.",
-    "items": {
-        "type": "array",
-        "prefixItems": [COUNT, COUNT],
-        "minItems": 2,
-        "maxItems": 2,
-    },
-}
-
-
-def _schemas(policy: ChunkPolicy) -> Json:
-    epoch = {"type": ["number", "null"], "description": "Seconds since the Unix epoch."}
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {
-                    "type": "string",
-                    "description": "Stable code, e.g. ERR_UPLOAD_NOT_FOUND.",
-                },
-                "message": TEXT,
-            },
-            "additionalProperties": True,
-        },
-        "Incomplete": {
-            "allOf": [_ref("Error")],
-            "type": "object",
-            "required": ["missing"],
-            "properties": {"missing": CHUNK_RANGES},
-        },
-        "CreateUpload": {
-            "type": "object",
-            "required": ["name", "size"],
-            "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 4096},
-                "size": {"type": "integer", "minimum": 0},
-                "chunk_size": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "description": (
-                        f"Wished chunk size; the server clamps it to [{policy.minimum}, "
-                        f"{policy.maximum}] (default {policy.default}) and raises it so an "
-                        f"upload has at most {policy.max_count} chunks. Use the one returned."
-                    ),
-                },
-                "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
-            },
-        },
-        "CreatedUpload": {
-            "type": "object",
-            "required": [
-                "id",
-                "name",
-                "size",
-                "chunk_size",
-                "chunk_count",
-                "upload_url",
-                "expires",
-            ],
-            "properties": {
-                "id": TEXT,
-                "name": NULLABLE_STRING,
-                "size": COUNT,
-                "chunk_size": {"type": "integer", "minimum": 1},
-                "chunk_count": COUNT,
-                "upload_url": TEXT,
-                "expires": epoch,
-            },
-        },
-        "UploadStatus": {
-            "type": "object",
-            "required": list(_STATUS_FIELDS),
-            "properties": {
-                "id": TEXT,
-                "name": NULLABLE_STRING,
-                "size": {"type": ["integer", "null"], "minimum": 0},
-                "received_bytes": COUNT,
-                "percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
-                "state": {"enum": ["receiving", "assembling", "finished"]},
-                "created": {"type": "number"},
-                "expires": epoch,
-                "chunk_size": {
-                    "type": ["integer", "null"],
-                    "description": "null: not a chunk upload.",
-                },
-                "chunk_count": {"type": ["integer", "null"]},
-                "missing": {"oneOf": [CHUNK_RANGES, {"type": "null"}]},
-                "wire_bytes": {
-                    **COUNT,
-                    "description": (
-                        "Chunk body bytes received since the server started, duplicates included."
-                    ),
-                },
-                "sha256": {"oneOf": [SHA256_HEX, {"type": "null"}]},
-                "url": {**NULLABLE_STRING, "description": "The file's URL once finished."},
-                "upload_url": TEXT,
-            },
-        },
-        "UploadList": {
-            "type": "object",
-            "required": ["uploads", "next_cursor"],
-            "properties": {
-                "uploads": {"type": "array", "items": _ref("UploadStatus")},
-                "next_cursor": NEXT_CURSOR,
-            },
-        },
-        "ChunkReceived": {
-            "type": "object",
-            "required": ["n", "duplicate", "received_bytes", "size", "wire_bytes"],
-            "properties": {
-                "n": COUNT,
-                "duplicate": {
-                    "type": "boolean",
-                    "description": "Already received; not written again.",
-                },
-                "received_bytes": COUNT,
-                "size": COUNT,
-                "wire_bytes": COUNT,
-            },
-        },
-        "Complete": {
-            "type": "object",
-            "properties": {"sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}},
-        },
-        "CompletedUpload": {
-            "type": "object",
-            "required": ["file_id", "name", "size", "sha256", "url"],
-            "properties": {
-                "file_id": TEXT,
-                "name": NULLABLE_STRING,
-                "size": COUNT,
-                "sha256": SHA256_HEX,
-                "url": TEXT,
-            },
-        },
-        "FileEntry": {
-            "type": "object",
-            "required": ["id", "name", "size", "sha256", "created", "url"],
-            "properties": {
-                "id": TEXT,
-                "name": NULLABLE_STRING,
-                "size": COUNT,
-                "sha256": SHA256_HEX,
-                "created": {"type": "number"},
-                "url": TEXT,
-            },
-        },
-        "FileList": {
-            "type": "object",
-            "required": ["files", "next_cursor"],
-            "properties": {
-                "files": {"type": "array", "items": _ref("FileEntry")},
-                "next_cursor": NEXT_CURSOR,
-            },
-        },
-        "UploadEvent": {
-            "type": "object",
-            "description": "The data of an SSE event; its SSE event name equals `event`.",
-            "required": [
-                "event",
-                "id",
-                "name",
-                "size",
-                "received_bytes",
-                "transferred_bytes",
-                "at",
-            ],
-            "properties": {
-                "event": {"enum": ["created", "progress", "finished", "deleted"]},
-                "id": TEXT,
-                "name": NULLABLE_STRING,
-                "size": {"type": ["integer", "null"]},
-                "received_bytes": {**COUNT, "description": "Durable bytes."},
-                "transferred_bytes": {**COUNT, "description": "Bytes on disk, synced or not."},
-                "at": {"type": "number"},
-                "sha256": {"oneOf": [SHA256_HEX, {"type": "null"}]},
-            },
-        },
-        "Snapshot": {
-            "type": "object",
-            "required": ["uploads"],
-            "properties": {"uploads": {"type": "array", "items": _ref("UploadEvent")}},
-        },
-    }
+SIG_HEX = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_EVENT_KINDS = ("created", "progress", "finished", "deleted")
 
 
 def _chunk_paths() -> Json:
@@ -289,24 +60,24 @@ def _chunk_paths() -> Json:
                 "summary": "Uploads in progress, of every protocol, a page at a time",
                 "parameters": PAGE,
                 "responses": {
-                    "200": _json("Uploads still receiving.", _ref("UploadList")),
-                    "400": _error("A bad limit or cursor."),
+                    "200": json_body("Uploads still receiving.", ref("UploadList")),
+                    "400": error_body("A bad limit or cursor."),
                 },
             },
             "post": {
                 "summary": "Create a chunk upload",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("CreateUpload")}},
+                    "content": {"application/json": {"schema": ref("CreateUpload")}},
                 },
                 "responses": {
-                    "201": _json(
-                        "Created.", _ref("CreatedUpload"), {"Location": _header("The upload_url.")}
+                    "201": json_body(
+                        "Created.", ref("CreatedUpload"), {"Location": header("The upload_url.")}
                     ),
-                    "400": _error("A field is missing or invalid."),
-                    "413": _error("Larger than the server accepts (--max-size)."),
+                    "400": error_body("A field is missing or invalid."),
+                    "413": error_body("Larger than the server accepts (--max-size)."),
                     **TOO_MANY,
-                    "507": _error("Not enough free disk space."),
+                    "507": error_body("Not enough free disk space."),
                 },
             },
         },
@@ -315,7 +86,7 @@ def _chunk_paths() -> Json:
             "get": {
                 "summary": "Where an upload stands",
                 "responses": {
-                    "200": _json("Progress.", _ref("UploadStatus")),
+                    "200": json_body("Progress.", ref("UploadStatus")),
                     "404": NOT_FOUND,
                     "410": EXPIRED,
                 },
@@ -325,9 +96,11 @@ def _chunk_paths() -> Json:
                 "responses": {
                     "204": {"description": "Aborted."},
                     "404": NOT_FOUND,
-                    "409": _error("Finished: delete the file with DELETE /api/files/{upload_id}."),
+                    "409": error_body(
+                        "Finished: delete the file with DELETE /api/files/{upload_id}."
+                    ),
                     "410": EXPIRED,
-                    "423": _error("A chunk is being written; retry."),
+                    "423": error_body("A chunk is being written; retry."),
                 },
             },
         },
@@ -341,7 +114,7 @@ def _chunk_paths() -> Json:
                     "answered 200 with duplicate=true, and it is not written again."
                 ),
                 "parameters": [
-                    _param(
+                    param(
                         "Content-Digest",
                         "header",
                         "RFC 9530: sha-256=:<base64>: (or sha-512).",
@@ -360,14 +133,14 @@ def _chunk_paths() -> Json:
                     },
                 },
                 "responses": {
-                    "200": _json("Stored, or already there (duplicate).", _ref("ChunkReceived")),
-                    "400": _error("Wrong body length, or a malformed header."),
+                    "200": json_body("Stored, or already there (duplicate).", ref("ChunkReceived")),
+                    "400": error_body("Wrong body length, or a malformed header."),
                     "404": NOT_FOUND,
                     "410": EXPIRED,
-                    "415": _error("A form-encoded body; send the raw bytes."),
-                    "416": _error("No chunk n in this upload (details: chunk_count)."),
-                    "422": _error("The body does not match Content-Digest; nothing was kept."),
-                    "423": _error("Another request is writing this chunk; retry."),
+                    "415": error_body("A form-encoded body; send the raw bytes."),
+                    "416": error_body("No chunk n in this upload (details: chunk_count)."),
+                    "422": error_body("The body does not match Content-Digest; nothing was kept."),
+                    "423": error_body("Another request is writing this chunk; retry."),
                 },
             },
         },
@@ -380,14 +153,14 @@ def _chunk_paths() -> Json:
                 ),
                 "requestBody": {
                     "required": False,
-                    "content": {"application/json": {"schema": _ref("Complete")}},
+                    "content": {"application/json": {"schema": ref("Complete")}},
                 },
                 "responses": {
-                    "200": _json("The file.", _ref("CompletedUpload")),
+                    "200": json_body("The file.", ref("CompletedUpload")),
                     "404": NOT_FOUND,
-                    "409": _error("Chunks are missing (listed in missing).", "Incomplete"),
+                    "409": error_body("Chunks are missing (listed in missing).", "Incomplete"),
                     "410": EXPIRED,
-                    "422": _error("The SHA-256 differs (details: sha256); the data is kept."),
+                    "422": error_body("The SHA-256 differs (details: sha256); the data is kept."),
                 },
             },
         },
@@ -395,14 +168,14 @@ def _chunk_paths() -> Json:
 
 
 def _tus_paths(base: str) -> Json:
-    tus = _param("Tus-Resumable", "header", "1.0.0 for tus; absent for IETF and downloads.", TEXT)
-    interop = _param(
+    tus = param("Tus-Resumable", "header", "1.0.0 for tus; absent for IETF and downloads.", TEXT)
+    interop = param(
         "Upload-Draft-Interop-Version",
         "header",
         "IETF resumable uploads (3-8) instead of tus.",
         TEXT,
     )
-    offset = {"Upload-Offset": _header("Bytes received.", COUNT)}
+    offset = {"Upload-Offset": header("Bytes received.", COUNT)}
     collection = {
         "parameters": [tus, interop],
         "options": {
@@ -412,21 +185,21 @@ def _tus_paths(base: str) -> Json:
         "post": {
             "summary": "Create a tus (or IETF) upload, optionally with its first bytes",
             "parameters": [
-                _param("Upload-Length", "header", "Total size.", TEXT),
-                _param("Upload-Defer-Length", "header", "1: size given later.", TEXT),
-                _param("Upload-Metadata", "header", "key base64value pairs (filename ...).", TEXT),
-                _param("Upload-Concat", "header", "partial, or final;<urls>.", TEXT),
+                param("Upload-Length", "header", "Total size.", TEXT),
+                param("Upload-Defer-Length", "header", "1: size given later.", TEXT),
+                param("Upload-Metadata", "header", "key base64value pairs (filename ...).", TEXT),
+                param("Upload-Concat", "header", "partial, or final;<urls>.", TEXT),
             ],
             "responses": {
                 "201": {
                     "description": "Created.",
-                    "headers": {"Location": _header("The upload URL."), **offset},
+                    "headers": {"Location": header("The upload URL."), **offset},
                 },
-                "400": _error("Malformed headers."),
-                "412": _error("Unsupported Tus-Resumable."),
-                "413": _error("Too large."),
+                "400": error_body("Malformed headers."),
+                "412": error_body("Unsupported Tus-Resumable."),
+                "413": error_body("Too large."),
                 **TOO_MANY,
-                "507": _error("Not enough disk."),
+                "507": error_body("Not enough disk."),
             },
         },
     }
@@ -446,10 +219,10 @@ def _tus_paths(base: str) -> Json:
             },
             "responses": {
                 "204": {"description": "Appended; Repr-Digest once complete.", "headers": offset},
-                "409": _error("Wrong Upload-Offset."),
-                "415": _error("Wrong Content-Type."),
-                "460": _error("Upload-Checksum mismatch; the bytes were discarded."),
-                "507": _error("The disk is full; the offset is what was recorded."),
+                "409": error_body("Wrong Upload-Offset."),
+                "415": error_body("Wrong Content-Type."),
+                "460": error_body("Upload-Checksum mismatch; the bytes were discarded."),
+                "507": error_body("The disk is full; the offset is what was recorded."),
             },
         },
         "delete": {
@@ -458,7 +231,16 @@ def _tus_paths(base: str) -> Json:
         },
         "get": {
             "summary": "Download a finished file (sendfile, Range, If-Range, ETag, Repr-Digest)",
-            "parameters": [_param("Range", "header", "One byte range.", TEXT)],
+            "description": (
+                "A signed link (POST /api/files/{upload_id}/link) opens this, and HEAD of the "
+                "same bytes, without the Authorization header; nothing else."
+            ),
+            "security": [{"bearer": []}, {"signedLink": []}],
+            "parameters": [
+                param("Range", "header", "One byte range.", TEXT),
+                param("expires", "query", "A signed link's expiry (Unix seconds).", COUNT),
+                param("sig", "query", "A signed link's signature.", SIG_HEX),
+            ],
             "responses": {
                 "200": {
                     "description": "The file.",
@@ -466,8 +248,8 @@ def _tus_paths(base: str) -> Json:
                 },
                 "206": {"description": "The requested range."},
                 "404": NOT_FOUND,
-                "409": _error("Not finished yet."),
-                "416": _error("Unsatisfiable range."),
+                "409": error_body("Not finished yet."),
+                "416": error_body("Unsatisfiable range."),
             },
         },
     }
@@ -485,7 +267,7 @@ def _service_paths() -> Json:
                 "summary": "Liveness (never needs the token)",
                 "security": [],
                 "responses": {
-                    "200": _json(
+                    "200": json_body(
                         "Up.", {"type": "object", "properties": {"status": {"const": "ok"}}}
                     )
                 },
@@ -505,7 +287,7 @@ def _service_paths() -> Json:
         "/api/openapi.json": {
             "get": {
                 "summary": "This document",
-                "responses": {"200": _json("OpenAPI 3.1.", {"type": "object"})},
+                "responses": {"200": json_body("OpenAPI 3.1.", {"type": "object"})},
             }
         },
         "/api/files": {
@@ -513,8 +295,8 @@ def _service_paths() -> Json:
                 "summary": "Finished files, a page at a time",
                 "parameters": PAGE,
                 "responses": {
-                    "200": _json("Files.", _ref("FileList")),
-                    "400": _error("A bad limit or cursor."),
+                    "200": json_body("Files.", ref("FileList")),
+                    "400": error_body("A bad limit or cursor."),
                 },
             }
         },
@@ -535,7 +317,7 @@ def _service_paths() -> Json:
                     "for plain links and download managers."
                 ),
                 "responses": {
-                    "200": _json(
+                    "200": json_body(
                         "The link.",
                         {
                             "type": "object",
@@ -555,7 +337,19 @@ def _service_paths() -> Json:
                 "summary": "Live progress of every transfer",
                 "description": sse,
                 "responses": {
-                    "200": {"description": sse, "content": {"text/event-stream": {"schema": TEXT}}}
+                    "200": {
+                        "description": sse,
+                        "content": {
+                            "text/event-stream": {
+                                "schema": TEXT,
+                                # The JSON of each message's `data:` line, by its `event:` name.
+                                "x-event-data": {
+                                    "snapshot": ref("Snapshot"),
+                                    **{kind: ref("UploadEvent") for kind in _EVENT_KINDS},
+                                },
+                            }
+                        },
+                    }
                 },
             }
         },
@@ -571,9 +365,16 @@ def _websocket_path() -> Json:
             "description": (
                 "Upgrade to a WebSocket (Connection: Upgrade, Upgrade: websocket); one "
                 "connection uploads one file. Messages: docs/websocket.md. Browsers, which "
-                "cannot set headers here, send the token in the first message."
+                "cannot set headers here, send the token in the first message: without an "
+                "Authorization header the upgrade succeeds and a missing or wrong token in "
+                "that message closes the connection with code 4401 (ERR_UNAUTHORIZED)."
             ),
-            "responses": {"101": {"description": "Switching protocols."}},
+            "security": [{"bearer": []}, {}],
+            "responses": {
+                "101": {"description": "Switching protocols."},
+                "400": error_body("Not a WebSocket upgrade request."),
+                "401": error_body("An Authorization header with a wrong token."),
+            },
         }
     }
 
@@ -591,7 +392,7 @@ def _page_path() -> Json:
 
 
 def _static_path() -> Json:
-    name = _param("name", "path", "A file of the page (app.js, style.css ...).", TEXT)
+    name = param("name", "path", "A file of the page (app.js, style.css ...).", TEXT)
     return {
         "parameters": [name],
         "get": {
@@ -618,6 +419,19 @@ def _paths(base: str, registered: set[str]) -> Json:
     return paths
 
 
+def _with_refusals(paths: Json) -> Json:
+    """Every operation behind the token (all but /health and the page) answers 401 without
+    it, and 403 to a page of another origin the server does not let in."""
+    for item in paths.values():
+        for method in OPERATIONS & item.keys():
+            operation = item[method]
+            responses = operation["responses"]
+            if operation.get("security") != []:
+                responses.setdefault("401", UNAUTHORIZED)
+                responses.setdefault("403", FOREIGN_ORIGIN)
+    return paths
+
+
 def build_openapi(*, base_path: str, registered: set[str], policy: ChunkPolicy) -> Json:
     """The OpenAPI document for a server with ``base_path`` and these registered paths."""
     return {
@@ -628,16 +442,26 @@ def build_openapi(*, base_path: str, registered: set[str], policy: ChunkPolicy) 
             "description": (
                 "Move files larger than RAM: tus 1.0 and IETF resumable uploads at the base "
                 "path, a chunk API for browsers, downloads with sendfile, live events. Every "
-                "endpoint but /health needs `Authorization: Bearer <token>` when the server "
-                "has a token. Errors are JSON {code, message, ...}."
+                "endpoint but /health and the page needs `Authorization: Bearer <token>` when "
+                "the server has a token (401 without). Without a token, pages of other origins "
+                "than the server's own and those given with --cors-origin get 403. Errors are "
+                "JSON {code, message, ...}."
             ),
         },
         "components": {
-            "schemas": _schemas(policy),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas(policy),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "signedLink": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "sig",
+                    "description": "With `expires`: HMAC-SHA256 under the token of <id>:<expires>.",
+                },
+            },
         },
         "security": [{"bearer": []}],
-        "paths": _paths(base_path.rstrip("/"), registered),
+        "paths": _with_refusals(_paths(base_path.rstrip("/"), registered)),
     }
 
 

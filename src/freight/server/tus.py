@@ -11,7 +11,7 @@ from aiohttp import web
 
 from freight.core import ConcatKind, UploadEngine, UploadSession, UploadState
 from freight.core.writer import RequestChecksum
-from freight.errors import MethodNotAllowed, UnsupportedMediaType
+from freight.errors import InvalidHeader, MethodNotAllowed, UnsupportedMediaType
 from freight.protocol import tus
 from freight.protocol.checksum import CHECKSUM_ALGORITHMS, new_checksum
 from freight.protocol.digests import build_repr_digest
@@ -20,7 +20,7 @@ from freight.server.body import check_fits, has_body, interrupter, stream_body
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.state import ENGINE, SETTINGS
 
-__all__ = ["EXTENSIONS", "handle_tus"]
+__all__ = ["EXTENSIONS", "OVERRIDABLE_METHODS", "effective_method", "handle_tus"]
 
 EXTENSIONS = (
     "creation",
@@ -35,9 +35,29 @@ EXTENSIONS = (
 OFFSET_STREAM = "application/offset+octet-stream"
 
 
+# What a POST may be turned into: the methods restrictive proxies and old browsers lack.
+OVERRIDABLE_METHODS = frozenset({"PATCH", "DELETE", "POST"})
+
+
 def effective_method(request: web.Request) -> str:
-    """tus lets clients behind restrictive proxies tunnel methods through POST."""
-    return request.headers.get("X-HTTP-Method-Override", request.method).upper()
+    """The method a tus or IETF request means.
+
+    tus lets clients behind restrictive proxies tunnel PATCH and DELETE through POST with
+    ``X-HTTP-Method-Override``. It is honoured on POST only (as tusd does): on any other
+    method the header is ignored, so no header can turn a GET or HEAD, which a signed link
+    may open, into something else. Callers read the resolved value from
+    :func:`freight.server.dispatch.resolve`, never from here twice.
+    """
+    override = request.headers.get("X-HTTP-Method-Override")
+    if request.method != "POST" or override is None:
+        return request.method
+    method = override.strip().upper()
+    if method not in OVERRIDABLE_METHODS:
+        raise InvalidHeader(
+            "X-HTTP-Method-Override may only turn a POST into PATCH or DELETE",
+            header="X-HTTP-Method-Override",
+        )
+    return method
 
 
 async def handle_tus(request: web.Request, method: str) -> web.StreamResponse:

@@ -68,6 +68,7 @@ from freight.protocol.ws_messages import (
     parse_client_message,
 )
 from freight.server.body import interrupter
+from freight.server.origins import origin_permitted
 from freight.server.state import ENGINE, SETTINGS
 from freight.server.ws_receiver import Receiver
 
@@ -130,8 +131,7 @@ def check_handshake(request: web.Request, token: str | None) -> bool:
         if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
         return True
-    origin = request.headers.get("Origin")
-    if token is None and origin is not None and not _same_origin(request, origin):
+    if not origin_permitted(request):
         raise UploadForbidden("WebSocket uploads from another origin need the server's token")
     return token is None
 
