@@ -24,6 +24,7 @@ __all__ = [
     "PreconditionFailed",
     "RangeAlreadyReceived",
     "RangeNotSatisfiable",
+    "ServerBusy",
     "Unauthorized",
     "UnsupportedChecksumAlgorithm",
     "UnsupportedMediaType",
@@ -194,3 +195,10 @@ class ChecksumMismatch(FreightError):
 class InsufficientStorage(FreightError):
     code = "ERR_INSUFFICIENT_STORAGE"
     status = 507
+
+
+class ServerBusy(FreightError):
+    """The server holds as many of these connections as it allows; retry later."""
+
+    code = "ERR_SERVER_BUSY"
+    status = 503
