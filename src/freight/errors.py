@@ -26,6 +26,7 @@ __all__ = [
     "RangeAlreadyReceived",
     "RangeNotSatisfiable",
     "ResourcesExhausted",
+    "ServerBusy",
     "TooManyUploads",
     "Unauthorized",
     "UnsupportedChecksumAlgorithm",
@@ -232,3 +233,10 @@ def storage_os_error(exc: OSError) -> FreightError:
     if exc.errno in _EXHAUSTED:
         return ResourcesExhausted(f"the server is out of resources: {exc.strerror or exc}")
     return FreightError(f"storage failure: {exc.strerror or exc}")
+
+
+class ServerBusy(FreightError):
+    """The server holds as many of these connections as it allows; retry later."""
+
+    code = "ERR_SERVER_BUSY"
+    status = 503

@@ -98,7 +98,8 @@ async def test_snapshot_then_live_events_of_a_chunk_upload(
     mine = [(kind, data) for kind, data in seen if data and data.get("id") == upload_id]
     kinds = [kind for kind, _ in mine]
     assert kinds[0] == "created" and kinds[-1] == "finished"
-    assert kinds.count("progress") >= 1 and set(kinds) == {"created", "progress", "finished"}
+    # Progress in between is coalesced (a stream wakes at most every 0.1 s): maybe none.
+    assert set(kinds) <= {"created", "progress", "finished"} and kinds.count("finished") == 1
     received = [data["received_bytes"] for _, data in mine]
     assert received == sorted(received) and received[0] == 0
     for kind, data in mine:

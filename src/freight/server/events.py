@@ -12,11 +12,17 @@ each engine event (any protocol) as it happens::
     data: {"event": "progress", "id": ..., "received_bytes": ..., "transferred_bytes": ...}
 
 A snapshot entry has the shape of an event's data (``event`` is ``"progress"``), so a page
-updates its rows the same way from both. Event kinds: ``created``, ``progress``,
-``finished``, ``deleted``. A ``: keepalive`` comment goes out when nothing happened for
-:data:`KEEPALIVE_SECONDS`, which keeps proxies from closing an idle stream and shows when
-the client has gone. The subscription is taken before the snapshot is read, so nothing
-falls between the two (an upload may appear in both; the later one wins).
+updates its rows the same way from both. It lists up to :data:`SNAPSHOT_LIMIT` uploads in
+progress (since the server started), most recently active first. Event kinds: ``created``,
+``progress``, ``finished``, ``deleted``. Events are coalesced (:mod:`freight.core.events`):
+a stream wakes at most every 0.1 s and gets, per upload that changed, its ``created`` and
+final event if it had not seen them and its latest state, so however slow a client is it
+sees how every upload ended and the server holds nothing per stream but its socket buffer.
+A stream that fell so far behind that an ended upload was forgotten gets a new snapshot.
+A ``: keepalive`` comment goes out when nothing happened for :data:`KEEPALIVE_SECONDS`,
+which keeps proxies from closing an idle stream and shows when the client has gone. The
+snapshot and the stream's place in the events are taken together, so nothing falls
+between the two.
 
 Shutdown never waits for a stream: the application's ``on_shutdown`` wakes every stream,
 which ends its response cleanly.
@@ -26,19 +32,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from typing import Any
 
 from aiohttp import web
 
-from freight.core import UploadEngine, UploadSession, UploadState
-from freight.core.events import UploadEvent
+from freight.core.events import UploadEvent, Watcher
 from freight.protocol.metadata import safe_filename
 from freight.server.state import ENGINE
 
 __all__ = ["KEEPALIVE_SECONDS", "STOPPING", "add_event_routes", "format_event", "snapshot_entry"]
 
 KEEPALIVE_SECONDS = 15.0
+SNAPSHOT_LIMIT = 1000  # uploads in progress listed on subscribing, most recently active first
 RECONNECT_MILLISECONDS = 3000
 
 STOPPING = web.AppKey("freight.events_stopping", asyncio.Event)
@@ -50,19 +57,9 @@ def format_event(kind: str, data: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def snapshot_entry(session: UploadSession, at: float) -> dict[str, Any]:
+def snapshot_entry(event: UploadEvent) -> dict[str, Any]:
     """An upload in progress, shaped like a ``progress`` event's data."""
-    received = session.received.total()
-    return {
-        "event": "progress",
-        "id": session.id,
-        "name": safe_filename(session.name, "") or None,
-        "size": session.length,
-        "received_bytes": received,
-        "transferred_bytes": received,
-        "at": at,
-        "sha256": None,
-    }
+    return {**_event_data(event), "event": "progress", "sha256": None}
 
 
 def _event_data(event: UploadEvent) -> dict[str, Any]:
@@ -76,32 +73,15 @@ def _event_data(event: UploadEvent) -> dict[str, Any]:
     return data
 
 
-async def _snapshot(engine: UploadEngine) -> bytes:
-    now = engine.clock()
-    uploads = [
-        snapshot_entry(session, now)
-        for session in await engine.list_sessions()
-        if session.state is UploadState.RECEIVING
-        and (session.expires is None or session.expires >= now)
-    ]
+@functools.lru_cache(maxsize=4096)
+def _encoded(event: UploadEvent) -> bytes:
+    """An event as its SSE message; every stream sends the same bytes, made once."""
+    return format_event(event.kind.value, _event_data(event))
+
+
+def _snapshot(watcher: Watcher) -> bytes:
+    uploads = [snapshot_entry(event) for event in watcher.snapshot(SNAPSHOT_LIMIT)]
     return format_event("snapshot", {"uploads": uploads})
-
-
-async def _next_event(
-    queue: asyncio.Queue[UploadEvent], stopping: asyncio.Event, timeout: float
-) -> UploadEvent | None:
-    """The next event; None after ``timeout`` seconds of quiet or once ``stopping`` is set."""
-    getter = asyncio.ensure_future(queue.get())
-    stopper = asyncio.ensure_future(stopping.wait())
-    try:
-        await asyncio.wait({getter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        # A cancelled Queue.get takes nothing from the queue, so no event is lost.
-        getter.cancel()
-        stopper.cancel()
-    if getter.done() and not getter.cancelled():
-        return getter.result()
-    return None
 
 
 async def events_endpoint(request: web.Request) -> web.StreamResponse:
@@ -117,21 +97,27 @@ async def events_endpoint(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     # A client that went away shows up as a failed write: end quietly.
-    with contextlib.suppress(ConnectionError), engine.events.subscribe() as queue:
+    with contextlib.suppress(ConnectionError), engine.events.watch() as watcher:
         await response.write(f"retry: {RECONNECT_MILLISECONDS}\n\n".encode())
-        await response.write(await _snapshot(engine))
+        await response.write(_snapshot(watcher))
         while not stopping.is_set():
-            event = await _next_event(queue, stopping, KEEPALIVE_SECONDS)
-            if event is not None:
-                await response.write(format_event(event.kind.value, _event_data(event)))
-            elif not stopping.is_set():
-                await response.write(b": keepalive\n\n")
+            await watcher.wait(KEEPALIVE_SECONDS)
+            if stopping.is_set():
+                break
+            if watcher.behind:  # it missed how some upload ended: start again
+                await response.write(_snapshot(watcher))
+                continue
+            # One write per wake: a slow client holds this task in ``write`` (bounded by
+            # the transport's buffer) while the hub coalesces what it has not seen yet.
+            events = watcher.take()
+            await response.write(b"".join(map(_encoded, events)) or b": keepalive\n\n")
         await response.write_eof()
     return response
 
 
 async def _stop_streams(app: web.Application) -> None:
     app[STOPPING].set()
+    app[ENGINE].events.wake()
 
 
 def add_event_routes(app: web.Application) -> None:

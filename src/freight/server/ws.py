@@ -22,11 +22,12 @@ dearer than TCP ones); this one allocates nothing per read and copies a payload 
 
 Memory per connection is bounded by the read buffer and one frame buffer, aiohttp's frame
 limit (``max_msg_size``) for the frames it parses, its small read queue and the writer's two
-buffers, whatever the file size.
+buffers, whatever the file size. Until its opening message a connection holds a 4 KiB read
+buffer only: ~23 KiB in all, where the 256 KiB buffer made it 271 KiB.
 
-Handshake rules: a wrong ``Authorization`` header is refused (401) before the upgrade; a
-server without a token refuses a browser from another origin (403). With a token and no
-valid header the first message must carry it (browsers cannot set headers on a WebSocket).
+Who may connect, and how many may wait for their first message, is :mod:`.ws_admission`.
+Silence is counted in messages (text or data), never pings or pongs: the opening must come
+within ``auth_timeout`` of the upgrade, every later message within ``idle_timeout``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import hmac
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
@@ -48,13 +48,11 @@ from freight.errors import (
     ClientDisconnected,
     FreightError,
     Unauthorized,
-    UploadForbidden,
 )
 from freight.protocol.ws_messages import (
     CLOSE_NORMAL,
     Done,
     Finished,
-    FrameTooLarge,
     Message,
     Ready,
     ReceiveWindow,
@@ -64,13 +62,19 @@ from freight.protocol.ws_messages import (
     build_message,
     close_code_for,
     error_reply,
-    is_same_origin,
     parse_client_message,
 )
 from freight.server.body import interrupter
-from freight.server.origins import origin_permitted
 from freight.server.state import ENGINE, SETTINGS
+from freight.server.ws_admission import (
+    PENDING,
+    PendingConnections,
+    PendingTicket,
+    check_handshake,
+    not_an_upgrade,
+)
 from freight.server.ws_receiver import Receiver
+from freight.server.ws_socket import UploadSocket, application_message, drop_receive
 
 __all__ = ["WS_PATH", "WS_SETTINGS", "WsSettings", "add_ws_routes"]
 
@@ -91,7 +95,13 @@ class WsSettings:
     max_frame: int = 256 * 1024
     window: int = 16 * MiB
     credit: int = 32 * MiB
-    idle_timeout: float = 300.0  # no message for this long: free the upload for others
+    # No message (text or data; pings and pongs do not count) for this long: free the
+    # upload for others.
+    idle_timeout: float = 300.0
+    # The opening message (which carries the token when no header did) must come this soon;
+    # until then the connection is pending (see :mod:`.ws_admission`).
+    auth_timeout: float = 10.0
+    max_pending: int = 128  # pending connections at once; more are refused with 503
     heartbeat: float = 30.0  # ping an idle peer; no pong within half of it drops the link
     close_timeout: float = 5.0  # how long to wait for the client's half of a close
 
@@ -101,76 +111,38 @@ WS_SETTINGS = web.AppKey("ws_settings", WsSettings)
 
 def add_ws_routes(app: web.Application, settings: WsSettings | None = None) -> None:
     app[WS_SETTINGS] = settings or WsSettings()
+    app[PENDING] = PendingConnections()
     app.router.add_get(WS_PATH, ws_endpoint)
 
 
 async def ws_endpoint(request: web.Request) -> web.StreamResponse:
-    token_proven = check_handshake(request, request.app[SETTINGS].token)
+    token = request.app[SETTINGS].token
     settings = request.app[WS_SETTINGS]
-    socket = _UploadSocket(
+    header_proved = check_handshake(request, token)
+    socket = UploadSocket(
         max_frame=settings.max_frame,
         compress=False,  # deflating file bytes costs CPU and opens the door to zip bombs
         heartbeat=settings.heartbeat,
         timeout=settings.close_timeout,
         autoclose=False,  # a client's close is answered once its bytes are recorded
     )
-    await socket.prepare(request)
-    token = None if token_proven else request.app[SETTINGS].token
-    # Sooner than the heartbeat or the idle timeout could notice silence.
-    alive_every = min(settings.heartbeat, settings.idle_timeout) / 4
-    receiver = Receiver.take_over(request, alive_every=alive_every)
-    await _Connection(request, socket, settings, token, receiver).run()
+    if not socket.can_prepare(request).ok:
+        raise not_an_upgrade(token, header_proved)
+    ticket = None if header_proved else request.app[PENDING].admit(settings.max_pending)
+    try:
+        await socket.prepare(request)
+        # Reading binary frames needs aiohttp's heartbeat told the client is alive.
+        receiver = Receiver.take_over(request, alive_every=settings.heartbeat / 4)
+        unproven = None if header_proved else token
+        await _Connection(request, socket, settings, unproven, receiver, ticket).run()
+    finally:
+        if ticket is not None:
+            ticket.release()
     return socket
 
 
-def check_handshake(request: web.Request, token: str | None) -> bool:
-    """Refuse before the upgrade what can be refused; True if the token is already proven."""
-    header = request.headers.get("Authorization")
-    if token is not None and header is not None:
-        given = header.encode("utf-8", "surrogateescape")  # aiohttp keeps odd bytes that way
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
-        return True
-    if not origin_permitted(request):
-        raise UploadForbidden("WebSocket uploads from another origin need the server's token")
-    return token is None
-
-
-def _same_origin(request: web.Request, origin: str) -> bool:
-    # A reverse proxy terminating TLS forwards the scheme. Browsers cannot forge these
-    # headers on a WebSocket, and the check exists only to stop browsers.
-    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    scheme = forwarded if forwarded in ("http", "https") else request.scheme
-    return is_same_origin(origin, scheme=scheme, host=request.host)
-
-
 class _IdleTimeout(ClientDisconnected):
-    """The client sent nothing for ``idle_timeout`` seconds."""
-
-
-class _UploadSocket(web.WebSocketResponse):
-    """Refuses frames over ``max_frame`` from their header, and says why before closing.
-
-    aiohttp checks a frame's declared length before buffering any payload, then closes with
-    1009 from inside ``receive()``; ``close`` is the one moment the error can still be sent.
-    """
-
-    def __init__(self, *, max_frame: int, **options: Any) -> None:
-        # One byte more: aiohttp refuses a message whose length reaches its limit.
-        super().__init__(max_msg_size=max_frame + 1, **options)
-        self.max_frame = max_frame
-
-    async def close(
-        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
-    ) -> bool:
-        if code == WSCloseCode.MESSAGE_TOO_BIG and not message and not self.closed:
-            error = FrameTooLarge(
-                f"a frame was larger than max_frame ({self.max_frame})", max_frame=self.max_frame
-            )
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.send_str(build_message(error_reply(error)))
-            message = error.code.encode()
-        return await super().close(code=code, message=message, drain=drain)
+    """The client sent no message for ``idle_timeout`` (before its opening: ``auth_timeout``)."""
 
 
 class _Connection:
@@ -179,10 +151,11 @@ class _Connection:
     def __init__(
         self,
         request: web.Request,
-        socket: _UploadSocket,
+        socket: UploadSocket,
         settings: WsSettings,
         token: str | None,
         receiver: Receiver | None,
+        pending: PendingTicket | None,
     ) -> None:
         self.request = request
         self.engine: UploadEngine = request.app[ENGINE]
@@ -191,12 +164,19 @@ class _Connection:
         self.settings = settings
         self.token = token  # still to be proven by the first message, if not None
         self.receiver = receiver  # None: every frame comes through aiohttp
+        self.pending = pending  # released once the opening message proved the client
+        self.loop = asyncio.get_running_loop()
+        # The idle clock: the opening must come within auth_timeout of the upgrade, however
+        # slowly its bytes trickle in; later messages within idle_timeout of the last
+        # message, data or thing the server sent.
+        self.accepted_at = self.heard_at = self.loop.time()
+        self.opened = False
 
     async def run(self) -> None:
         try:
             await self._serve()
         except ClientDisconnected as exc:
-            log.info("WebSocket upload: %s", exc.message)
+            self._log("WebSocket upload: %s", exc.message)
             # A client's close is answered only now that the upload is released, so a client
             # that reconnects once its close handshake is over never finds the upload locked.
             code = WSCloseCode.GOING_AWAY if isinstance(exc, _IdleTimeout) else CLOSE_NORMAL
@@ -229,13 +209,19 @@ class _Connection:
         await self._finish(await self.engine.finish(session.id, expected_sha256=expected))
 
     async def _receive_opening(self) -> Start | Resume:
-        message = parse_client_message(await self._receive_text())
+        msg = await self._receive()
+        if msg.type is not WSMsgType.TEXT:
+            raise UnexpectedMessage('binary data before "start" or "resume"')
+        message = parse_client_message(msg.data)
         if isinstance(message, Done):
             raise UnexpectedMessage('a connection opens with "start" or "resume"')
         if self.token is not None:
             given = (message.token or "").encode()
             if not hmac.compare_digest(given, self.token.encode()):
                 raise Unauthorized("a valid token is required (header or first message)")
+        if self.pending is not None:
+            self.pending.release()
+        self.opened = True
         return message
 
     async def _open(self, opening: Start | Resume) -> UploadSession:
@@ -247,9 +233,7 @@ class _Connection:
         metadata: dict[str, str | None] = {"filename": opening.name}
         if opening.sha256 is not None:
             metadata["sha256"] = opening.sha256  # kept for a resume on another connection
-        return await self.engine.create(
-            length=opening.size, metadata=metadata, client=self.request.remote
-        )
+        return await self.engine.create(length=opening.size, metadata=metadata)
 
     def _window(self, opening: Start | Resume, session: UploadSession) -> ReceiveWindow:
         max_frame = min(opening.max_frame or self.settings.max_frame, self.settings.max_frame)
@@ -283,14 +267,13 @@ class _Connection:
         incoming: asyncio.Future[WSMessage] | None = None
         try:
             while True:
-                incoming = incoming or asyncio.ensure_future(self._receive())
-                if receiver is not None:
-                    await receiver.wait(incoming)
-                    if receiver.window_due:
-                        await self._grant(writer, window)
-                        receiver.window_granted()
-                        continue
-                msg = await incoming
+                incoming = incoming or self._next_message()
+                await self._wait(incoming)
+                if receiver is not None and receiver.window_due:
+                    await self._grant(writer, window)
+                    receiver.window_granted()
+                    continue
+                msg = application_message(incoming.result())
                 incoming = None
                 if msg.type is WSMsgType.BINARY:
                     window.accept(len(msg.data))
@@ -304,10 +287,7 @@ class _Connection:
                 raise UnexpectedMessage(f'"{message.op}" is not allowed once data flows')
         finally:
             if incoming is not None:
-                incoming.cancel()
-                await asyncio.wait([incoming])
-                if not incoming.cancelled():
-                    incoming.exception()  # retrieved: the error that ends this is another
+                await drop_receive(incoming)
             if receiver is not None:
                 await receiver.detach()
 
@@ -325,31 +305,59 @@ class _Connection:
 
     async def _receive(self) -> WSMessage:
         """The next text or binary message; a close, error or silence ends the upload."""
+        incoming = self._next_message()
+        try:
+            await self._wait(incoming)
+        finally:
+            await drop_receive(incoming)
+        return application_message(incoming.result())
+
+    def _next_message(self) -> asyncio.Future[WSMessage]:
         if self.receiver is not None:
             self.receiver.next_message()
-        try:
-            msg = await self.socket.receive(timeout=self.settings.idle_timeout)
-        except TimeoutError as exc:
-            raise _IdleTimeout("the client sent nothing for too long") from exc
-        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            return msg
-        raise ClientDisconnected(f"the connection ended ({msg.type.name.lower()})")
+        return asyncio.ensure_future(self.socket.receive())
 
-    async def _receive_text(self) -> str:
-        msg = await self._receive()
-        if msg.type is not WSMsgType.TEXT:
-            raise UnexpectedMessage('binary data before "start" or "resume"')
-        return str(msg.data)
+    async def _wait(self, incoming: asyncio.Future[WSMessage]) -> None:
+        """Until ``incoming`` is done or a window is due; raises after a silence.
+
+        Silence is measured here, not by aiohttp's receive timeout, which every ping and
+        pong restarts: a peer that only answers pings is idle.
+        """
+        receiver = self.receiver
+        while not incoming.done() and not (receiver is not None and receiver.window_due):
+            left = self._silence_left()
+            if left <= 0:
+                raise _IdleTimeout("the client sent no message for too long")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    if receiver is not None:
+                        await receiver.wait(incoming)
+                    else:
+                        await asyncio.wait([incoming])
+        if incoming.done():
+            self.heard_at = self.loop.time()
+
+    def _silence_left(self) -> float:
+        now = self.loop.time()
+        if not self.opened:
+            return self.accepted_at + self.settings.auth_timeout - now
+        heard = self.heard_at
+        if self.receiver is not None:
+            heard = max(heard, self.receiver.data_at)  # data frames it read itself
+        return heard + self.settings.idle_timeout - now
 
     async def _send(self, message: Message) -> None:
         try:
             await self.socket.send_str(build_message(message))
         except ConnectionError as exc:
             raise ClientDisconnected("the connection ended while the server was answering") from exc
+        # The client may take its time from here (e.g. after a credit that took long to make
+        # durable), so silence is counted from now. Not before the opening: nothing is sent.
+        self.heard_at = max(self.heard_at, self.loop.time())
 
     async def _fail(self, error: FreightError) -> None:
         """Report ``error`` and close with its code; quiet if the client is already gone."""
-        log.info("WebSocket upload refused: %s (%s)", error.message, error.code)
+        self._log("WebSocket upload refused: %s (%s)", error.message, error.code)
         self._release_receiver()
         if self.socket.closed:
             return
@@ -358,6 +366,11 @@ class _Connection:
             await self.socket.close(code=close_code_for(error), message=error.code.encode())
         except (ConnectionError, RuntimeError):
             pass
+
+    def _log(self, text: str, *args: object) -> None:
+        # Anyone may open and drop connections at will: only those that opened an upload
+        # are worth a line at the default level.
+        log.log(logging.INFO if self.opened else logging.DEBUG, text, *args)
 
     def _release_receiver(self) -> None:
         """Let every frame through to aiohttp from now on: its close handshake reads them."""

@@ -20,6 +20,7 @@ from aiohttp import web
 from freight.core import UploadWriter
 from freight.errors import ClientDisconnected, FreightError
 from freight.protocol.ws_messages import (
+    MAX_CONTROL_SIZE,
     MAX_FRAME_HEADER,
     OP_BINARY,
     OP_CLOSE,
@@ -29,7 +30,9 @@ from freight.protocol.ws_messages import (
     CreditExceeded,
     FrameHeader,
     FrameTooLarge,
+    InvalidMessage,
     ReceiveWindow,
+    UnexpectedMessage,
     parse_frame_header,
 )
 
@@ -55,6 +58,10 @@ class _Mode(enum.Enum):
 # past it are too, so it gets one of these now and then while they flow.
 _SIGN_OF_LIFE = bytes((0x80 | OP_PONG, 0x80, 0, 0, 0, 0))
 _READ_SIZE = 256 * 1024  # what asyncio reads at once for a plain protocol
+# Until an upload is attached only control messages (at most MAX_CONTROL_SIZE) are read:
+# a connection that never gets that far (no token, silent) holds no more than this.
+_OPENING_READ_SIZE = 4 * 1024
+_DATA_OPCODES = (OP_CONTINUATION, OP_TEXT, OP_BINARY)
 
 
 class Receiver(asyncio.BufferedProtocol):
@@ -77,7 +84,7 @@ class Receiver(asyncio.BufferedProtocol):
         self._aiohttp = aiohttp_protocol
         self._alive_every = alive_every
         self._loop = asyncio.get_running_loop()
-        self._read_buffer = memoryview(bytearray(_READ_SIZE))
+        self._read_buffer = memoryview(bytearray(_OPENING_READ_SIZE))
         self._header = bytearray(MAX_FRAME_HEADER)
         self._header_fill = 0
         self._header_need = 2
@@ -88,6 +95,8 @@ class Receiver(asyncio.BufferedProtocol):
         self._mode = _Mode.HEADER
         self._left = 0  # payload bytes of the current frame still to come
         self._fragmented = False  # inside a fragmented message (aiohttp's to assemble)
+        self._message_opcode = OP_TEXT  # the first frame's opcode of the message forwarded
+        self._message_size = 0  # its payload bytes so far
         self._stash = bytearray()  # bytes read while holding, decoded once released
         self._holds: set[str] = set()
         self._free = False  # no upload attached any more: never hold for messages
@@ -97,6 +106,8 @@ class Receiver(asyncio.BufferedProtocol):
         self._room: asyncio.Task[None] | None = None  # waiting for a staging buffer
         self._wakeup: asyncio.Future[None] | None = None
         self._alive_at = 0.0
+        self._data_read = False
+        self.data_at = 0.0  # when bytes of a text or binary frame were last read
         self.failure: FreightError | None = None
 
     @classmethod
@@ -126,6 +137,8 @@ class Receiver(asyncio.BufferedProtocol):
     def attach(self, writer: UploadWriter, window: ReceiveWindow) -> None:
         """Read binary frames into ``writer`` from now on, within ``window``."""
         self._writer, self._window = writer, window
+        if self._read_buffer.nbytes < _READ_SIZE:
+            self._read_buffer = memoryview(bytearray(_READ_SIZE))
 
     @property
     def window_due(self) -> bool:
@@ -177,6 +190,9 @@ class Receiver(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._consume(self._read_buffer[:nbytes])
+        if self._data_read:
+            self._data_read = False
+            self.data_at = self._loop.time()
         if self._holds and self._transport.is_reading():
             self._transport.pause_reading()  # aiohttp may resume reading under a hold
         if self._writer is not None and self._mode is not _Mode.FORWARD:
@@ -210,6 +226,8 @@ class Receiver(asyncio.BufferedProtocol):
                 taken = self._read_header(data)
             else:
                 taken = min(self._left, data.nbytes)
+                if self._mode is not _Mode.FORWARD or _carries_data(self._current):
+                    self._data_read = True
                 if self._mode is _Mode.DATA:
                     end = self._frame_fill + taken
                     memoryview(self._frame)[self._frame_fill : end] = data[:taken]
@@ -247,19 +265,46 @@ class Receiver(asyncio.BufferedProtocol):
             try:
                 window.accept(header.length)
             except (FrameTooLarge, CreditExceeded) as exc:
-                self._fail(exc)
-                self._mode = _Mode.SKIP
+                self._refuse(exc)
             else:
                 self._mode, self._mask, self._frame_fill = _Mode.DATA, header.mask, 0
                 if len(self._frame) != header.length:
                     self._frame = bytearray(header.length)
+        elif (refusal := self._refusal(header)) is not None:
+            self._refuse(refusal)
         else:
             self._mode = _Mode.FORWARD
             self._aiohttp.data_received(bytes(raw))
-            if header.opcode in (OP_CONTINUATION, OP_TEXT, OP_BINARY):
+            if header.opcode in _DATA_OPCODES:
                 self._fragmented = not header.fin
         if not self._left:
             self._end_frame()
+
+    def _refusal(self, header: FrameHeader) -> FreightError | None:
+        """Why a frame for aiohttp is refused from its header, before aiohttp buffers it.
+
+        aiohttp would gather any message up to ``max_frame`` (256 KiB): a control message
+        holds at most MAX_CONTROL_SIZE, and binary data before the upload is open is an
+        error whatever its size. Once the upload is over (``_free``) aiohttp's limit rules.
+        """
+        if header.opcode not in _DATA_OPCODES or self._free:
+            return None
+        if header.opcode != OP_CONTINUATION:
+            self._message_opcode, self._message_size = header.opcode, 0
+        self._message_size += header.length
+        if self._message_opcode == OP_BINARY:
+            if self._window is not None:
+                return None  # a fragmented data message: aiohttp assembles it, within its limit
+            return UnexpectedMessage('binary data before "start" or "resume"')
+        if self._message_size > MAX_CONTROL_SIZE:
+            return InvalidMessage(
+                f"a control message may hold at most {MAX_CONTROL_SIZE} bytes", field="op"
+            )
+        return None
+
+    def _refuse(self, error: FreightError) -> None:
+        self._fail(error)
+        self._mode = _Mode.SKIP
 
     def _payload_read(self, nbytes: int) -> None:
         self._left -= nbytes
@@ -346,6 +391,10 @@ class Receiver(asyncio.BufferedProtocol):
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
+
+
+def _carries_data(header: FrameHeader | None) -> bool:
+    return header is not None and header.opcode in _DATA_OPCODES
 
 
 def _ends_message(header: FrameHeader | None) -> bool:
