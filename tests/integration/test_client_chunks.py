@@ -152,11 +152,11 @@ async def test_a_failed_attempt_is_sent_again_from_the_same_bytes(
     put = freight.client.chunks._ChunkUpload._put
     failed: list[int] = []
 
-    async def flaky_put(upload: Any, url: Any, chunk: Any) -> None:
+    async def flaky_put(upload: Any, url: Any, chunk: Any, *piece: Any) -> None:
         if chunk.n == 1 and not failed:
             failed.append(chunk.n)
             raise aiohttp.ServerDisconnectedError()
-        await put(upload, url, chunk)
+        await put(upload, url, chunk, *piece)
 
     monkeypatch.setattr(freight.client.chunks._ChunkUpload, "_put", flaky_put)
     reads = _Reads(monkeypatch)
