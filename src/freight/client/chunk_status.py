@@ -26,10 +26,13 @@ __all__ = [
     "PieceSizer",
     "Remote",
     "count_field",
+    "created_remote",
     "json_object",
+    "missing_of",
     "optional_count",
     "positive_field",
     "ranges_field",
+    "status_remote",
 ]
 
 # The smallest piece this client sends, whatever the server allows: below it each request's
@@ -127,6 +130,41 @@ class PieceSizer:
         if size != self.size:
             self.size = size
             self._through = self._losses = self._lost_bytes = self._acknowledged = 0
+
+
+def created_remote(data: dict[str, Any], endpoint: URL, size: int) -> Remote:
+    """The upload a ``POST /api/uploads`` answer describes, for a file of ``size`` bytes."""
+    chunk_size, count = positive_field(data, "chunk_size"), count_field(data, "chunk_count")
+    if count != -(-size // chunk_size):
+        raise ProtocolViolation(f"{count} chunks of {chunk_size} bytes cannot hold the file")
+    url = endpoint / str(data.get("id", ""))
+    missing = [(0, count)] if count else []
+    return Remote(url, chunk_size, count, 0, missing, [], optional_count(data, "min_piece_size"))
+
+
+def status_remote(data: dict[str, Any], url: URL, size: int) -> Remote | None:
+    """The upload a ``GET /api/uploads/{id}`` answer describes; None if it is not a chunk
+    upload of a file of ``size`` bytes."""
+    if data.get("size") != size or not data.get("chunk_size"):
+        return None
+    missing, missing_bytes = ([], []) if data.get("state") == "finished" else missing_of(data)
+    return Remote(
+        url,
+        positive_field(data, "chunk_size"),
+        count_field(data, "chunk_count"),
+        count_field(data, "received_bytes"),
+        missing,
+        missing_bytes,
+        optional_count(data, "min_piece_size"),
+    )
+
+
+def missing_of(data: dict[str, Any]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """``missing`` chunk ranges and ``missing_bytes`` (absent from a server that takes
+    whole chunks only) of a status or an incomplete-upload error."""
+    partial = data.get("missing_bytes")
+    missing_bytes = [] if partial is None else ranges_field(partial, "byte")
+    return ranges_field(data.get("missing")), missing_bytes
 
 
 async def json_object(resp: aiohttp.ClientResponse) -> dict[str, Any]:

@@ -34,25 +34,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
+from freight.client.chunk_reader import Chunk, ChunkReader
 from freight.client.chunk_status import (
     PieceSizer,
     Remote,
     count_field,
+    created_remote,
     json_object,
-    optional_count,
-    positive_field,
-    ranges_field,
+    missing_of,
+    status_remote,
 )
 from freight.client.errors import (
     ClientError,
@@ -144,26 +143,6 @@ async def upload_chunks(
         return await upload.run(on_start)
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    """A chunk ready to send: its number, byte range, the ranges of it the server lacks
-    (``spans``) and its digest; ``buffer`` holds its bytes when chunks are held (else they
-    are read again from the file as they are sent)."""
-
-    n: int
-    start: int
-    end: int
-    spans: tuple[tuple[int, int], ...]
-    digest: bytes | None
-    buffer: bytearray | None
-
-    def content_range(self, start: int, end: int) -> str | None:
-        """The ``Content-Range`` of a piece; None for the whole chunk (any server takes it)."""
-        if (start, end) == (self.start, self.end):
-            return None
-        return f"bytes {start - self.start}-{end - 1 - self.start}/{self.end - self.start}"
-
-
 class _UploadGone(Exception):
     """The server no longer has the upload (expired or deleted): start a new one."""
 
@@ -223,6 +202,7 @@ class _ChunkUpload:
         self.requested_chunk_size = requested_chunk_size
         self.stall_timeout = stall_timeout
         self.chunk_digests = chunk_digests
+        self.reader = ChunkReader(path, read_size, chunk_digests=chunk_digests)
         self.acknowledged = 0  # bytes the server has confirmed
         self.in_flight: dict[int, int] = {}  # chunk number -> bytes of it sent so far
         self.hasher = SplitHasher(path, 0, chunk_size=read_size)  # replaced by run()
@@ -274,17 +254,11 @@ class _ChunkUpload:
         async with self.session.post(self.endpoint, json=request) as resp:
             if resp.status != 201:
                 raise await server_error(resp, "creating the upload")
-            data = await json_object(resp)
-        chunk_size, count = positive_field(data, "chunk_size"), count_field(data, "chunk_count")
-        if count != -(-self.size // chunk_size):
-            raise ProtocolViolation(f"{count} chunks of {chunk_size} bytes cannot hold the file")
-        url = self.endpoint / str(data.get("id", ""))
+            remote = created_remote(await json_object(resp), self.endpoint, self.size)
         if self.store is not None:
-            self.store.put_upload(self.key, str(url))
+            self.store.put_upload(self.key, str(remote.url))
         self.acknowledged = 0
-        missing = [(0, count)] if count else []
-        min_piece = optional_count(data, "min_piece_size")
-        return Remote(url, chunk_size, count, 0, missing, min_piece=min_piece)
+        return remote
 
     async def _status(self, url: URL) -> Remote | None:
         """The upload at ``url``; None if it is gone or is not this file's chunk upload."""
@@ -293,23 +267,7 @@ class _ChunkUpload:
                 return None
             if resp.status != 200:
                 raise await server_error(resp, "checking the upload")
-            data = await json_object(resp)
-        if data.get("size") != self.size or not data.get("chunk_size"):
-            return None
-        finished = data.get("state") == "finished"
-        missing = [] if finished else ranges_field(data.get("missing"))
-        # Absent from a server that takes whole chunks only.
-        partial = data.get("missing_bytes")
-        missing_bytes = [] if finished or partial is None else ranges_field(partial, "byte")
-        return Remote(
-            url,
-            positive_field(data, "chunk_size"),
-            count_field(data, "chunk_count"),
-            count_field(data, "received_bytes"),
-            missing,
-            missing_bytes,
-            optional_count(data, "min_piece_size"),
-        )
+            return status_remote(await json_object(resp), url, self.size)
 
     # sending
 
@@ -346,12 +304,19 @@ class _ChunkUpload:
         free: asyncio.Queue[bytearray | None] = asyncio.Queue()
         for _ in range(senders + 1):
             free.put_nowait(None)  # None: allocate when first needed
-        ready: asyncio.Queue[_Chunk | None] = asyncio.Queue()
+        ready: asyncio.Queue[Chunk | None] = asyncio.Queue()
 
         async def read() -> None:
             for n, spans in chunks:
                 buffer = await free.get()
-                ready.put_nowait(await self._read_chunk(remote, n, spans, buffer, held))
+                start = n * remote.chunk_size
+                span = (start, min(start + remote.chunk_size, self.size))
+                if held and buffer is None:
+                    buffer = bytearray(remote.chunk_size)
+                chunk = await self.reader.read(
+                    span, n, tuple(spans), buffer if held else None, self.hasher
+                )
+                ready.put_nowait(chunk)
             for _ in range(senders):
                 ready.put_nowait(None)
 
@@ -366,65 +331,7 @@ class _ChunkUpload:
         tasks += [asyncio.ensure_future(send()) for _ in range(senders)]
         await _run_together(tasks)
 
-    async def _read_chunk(
-        self,
-        remote: Remote,
-        n: int,
-        spans: list[tuple[int, int]],
-        buffer: bytearray | None,
-        held: bool,
-    ) -> _Chunk:
-        """Chunk ``n`` read once: its digest, the file's SHA-256 fed, and its bytes if held
-        (all of it, even when the server lacks only part: the file's hash needs it all)."""
-        start = n * remote.chunk_size
-        end = min(start + remote.chunk_size, self.size)
-        sending = tuple(spans)
-        if not self.chunk_digests:
-            if not held:
-                return _Chunk(n, start, end, sending, None, None)  # read from the file as sent
-            buffer = buffer if buffer is not None else bytearray(remote.chunk_size)
-            await asyncio.to_thread(self._read_into, memoryview(buffer)[: end - start], start)
-            return _Chunk(n, start, end, sending, None, buffer)
-        if not held:
-            digest = await asyncio.to_thread(self._digest_range, start, end)
-            return _Chunk(n, start, end, sending, digest, None)
-        buffer = buffer if buffer is not None else bytearray(remote.chunk_size)
-        view = memoryview(buffer)[: end - start]
-        await asyncio.to_thread(self._read_into, view, start)
-        # Both hashes read the same buffer at once, each in its own thread.
-        digest, _ = await asyncio.gather(
-            asyncio.to_thread(_sha256, view), asyncio.to_thread(self.hasher.feed, start, view)
-        )
-        self.hasher.start()  # a feed past a gap (a resume) is caught up from disk meanwhile
-        return _Chunk(n, start, end, sending, digest, buffer)
-
-    def _read_into(self, view: memoryview, start: int) -> None:
-        with self.path.open("rb", buffering=0) as file:
-            file.seek(start)
-            done = 0
-            while done < len(view):
-                count = file.readinto(view[done:])
-                if not count:
-                    raise LocalFileChanged(f"{self.path} ended early at byte {start + done}")
-                done += count
-
-    def _digest_range(self, start: int, end: int) -> bytes:
-        """SHA-256 of ``[start, end)`` read in pieces; the pieces feed the file's hash too."""
-        sha = hashlib.sha256()
-        view = memoryview(bytearray(self.read_size))
-        with self.path.open("rb", buffering=0) as file:
-            file.seek(start)
-            position = start
-            while position < end:
-                count = file.readinto(view[: min(len(view), end - position)])
-                if not count:
-                    raise LocalFileChanged(f"{self.path} ended early at byte {position}")
-                sha.update(view[:count])
-                self.hasher.feed(position, view[:count])
-                position += count
-        return sha.digest()
-
-    async def _send_chunk(self, remote: Remote, chunk: _Chunk) -> bool:
+    async def _send_chunk(self, remote: Remote, chunk: Chunk) -> bool:
         """PUT one chunk, in pieces if need be, until the server has it; True if no attempt
         failed."""
         url = remote.url / "chunks" / str(chunk.n)
@@ -477,7 +384,7 @@ class _ChunkUpload:
         self.budget.progressed()
         self._report()
 
-    async def _put(self, url: URL, chunk: _Chunk, start: int, end: int, sent: list[int]) -> None:
+    async def _put(self, url: URL, chunk: Chunk, start: int, end: int, sent: list[int]) -> None:
         """PUT bytes ``[start, end)`` of ``chunk`` (all of it, or a piece); ``sent[0]``
         follows how many went out."""
         loop = asyncio.get_running_loop()
@@ -497,12 +404,12 @@ class _ChunkUpload:
             content_range = chunk.content_range(start, end)
             if content_range is not None:
                 headers["Content-Range"] = content_range
-            digest = await self._digest_of(chunk, start, end)
+            digest = await self.reader.digest_of(chunk, start, end)
             if digest is not None:
                 headers["Content-Digest"] = f"sha-256=:{base64.b64encode(digest).decode()}:"
             body: BufferBody | FileBody
-            if chunk.buffer is not None:
-                view = memoryview(chunk.buffer)[start - chunk.start : end - chunk.start]
+            view = chunk.view(start, end)
+            if view is not None:
                 body = BufferBody(view, start, piece_size=self.read_size, on_sent=moved)
             else:
                 body = FileBody(self.path, start, end, chunk_size=self.read_size, on_read=moved)
@@ -522,32 +429,6 @@ class _ChunkUpload:
                 # Whatever happened (even cancellation), this attempt's bytes no longer move.
                 self.in_flight.pop(n, None)
 
-    async def _digest_of(self, chunk: _Chunk, start: int, end: int) -> bytes | None:
-        """The SHA-256 of bytes ``[start, end)`` if chunks carry digests: the chunk's own
-        for the whole chunk, else the piece's (from the held bytes, or the file)."""
-        if not self.chunk_digests:
-            return None
-        if chunk.digest is not None and (start, end) == (chunk.start, chunk.end):
-            return chunk.digest
-        if chunk.buffer is not None:
-            view = memoryview(chunk.buffer)[start - chunk.start : end - chunk.start]
-            return await asyncio.to_thread(_sha256, view)
-        return await asyncio.to_thread(self._file_digest, start, end)
-
-    def _file_digest(self, start: int, end: int) -> bytes:
-        sha = hashlib.sha256()
-        view = memoryview(bytearray(min(self.read_size, end - start)))
-        with self.path.open("rb", buffering=0) as file:
-            file.seek(start)
-            position = start
-            while position < end:
-                count = file.readinto(view[: min(len(view), end - position)])
-                if not count:
-                    raise LocalFileChanged(f"{self.path} ended early at byte {position}")
-                sha.update(view[:count])
-                position += count
-        return sha.digest()
-
     # completing
 
     async def _complete(self, remote: Remote) -> dict[str, Any]:
@@ -563,11 +444,7 @@ class _ChunkUpload:
             if resp.status in (409, 422):
                 data = await json_object(resp)
                 if resp.status == 409 and data.get("code") == "ERR_UPLOAD_INCOMPLETE":
-                    partial = data.get("missing_bytes")
-                    raise _ChunksMissing(
-                        ranges_field(data.get("missing")),
-                        [] if partial is None else ranges_field(partial, "byte"),
-                    )
+                    raise _ChunksMissing(*missing_of(data))
                 if resp.status == 422 and data.get("code") == "ERR_CHECKSUM_MISMATCH":
                     await self._discard(remote)
                     raise _mismatch(local, str(data.get("sha256")))
@@ -623,11 +500,7 @@ async def _run_together(tasks: Sequence[asyncio.Future[None]]) -> None:
             raise result
 
 
-def _sha256(data: memoryview) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-async def _conflict(resp: aiohttp.ClientResponse, chunk: _Chunk) -> Exception:
+async def _conflict(resp: aiohttp.ClientResponse, chunk: Chunk) -> Exception:
     """A 409 to a chunk PUT: where the chunk's received bytes end, if that is what it says."""
     data = await json_object(resp)
     if data.get("code") == "ERR_PIECE_OFFSET":
