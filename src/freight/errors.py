@@ -22,6 +22,7 @@ __all__ = [
     "LengthMismatch",
     "MethodNotAllowed",
     "OffsetMismatch",
+    "PieceOffsetMismatch",
     "PreconditionFailed",
     "RangeAlreadyReceived",
     "RangeNotSatisfiable",
@@ -124,6 +125,18 @@ class RangeAlreadyReceived(FreightError):
 
     code = "ERR_ALREADY_RECEIVED"
     status = 409
+
+
+class PieceOffsetMismatch(FreightError):
+    """A piece of a chunk (chunk API) does not start where the chunk's received bytes end;
+    ``details['chunk_offset']`` is that place, counted from the chunk's first byte."""
+
+    code = "ERR_PIECE_OFFSET"
+    status = 409
+
+    def __init__(self, message: str, *, chunk_offset: int) -> None:
+        super().__init__(message, chunk_offset=chunk_offset)
+        self.chunk_offset = chunk_offset
 
 
 class UploadIncomplete(FreightError):

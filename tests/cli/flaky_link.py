@@ -2,14 +2,17 @@
 
 ``cut_every``: every connection is reset once it has forwarded that many bytes in the
 watched direction (each new connection gets the same allowance), so a transfer only gets
-through by resuming many times. ``stall_after``: once, after that many bytes in the watched
-direction, the proxy stops forwarding both ways but keeps the connection open (a hung
-middlebox); it records when the client gave up on it (closed it, or connected again).
+through by resuming many times; ``cut_between=(low, high)`` draws each connection's
+allowance at random in that range instead (``seed`` makes the draws repeatable).
+``stall_after``: once, after that many bytes in the watched direction, the proxy stops
+forwarding both ways but keeps the connection open (a hung middlebox); it records when the
+client gave up on it (closed it, or connected again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import select
 import time
 from dataclasses import dataclass, field
@@ -33,11 +36,15 @@ class FlakyLink:
         *,
         direction: str = "up",
         cut_every: int | None = None,
+        cut_between: tuple[int, int] | None = None,
+        seed: int = 0,
         stall_after: int | None = None,
     ) -> None:
         self.upstream_port = upstream_port
         self.direction = direction
         self.cut_every = cut_every
+        self.cut_between = cut_between
+        self._random = random.Random(seed)
         self.stall_after = stall_after
         self.stats = LinkStats()
         self._loops = LoopThread()
@@ -85,7 +92,10 @@ class FlakyLink:
         except OSError:
             client_w.transport.abort()
             return
-        link = _Connection(self, (client_w, server_w))
+        cut = self.cut_every
+        if self.cut_between is not None:
+            cut = self._random.randint(*self.cut_between)
+        link = _Connection(self, (client_w, server_w), cut)
         self._links.add(link)
         await asyncio.gather(
             link.pump(client_r, server_w, "up"),
@@ -97,9 +107,12 @@ class FlakyLink:
 
 
 class _Connection:
-    def __init__(self, owner: FlakyLink, writers: tuple[asyncio.StreamWriter, ...]) -> None:
+    def __init__(
+        self, owner: FlakyLink, writers: tuple[asyncio.StreamWriter, ...], cut: int | None
+    ) -> None:
         self.owner = owner
         self.writers = writers
+        self.cut = cut  # bytes this connection may forward in the watched direction
         self.counted = 0  # bytes forwarded in the watched direction on this connection
         self.frozen = False
         self.closed = False
@@ -149,7 +162,7 @@ class _Connection:
 
     def _allowance(self, data: bytes) -> bytes:
         owner = self.owner
-        limits = [owner.cut_every] if owner.cut_every else []
+        limits = [self.cut] if self.cut else []
         if owner.stall_after is not None and not owner._stalled:
             limits.append(owner.stall_after - owner.stats.forwarded[owner.direction] + self.counted)
         if limits:
@@ -167,5 +180,4 @@ class _Connection:
         return data
 
     def _must_cut(self) -> bool:
-        every = self.owner.cut_every
-        return every is not None and self.counted >= every
+        return self.cut is not None and self.counted >= self.cut

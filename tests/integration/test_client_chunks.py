@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 import freight.client.chunks
+from freight.client.chunk_reader import ChunkReader
 from freight.client.chunks import upload_chunks
 from freight.client.hashing import SplitHasher
 from freight.client.resume_store import ResumeStore, UploadKey
@@ -34,11 +35,11 @@ class _Reads:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.chunk_bytes = 0
         self.disk_bytes = 0
-        read_into = freight.client.chunks._ChunkUpload._read_into
+        read_into = ChunkReader.read_into
         from_disk = SplitHasher._read_from_disk
 
-        def counting_read_into(upload: Any, view: memoryview, start: int) -> None:
-            read_into(upload, view, start)
+        def counting_read_into(reader: ChunkReader, view: memoryview, start: int) -> None:
+            read_into(reader, view, start)
             self.chunk_bytes += len(view)
 
         def counting_from_disk(hasher: SplitHasher) -> None:
@@ -46,7 +47,7 @@ class _Reads:
             from_disk(hasher)
             self.disk_bytes += hasher.hashed - before
 
-        monkeypatch.setattr(freight.client.chunks._ChunkUpload, "_read_into", counting_read_into)
+        monkeypatch.setattr(ChunkReader, "read_into", counting_read_into)
         monkeypatch.setattr(SplitHasher, "_read_from_disk", counting_from_disk)
 
 
@@ -152,11 +153,11 @@ async def test_a_failed_attempt_is_sent_again_from_the_same_bytes(
     put = freight.client.chunks._ChunkUpload._put
     failed: list[int] = []
 
-    async def flaky_put(upload: Any, url: Any, chunk: Any) -> None:
+    async def flaky_put(upload: Any, url: Any, chunk: Any, *piece: Any) -> None:
         if chunk.n == 1 and not failed:
             failed.append(chunk.n)
             raise aiohttp.ServerDisconnectedError()
-        await put(upload, url, chunk)
+        await put(upload, url, chunk, *piece)
 
     monkeypatch.setattr(freight.client.chunks._ChunkUpload, "_put", flaky_put)
     reads = _Reads(monkeypatch)

@@ -6,6 +6,14 @@ the SHA-256 computed locally; the server refuses a file whose hash differs. The 
 counts a chunk whole or not at all, so after any interruption the missing list is exact and
 nothing it acknowledged is sent again.
 
+A link that drops connections more often than a chunk takes to send would lose every
+chunk. So a chunk whose whole pieces are lost twice in a row is sent in pieces half as large
+(``Content-Range``, down to 256 KiB and the server's ``min_piece_size``; see
+:class:`~freight.client.chunk_status.PieceSizer`), each acknowledged on its own; a resumed
+upload sends only the bytes partly sent chunks lack. Smaller pieces are a new way through,
+not a repeat of what failed, so they start a fresh retry count: a chunk gives up only once
+its pieces are as small as they go and still fail ``attempts + 1`` times in a row.
+
 The whole-file SHA-256 (checked by the server at ``complete``) is what makes the upload
 trustworthy, so by default chunks carry no digest of their own: a thread hashes the file
 from disk (the page cache, mostly) while the chunks are sent, and the server splices each
@@ -26,17 +34,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
+from freight.client.chunk_reader import Chunk, ChunkReader
+from freight.client.chunk_status import (
+    PieceSizer,
+    Remote,
+    count_field,
+    created_remote,
+    json_object,
+    missing_of,
+    status_remote,
+)
 from freight.client.errors import (
     ClientError,
     DigestMismatch,
@@ -127,32 +143,6 @@ async def upload_chunks(
         return await upload.run(on_start)
 
 
-@dataclass
-class _Remote:
-    """The server's upload as last seen."""
-
-    url: URL
-    chunk_size: int
-    chunk_count: int
-    received: int
-    missing: list[tuple[int, int]]
-
-    def chunk_numbers(self) -> list[int]:
-        return [n for first, end in self.missing for n in range(first, end)]
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    """A chunk ready to send: its number, byte range and digest; ``buffer`` holds its bytes
-    when chunks are held (else they are read again from the file as they are sent)."""
-
-    n: int
-    start: int
-    end: int
-    digest: bytes | None
-    buffer: bytearray | None
-
-
 class _UploadGone(Exception):
     """The server no longer has the upload (expired or deleted): start a new one."""
 
@@ -160,9 +150,19 @@ class _UploadGone(Exception):
 class _ChunksMissing(Exception):
     """``complete`` found chunks missing (the server lost acknowledged bytes)."""
 
-    def __init__(self, missing: list[tuple[int, int]]) -> None:
+    def __init__(self, missing: list[tuple[int, int]], missing_bytes: list[tuple[int, int]]):
         super().__init__(f"{len(missing)} chunk ranges are missing")
         self.missing = missing
+        self.missing_bytes = missing_bytes
+
+
+class _PieceOffset(Exception):
+    """The server says chunk ``n``'s received bytes end elsewhere (a 409
+    ``ERR_PIECE_OFFSET``): at ``at``, a file offset."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(f"the chunk's received bytes end at byte {at}")
+        self.at = at
 
 
 class _ChunkUpload:
@@ -202,9 +202,11 @@ class _ChunkUpload:
         self.requested_chunk_size = requested_chunk_size
         self.stall_timeout = stall_timeout
         self.chunk_digests = chunk_digests
+        self.reader = ChunkReader(path, read_size, chunk_digests=chunk_digests)
         self.acknowledged = 0  # bytes the server has confirmed
         self.in_flight: dict[int, int] = {}  # chunk number -> bytes of it sent so far
         self.hasher = SplitHasher(path, 0, chunk_size=read_size)  # replaced by run()
+        self.pieces = PieceSizer(1, None)  # replaced for each server upload
         self.local_digest: bytes | None = None
 
     async def run(self, on_start: Callable[[int, int], None] | None) -> UploadResult:
@@ -236,7 +238,7 @@ class _ChunkUpload:
 
     # finding where the server stands
 
-    async def _locate(self) -> _Remote:
+    async def _locate(self) -> Remote:
         remembered = self.store.get_upload(self.key) if self.store else None
         if remembered is not None:
             remote = await self._status(URL(remembered))
@@ -245,45 +247,31 @@ class _ChunkUpload:
             log.info("remembered upload %s is gone; starting a new one", remembered)
         return await self._create()
 
-    async def _create(self) -> _Remote:
+    async def _create(self) -> Remote:
         request: dict[str, Any] = {"name": _display_name(self.path), "size": self.size}
         if self.requested_chunk_size is not None:
             request["chunk_size"] = self.requested_chunk_size
         async with self.session.post(self.endpoint, json=request) as resp:
             if resp.status != 201:
                 raise await server_error(resp, "creating the upload")
-            data = await _json_object(resp)
-        chunk_size, count = _positive(data, "chunk_size"), _count(data, "chunk_count")
-        if count != -(-self.size // chunk_size):
-            raise ProtocolViolation(f"{count} chunks of {chunk_size} bytes cannot hold the file")
-        url = self.endpoint / str(data.get("id", ""))
+            remote = created_remote(await json_object(resp), self.endpoint, self.size)
         if self.store is not None:
-            self.store.put_upload(self.key, str(url))
+            self.store.put_upload(self.key, str(remote.url))
         self.acknowledged = 0
-        return _Remote(url, chunk_size, count, 0, [(0, count)] if count else [])
+        return remote
 
-    async def _status(self, url: URL) -> _Remote | None:
+    async def _status(self, url: URL) -> Remote | None:
         """The upload at ``url``; None if it is gone or is not this file's chunk upload."""
         async with self.session.get(url) as resp:
             if resp.status in (404, 410):
                 return None
             if resp.status != 200:
                 raise await server_error(resp, "checking the upload")
-            data = await _json_object(resp)
-        if data.get("size") != self.size or not data.get("chunk_size"):
-            return None
-        missing = [] if data.get("state") == "finished" else _ranges(data.get("missing"))
-        return _Remote(
-            url,
-            _positive(data, "chunk_size"),
-            _count(data, "chunk_count"),
-            _count(data, "received_bytes"),
-            missing,
-        )
+            return status_remote(await json_object(resp), url, self.size)
 
     # sending
 
-    async def _transfer(self, remote: _Remote) -> dict[str, Any]:
+    async def _transfer(self, remote: Remote) -> dict[str, Any]:
         """Send what is missing and complete, until the server has the whole file."""
         while True:
             try:
@@ -295,19 +283,11 @@ class _ChunkUpload:
                 remote = await retrying(self.budget, self._create)
             except _ChunksMissing as exc:
                 await self.budget.failed("the server is missing chunks it had; sending them again")
-                remote.missing = exc.missing
-            self.acknowledged = remote.received = self._bytes_outside(remote)
+                remote.missing, remote.missing_bytes = exc.missing, exc.missing_bytes
+            self.acknowledged = remote.received = self.size - remote.lacking(self.size)
             self._report()
 
-    def _bytes_outside(self, remote: _Remote) -> int:
-        """Bytes of the file in chunks that are not missing."""
-        lacking = sum(
-            min(end * remote.chunk_size, self.size) - first * remote.chunk_size
-            for first, end in remote.missing
-        )
-        return self.size - lacking
-
-    async def _send_missing(self, remote: _Remote) -> None:
+    async def _send_missing(self, remote: Remote) -> None:
         """Read the missing chunks in order, each once, and PUT them ``parallel`` at a time.
 
         One reader walks the chunks (so the file's SHA-256 gets them in order) and hands each
@@ -315,20 +295,28 @@ class _ChunkUpload:
         buffers go back to the reader once their chunk is acknowledged, so at most
         ``parallel + 1`` chunks are held.
         """
-        numbers = remote.chunk_numbers()
-        senders = min(self.parallel, len(numbers))
+        chunks = remote.to_send(self.size)
+        senders = min(self.parallel, len(chunks))
         if not senders:
             return
+        self.pieces = PieceSizer(remote.chunk_size, remote.min_piece)
         held = (senders + 1) * remote.chunk_size <= HELD_CHUNKS_BUDGET
         free: asyncio.Queue[bytearray | None] = asyncio.Queue()
         for _ in range(senders + 1):
             free.put_nowait(None)  # None: allocate when first needed
-        ready: asyncio.Queue[_Chunk | None] = asyncio.Queue()
+        ready: asyncio.Queue[Chunk | None] = asyncio.Queue()
 
         async def read() -> None:
-            for n in numbers:
+            for n, spans in chunks:
                 buffer = await free.get()
-                ready.put_nowait(await self._read_chunk(remote, n, buffer, held))
+                start = n * remote.chunk_size
+                span = (start, min(start + remote.chunk_size, self.size))
+                if held and buffer is None:
+                    buffer = bytearray(remote.chunk_size)
+                chunk = await self.reader.read(
+                    span, n, tuple(spans), buffer if held else None, self.hasher
+                )
+                ready.put_nowait(chunk)
             for _ in range(senders):
                 ready.put_nowait(None)
 
@@ -343,105 +331,92 @@ class _ChunkUpload:
         tasks += [asyncio.ensure_future(send()) for _ in range(senders)]
         await _run_together(tasks)
 
-    async def _read_chunk(
-        self, remote: _Remote, n: int, buffer: bytearray | None, held: bool
-    ) -> _Chunk:
-        """Chunk ``n`` read once: its digest, the file's SHA-256 fed, and its bytes if held."""
-        start = n * remote.chunk_size
-        end = min(start + remote.chunk_size, self.size)
-        if not self.chunk_digests:
-            if not held:
-                return _Chunk(n, start, end, None, None)  # streamed from the file as sent
-            buffer = buffer if buffer is not None else bytearray(remote.chunk_size)
-            await asyncio.to_thread(self._read_into, memoryview(buffer)[: end - start], start)
-            return _Chunk(n, start, end, None, buffer)
-        if not held:
-            digest = await asyncio.to_thread(self._digest_range, start, end)
-            return _Chunk(n, start, end, digest, None)
-        buffer = buffer if buffer is not None else bytearray(remote.chunk_size)
-        view = memoryview(buffer)[: end - start]
-        await asyncio.to_thread(self._read_into, view, start)
-        # Both hashes read the same buffer at once, each in its own thread.
-        digest, _ = await asyncio.gather(
-            asyncio.to_thread(_sha256, view), asyncio.to_thread(self.hasher.feed, start, view)
-        )
-        self.hasher.start()  # a feed past a gap (a resume) is caught up from disk meanwhile
-        return _Chunk(n, start, end, digest, buffer)
-
-    def _read_into(self, view: memoryview, start: int) -> None:
-        with self.path.open("rb", buffering=0) as file:
-            file.seek(start)
-            done = 0
-            while done < len(view):
-                count = file.readinto(view[done:])
-                if not count:
-                    raise LocalFileChanged(f"{self.path} ended early at byte {start + done}")
-                done += count
-
-    def _digest_range(self, start: int, end: int) -> bytes:
-        """SHA-256 of ``[start, end)`` read in pieces; the pieces feed the file's hash too."""
-        sha = hashlib.sha256()
-        view = memoryview(bytearray(self.read_size))
-        with self.path.open("rb", buffering=0) as file:
-            file.seek(start)
-            position = start
-            while position < end:
-                count = file.readinto(view[: min(len(view), end - position)])
-                if not count:
-                    raise LocalFileChanged(f"{self.path} ended early at byte {position}")
-                sha.update(view[:count])
-                self.hasher.feed(position, view[:count])
-                position += count
-        return sha.digest()
-
-    async def _send_chunk(self, remote: _Remote, chunk: _Chunk) -> bool:
-        """PUT one chunk until the server has it; True if no attempt failed."""
+    async def _send_chunk(self, remote: Remote, chunk: Chunk) -> bool:
+        """PUT one chunk, in pieces if need be, until the server has it; True if no attempt
+        failed."""
         url = remote.url / "chunks" / str(chunk.n)
         budget = RetryBudget(self.policy, self.on_retry)
         clean = True
-        while True:
-            try:
-                await self._put(url, chunk)
-            except Exception as exc:
-                clean = False
-                self._report()
-                if isinstance(exc, ServerError) and exc.http_status in (404, 410):
-                    raise _UploadGone() from exc
-                if not _chunk_retryable(exc):
-                    raise
-                await budget.failed(f"chunk {chunk.n}: {describe_error(exc)}")
-            else:
-                self.acknowledged += chunk.end - chunk.start
-                self.budget.progressed()
-                self._report()
-                return clean
+        losses = 0  # whole pieces of this chunk lost in a row
+        cap = chunk.end - chunk.start  # this chunk's largest piece until one gets through
+        for span_start, span_end in chunk.spans:
+            position = span_start
+            while position < span_end:
+                end = min(span_end, position + min(self.pieces.size, cap))
+                sent = [0]  # bytes of this attempt handed to the connection
+                try:
+                    await self._put(url, chunk, position, end, sent)
+                except _PieceOffset as exc:
+                    # An attempt whose answer was lost got through, or the server lacks bytes
+                    # it had: go on from where its bytes end.
+                    clean = False
+                    if not chunk.start <= exc.at <= span_end or exc.at == position:
+                        raise ProtocolViolation(f"chunk {chunk.n}: {exc}") from exc
+                    if exc.at > position:
+                        self._acknowledge(exc.at - position, budget)
+                    else:
+                        await budget.failed(f"chunk {chunk.n}: {exc}")
+                    position = exc.at
+                except Exception as exc:
+                    clean = False
+                    self._report()
+                    if isinstance(exc, ServerError) and exc.http_status in (404, 410):
+                        raise _UploadGone() from exc
+                    if not _chunk_retryable(exc):
+                        raise
+                    if not isinstance(exc, ServerError):  # the link lost the piece
+                        losses += 1
+                        cap = self.pieces.lost(end - position, sent[0], losses)
+                        if cap < end - position:
+                            losses = 0
+                            budget.progressed()  # smaller pieces: a new try, not a repeat
+                    await budget.failed(f"chunk {chunk.n}: {describe_error(exc)}")
+                else:
+                    losses, cap = 0, chunk.end - chunk.start
+                    self.pieces.got_through(end - position)
+                    self._acknowledge(end - position, budget)
+                    position = end
+        return clean
 
-    async def _put(self, url: URL, chunk: _Chunk) -> None:
+    def _acknowledge(self, count: int, budget: RetryBudget) -> None:
+        self.acknowledged += count
+        budget.progressed()
+        self.budget.progressed()
+        self._report()
+
+    async def _put(self, url: URL, chunk: Chunk, start: int, end: int, sent: list[int]) -> None:
+        """PUT bytes ``[start, end)`` of ``chunk`` (all of it, or a piece); ``sent[0]``
+        follows how many went out."""
         loop = asyncio.get_running_loop()
-        n, start, end = chunk.n, chunk.start, chunk.end
+        n = chunk.n
         # As for tus: give up on a link where neither reading nor writing has moved lately.
         async with asyncio.timeout_at(loop.time() + self.stall_timeout) as stall:
 
             def moved(position: int) -> None:
                 stall.reschedule(loop.time() + self.stall_timeout)
-                self.in_flight[n] = position - start
+                self.in_flight[n] = sent[0] = position - start
                 self._report()
 
-            body: BufferBody | FileBody
-            if chunk.buffer is not None:
-                view = memoryview(chunk.buffer)[: end - start]
-                body = BufferBody(view, start, piece_size=self.read_size, on_sent=moved)
-            else:
-                body = FileBody(self.path, start, end, chunk_size=self.read_size, on_read=moved)
             headers = {
                 "Content-Type": "application/octet-stream",
                 "Content-Length": str(end - start),
             }
-            if chunk.digest is not None:
-                digest = base64.b64encode(chunk.digest).decode("ascii")
-                headers["Content-Digest"] = f"sha-256=:{digest}:"
+            content_range = chunk.content_range(start, end)
+            if content_range is not None:
+                headers["Content-Range"] = content_range
+            digest = await self.reader.digest_of(chunk, start, end)
+            if digest is not None:
+                headers["Content-Digest"] = f"sha-256=:{base64.b64encode(digest).decode()}:"
+            body: BufferBody | FileBody
+            view = chunk.view(start, end)
+            if view is not None:
+                body = BufferBody(view, start, piece_size=self.read_size, on_sent=moved)
+            else:
+                body = FileBody(self.path, start, end, chunk_size=self.read_size, on_read=moved)
             try:
                 async with self.session.put(url, data=body, headers=headers) as resp:
+                    if resp.status == 409:
+                        raise await _conflict(resp, chunk)
                     if resp.status != 200:
                         raise await server_error(resp, f"sending chunk {n}")
                     await resp.read()
@@ -456,20 +431,20 @@ class _ChunkUpload:
 
     # completing
 
-    async def _complete(self, remote: _Remote) -> dict[str, Any]:
+    async def _complete(self, remote: Remote) -> dict[str, Any]:
         if self.local_digest is None:
             self.local_digest = await self.hasher.finish(self.size)
         local = self.local_digest.hex()
         return await retrying(self.budget, lambda: self._post_complete(remote, local))
 
-    async def _post_complete(self, remote: _Remote, local: str) -> dict[str, Any]:
+    async def _post_complete(self, remote: Remote, local: str) -> dict[str, Any]:
         async with self.session.post(remote.url / "complete", json={"sha256": local}) as resp:
             if resp.status in (404, 410):
                 raise _UploadGone()
             if resp.status in (409, 422):
-                data = await _json_object(resp)
+                data = await json_object(resp)
                 if resp.status == 409 and data.get("code") == "ERR_UPLOAD_INCOMPLETE":
-                    raise _ChunksMissing(_ranges(data.get("missing")))
+                    raise _ChunksMissing(*missing_of(data))
                 if resp.status == 422 and data.get("code") == "ERR_CHECKSUM_MISMATCH":
                     await self._discard(remote)
                     raise _mismatch(local, str(data.get("sha256")))
@@ -480,12 +455,12 @@ class _ChunkUpload:
                 )
             if resp.status != 200:
                 raise await server_error(resp, "completing the upload")
-            data = await _json_object(resp)
+            data = await json_object(resp)
         if data.get("sha256") != local:
             raise _mismatch(local, str(data.get("sha256")))
         return data
 
-    async def _discard(self, remote: _Remote) -> None:
+    async def _discard(self, remote: Remote) -> None:
         """Free the server's copy of a file that turned out different, and forget it."""
         self._forget()
         try:
@@ -525,8 +500,16 @@ async def _run_together(tasks: Sequence[asyncio.Future[None]]) -> None:
             raise result
 
 
-def _sha256(data: memoryview) -> bytes:
-    return hashlib.sha256(data).digest()
+async def _conflict(resp: aiohttp.ClientResponse, chunk: Chunk) -> Exception:
+    """A 409 to a chunk PUT: where the chunk's received bytes end, if that is what it says."""
+    data = await json_object(resp)
+    if data.get("code") == "ERR_PIECE_OFFSET":
+        return _PieceOffset(chunk.start + count_field(data, "chunk_offset"))
+    return ServerError(
+        f"sending chunk {chunk.n}: {data.get('message')} (HTTP 409)",
+        http_status=409,
+        server_code=str(data.get("code")),
+    )
 
 
 def _chunk_retryable(exc: BaseException) -> bool:
@@ -542,47 +525,6 @@ def _mismatch(local: str, remote: str) -> DigestMismatch:
         local=local,
         remote=remote,
     )
-
-
-async def _json_object(resp: aiohttp.ClientResponse) -> dict[str, Any]:
-    try:
-        data = await resp.json(content_type=None)
-    except ValueError as exc:
-        raise ProtocolViolation(f"the server answered HTTP {resp.status} without JSON") from exc
-    if not isinstance(data, dict):
-        raise ProtocolViolation("the server's answer is not a JSON object")
-    return data
-
-
-def _count(data: dict[str, Any], key: str) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ProtocolViolation(f"the server sent no valid {key!r} (got {value!r})")
-    return value
-
-
-def _positive(data: dict[str, Any], key: str) -> int:
-    value = _count(data, key)
-    if value == 0:
-        raise ProtocolViolation(f"the server sent {key!r} = 0")
-    return value
-
-
-def _ranges(value: object) -> list[tuple[int, int]]:
-    """Half-open chunk ranges from the server."""
-    if not isinstance(value, list):
-        raise ProtocolViolation(f"the server sent no valid chunk ranges (got {value!r})")
-    ranges: list[tuple[int, int]] = []
-    for item in value:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
-            or not 0 <= item[0] < item[1]
-        ):
-            raise ProtocolViolation(f"the server sent an invalid chunk range {item!r}")
-        ranges.append((item[0], item[1]))
-    return ranges
 
 
 def _display_name(path: Path) -> str:

@@ -20,11 +20,14 @@ __all__ = [
     "etag_matches",
     "etag_matches_strong",
     "if_range_allows_partial",
+    "parse_content_range",
     "parse_range",
     "unsatisfied_content_range",
 ]
 
 _SINGLE_RANGE = re.compile(r"bytes=(?:(\d+)-(\d*)|-(\d+))", re.ASCII | re.IGNORECASE)
+# Bounded digits: a request's Content-Range never makes Python parse a huge integer.
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)", re.IGNORECASE)
 # entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE ; etagc = %x21 / %x23-7E / obs-text
 _ENTITY_TAG = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
 
@@ -57,6 +60,23 @@ class ByteRange:
 def unsatisfied_content_range(size: int) -> str:
     """The ``Content-Range`` value of a 416 response: ``bytes */size``."""
     return f"bytes */{size}"
+
+
+def parse_content_range(header: str) -> tuple[ByteRange, int | None]:
+    """The range a request body fills (``Content-Range: bytes first-last/length``, RFC 9110
+    section 14.4) and the complete length it names (``None`` for ``*``).
+
+    Raises :class:`InvalidHeader` for anything else, and for the values RFC 9110 calls
+    invalid: ``last < first``, or a length at or below ``last``.
+    """
+    match = _CONTENT_RANGE.fullmatch(header.strip(" \t"))
+    if match is None:
+        raise InvalidHeader("Content-Range must be 'bytes first-last/length' (or '/*')")
+    first, last = int(match[1]), int(match[2])
+    length = None if match[3] == "*" else int(match[3])
+    if last < first or (length is not None and length <= last):
+        raise InvalidHeader(f"Content-Range {header.strip()!r} is not a valid range")
+    return ByteRange(first, last), length
 
 
 def _suffix_range(suffix_length: int, size: int) -> ByteRange | None:

@@ -37,7 +37,7 @@ from freight.server.openapi_schemas import (
 from freight.server.state import SETTINGS
 
 if TYPE_CHECKING:
-    from freight.server.chunks import ChunkPolicy
+    from freight.server.chunk_layout import ChunkPolicy
 
 __all__ = ["add_openapi_route", "build_openapi", "registered_paths"]
 
@@ -107,19 +107,32 @@ def _chunk_paths() -> Json:
         "/api/uploads/{upload_id}/chunks/{n}": {
             "parameters": [*upload, CHUNK_N],
             "put": {
-                "summary": "Send chunk n (any order, several at once)",
+                "summary": "Send chunk n, or a piece of it (any order, several chunks at once)",
                 "description": (
                     "The body is the chunk's raw bytes: chunk_size bytes, fewer for the last. "
                     "A chunk counts whole or not at all. Resending one already received is "
-                    "answered 200 with duplicate=true, and it is not written again."
+                    "answered 200 with duplicate=true, and it is not written again. With "
+                    "Content-Range the body is a piece of the chunk, which also counts whole "
+                    "or not at all; a piece starts where the chunk's received bytes end "
+                    "(missing_bytes), and the chunk counts as received once all its bytes are."
                 ),
                 "parameters": [
                     param(
                         "Content-Digest",
                         "header",
-                        "RFC 9530: sha-256=:<base64>: (or sha-512).",
+                        "RFC 9530: sha-256=:<base64>: (or sha-512), of this body (the piece).",
                         TEXT,
-                    )
+                    ),
+                    param(
+                        "Content-Range",
+                        "header",
+                        (
+                            "A piece: bytes first-last/<chunk length> (or /*), offsets counted "
+                            "from the chunk's first byte; at least min_piece_size bytes unless "
+                            "it ends the chunk."
+                        ),
+                        {"type": "string", "pattern": "^bytes [0-9]+-[0-9]+/([0-9]+|\\*)$"},
+                    ),
                 ],
                 "requestBody": {
                     "required": True,
@@ -134,11 +147,20 @@ def _chunk_paths() -> Json:
                 },
                 "responses": {
                     "200": json_body("Stored, or already there (duplicate).", ref("ChunkReceived")),
-                    "400": error_body("Wrong body length, or a malformed header."),
+                    "400": error_body(
+                        "Wrong body length, a malformed header, or a piece too short."
+                    ),
                     "404": NOT_FOUND,
+                    "409": error_body(
+                        "The piece does not start where the chunk's received bytes end "
+                        "(ERR_PIECE_OFFSET; details: chunk_offset, where it must start)."
+                    ),
                     "410": EXPIRED,
                     "415": error_body("A form-encoded body; send the raw bytes."),
-                    "416": error_body("No chunk n in this upload (details: chunk_count)."),
+                    "416": error_body(
+                        "No chunk n in this upload (details: chunk_count), or a piece past the "
+                        "chunk's end (details: size, the chunk's length)."
+                    ),
                     "422": error_body("The body does not match Content-Digest; nothing was kept."),
                     "423": error_body("Another request is writing this chunk; retry."),
                 },
@@ -158,7 +180,9 @@ def _chunk_paths() -> Json:
                 "responses": {
                     "200": json_body("The file.", ref("CompletedUpload")),
                     "404": NOT_FOUND,
-                    "409": error_body("Chunks are missing (listed in missing).", "Incomplete"),
+                    "409": error_body(
+                        "Chunks are missing (listed in missing and missing_bytes).", "Incomplete"
+                    ),
                     "410": EXPIRED,
                     "422": error_body("The SHA-256 differs (details: sha256); the data is kept."),
                 },

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from freight.server.paging import DEFAULT_PAGE, MAX_PAGE
 
 if TYPE_CHECKING:
-    from freight.server.chunks import ChunkPolicy
+    from freight.server.chunk_layout import ChunkPolicy
 
 __all__ = [
     "CHUNK_N",
@@ -92,13 +92,31 @@ TOO_MANY = {
 }
 STATUS_FIELDS = (
     "id", "name", "size", "received_bytes", "percent", "state", "created", "expires",
-    "chunk_size", "chunk_count", "missing", "wire_bytes", "sha256", "url", "upload_url",
+    "chunk_size", "chunk_count", "missing", "missing_bytes", "min_piece_size", "wire_bytes",
+    "sha256", "url", "upload_url",
 )  # fmt: skip
+MIN_PIECE: Json = {
+    "type": "integer",
+    "minimum": 1,
+    "description": (
+        "The smallest piece (Content-Range) of a chunk the server takes, but for a chunk's last."
+    ),
+}
 CHUNK_RANGES: Json = {
     "type": "array",
     "description": "Half-open chunk ranges [first, end): [[0, 2], [5, 6]] means chunks 0, 1, 5.",
     # A pair as an array of exactly two counts: plain ``items`` (an object), which every
     # OpenAPI tool reads, rather than a 2020-12 ``prefixItems`` tuple.
+    "items": {"type": "array", "items": COUNT, "minItems": 2, "maxItems": 2},
+}
+
+
+BYTE_RANGES: Json = {
+    "type": "array",
+    "description": (
+        "Half-open byte ranges [start, end) (file offsets) missing from chunks partly received "
+        "through pieces, each inside one chunk; a chunk missing whole has none."
+    ),
     "items": {"type": "array", "items": COUNT, "minItems": 2, "maxItems": 2},
 }
 
@@ -122,7 +140,7 @@ def schemas(policy: ChunkPolicy) -> Json:
             "allOf": [ref("Error")],
             "type": "object",
             "required": ["missing"],
-            "properties": {"missing": CHUNK_RANGES},
+            "properties": {"missing": CHUNK_RANGES, "missing_bytes": BYTE_RANGES},
         },
         "CreateUpload": {
             "type": "object",
@@ -150,6 +168,7 @@ def schemas(policy: ChunkPolicy) -> Json:
                 "size",
                 "chunk_size",
                 "chunk_count",
+                "min_piece_size",
                 "upload_url",
                 "expires",
             ],
@@ -159,6 +178,7 @@ def schemas(policy: ChunkPolicy) -> Json:
                 "size": COUNT,
                 "chunk_size": {"type": "integer", "minimum": 1},
                 "chunk_count": COUNT,
+                "min_piece_size": MIN_PIECE,
                 "upload_url": TEXT,
                 "expires": epoch,
             },
@@ -181,6 +201,8 @@ def schemas(policy: ChunkPolicy) -> Json:
                 },
                 "chunk_count": {"type": ["integer", "null"]},
                 "missing": {"oneOf": [CHUNK_RANGES, {"type": "null"}]},
+                "missing_bytes": {"oneOf": [BYTE_RANGES, {"type": "null"}]},
+                "min_piece_size": {"oneOf": [MIN_PIECE, {"type": "null"}]},
                 "wire_bytes": {
                     **COUNT,
                     "description": (
@@ -202,12 +224,23 @@ def schemas(policy: ChunkPolicy) -> Json:
         },
         "ChunkReceived": {
             "type": "object",
-            "required": ["n", "duplicate", "received_bytes", "size", "wire_bytes"],
+            "required": [
+                "n",
+                "duplicate",
+                "chunk_complete",
+                "received_bytes",
+                "size",
+                "wire_bytes",
+            ],
             "properties": {
                 "n": COUNT,
                 "duplicate": {
                     "type": "boolean",
                     "description": "Already received; not written again.",
+                },
+                "chunk_complete": {
+                    "type": "boolean",
+                    "description": "Every byte of chunk n is received (always, for a whole chunk).",
                 },
                 "received_bytes": COUNT,
                 "size": COUNT,

@@ -8,12 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from freight.errors import FreightError, RangeNotSatisfiable
+from freight.errors import FreightError, InvalidHeader, RangeNotSatisfiable
 from freight.protocol.ranges import (
     ByteRange,
     etag_matches,
     etag_matches_strong,
     if_range_allows_partial,
+    parse_content_range,
     parse_range,
     unsatisfied_content_range,
 )
@@ -203,3 +204,48 @@ def test_weak_representation_etag() -> None:
 def test_etag_matching_never_raises(header: str) -> None:
     assert isinstance(etag_matches(header, ETAG), bool)
     assert isinstance(etag_matches_strong(header, ETAG), bool)
+
+
+# --- parse_content_range (a request body's place) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes 0-499/1000", (ByteRange(0, 499), 1000)),
+        ("bytes 500-999/1000", (ByteRange(500, 999), 1000)),
+        ("bytes 7-7/*", (ByteRange(7, 7), None)),
+        ("BYTES 0-0/1", (ByteRange(0, 0), 1)),
+        (" bytes 1-2/3 ", (ByteRange(1, 2), 3)),
+    ],
+)
+def test_content_ranges(header: str, expected: tuple[ByteRange, int | None]) -> None:
+    assert parse_content_range(header) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes 0-1000/1000",  # RFC 9110: a complete length at or below last-pos is invalid
+        "bytes 5-4/10",
+        "bytes */10",
+        "bytes=0-4/10",
+        "bytes 0-4",
+        "bytes -4/10",
+        "bits 0-4/10",
+        "bytes 0-4/10, 5-9/10",
+        "bytes 0-" + "9" * 20 + "/*",
+        "bytes \u0660-\u0664/10",  # non-ASCII (Arabic-Indic) digits
+        "",
+    ],
+)
+def test_invalid_content_ranges(header: str) -> None:
+    with pytest.raises(InvalidHeader):
+        parse_content_range(header)
+
+
+@given(st.text(max_size=60))
+def test_parse_content_range_never_raises_anything_else(header: str) -> None:
+    with contextlib.suppress(InvalidHeader):
+        first, length = parse_content_range(header)
+        assert length is None or first.stop <= length
