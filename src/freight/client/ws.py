@@ -356,9 +356,15 @@ class _WsUpload:
         sender = asyncio.ensure_future(self._send_data(ws, ready, window))
         watchdog = asyncio.ensure_future(self._watch(window))
         try:
-            await asyncio.wait({reader, sender, watchdog}, return_when=asyncio.FIRST_EXCEPTION)
-            if watchdog.done():
-                watchdog.result()
+            # Until the server's answer, or a failure: the watchdog, asleep for up to the stall
+            # timeout, must not hold up an upload that has finished.
+            while not reader.done():
+                running = {task for task in (reader, sender, watchdog) if not task.done()}
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                if watchdog.done():
+                    watchdog.result()
+                if sender.done() and sender.exception() is not None:
+                    break
             if not reader.done() and _retryable(sender.exception() or Exception()):
                 # The connection failed under the sender; the server's reason, if it gave
                 # one (an error message before closing), is on its way: prefer it.
