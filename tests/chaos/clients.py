@@ -109,7 +109,7 @@ def stored_sha256(direct: str, upload_id: str, timeout: float = 30.0) -> str | N
 async def upload(job: Job, endpoints: Endpoints, *, attempts: int, read_timeout: float) -> str:
     """Upload ``job`` with its protocol, resuming after failures; returns the file's id."""
     retry = RetryPolicy(attempts=attempts, initial_delay=0.2, max_delay=2.0)
-    timeouts = Timeouts(connect=5.0, read=read_timeout)
+    timeouts = Timeouts(connect=5.0, read=read_timeout, stall=read_timeout)
     if job.protocol == "ietf":
         return await upload_ietf(job, endpoints.http, retry=retry, timeouts=timeouts)
     target = endpoints.tcp if job.protocol == "tcp" else endpoints.http

@@ -58,7 +58,7 @@ async def test_a_stalled_body_write_times_out_and_is_retried(
     result = await upload_file(
         source,
         proxy.url,
-        timeouts=Timeouts(read=1.0),
+        timeouts=Timeouts(read=1.0, stall=1.0),
         retry=RetryPolicy(attempts=10, initial_delay=0.2, max_delay=1.0),
         on_retry=notices.append,
     )

@@ -26,7 +26,7 @@ async def test_a_stall_and_one_retry_finish_the_upload(
     result = await upload_file(
         source,
         proxy.url,
-        timeouts=Timeouts(read=1.0),
+        timeouts=Timeouts(read=1.0, stall=1.0),
         retry=RetryPolicy(attempts=1, initial_delay=0.2),
         on_retry=notices.append,
     )

@@ -28,6 +28,7 @@ import freight.client.tcp
 from freight.client import ResumeStore, RetryPolicy
 from freight.client.errors import ConnectionFailed
 from freight.client.hashing import SplitHasher
+from freight.client.partfile import part_path
 from freight.client.resume_store import DownloadKey, DownloadState
 from freight.client.tcp import TcpServerError, download_tcp, upload_tcp
 from freight.protocol.frames import DataChunk
@@ -311,7 +312,7 @@ async def test_download_resumes_from_its_part_file(proxy_to: ChaosProxy, tmp_pat
     proxy_to.reset(down=_Rule(cut_after=2 * WINDOW + 999))
     with pytest.raises(ConnectionFailed):
         await download_tcp(sent.url, target, resume_store=store, retry=NO_RETRIES)
-    kept = target.with_name("copy.bin.part").stat().st_size
+    kept = part_path(target).stat().st_size
     assert WINDOW < kept < size
     fetched = await download_tcp(sent.url, target, resume_store=store, retry=NO_RETRIES)
     assert fetched.resumed_from == kept  # a GET from the .part's size
@@ -342,7 +343,7 @@ async def test_a_changed_file_is_never_spliced(tcp_server: TcpServer, tmp_path: 
     store = ResumeStore(tmp_path / "state")
     sent = await upload_tcp(source, tcp_server.url, resume_store=store)
     target = tmp_path / "copy.bin"
-    part = target.with_name("copy.bin.part")
+    part = part_path(target)
     part.write_bytes(b"x" * WINDOW)  # bytes of some other version of the file
     other = DownloadState(etag=hashlib.sha256(b"other").hexdigest(), size=2 * WINDOW)
     store.put_download(DownloadKey.for_part(part, sent.url), other)

@@ -381,9 +381,11 @@ class _WsUpload:
     async def _watch(self, window: _SendWindow) -> None:
         """Raise once nothing moved for ``stall_timeout`` while data was owed: no frame
         went out (sending blocked, or credit awaited) and no message came in. A link that
-        stops forwarding without closing is given up on then, not after minutes."""
+        stops forwarding without closing is given up on then, not after minutes. Sending
+        ``done`` is not the end of that: the kernel's buffers may hold megabytes the server
+        never saw, so the watch lasts until the server has acknowledged every byte."""
         loop = asyncio.get_running_loop()
-        while not window.done_sent:
+        while not window.done_sent or self.acknowledged < self.size:
             idle = loop.time() - window.moved_at
             if idle >= self.stall_timeout:
                 raise _ConnectionLost(f"no progress for {idle:.0f} s: the link stalled")
