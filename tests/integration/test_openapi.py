@@ -236,4 +236,7 @@ async def test_event_data_matches_the_documented_schemas(tmp_path: Path) -> None
                     if kind == "snapshot":
                         assert [u["id"] for u in data["uploads"]] == [waiting.rsplit("/", 1)[1]]
         events.close()
-    assert set(seen) == {"snapshot", "created", "progress", "finished", "deleted"}
+    # Progress between creation and the end is merged for watchers: a 5-byte upload may
+    # show none (tests/unit/core/test_events.py); every other kind must have come.
+    assert {"snapshot", "created", "finished", "deleted"} <= set(seen)
+    assert set(seen) <= {"snapshot", "created", "progress", "finished", "deleted"}
