@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 
@@ -157,6 +157,31 @@ def test_a_retry_takes_a_stalled_patch_over_from_the_offset_it_was_given(
             url, patch_headers(protocol, offset), data.chunks(offset), size - offset
         )
         assert status in (200, 201, 204), (status, dict(headers))
+        assert headers["Upload-Offset"] == str(size)
+    finally:
+        stalled.close()
+    assert download(url).sha256 == data.sha256()
+
+
+def test_a_retry_declaring_a_deferred_length_takes_a_stalled_patch_over(
+    freight_server: Any,
+) -> None:
+    """The retry is the PATCH that first states the length the upload deferred (the stalled
+    one did not know it yet): setting it must take the upload over too, not answer 423
+    until the dead link times out."""
+    size = 24 * MiB
+    data = PatternStream(size, seed=8)
+    created = request("POST", f"{freight_server.url}/files/", {**TUS, "Upload-Defer-Length": "1"})
+    assert created.status == 201, created.status
+    url = urljoin(f"{freight_server.url}/files/", created.header("Location") or "")
+    first = patch_headers("tus", 0)
+    stalled = start_stalled_patch(url, first, b"".join(data.chunks(0, 8 * MiB)), size)
+    try:
+        time.sleep(1.0)
+        offset = head_offset(url)
+        retry = {**patch_headers("tus", offset), "Upload-Length": str(size)}
+        status, headers = send_patch(url, retry, data.chunks(offset), size - offset)
+        assert status == 204, (status, dict(headers))
         assert headers["Upload-Offset"] == str(size)
     finally:
         stalled.close()

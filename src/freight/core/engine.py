@@ -364,9 +364,26 @@ class UploadEngine:
 
     # writing -----------------------------------------------------------------------------
 
-    async def declare_length(self, upload_id: str, length: int) -> UploadSession:
-        """Fix a deferred length (tus ``Upload-Length`` on a later PATCH)."""
+    async def declare_length(
+        self,
+        upload_id: str,
+        length: int,
+        *,
+        interrupt: Callable[[], None] | None = None,
+        offset: int | None = None,
+    ) -> UploadSession:
+        """Fix a deferred length (tus ``Upload-Length`` on a later PATCH).
+
+        With ``interrupt`` (and the ``offset`` the request will write from), a request
+        still writing the upload is taken over first, as :meth:`writer` does: a client
+        retrying after a stalled link is not locked out until the old link times out.
+        """
         active = await self._activate(upload_id)
+        if active.claims and interrupt is not None and offset is not None:
+            self._check_writable(active.session, offset, True)
+            _check_offset(active.session, offset)
+            if await self._take_over(active, offset, _EVERYTHING, offset):
+                active = await self._activate(upload_id)
         session = active.session
         if active.claims:
             raise UploadLocked("the length cannot change while the upload is being written")

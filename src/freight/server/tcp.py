@@ -75,6 +75,7 @@ from freight.protocol.frames import (
     Welcome,
     encode_data_header,
 )
+from freight.server.connections import pending_cap
 from freight.server.ingest import WriterFeed
 from freight.server.splice import SocketSplice, Splicers, open_splice
 from freight.storage.base import SendfileSource
@@ -100,6 +101,11 @@ class TcpSettings:
     idle_timeout: float = 60.0
     lock_wait: float = 5.0  # how long RESUME waits for another connection's writer
     token: str | None = None
+    # A connection must complete HELLO within this, and at most ``max_pending`` may be
+    # waiting to at once (the longest-waiting one goes first): silent connections cannot
+    # use up the descriptors that clients with something to send need.
+    handshake_timeout: float = 10.0
+    max_pending: int = 256
 
 
 def error_frame(exc: BaseException) -> ErrorFrame:
@@ -311,7 +317,13 @@ class _Connection(asyncio.BufferedProtocol):
 
     async def _serve(self) -> None:
         try:
-            await self._handshake()
+            try:
+                async with asyncio.timeout(self._settings.handshake_timeout):
+                    await self._handshake()
+            except TimeoutError:
+                raise _Closed from None
+            finally:
+                self._server.handshake_over(self)
             while True:
                 await self._serve_request()
         except _Closed:
@@ -579,6 +591,7 @@ class TcpServer:
         self.settings = settings or TcpSettings()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        self._pending: dict[_Connection, None] = {}  # no HELLO yet, oldest first
         self.splicers = Splicers() if splicing_available() else None
         self.address: tuple[str, int] = ("", 0)
 
@@ -593,9 +606,18 @@ class TcpServer:
 
     def track(self, connection: _Connection) -> None:
         self._connections.add(connection)
+        self._pending[connection] = None
+        while len(self._pending) > self.settings.max_pending:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.abort()
+
+    def handshake_over(self, connection: _Connection) -> None:
+        self._pending.pop(connection, None)
 
     def forget(self, connection: _Connection) -> None:
         self._connections.discard(connection)
+        self._pending.pop(connection, None)
 
     async def close(self) -> None:
         """Stop listening, end every connection and wait until their writers let go."""
@@ -615,7 +637,12 @@ class TcpServer:
 async def start_tcp_server(engine: UploadEngine, config: ServerConfig) -> TcpServer:
     """Start the TCP listener ``config`` asks for, sharing the HTTP app's engine."""
     assert config.tcp_port is not None
-    settings = TcpSettings(token=config.token, idle_timeout=config.idle_timeout)
+    settings = TcpSettings(
+        token=config.token,
+        idle_timeout=config.idle_timeout,
+        handshake_timeout=config.header_timeout,
+        max_pending=pending_cap(config.max_pending),
+    )
     server = TcpServer(engine, settings)
     await server.start(config.host, config.tcp_port)
     return server

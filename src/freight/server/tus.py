@@ -153,7 +153,9 @@ async def patch(request: web.Request, upload_id: str) -> web.Response:
     if declared is not None and declared != session.length:
         # Only a change needs the upload to itself: a retry restating the length must
         # still be able to take over from a stalled request.
-        session = await engine.declare_length(upload_id, declared)
+        session = await engine.declare_length(
+            upload_id, declared, interrupt=interrupter(request), offset=offset
+        )
     session = await write_body(request, engine, session, offset)
     return web.Response(status=204, headers=state_headers(session))
 

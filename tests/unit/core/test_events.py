@@ -81,3 +81,13 @@ async def test_publishing_costs_the_same_with_a_thousand_waiting_watchers() -> N
         min([await cost(1000) for _ in range(3)]),
     )
     assert watched < 3 * alone + 0.002, (alone, watched)
+
+
+def test_idle_uploads_do_not_grow_the_table() -> None:
+    hub = EventHub(max_live=8)
+    for n in range(100):
+        hub.publish(event(K.CREATED, f"u{n}"))
+    hub.publish(event(K.PROGRESS, "u5", 1))  # it moved again: known again
+    live = [e.upload_id for e in hub.in_progress(limit=1000)]
+    assert len(live) == 8
+    assert "u99" in live and "u5" in live and "u0" not in live
