@@ -221,3 +221,13 @@ def test_a_missing_config_file_and_bad_flags_are_one_line_too(tmp_path: Path) ->
     assert_one_line_error(serve("--port", "eighty"), "--port")
     assert_one_line_error(serve("--trusted-proxy", "10.0.0.0/99"), "10.0.0.0/99")
     assert_one_line_error(serve("--log-level", "chatty"), "--log-level")
+
+
+def test_the_readme_example_config_is_accepted(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    options = readme.split("## Server options", 1)[1].split("\n## ", 1)[0]
+    example = re.search(r"```toml\n(.*?)```", options, re.S)
+    assert example, "the Server options section has no TOML example"
+    config = write_config(tmp_path, example.group(1))
+    settings = effective("--config", str(config))
+    assert settings == {**settings, **tomllib.loads(example.group(1))}
