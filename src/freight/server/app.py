@@ -149,16 +149,16 @@ async def serve(config: ServerConfig) -> None:
     }
     runner = web.AppRunner(app, handle_signals=False, **options)
     await runner.setup()
+    guard = ConnectionGuard(config.header_timeout, pending_cap(config.max_pending))
+    site = GuardedSite(runner, config.host, config.port, guard, options)
+    await _listen_or_explain(site.start(), runner, config.host, config.port)
+    host, port = runner.addresses[0][:2]
+    print(f"freight listening on http://{host}:{port} (data in {config.data_dir})", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     tcp: TcpServer | None = None
     try:
-        guard = ConnectionGuard(config.header_timeout, pending_cap(config.max_pending))
-        site = GuardedSite(runner, config.host, config.port, guard, options)
-        await _listen_or_explain(site.start(), config.host, config.port)
-        host, port = runner.addresses[0][:2]
-        print(f"freight listening on http://{host}:{port} (data in {config.data_dir})", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         tcp = await _start_tcp(app, config)
         await stop.wait()
     finally:
@@ -183,11 +183,16 @@ def _create_app_or_explain(config: ServerConfig) -> web.Application:
         raise StartupError(f"cannot use data directory {config.data_dir}: {reason}") from exc
 
 
-async def _listen_or_explain(starting: Awaitable[T], host: str, port: int) -> T:
-    """Await a listener's start; a busy port or a bad address becomes a StartupError."""
+async def _listen_or_explain(
+    starting: Awaitable[T], runner: web.AppRunner | None, host: str, port: int
+) -> T:
+    """Await a listener's start; a busy port or a bad address becomes a StartupError (after
+    ``runner``, if given, let the engine go)."""
     try:
         return await starting
     except OSError as exc:
+        if runner is not None:
+            await runner.cleanup()
         if isinstance(exc, socket.gaierror) or not exc.errno:
             reason = exc.strerror or str(exc)
         else:
@@ -199,8 +204,9 @@ async def _start_tcp(app: web.Application, config: ServerConfig) -> TcpServer | 
     """The raw TCP listener (``--tcp-port``), sharing the HTTP app's engine."""
     if config.tcp_port is None:
         return None
+    # A failure here is cleaned up by serve(), which is already running the server.
     tcp = await _listen_or_explain(
-        start_tcp_server(app[ENGINE], config), config.host, config.tcp_port
+        start_tcp_server(app[ENGINE], config), None, config.host, config.tcp_port
     )
     host, port = tcp.address
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL
