@@ -28,7 +28,8 @@ class ServerProcess:
     port: int = 0
     proc: subprocess.Popen[str] | None = None
     url: str = ""
-    output_tail: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    # Long enough for the access log of a test's requests and the lines tests look for.
+    output_tail: deque[str] = field(default_factory=lambda: deque(maxlen=20_000))
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         cmd = [

@@ -6,7 +6,12 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FsyncPolicy", "ServerConfig"]
+__all__ = ["FsyncPolicy", "ServerConfig", "StartupError"]
+
+
+class StartupError(Exception):
+    """The server cannot start as configured (a busy port, an unusable data directory, a
+    bad config file): one line for the operator, no traceback."""
 
 
 class FsyncPolicy(enum.Enum):
@@ -62,3 +67,8 @@ class ServerConfig:
     # Web origins (``https://host[:port]``, or ``*``) whose pages may use a server without a
     # token, besides its own; the only ones granted Chrome's private-network access.
     cors_origins: tuple[str, ...] = ()
+    # Logging (server/logs.py): level, ``text`` or ``json`` lines, and the proxies (CIDR
+    # networks) whose X-Forwarded-For names the client in the access log.
+    log_level: str = "info"
+    log_format: str = "text"
+    trusted_proxies: tuple[str, ...] = ()

@@ -721,6 +721,10 @@ class UploadEngine:
             # Only once the file and its row exist does anyone see the upload as finished.
             active.session = session = finished
             self._publish(UploadEventKind.FINISHED, active)
+            log.info(
+                "upload finished",
+                extra=_fields(upload_id=upload_id, size=finished.length, sha256=digest),
+            )
         finally:
             active.unclaim(claim)
             self._release(upload_id, active)
@@ -846,6 +850,7 @@ class UploadEngine:
             await _stop_hashing(active)
         await asyncio.to_thread(self.store.delete, upload_id)
         self._forget(session)
+        log.info("upload deleted", extra=_fields(upload_id=upload_id, size=session.length))
 
     def _forget(self, session: UploadSession) -> None:
         self._active.pop(session.id, None)
@@ -867,6 +872,11 @@ class UploadEngine:
             await asyncio.to_thread(self.store.delete, upload_id)
             self._forget(session)
             removed += 1
+            received = session.received.total()
+            log.info(
+                "upload expired",
+                extra=_fields(upload_id=upload_id, size=session.length, received=received),
+            )
         if removed:
             log.info("swept %d expired uploads", removed)
         return removed
@@ -973,6 +983,11 @@ async def _interrupt(claims: Sequence[Claim]) -> None:
     _, pending = await asyncio.wait(waits, timeout=TAKE_OVER_WAIT)
     for wait in pending:
         wait.cancel()
+
+
+def _fields(**fields: object) -> dict[str, dict[str, object]]:
+    """``extra=`` for a log line whose fields the server's formatters print as such."""
+    return {"fields": fields}
 
 
 def _check_offset(session: UploadSession, offset: int) -> None:

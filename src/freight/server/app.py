@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator
+import socket
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 
-from freight.config import FsyncPolicy, ServerConfig
+from freight.config import FsyncPolicy, ServerConfig, StartupError
 from freight.core import UploadEngine
 from freight.core.pipes import splicing_available
 from freight.server.api import add_api_routes
@@ -26,6 +30,7 @@ from freight.server.dispatch import DOWNLOAD_ROUTE, dispatch_middleware, resolve
 from freight.server.download import file_response
 from freight.server.ietf import handle_ietf
 from freight.server.links import add_link_routes
+from freight.server.logs import ACCESS_LOGGER, AccessLogger, TrustedProxies, configure_logging
 from freight.server.middleware import (
     auth_middleware,
     cors_middleware,
@@ -44,6 +49,8 @@ from freight.storage import LocalStore
 __all__ = ["create_app", "run_server"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How much of a request body aiohttp may hold per connection: it stops reading the socket
 # once it holds twice this, the last socket read (up to 256 KiB) included. With aiohttp's
@@ -132,15 +139,19 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def serve(config: ServerConfig) -> None:
-    app = create_app(config)
+    app = _create_app_or_explain(config)
     loop = asyncio.get_running_loop()
     quiet_accept_errors(loop)
-    options = {**handler_options(config), "access_log": None, "read_bufsize": READ_BUFSIZE}
+    options = {
+        **handler_options(config),
+        **_access_log_options(config),
+        "read_bufsize": READ_BUFSIZE,
+    }
     runner = web.AppRunner(app, handle_signals=False, **options)
     await runner.setup()
     guard = ConnectionGuard(config.header_timeout, pending_cap(config.max_pending))
     site = GuardedSite(runner, config.host, config.port, guard, options)
-    await site.start()
+    await _listen_or_explain(site.start(), runner, config.host, config.port)
     host, port = runner.addresses[0][:2]
     print(f"freight listening on http://{host}:{port} (data in {config.data_dir})", flush=True)
     stop = asyncio.Event()
@@ -156,11 +167,47 @@ async def serve(config: ServerConfig) -> None:
         await runner.cleanup()
 
 
+def _access_log_options(config: ServerConfig) -> dict[str, object]:
+    trusted = TrustedProxies(config.trusted_proxies)
+    return {
+        "access_log": logging.getLogger(ACCESS_LOGGER),
+        "access_log_class": AccessLogger.trusting(trusted),
+    }
+
+
+def _create_app_or_explain(config: ServerConfig) -> web.Application:
+    try:
+        return create_app(config)
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StartupError(f"cannot use data directory {config.data_dir}: {reason}") from exc
+
+
+async def _listen_or_explain(
+    starting: Awaitable[T], runner: web.AppRunner | None, host: str, port: int
+) -> T:
+    """Await a listener's start; a busy port or a bad address becomes a StartupError (after
+    ``runner``, if given, let the engine go)."""
+    try:
+        return await starting
+    except OSError as exc:
+        if runner is not None:
+            await runner.cleanup()
+        if isinstance(exc, socket.gaierror) or not exc.errno:
+            reason = exc.strerror or str(exc)
+        else:
+            reason = os.strerror(exc.errno).lower()
+        raise StartupError(f"cannot listen on {host}:{port}: {reason}") from exc
+
+
 async def _start_tcp(app: web.Application, config: ServerConfig) -> TcpServer | None:
     """The raw TCP listener (``--tcp-port``), sharing the HTTP app's engine."""
     if config.tcp_port is None:
         return None
-    tcp = await start_tcp_server(app[ENGINE], config)
+    # A failure here is cleaned up by serve(), which is already running the server.
+    tcp = await _listen_or_explain(
+        start_tcp_server(app[ENGINE], config), None, config.host, config.tcp_port
+    )
     host, port = tcp.address
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL
     print(f"freight tcp listening on tcp://{shown}:{port}", flush=True)
@@ -168,8 +215,9 @@ async def _start_tcp(app: web.Application, config: ServerConfig) -> TcpServer | 
 
 
 def run_server(config: ServerConfig) -> None:
-    """Run until SIGINT or SIGTERM. Plain asyncio on purpose: uvloop has no sendfile."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """Run until SIGINT or SIGTERM. Plain asyncio on purpose: uvloop has no sendfile.
+
+    Raises :class:`StartupError` when the server cannot start as configured.
+    """
+    configure_logging(config.log_level, config.log_format)
     asyncio.run(serve(config))

@@ -25,6 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from freight.core.writer import UploadWriter
 from freight.errors import ClientDisconnected, InvalidHeader, UploadTooLarge
 from freight.server.ingest import WriterFeed
+from freight.server.logs import BYTES_IN
 from freight.server.splice import BodySplicer, open_splice
 from freight.server.stall import Direction, watch_progress
 from freight.server.state import SETTINGS, SPLICERS
@@ -158,15 +159,22 @@ async def _read_directly(request: web.Request, writer: UploadWriter, count: Coun
     transport.pause_reading()
     request[_CLOSE_AFTER] = True
     remaining = length - sum(map(len, buffered))
+    taken = 0  # off the socket past aiohttp, which counts only what it parsed
+
+    def tally(nbytes: int) -> None:
+        nonlocal taken
+        taken += nbytes
+        count(nbytes)
+
     try:
         for piece in buffered:
             count(len(piece))
             await writer.write(piece)
-        splice = open_splice(request.app.get(SPLICERS), writer, transport, count)
+        splice = open_splice(request.app.get(SPLICERS), writer, transport, tally)
         if splice is not None:
             await BodySplicer(transport, splice).receive(remaining)
             return
-        receiver = _DirectReceiver(writer, remaining, transport, transport.get_protocol(), count)
+        receiver = _DirectReceiver(writer, remaining, transport, transport.get_protocol(), tally)
         transport.set_protocol(receiver)
         try:
             await receiver.receive()
@@ -174,6 +182,7 @@ async def _read_directly(request: web.Request, writer: UploadWriter, count: Coun
             receiver.detach()
     finally:
         content.feed_eof()  # so aiohttp does not wait for the rest of a body it never sees
+        request[BYTES_IN] = content.total_bytes + taken
 
 
 class _DirectReceiver(asyncio.BufferedProtocol):
