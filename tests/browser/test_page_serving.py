@@ -38,7 +38,7 @@ def test_the_page_and_its_files_load_without_a_token_but_the_api_needs_one(
     assert status == 200
     assert headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in headers["Content-Security-Policy"]
-    assert b'<script type="module" src="/static/app.js">' in body
+    assert b'<script type="module" src="static/app.js">' in body
     for name, kind in [("app.js", "text/javascript"), ("style.css", "text/css")]:
         status, headers, _ = fetch(f"{token_server.url}/static/{name}")
         assert (status, headers["Content-Type"].split(";")[0]) == (200, kind)

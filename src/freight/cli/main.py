@@ -149,6 +149,28 @@ def cli() -> None:
     "a token, and grant it Chrome's private-network access; repeatable, or comma-separated "
     "in FREIGHT_CORS_ORIGIN. By default only the server's own page may.",
 )
+@click.option(
+    "--base-path",
+    default="/",
+    show_default=True,
+    callback=lambda ctx, param, value: _base_path(value),
+    metavar="PATH",
+    help="Serve everything under PATH (e.g. /sub/) for a reverse proxy that forwards a "
+    "sub-path: tus at PATH/files/, the API at PATH/api/, the page at PATH.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Serve HTTPS with this PEM certificate chain (with --tls-key); SIGHUP reloads "
+    "both files for new connections. The --tcp-port listener stays plain TCP.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The PEM private key of --tls-cert.",
+)
 def serve(
     host: str,
     port: int,
@@ -171,9 +193,17 @@ def serve(
     keepalive_timeout: float,
     max_pending: int,
     cors_origins: tuple[str, ...],
+    base_path: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Run the freight server."""
     from freight.server.app import run_server
+
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_cert is not None and tls_key is not None:
+        _check_tls(tls_cert, tls_key)
 
     config = ServerConfig(
         data_dir=data_dir,
@@ -197,8 +227,34 @@ def serve(
         keepalive_timeout=keepalive_timeout,
         max_pending=max_pending,
         cors_origins=cors_origins,
+        base_path=base_path,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     run_server(config)
+
+
+def _base_path(value: str) -> str:
+    from freight.config import normalise_base_path
+
+    try:
+        return normalise_base_path(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--base-path") from None
+
+
+def _check_tls(cert: Path, key: Path) -> None:
+    """Refuse unusable certificate files before the server starts, in one line."""
+    import ssl
+
+    from freight.server.tls import load_context
+
+    try:
+        load_context(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.BadParameter(
+            f"cannot use {cert} with {key}: {exc}", param_hint="--tls-cert/--tls-key"
+        ) from None
 
 
 def _cors_origins(values: tuple[str, ...]) -> tuple[str, ...]:
