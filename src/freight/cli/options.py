@@ -9,7 +9,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from freight.client import RetryPolicy, Timeouts
+from freight.client import ClientError, RetryPolicy, Timeouts
 from freight.client.http import tls_verify, verifying
 
 __all__ = [
@@ -86,7 +86,11 @@ def tls_options(function: F) -> F:
 
     @functools.wraps(function)
     def run(*args: Any, cacert: Path | None, insecure: bool, **kwargs: Any) -> Any:
-        with verifying(tls_verify(cacert, insecure=insecure)):
+        try:
+            verify = tls_verify(cacert, insecure=insecure)
+        except ClientError as exc:
+            raise click.BadParameter(exc.message, param_hint="--cacert") from None
+        with verifying(verify):
             return function(*args, **kwargs)
 
     decorated = click.option(
@@ -98,7 +102,7 @@ def tls_options(function: F) -> F:
     )(run)
     decorated = click.option(
         "--cacert",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
         envvar="FREIGHT_CACERT",
         show_envvar=True,
         help="Trust https servers whose certificate this CA (PEM) signed, instead of the "
