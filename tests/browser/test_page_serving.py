@@ -79,7 +79,7 @@ def test_every_module_and_asset_the_page_names_is_served(freight_server: Any) ->
     for path in STATIC.glob("*.js"):
         wanted |= set(re.findall(r'(?:from|import)\s*\(?\s*"\./([\w.-]+)"', path.read_text()))
         wanted |= set(re.findall(r'new URL\("\./([\w.-]+)"', path.read_text()))
-    wanted |= set(re.findall(r'"/static/([\w.-]+)"', (STATIC / "index.html").read_text()))
+    wanted |= set(re.findall(r'"static/([\w.-]+)"', (STATIC / "index.html").read_text()))
     assert {"app.js", "hash-worker.js", "sha256.js", "style.css", "icon.svg"} <= wanted
     for name in sorted(wanted):
         status, _, _ = fetch(f"{freight_server.url}/static/{name}")
