@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,10 +14,11 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-LISTEN_LINE = re.compile(r"listening on (http://[^\s]+)")
+LISTEN_LINE = re.compile(r"listening on (https?://[^\s]+)")
 
 
 @dataclass
@@ -61,7 +63,7 @@ class ServerProcess:
             match = LISTEN_LINE.search(line)
             if match:
                 self.url = match.group(1).rstrip("/")
-                self.port = int(self.url.rsplit(":", 1)[1])
+                self.port = urlsplit(self.url).port or 0
                 self._drain_output()
                 return self
         raise RuntimeError("server did not report its address in time")
@@ -132,3 +134,59 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (CI=true), which counts as a failure: {reason}"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A test CA and certificates it signed for 127.0.0.1 and localhost (PEM files)."""
+
+    directory: Path
+    ca: Path
+    cert: Path
+    key: Path
+
+    def issue(self, name: str) -> tuple[Path, Path]:
+        """Another certificate and key from the same CA, e.g. for a reload."""
+        return _issue(self.directory, name, self.ca, self.directory / "ca.key")
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _issue(directory: Path, name: str, ca: Path, ca_key: Path) -> tuple[Path, Path]:
+    cert, key, csr = (directory / f"{name}.{ext}" for ext in ("pem", "key", "csr"))
+    extensions = directory / f"{name}.ext"
+    extensions.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
+    _openssl(
+        *("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
+        *("-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"),
+    )
+    _openssl(
+        *("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key)),
+        *("-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "2"),
+        *("-out", str(cert), "-extfile", str(extensions)),
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA made for this test session (with the ``openssl`` command) and a server
+    certificate it signed; nothing on the machine trusts the CA."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed: the TLS tests need it")
+    directory = tmp_path_factory.mktemp("tls")
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    _openssl(
+        *("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"),
+        *("-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=freight test CA"),
+        *("-addext", "basicConstraints=critical,CA:TRUE"),
+        *("-addext", "keyUsage=critical,keyCertSign,cRLSign"),
+    )
+    cert, key = _issue(directory, "server", ca, ca_key)
+    return TlsFiles(directory, ca, cert, key)

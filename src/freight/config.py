@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FsyncPolicy", "ServerConfig", "StartupError"]
+__all__ = ["FsyncPolicy", "ServerConfig", "StartupError", "normalise_base_path"]
+
+_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 class StartupError(Exception):
@@ -48,7 +51,13 @@ class ServerConfig:
     max_unfinished_per_client: int = 1_000
     # The share of the space free for uploads that one client's unfinished uploads may claim.
     client_space_share: float = 0.5
-    base_path: str = "/files/"
+    # Where the server is mounted: "/" or a prefix such as "/sub/" when a reverse proxy
+    # serves it under a sub-path. Every route lives under it (tus at <base>files/).
+    base_path: str = "/"
+    # PEM certificate chain and private key: HTTPS instead of HTTP when both are given.
+    # Read again on SIGHUP (new connections get the new certificate, open ones keep theirs).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     tcp_port: int | None = None  # raw TCP protocol listener (docs/protocol.md); off when None
     # Keep a running SHA-256 of every upload. Off, a file has one only when a client
     # declared the digest it expects (checked by reading the file back when it finishes).
@@ -72,3 +81,29 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "text"
     trusted_proxies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_path", normalise_base_path(self.base_path))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("a TLS certificate and its key go together")
+
+    @property
+    def files_path(self) -> str:
+        """The tus/IETF collection and the prefix of every file URL, e.g. ``/files/``."""
+        return f"{self.base_path}files/"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+def normalise_base_path(value: str) -> str:
+    """``sub``, ``/sub`` and ``/sub/`` all give ``/sub/``; ``""`` and ``/`` give ``/``.
+
+    Only plain path segments are taken: the prefix becomes part of every route and URL.
+    """
+    segments = [part for part in value.strip().split("/") if part]
+    for segment in segments:
+        if segment in (".", "..") or not _SEGMENT.fullmatch(segment):
+            raise ValueError(f"the base path {value!r} may only hold letters, digits and -._~")
+    return "/" + "".join(f"{part}/" for part in segments)

@@ -38,7 +38,7 @@ def test_the_page_and_its_files_load_without_a_token_but_the_api_needs_one(
     assert status == 200
     assert headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in headers["Content-Security-Policy"]
-    assert b'<script type="module" src="/static/app.js">' in body
+    assert b'<script type="module" src="static/app.js">' in body
     for name, kind in [("app.js", "text/javascript"), ("style.css", "text/css")]:
         status, headers, _ = fetch(f"{token_server.url}/static/{name}")
         assert (status, headers["Content-Type"].split(";")[0]) == (200, kind)
@@ -79,7 +79,7 @@ def test_every_module_and_asset_the_page_names_is_served(freight_server: Any) ->
     for path in STATIC.glob("*.js"):
         wanted |= set(re.findall(r'(?:from|import)\s*\(?\s*"\./([\w.-]+)"', path.read_text()))
         wanted |= set(re.findall(r'new URL\("\./([\w.-]+)"', path.read_text()))
-    wanted |= set(re.findall(r'"/static/([\w.-]+)"', (STATIC / "index.html").read_text()))
+    wanted |= set(re.findall(r'"static/([\w.-]+)"', (STATIC / "index.html").read_text()))
     assert {"app.js", "hash-worker.js", "sha256.js", "style.css", "icon.svg"} <= wanted
     for name in sorted(wanted):
         status, _, _ = fetch(f"{freight_server.url}/static/{name}")

@@ -28,33 +28,54 @@ from freight.server.openapi import build_openapi, registered_paths
 OPERATIONS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
-async def _served(app: web.Application) -> AsyncIterator[dict[str, Any]]:
+async def _served(app: web.Application, mount: str = "") -> AsyncIterator[dict[str, Any]]:
     async with (
         TestServer(app, host="127.0.0.1") as server,
         ClientSession() as http,
-        http.get(server.make_url("/api/openapi.json")) as resp,
+        http.get(server.make_url(f"{mount}/api/openapi.json")) as resp,
     ):
         assert resp.status == 200
         assert resp.content_type == "application/json"
         yield await resp.json()
 
 
-@pytest.fixture(params=["/files/", "/uploads/"])
+class Mounted:
+    """The routes of a served application as its document names them: from its mount."""
+
+    def __init__(self, app: web.Application, mount: str) -> None:
+        self.app = app
+        self.mount = mount
+
+    def resources(self) -> Iterator[tuple[str, web.AbstractResource]]:
+        for resource in self.app.router.resources():
+            yield resource.canonical.removeprefix(self.mount), resource
+
+    def paths(self) -> set[str]:
+        return {path.removeprefix(self.mount) for path in registered_paths(self.app)}
+
+
+@pytest.fixture(params=["/", "/sub/"])
 async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    """An app with the given tus base path, and the document it serves."""
+    """An app mounted at the given base path (its routes under it), and its document."""
     app = create_app(ServerConfig(data_dir=tmp_path / "data", base_path=request.param))
-    async for document in _served(app):
-        yield app, document
+    mount = request.param.rstrip("/")
+    inner = app
+    if mount:
+        (sub,) = (r for r in app.router.resources() if isinstance(r, web.PrefixedSubAppResource))
+        inner = sub.get_info()["app"]
+    async for document in _served(app, mount):
+        if mount:
+            assert document["servers"] == [{"url": mount}]
+        yield Mounted(inner, mount), document
 
 
 def _documented_methods(item: dict[str, Any]) -> set[str]:
     return {key.upper() for key in item if key in OPERATIONS}
 
 
-async def test_every_route_is_documented(served: tuple[web.Application, Any]) -> None:
+async def test_every_route_is_documented(served: tuple[Mounted, Any]) -> None:
     app, document = served
-    for resource in app.router.resources():
-        path = resource.canonical
+    for path, resource in app.resources():
         assert path in document["paths"], f"{path} is not documented"
         methods = {route.method for route in resource}
         documented = _documented_methods(document["paths"][path])
@@ -65,12 +86,12 @@ async def test_every_route_is_documented(served: tuple[web.Application, Any]) ->
             assert methods - {"HEAD"} == documented - {"HEAD"}, path
 
 
-async def test_every_documented_path_exists(served: tuple[web.Application, Any]) -> None:
+async def test_every_documented_path_exists(served: tuple[Mounted, Any]) -> None:
     app, document = served
-    assert set(document["paths"]) <= registered_paths(app)
+    assert set(document["paths"]) <= app.paths()
 
 
-async def test_path_parameters_are_declared(served: tuple[web.Application, Any]) -> None:
+async def test_path_parameters_are_declared(served: tuple[Mounted, Any]) -> None:
     _, document = served
     for path, item in document["paths"].items():
         names = set(re.findall(r"{(\w+)}", path))
@@ -84,7 +105,7 @@ async def test_path_parameters_are_declared(served: tuple[web.Application, Any])
             assert declared == names, (path, method)
 
 
-async def test_the_document_is_valid_openapi_3_1(served: tuple[web.Application, Any]) -> None:
+async def test_the_document_is_valid_openapi_3_1(served: tuple[Mounted, Any]) -> None:
     _, document = served
     assert document["openapi"] == "3.1.0"
     assert document["info"]["title"] == "freight" and document["info"]["version"]
@@ -104,7 +125,7 @@ async def test_the_document_is_valid_openapi_3_1(served: tuple[web.Application, 
 
 
 async def test_health_needs_no_token_and_the_rest_does(
-    served: tuple[web.Application, Any],
+    served: tuple[Mounted, Any],
 ) -> None:
     _, document = served
     assert document["security"] == [{"bearer": []}]
@@ -145,7 +166,7 @@ def _walk(node: Any, where: str = "#") -> Iterator[tuple[str, Any]]:
             yield from _walk(value, f"{where}/{index}")
 
 
-async def test_every_items_is_one_schema_object(served: tuple[web.Application, Any]) -> None:
+async def test_every_items_is_one_schema_object(served: tuple[Mounted, Any]) -> None:
     _, document = served
     for where, node in _walk(document):
         if isinstance(node, dict) and "items" in node and where.rsplit("/", 1)[-1] != "properties":
@@ -160,7 +181,7 @@ def _operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, 
 
 
 async def test_refusals_are_documented_where_they_happen(
-    served: tuple[web.Application, Any],
+    served: tuple[Mounted, Any],
 ) -> None:
     _, document = served
     for path, method, operation in _operations(document):

@@ -7,10 +7,13 @@ upload URL; these tests then download it and compare SHA-256 digests. Fixtures
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +50,13 @@ def node_harness() -> Path:
     return SCRIPT
 
 
-def run_tus_js(script: Path, endpoint: str, path: Path, options: dict[str, object]) -> str:
+def run_tus_js(
+    script: Path,
+    endpoint: str,
+    path: Path,
+    options: dict[str, object],
+    env: dict[str, str] | None = None,
+) -> str:
     """Upload ``path`` with tus-js-client; return the final upload URL."""
     assert NODE is not None
     result = subprocess.run(
@@ -55,7 +64,7 @@ def run_tus_js(script: Path, endpoint: str, path: Path, options: dict[str, objec
         capture_output=True,
         text=True,
         timeout=UPLOAD_TIMEOUT,
-        env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        env={**os.environ, "NODE_NO_WARNINGS": "1", **(env or {})},
     )
     trace = result.stderr[-20_000:]
     lines = result.stdout.strip().splitlines()
@@ -122,3 +131,28 @@ def test_tus_js_client_with_a_token(
     options = {"parallelUploads": 2, "headers": auth}
     url = run_tus_js(node_harness, f"{server.url}/files/", local.path, options)
     check_stored(server.url, url, local, headers=auth)
+
+
+@pytest.mark.parametrize("options", [{"parallelUploads": 2}, {"protocol": "ietf-draft-05"}])
+def test_tus_js_client_over_https(
+    options: dict[str, object],
+    server_factory: Callable[..., Any],
+    tmp_path: Path,
+    tls_files: Any,
+    random_file: Callable[..., Any],
+    node_harness: Path,
+) -> None:
+    """``serve --tls-cert``: Node trusts the test CA through NODE_EXTRA_CA_CERTS only."""
+    args = ["--tls-cert", str(tls_files.cert), "--tls-key", str(tls_files.key)]
+    server = server_factory(data_dir=tmp_path / "data", args=args).start()
+    assert server.url.startswith("https://")
+    local = random_file(12 * MiB)
+    trusted = {"NODE_EXTRA_CA_CERTS": str(tls_files.ca)}
+    url = run_tus_js(node_harness, f"{server.url}/files/", local.path, options, env=trusted)
+    assert url.startswith(f"{server.url}/files/")
+    context = ssl.create_default_context(cafile=str(tls_files.ca))
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, context=context, timeout=60) as reply:
+        while block := reply.read(MiB):
+            digest.update(block)
+    assert digest.digest() == local.sha256

@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 from rich.text import Text
 
-from freight.cli.options import json_option, retries_option, retry_policy, token_option
+from freight.cli.options import (
+    json_option,
+    retries_option,
+    retry_policy,
+    tls_options,
+    token_option,
+)
 from freight.cli.render import (
     one_line,
     print_files_table,
@@ -22,6 +28,7 @@ __all__ = ["ls", "rm"]
 @click.command()
 @click.argument("server_url", metavar="URL")
 @token_option
+@tls_options
 @retries_option(2)
 @json_option
 def ls(server_url: str, token: str | None, retries: int, as_json: bool) -> None:
@@ -50,6 +57,7 @@ def ls(server_url: str, token: str | None, retries: int, as_json: bool) -> None:
 @click.argument("url")
 @click.argument("file_id", metavar="[ID]", required=False)
 @token_option
+@tls_options
 @retries_option(2)
 @json_option
 def rm(url: str, file_id: str | None, token: str | None, retries: int, as_json: bool) -> None:

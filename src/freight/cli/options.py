@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import click
 
-from freight.client import RetryPolicy, Timeouts
+from freight.client import ClientError, RetryPolicy, Timeouts
+from freight.client.http import tls_verify, verifying
 
 __all__ = [
     "json_option",
@@ -16,6 +19,7 @@ __all__ = [
     "retry_policy",
     "stall_option",
     "timeouts",
+    "tls_options",
     "token_option",
 ]
 
@@ -74,3 +78,34 @@ def stall_option(function: F) -> F:
 
 def timeouts(stall_timeout: float) -> Timeouts:
     return Timeouts(stall=stall_timeout)
+
+
+def tls_options(function: F) -> F:
+    """``--cacert`` and ``--insecure``: how an https server's certificate is checked. The
+    command runs with that check for every session it opens; it never sees the options."""
+
+    @functools.wraps(function)
+    def run(*args: Any, cacert: Path | None, insecure: bool, **kwargs: Any) -> Any:
+        try:
+            verify = tls_verify(cacert, insecure=insecure)
+        except ClientError as exc:
+            raise click.BadParameter(exc.message, param_hint="--cacert") from None
+        with verifying(verify):
+            return function(*args, **kwargs)
+
+    decorated = click.option(
+        "--insecure",
+        "-k",
+        is_flag=True,
+        help="Do not check the server's TLS certificate (https URLs): anyone on the path "
+        "can then read and change the transfer.",
+    )(run)
+    decorated = click.option(
+        "--cacert",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar="FREIGHT_CACERT",
+        show_envvar=True,
+        help="Trust https servers whose certificate this CA (PEM) signed, instead of the "
+        "system's CAs.",
+    )(decorated)
+    return cast(F, decorated)

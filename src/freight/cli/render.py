@@ -119,10 +119,10 @@ def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
         raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
     except FreightError as exc:
         raise CommandError(exc.message) from None
+    except aiohttp.ClientError as exc:  # before OSError: some are (a TLS refusal is)
+        raise CommandError(describe_error(exc)) from None
     except OSError as exc:
         raise CommandError(_describe_os_error(exc)) from None
-    except aiohttp.ClientError as exc:
-        raise CommandError(describe_error(exc)) from None
     except Exception as exc:
         if os.environ.get("FREIGHT_DEBUG"):
             raise

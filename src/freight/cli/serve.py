@@ -64,6 +64,33 @@ def _trusted_proxies(ctx: click.Context, param: click.Parameter, values: tuple[s
     return networks
 
 
+def _base_path(ctx: click.Context, param: click.Parameter, value: str) -> Any:
+    from freight.config import normalise_base_path
+
+    try:
+        return normalise_base_path(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _check_tls(cert: Path | None, key: Path | None) -> None:
+    """Refuse unusable certificate files before the server starts, in one line."""
+    if (cert is None) != (key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if cert is None or key is None:
+        return
+    import ssl
+
+    from freight.server.tls import load_context
+
+    try:
+        load_context(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.BadParameter(
+            f"cannot use {cert} with {key}: {exc}", param_hint="--tls-cert/--tls-key"
+        ) from None
+
+
 def _options(function: F) -> F:
     """Every ``serve`` option, declared once."""
     decorators = [
@@ -223,6 +250,28 @@ def _options(function: F) -> F:
             "comma-separated. By default only the server's own page may.",
         ),
         click.option(
+            "--base-path",
+            default=DEFAULTS.base_path,
+            show_default=True,
+            callback=_base_path,
+            metavar="PATH",
+            help="Serve everything under PATH (e.g. /sub/) for a reverse proxy that forwards "
+            "a sub-path: tus at PATH/files/, the API at PATH/api/, the page at PATH.",
+        ),
+        click.option(
+            "--tls-cert",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            help="Serve HTTPS with this PEM certificate chain (with --tls-key); SIGHUP reloads "
+            "both files for new connections. The --tcp-port listener stays plain TCP.",
+        ),
+        click.option(
+            "--tls-key",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            help="The PEM private key of --tls-cert.",
+        ),
+        click.option(
             "--log-level",
             type=click.Choice(["debug", "info", "warning", "error"]),
             default=DEFAULTS.log_level,
@@ -270,6 +319,7 @@ def serve(ctx: click.Context, /, print_config: bool, **settings: Any) -> None:
     if print_config:
         click.echo(render_config(ctx))
         return
+    _check_tls(settings["tls_cert"], settings["tls_key"])
     from freight.server.app import run_server
 
     try:

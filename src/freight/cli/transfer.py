@@ -15,6 +15,7 @@ from freight.cli.options import (
     retry_policy,
     stall_option,
     timeouts,
+    tls_options,
     token_option,
 )
 from freight.cli.render import (
@@ -65,6 +66,7 @@ __all__ = ["get", "send"]
     "drops connections more often than a whole chunk takes to send.",
 )
 @token_option
+@tls_options
 @retries_option(10)
 @stall_option
 @json_option
@@ -122,6 +124,7 @@ def send(
 )
 @click.option("-f", "--force", is_flag=True, help="Replace an existing file of the same name.")
 @token_option
+@tls_options
 @retries_option(10)
 @stall_option
 @json_option

@@ -228,7 +228,8 @@ class _ChunkUpload:
             await self.hasher.close()
         self._forget()
         return UploadResult(
-            url=str(self.root.join(URL(str(completed["url"]).lstrip("/")))),
+            # The server's URL is an absolute path: it already holds any mount prefix.
+            url=str(self.root.join(URL(str(completed["url"])))),
             name=self.path.name,
             size=self.size,
             sha256=str(completed["sha256"]),

@@ -10,12 +10,16 @@ over hours, while a dead server is given up on after ``attempts`` tries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import re
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import aiohttp
@@ -33,11 +37,14 @@ __all__ = [
     "RetryNotice",
     "RetryPolicy",
     "Timeouts",
+    "Verify",
     "describe_error",
     "is_retryable",
     "open_session",
     "retrying",
     "server_error",
+    "tls_verify",
+    "verifying",
 ]
 
 TUS_VERSION = "1.0.0"
@@ -50,6 +57,12 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 _MAX_ERROR_BODY = 64 * 1024
 T = TypeVar("T")
+
+Verify = ssl.SSLContext | bool
+"""How https servers are checked: True against the system's CAs, an :class:`ssl.SSLContext`
+against its own (see :func:`tls_verify`), False not at all."""
+
+_VERIFY: ContextVar[Verify] = ContextVar("freight_client_verify", default=True)
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: anything else breaks the header
 
 
@@ -162,6 +175,14 @@ def is_retryable(exc: BaseException) -> bool:
 
 def describe_error(exc: BaseException) -> str:
     """One line saying what went wrong with a request, without aiohttp's internals."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        reason = getattr(exc.certificate_error, "verify_message", "") or exc.certificate_error
+        return (
+            f"the TLS certificate of {exc.host}:{exc.port} is not trusted ({reason}); "
+            "give its CA with --cacert FILE, or skip the check with --insecure"
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS with {exc.host}:{exc.port} failed: {_ssl_reason(exc.os_error)}"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error)}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -178,6 +199,12 @@ def describe_error(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _ssl_reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return str(exc) or type(exc).__name__
+
+
 def _os_reason(exc: OSError) -> str:
     # asyncio's "Connect call failed (...)" hides the errno's meaning; say it plainly.
     if exc.errno is not None:
@@ -185,10 +212,36 @@ def _os_reason(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
+def tls_verify(cafile: str | Path | None = None, *, insecure: bool = False) -> Verify:
+    """What :func:`verifying` takes: trust only the CAs in ``cafile`` (PEM), as ``curl
+    --cacert`` does; the system's CAs without one; nothing at all with ``insecure``."""
+    if insecure:
+        return False
+    if cafile is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(cafile))
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ClientError(f"cannot use {cafile} as CA certificates: {reason}") from None
+
+
+@contextlib.contextmanager
+def verifying(verify: Verify) -> Iterator[None]:
+    """Check https servers with ``verify`` in every session opened inside this block (by
+    this task and the tasks it starts), unless a session is given its own."""
+    reset = _VERIFY.set(verify)
+    try:
+        yield
+    finally:
+        _VERIFY.reset(reset)
+
+
 def open_session(
-    token: str | None = None, *, timeouts: Timeouts | None = None
+    token: str | None = None, *, timeouts: Timeouts | None = None, verify: Verify | None = None
 ) -> aiohttp.ClientSession:
-    """A client session sending ``Authorization: Bearer <token>`` when a token is given."""
+    """A client session sending ``Authorization: Bearer <token>`` when a token is given,
+    checking https servers with ``verify`` (by default, what :func:`verifying` set)."""
     timeouts = timeouts or Timeouts()
     headers = {
         "User-Agent": f"freight/{__version__}",
@@ -202,8 +255,13 @@ def open_session(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
     )
+    connector = aiohttp.TCPConnector(ssl=_VERIFY.get() if verify is None else verify)
     return aiohttp.ClientSession(
-        headers=headers, timeout=timeout, auto_decompress=False, read_bufsize=256 * 1024
+        connector=connector,
+        headers=headers,
+        timeout=timeout,
+        auto_decompress=False,
+        read_bufsize=256 * 1024,
     )
 
 

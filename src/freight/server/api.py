@@ -18,7 +18,7 @@ def file_entry(request: web.Request, session: UploadSession) -> dict[str, object
         "size": session.length,
         "sha256": session.sha256,
         "created": session.finished or session.created,
-        "url": f"{request.app[SETTINGS].base_path}{session.id}",
+        "url": f"{request.app[SETTINGS].files_path}{session.id}",
     }
 
 

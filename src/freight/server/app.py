@@ -17,7 +17,7 @@ from aiohttp import web
 from freight.config import FsyncPolicy, ServerConfig, StartupError
 from freight.core import UploadEngine
 from freight.core.pipes import splicing_available
-from freight.server.api import add_api_routes
+from freight.server.api import add_api_routes, health
 from freight.server.chunks import add_chunk_api
 from freight.server.connections import (
     ConnectionGuard,
@@ -42,6 +42,7 @@ from freight.server.page import add_page_routes
 from freight.server.splice import Splicers
 from freight.server.state import ENGINE, SETTINGS, SPLICERS
 from freight.server.tcp import TcpServer, start_tcp_server
+from freight.server.tls import CertificateReloader
 from freight.server.tus import handle_tus
 from freight.server.ws import add_ws_routes
 from freight.storage import LocalStore
@@ -58,6 +59,8 @@ T = TypeVar("T")
 # handed the handler joined copies of up to 1 MiB: ~24 MiB read ahead across 32 uploads,
 # and the copying made a single upload slower. Now each socket read is one piece, as is.
 READ_BUFSIZE = 16 * 1024
+# The largest body aiohttp buffers (JSON requests); upload bodies are streamed, not buffered.
+CLIENT_MAX_SIZE = 1024 * 1024
 
 
 async def files_endpoint(request: web.Request) -> web.StreamResponse:
@@ -76,6 +79,36 @@ async def files_endpoint(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(config: ServerConfig) -> web.Application:
+    """The application serving ``config``; mounted under ``config.base_path`` if not ``/``."""
+    app = _freight_app(config)
+    if config.base_path == "/":
+        return app
+    return _mounted(app, config)
+
+
+def _mounted(app: web.Application, config: ServerConfig) -> web.Application:
+    """``app`` under its base path, as a reverse proxy forwards a sub-path (docs/deploy.md).
+
+    Every route, Location and file URL carries the prefix; the page finds its assets and API
+    relative to where it was loaded. ``/health`` also answers at the root, for local probes.
+    """
+    prefix = config.base_path.rstrip("/")
+    # Requests are made by the outer application: it sets the size of a buffered body.
+    root = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    root[ENGINE] = app[ENGINE]
+    root[SETTINGS] = config
+
+    async def to_mount(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPPermanentRedirect(config.base_path)
+
+    # Before the mount, which would answer its bare prefix with a 404.
+    root.router.add_route("*", prefix, to_mount)
+    root.add_subapp(prefix, app)
+    root.router.add_get("/health", health)
+    return root
+
+
+def _freight_app(config: ServerConfig) -> web.Application:
     app = web.Application(
         middlewares=[
             cors_middleware,
@@ -84,7 +117,7 @@ def create_app(config: ServerConfig) -> web.Application:
             origin_middleware,
             auth_middleware(config.token),
         ],
-        client_max_size=1024 * 1024,
+        client_max_size=CLIENT_MAX_SIZE,
     )
     store = LocalStore(config.data_dir, durable=config.fsync is not FsyncPolicy.NEVER)
     engine = UploadEngine(
@@ -104,7 +137,8 @@ def create_app(config: ServerConfig) -> web.Application:
     app[SETTINGS] = config
     if splicing_available():
         app[SPLICERS] = Splicers()
-    base = config.base_path.rstrip("/")
+    # Routes are registered from the mount point; _mounted puts the prefix before them all.
+    base = config.files_path.removeprefix(config.base_path.rstrip("/")).rstrip("/")
     app[ORIGIN_POLICY] = OriginPolicy.from_config(config)
     app.router.add_route("*", f"{base}/", files_endpoint, name="files:collection")
     app.router.add_route("*", f"{base}", files_endpoint, name="files:collection-bare")
@@ -150,13 +184,20 @@ async def serve(config: ServerConfig) -> None:
     runner = web.AppRunner(app, handle_signals=False, **options)
     await runner.setup()
     guard = ConnectionGuard(config.header_timeout, pending_cap(config.max_pending))
-    site = GuardedSite(runner, config.host, config.port, guard, options)
+    tls = _certificates(config)
+    ssl_context = tls.context if tls is not None else None
+    site = GuardedSite(runner, config.host, config.port, guard, options, ssl_context=ssl_context)
     await _listen_or_explain(site.start(), runner, config.host, config.port)
     host, port = runner.addresses[0][:2]
-    print(f"freight listening on http://{host}:{port} (data in {config.data_dir})", flush=True)
+    scheme = "https" if tls is not None else "http"
+    mount = config.base_path if config.base_path != "/" else ""
+    where = f"{scheme}://{host}:{port}{mount}"
+    print(f"freight listening on {where} (data in {config.data_dir})", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
     tcp: TcpServer | None = None
     try:
         tcp = await _start_tcp(app, config)
@@ -198,6 +239,13 @@ async def _listen_or_explain(
         else:
             reason = os.strerror(exc.errno).lower()
         raise StartupError(f"cannot listen on {host}:{port}: {reason}") from exc
+
+
+def _certificates(config: ServerConfig) -> CertificateReloader | None:
+    """The HTTPS listener's certificates (reloaded on SIGHUP), or None for plain HTTP."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    return CertificateReloader(config.tls_cert, config.tls_key)
 
 
 async def _start_tcp(app: web.Application, config: ServerConfig) -> TcpServer | None:

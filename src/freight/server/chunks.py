@@ -114,7 +114,7 @@ def _display_name(session: UploadSession) -> str | None:
 
 
 def _file_url(app: web.Application, upload_id: str) -> str:
-    return f"{app[SETTINGS].base_path}{upload_id}"
+    return f"{app[SETTINGS].files_path}{upload_id}"
 
 
 def _percent(received: int, size: int | None) -> float | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import ssl
 import time
 from typing import Any, Final
 
@@ -183,8 +184,10 @@ class GuardedSite(web.BaseSite):
         port: int,
         guard: ConnectionGuard,
         options: dict[str, Any],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner)
+        super().__init__(runner, ssl_context=ssl_context)
         self._host = host
         self._port = port
         self._guard = guard
@@ -192,7 +195,8 @@ class GuardedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -203,8 +207,17 @@ class GuardedSite(web.BaseSite):
         def connection() -> GuardedHandler:
             return GuardedHandler(self._guard, manager, loop=loop, **self._options)
 
+        # A handshake is bounded like a request head: the guard only sees a connection once
+        # its handshake is done.
+        handshake = self._guard.header_timeout if self._ssl_context is not None else None
         self._server = await loop.create_server(
-            connection, self._host, self._port, reuse_address=True, backlog=128
+            connection,
+            self._host,
+            self._port,
+            reuse_address=True,
+            backlog=128,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=handshake,
         )
 
 

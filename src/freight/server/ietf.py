@@ -76,7 +76,7 @@ async def create(request: web.Request, req: ietf.IetfRequest) -> web.Response:
     session = await engine.create(
         length=req.length, metadata=creation_metadata(request.headers), client=request.remote
     )
-    location = f"{request.app[SETTINGS].base_path}{session.id}"
+    location = f"{request.app[SETTINGS].files_path}{session.id}"
     limit = upload_limit(engine, req.version, session)
     if has_body(request):
         send_interim(request, location, req.version, limit)

@@ -60,7 +60,7 @@ async def create_link(request: web.Request) -> web.Response:
     if not session.is_finished:
         raise UploadIncomplete("only finished files can be linked")
     settings = request.app[SETTINGS]
-    url = f"{settings.base_path}{upload_id}"
+    url = f"{settings.files_path}{upload_id}"
     if settings.token is None:
         return web.json_response({"url": url, "expires": None})
     expires = int(time.time()) + LINK_LIFETIME

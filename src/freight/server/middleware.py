@@ -15,6 +15,7 @@ from freight.server.body import close_after_response
 from freight.server.errors import error_response, internal_error_response
 from freight.server.links import link_allows
 from freight.server.origins import origin_listed, origin_permitted
+from freight.server.state import SETTINGS
 
 __all__ = [
     "auth_middleware",
@@ -72,7 +73,10 @@ def _is_public_route(request: web.Request) -> bool:
 
 
 def _checks_itself(request: web.Request) -> bool:
-    return request.path in OPEN_PATHS or request.path in SELF_CHECKED_PATHS
+    # Paths as seen from where the server is mounted (``--base-path``).
+    mount = request.app[SETTINGS].base_path.rstrip("/")
+    path = request.path.removeprefix(mount)
+    return path in OPEN_PATHS or path in SELF_CHECKED_PATHS
 
 
 def header_bytes(value: str) -> bytes | None:

@@ -496,11 +496,16 @@ def registered_paths(app: web.Application) -> set[str]:
 
 def add_openapi_route(app: web.Application, policy: ChunkPolicy) -> None:
     async def openapi(request: web.Request) -> web.Response:
+        # Paths are documented from where the server is mounted; ``servers`` says where.
+        settings = request.app[SETTINGS]
+        mount = settings.base_path.rstrip("/")
         document = build_openapi(
-            base_path=request.app[SETTINGS].base_path,
-            registered=registered_paths(request.app),
+            base_path=settings.files_path.removeprefix(mount),
+            registered={path.removeprefix(mount) for path in registered_paths(request.app)},
             policy=policy,
         )
+        if mount:
+            document["servers"] = [{"url": mount}]
         return web.json_response(document)
 
     app.router.add_get("/api/openapi.json", openapi)

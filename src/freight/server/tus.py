@@ -88,7 +88,7 @@ def options(request: web.Request) -> web.Response:
 
 
 def upload_url(request: web.Request, upload_id: str) -> str:
-    return f"{request.app[SETTINGS].base_path}{upload_id}"
+    return f"{request.app[SETTINGS].files_path}{upload_id}"
 
 
 def state_headers(session: UploadSession) -> dict[str, str]:
@@ -107,7 +107,7 @@ async def create(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     settings = request.app[SETTINGS]
     creation = tus.parse_creation_headers(
-        request.headers, settings.max_size, base_path=settings.base_path
+        request.headers, settings.max_size, base_path=settings.files_path
     )
     if creation.concat is not None and creation.concat.kind == "final":
         session = await engine.create_final(creation.concat.part_ids, creation.metadata)
@@ -141,7 +141,7 @@ async def head(request: web.Request, upload_id: str) -> web.Response:
         headers["Upload-Concat"] = "partial"
     elif session.concat_kind is ConcatKind.FINAL:
         concat = tus.ConcatRequest(kind="final", part_ids=session.concat_parts)
-        headers["Upload-Concat"] = tus.build_upload_concat(concat, request.app[SETTINGS].base_path)
+        headers["Upload-Concat"] = tus.build_upload_concat(concat, request.app[SETTINGS].files_path)
     return web.Response(status=200, headers=headers)
 
 

@@ -159,7 +159,7 @@ class _Connection:
     ) -> None:
         self.request = request
         self.engine: UploadEngine = request.app[ENGINE]
-        self.base_path = request.app[SETTINGS].base_path
+        self.files_path = request.app[SETTINGS].files_path
         self.socket = socket
         self.settings = settings
         self.token = token  # still to be proven by the first message, if not None
@@ -252,7 +252,7 @@ class _Connection:
             size=session.length or 0,
             credit=window.opening_credit,
             max_frame=window.max_frame,
-            url=f"{self.base_path}{session.id}",
+            url=f"{self.files_path}{session.id}",
         )
 
     async def _receive_data(self, writer: UploadWriter, window: ReceiveWindow) -> Done:
@@ -295,7 +295,7 @@ class _Connection:
         await self._send(window.grant(await writer.checkpoint()))
 
     async def _finish(self, session: UploadSession) -> None:
-        url = f"{self.base_path}{session.id}"
+        url = f"{self.files_path}{session.id}"
         size = session.length or 0
         await self._send(Finished(id=session.id, url=url, sha256=session.sha256 or "", size=size))
         self._release_receiver()

@@ -6,6 +6,17 @@
 
 const TOKEN_KEY = "freight.token";
 
+/**
+ * Where the server is mounted: `/`, or a prefix such as `/sub/` behind a reverse proxy. The
+ * modules live in `<root>/static/`, so it is the folder above this file, wherever the page is.
+ */
+export const ROOT = new URL("../", import.meta.url);
+
+/** The absolute URL of a server path given from the mount point (`/api/files` or `api/files`). */
+export function serverUrl(path) {
+  return new URL(path.replace(/^\/+/, ""), ROOT).href;
+}
+
 export class ApiError extends Error {
   /** status 0 means the request never got an answer (network down, server gone, aborted). */
   constructor(status, code, message, body = null) {
@@ -122,7 +133,7 @@ export async function api(method, path, { json, signal } = {}) {
     if (json !== undefined) headers["Content-Type"] = "application/json";
     let response;
     try {
-      response = await fetch(path, {
+      response = await fetch(serverUrl(path), {
         method,
         headers,
         body: json === undefined ? undefined : JSON.stringify(json),

@@ -1,7 +1,7 @@
 // Server-Sent Events over fetch. EventSource cannot send an Authorization header, so the
 // stream is read with fetch and parsed here. `SseParser` is pure: text in, events out.
 
-import { auth, errorFrom } from "./api.js";
+import { auth, errorFrom, serverUrl } from "./api.js";
 import { sleep } from "./util.js";
 
 export class SseParser {
@@ -58,7 +58,7 @@ export async function followEvents({ onEvent, onStatus, onOpen, signal }) {
   while (!signal.aborted) {
     const sentToken = auth.token;
     try {
-      const response = await fetch("/api/events", {
+      const response = await fetch(serverUrl("api/events"), {
         headers: { Accept: "text/event-stream", ...auth.headers() },
         cache: "no-store",
         signal,

@@ -2,7 +2,7 @@
 // chunk, several at once, in any order. XHR rather than fetch because fetch reports no upload
 // progress. Bodies are Blob slices, so the file is read from disk as it is sent.
 
-import { AbortedError, ApiError, api, errorFrom, withAuth } from "./api.js";
+import { AbortedError, ApiError, api, errorFrom, serverUrl, withAuth } from "./api.js";
 import { base64 } from "./util.js";
 
 // A request that stops making progress is abandoned and retried. Before its first progress
@@ -79,7 +79,7 @@ export class ChunkTransport {
       const digest = await crypto.subtle.digest("SHA-256", await readBlob(body));
       headers["Content-Digest"] = `sha-256=:${base64(digest)}:`;
     }
-    const url = `/api/uploads/${encodeURIComponent(upload.id)}/chunks/${index}`;
+    const url = serverUrl(`api/uploads/${encodeURIComponent(upload.id)}/chunks/${index}`);
     try {
       const reply = await withAuth((authHeaders) =>
         put(url, body, { ...headers, ...authHeaders }, control.signal, (loaded) =>

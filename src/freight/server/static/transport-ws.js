@@ -15,7 +15,7 @@
 // complete() sends `done` and waits for `finished`. Cancel closes the connection and the
 // uploader deletes the upload with DELETE /api/uploads/{id}, which works for any protocol.
 
-import { AbortedError, ApiError, api, auth } from "./api.js";
+import { AbortedError, ApiError, api, auth, serverUrl } from "./api.js";
 import { sleep, trigger } from "./util.js";
 
 const MiB = 1024 * 1024;
@@ -279,7 +279,7 @@ async function connect(opening) {
 /** One WebSocket to /api/ws and what the server said on it. */
 class Connection {
   constructor() {
-    const url = new URL("/api/ws", location.href);
+    const url = new URL(serverUrl("api/ws"));
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     this.ws = new WebSocket(url);
     this.ws.binaryType = "arraybuffer";
