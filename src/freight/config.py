@@ -62,3 +62,6 @@ class ServerConfig:
     # Web origins (``https://host[:port]``, or ``*``) whose pages may use a server without a
     # token, besides its own; the only ones granted Chrome's private-network access.
     cors_origins: tuple[str, ...] = ()
+    # How long SIGTERM may take, all in: uploads stop at their last durable point at once,
+    # other requests get what is left of it, then the process exits.
+    shutdown_timeout: float = 10.0

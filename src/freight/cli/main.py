@@ -149,6 +149,14 @@ def cli() -> None:
     "a token, and grant it Chrome's private-network access; repeatable, or comma-separated "
     "in FREIGHT_CORS_ORIGIN. By default only the server's own page may.",
 )
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds SIGTERM may take: transfers stop at their last durable point (clients "
+    "resume), other requests get what is left, then the process exits.",
+)
 def serve(
     host: str,
     port: int,
@@ -171,6 +179,7 @@ def serve(
     keepalive_timeout: float,
     max_pending: int,
     cors_origins: tuple[str, ...],
+    shutdown_timeout: float,
 ) -> None:
     """Run the freight server."""
     from freight.server.app import run_server
@@ -197,6 +206,7 @@ def serve(
         keepalive_timeout=keepalive_timeout,
         max_pending=max_pending,
         cors_origins=cors_origins,
+        shutdown_timeout=shutdown_timeout,
     )
     run_server(config)
 

@@ -20,6 +20,7 @@ from freight.protocol import ranges
 from freight.protocol.digests import build_repr_digest
 from freight.protocol.metadata import content_disposition, safe_filename
 from freight.protocol.tus import format_http_date
+from freight.server.metrics import sent_counter
 from freight.server.stall import Direction, Stalled, watch_progress
 from freight.server.state import SETTINGS
 from freight.storage.base import SendfileSource
@@ -76,6 +77,10 @@ class SendfileResponse(web.StreamResponse):
         except Stalled as exc:
             # aiohttp takes a ConnectionError here as a client that went away.
             raise ConnectionResetError(exc.message) from None
+        finally:
+            # sendfile leaves the file's position after what it sent, even when cut off.
+            if isinstance(request, web.Request):
+                sent_counter(request.app, "download")(max(0, file.tell() - self._offset))
 
 
 def file_response(
