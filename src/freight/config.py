@@ -82,6 +82,10 @@ class ServerConfig:
     log_format: str = "text"
     trusted_proxies: tuple[str, ...] = ()
 
+    # How long SIGTERM may take, all in: uploads stop at their last durable point at once,
+    # other requests get what is left of it, then the process exits.
+    shutdown_timeout: float = 10.0
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_path", normalise_base_path(self.base_path))
         if (self.tls_cert is None) != (self.tls_key is None):

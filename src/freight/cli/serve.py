@@ -272,6 +272,14 @@ def _options(function: F) -> F:
             help="The PEM private key of --tls-cert.",
         ),
         click.option(
+            "--shutdown-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULTS.shutdown_timeout,
+            show_default=True,
+            help="Seconds SIGTERM may take in all: uploads stop at their last durable point at "
+            "once, other requests get what is left, then the process exits.",
+        ),
+        click.option(
             "--log-level",
             type=click.Choice(["debug", "info", "warning", "error"]),
             default=DEFAULTS.log_level,

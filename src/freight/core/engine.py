@@ -343,6 +343,11 @@ class UploadEngine:
         ]
         return sessions[:limit]
 
+    @property
+    def uploads_being_written(self) -> int:
+        """Uploads a request is writing right now; the other unfinished ones are idle."""
+        return sum(1 for active in self._active.values() if active.writers)
+
     async def unfinished_count(self) -> int:
         totals = await asyncio.to_thread(self.store.unfinished_totals, self.clock())
         return totals.count

@@ -31,6 +31,12 @@ from freight.server.download import file_response
 from freight.server.ietf import handle_ietf
 from freight.server.links import add_link_routes
 from freight.server.logs import ACCESS_LOGGER, AccessLogger, TrustedProxies, configure_logging
+from freight.server.metrics import (
+    METRICS,
+    metrics_middleware,
+    received_counter,
+    sent_counter,
+)
 from freight.server.middleware import (
     auth_middleware,
     cors_middleware,
@@ -39,6 +45,8 @@ from freight.server.middleware import (
 )
 from freight.server.origins import ORIGIN_POLICY, OriginPolicy
 from freight.server.page import add_page_routes
+from freight.server.ready import add_ready_route
+from freight.server.shutdown import request_grace, shut_down, stop_transfers
 from freight.server.splice import Splicers
 from freight.server.state import ENGINE, SETTINGS, SPLICERS
 from freight.server.tcp import TcpServer, start_tcp_server
@@ -97,6 +105,7 @@ def _mounted(app: web.Application, config: ServerConfig) -> web.Application:
     root = web.Application(client_max_size=CLIENT_MAX_SIZE)
     root[ENGINE] = app[ENGINE]
     root[SETTINGS] = config
+    root[METRICS] = app[METRICS]  # the raw TCP listener counts its bytes through the root
 
     async def to_mount(request: web.Request) -> web.StreamResponse:
         raise web.HTTPPermanentRedirect(config.base_path)
@@ -111,6 +120,7 @@ def _mounted(app: web.Application, config: ServerConfig) -> web.Application:
 def _freight_app(config: ServerConfig) -> web.Application:
     app = web.Application(
         middlewares=[
+            metrics_middleware,
             cors_middleware,
             error_middleware,
             dispatch_middleware,
@@ -148,15 +158,12 @@ def _freight_app(config: ServerConfig) -> web.Application:
     add_ws_routes(app)
     add_chunk_api(app)
     add_page_routes(app)
+    add_ready_route(app)
     app.cleanup_ctx.append(_engine_lifecycle)
-    app.on_shutdown.append(_stop_writers)
-    return app
-
-
-async def _stop_writers(app: web.Application) -> None:
     # Before aiohttp waits for running requests: an upload request ends only when its
-    # client is done, so it is cut off instead and keeps what reached the file.
-    await app[ENGINE].interrupt_writers()
+    # client is done, so it is stopped at its last durable point instead.
+    app.on_shutdown.append(stop_transfers)
+    return app
 
 
 async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -181,7 +188,8 @@ async def serve(config: ServerConfig) -> None:
         **_access_log_options(config),
         "read_bufsize": READ_BUFSIZE,
     }
-    runner = web.AppRunner(app, handle_signals=False, **options)
+    grace = request_grace(config.shutdown_timeout)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=grace, **options)
     await runner.setup()
     guard = ConnectionGuard(config.header_timeout, pending_cap(config.max_pending))
     tls = _certificates(config)
@@ -203,9 +211,7 @@ async def serve(config: ServerConfig) -> None:
         tcp = await _start_tcp(app, config)
         await stop.wait()
     finally:
-        if tcp is not None:
-            await tcp.close()  # before the engine closes: its writers must let go first
-        await runner.cleanup()
+        await shut_down(runner, tcp, config.shutdown_timeout)
 
 
 def _access_log_options(config: ServerConfig) -> dict[str, object]:
@@ -252,9 +258,16 @@ async def _start_tcp(app: web.Application, config: ServerConfig) -> TcpServer | 
     """The raw TCP listener (``--tcp-port``), sharing the HTTP app's engine."""
     if config.tcp_port is None:
         return None
-    # A failure here is cleaned up by serve(), which is already running the server.
     tcp = await _listen_or_explain(
-        start_tcp_server(app[ENGINE], config), None, config.host, config.tcp_port
+        start_tcp_server(
+            app[ENGINE],
+            config,
+            on_received=received_counter(app, "tcp"),
+            on_sent=sent_counter(app, "tcp"),
+        ),
+        None,
+        config.host,
+        config.tcp_port,
     )
     host, port = tcp.address
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets in a URL

@@ -26,6 +26,7 @@ from freight.core.writer import UploadWriter
 from freight.errors import ClientDisconnected, InvalidHeader, UploadTooLarge
 from freight.server.ingest import WriterFeed
 from freight.server.logs import BYTES_IN
+from freight.server.metrics import body_counter
 from freight.server.splice import BodySplicer, open_splice
 from freight.server.stall import Direction, watch_progress
 from freight.server.state import SETTINGS, SPLICERS
@@ -94,7 +95,7 @@ async def stream_body(
     A body that stalls (see :mod:`freight.server.stall`) raises :class:`Stalled` with its
     connection closed; what the writer made durable is kept.
     """
-    count = on_bytes or _ignore
+    count = _both(body_counter(request), on_bytes) if on_bytes else body_counter(request)
     if request.content.is_eof():
         await _read_stream(request, writer, count)
         return
@@ -109,8 +110,12 @@ async def stream_body(
             await _read_stream(request, writer, count)
 
 
-def _ignore(nbytes: int) -> None:
-    return None
+def _both(first: Counter, second: Counter) -> Counter:
+    def count(nbytes: int) -> None:
+        first(nbytes)
+        second(nbytes)
+
+    return count
 
 
 def _unread_length(request: web.Request, writer: UploadWriter) -> int:

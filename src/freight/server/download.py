@@ -21,6 +21,7 @@ from freight.protocol.digests import build_repr_digest
 from freight.protocol.metadata import content_disposition, safe_filename
 from freight.protocol.tus import format_http_date
 from freight.server.logs import BYTES_OUT
+from freight.server.metrics import sent_counter
 from freight.server.stall import Direction, Stalled, watch_progress
 from freight.server.state import SETTINGS
 from freight.storage.base import SendfileSource
@@ -79,7 +80,10 @@ class SendfileResponse(web.StreamResponse):
             raise ConnectionResetError(exc.message) from None
         finally:
             # asyncio leaves the file's position past the bytes it sent, even on failure.
-            request[BYTES_OUT] = max(0, file.tell() - self._offset)
+            sent = max(0, file.tell() - self._offset)
+            request[BYTES_OUT] = sent
+            if isinstance(request, web.Request):
+                sent_counter(request.app, "download")(sent)
 
 
 def file_response(

@@ -5,35 +5,74 @@ default), so several apps in one process (the tests start many) keep separate co
 
 Where the numbers come from:
 
-* ``freight_bytes_written_total``: the engine's own counter, read at scrape time, so every
-  protocol's bytes count and the hot write path pays nothing extra.
+* ``freight_http_requests_total{route,method,status}`` and
+  ``freight_http_request_duration_seconds{route,method,status}``: the outermost middleware
+  (:func:`metrics_middleware`). ``route`` is the matched route's canonical path
+  (``/files/{upload_id}``), never the raw path, and ``method`` one of the methods freight
+  serves or ``OTHER``: label values a client could choose freely would grow the registry
+  without bound. A request the server answered with nothing (its client left, or a
+  shutdown cut it off) counts with status ``none``. The duration is the handler's: for an
+  upload, until its body is in; for a download, until the answer starts; for WebSocket
+  and event streams, the whole connection.
+* ``freight_bytes_received_total{protocol}`` (``tus``, ``ietf``, ``chunks``, ``ws``,
+  ``tcp``) and ``freight_bytes_sent_total{protocol}`` (``download``, ``tcp``): counted as
+  bodies arrive (:func:`body_counter`), per WebSocket credit and TCP ACK window, and per
+  file sent.
+* ``freight_bytes_written_total``: the engine's own counter, read at scrape time.
 * ``freight_uploads_{created,finished,deleted}_total``: counted by a background task that
-  follows the engine's event stream. The hub drops a slow subscriber's oldest events, but
-  this one only increments integers, so it keeps up unless the loop stalls for hundreds of
-  events.
+  follows the engine's event stream (it only increments integers, so it keeps up).
 * ``freight_chunk_requests_total{outcome}`` and ``freight_chunk_body_bytes_total``: counted
   by the chunk API's handlers (:mod:`freight.server.chunks`).
-* ``freight_uploads_in_progress``: sessions still receiving, counted when scraped.
+* ``freight_unfinished_uploads{state}``: ``active`` uploads have a writer open now,
+  ``idle`` ones wait for their client (or were abandoned and wait to expire);
+  ``freight_uploads_in_progress`` is their sum, as before. Read when scraped.
+* ``freight_disk_free_bytes`` and ``freight_disk_reserve_bytes``: the data directory's
+  filesystem, read when scraped; creations stop when the first nears the second.
+* ``process_*``: prometheus_client's process collector (CPU, memory, descriptors).
 
-Like every endpoint except ``/health``, ``/metrics`` needs the bearer token when one is set.
+Like every endpoint except ``/health`` and ``/ready``, ``/metrics`` needs the bearer token
+when one is set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
 from freight.core import UploadEngine
 from freight.core.events import EventHub, UploadEventKind
-from freight.server.state import ENGINE
+from freight.server.errors import PROTOCOL_KEY
+from freight.server.state import ENGINE, SETTINGS
 
-__all__ = ["METRICS", "ServerMetrics", "add_metrics"]
+__all__ = [
+    "METRICS",
+    "ServerMetrics",
+    "add_metrics",
+    "body_counter",
+    "metrics_middleware",
+    "received_counter",
+    "sent_counter",
+]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# From a health check to a large body read at disk speed.
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
 class _EngineCollector:
@@ -59,35 +98,84 @@ class ServerMetrics:
     """The metrics of one application, in its own registry."""
 
     def __init__(self, engine: UploadEngine) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = registry = CollectorRegistry()
         self.uploads_created = Counter(
-            "freight_uploads_created", "Uploads created (all protocols).", registry=self.registry
+            "freight_uploads_created", "Uploads created (all protocols).", registry=registry
         )
         self.uploads_finished = Counter(
-            "freight_uploads_finished", "Uploads turned into files.", registry=self.registry
+            "freight_uploads_finished", "Uploads turned into files.", registry=registry
         )
         self.uploads_deleted = Counter(
             "freight_uploads_deleted",
             "Uploads and files deleted, aborted or expired.",
-            registry=self.registry,
+            registry=registry,
         )
         self.chunk_requests = Counter(
             "freight_chunk_requests",
             "PUT /api/uploads/{id}/chunks/{n} requests by outcome (stored, duplicate, rejected).",
             ["outcome"],
-            registry=self.registry,
+            registry=registry,
         )
         self.chunk_body_bytes = Counter(
             "freight_chunk_body_bytes",
             "Chunk body bytes received, duplicates and rejected chunks included.",
-            registry=self.registry,
+            registry=registry,
         )
         self.uploads_in_progress = Gauge(
             "freight_uploads_in_progress",
-            "Uploads still receiving bytes (all protocols).",
-            registry=self.registry,
+            "Unfinished uploads, active or idle (freight_unfinished_uploads splits them).",
+            registry=registry,
         )
-        self.registry.register(_EngineCollector(engine))
+        self.unfinished = Gauge(
+            "freight_unfinished_uploads",
+            "Unfinished uploads: active (a writer is open) or idle (nobody writing).",
+            ["state"],
+            registry=registry,
+        )
+        self.requests = Counter(
+            "freight_http_requests",
+            "HTTP requests by route (canonical path), method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "freight_http_request_duration_seconds",
+            "Time in the handler by route, method and status (see the module docs).",
+            ["route", "method", "status"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.bytes_received = Counter(
+            "freight_bytes_received",
+            "Upload bytes received by protocol (tus, ietf, chunks, ws, tcp).",
+            ["protocol"],
+            registry=registry,
+        )
+        self.bytes_sent = Counter(
+            "freight_bytes_sent",
+            "File bytes sent by protocol (download, tcp).",
+            ["protocol"],
+            registry=registry,
+        )
+        self.disk_free = Gauge(
+            "freight_disk_free_bytes",
+            "Free bytes on the data directory's filesystem.",
+            registry=registry,
+        )
+        self.disk_reserve = Gauge(
+            "freight_disk_reserve_bytes",
+            "Free bytes new uploads leave (--disk-reserve).",
+            registry=registry,
+        )
+        registry.register(_EngineCollector(engine))
+        ProcessCollector(registry=registry)
+
+    def received(self, protocol: str) -> Callable[[float], None]:
+        """What counts ``protocol``'s received bytes (bound once, called per read)."""
+        return self.bytes_received.labels(protocol).inc
+
+    def sent(self, protocol: str) -> Callable[[float], None]:
+        return self.bytes_sent.labels(protocol).inc
 
     async def follow(self, hub: EventHub) -> None:
         """Count uploads appearing, finishing and going away, until cancelled."""
@@ -107,9 +195,60 @@ class ServerMetrics:
 METRICS = web.AppKey("freight.metrics", ServerMetrics)
 
 
+def received_counter(app: web.Application, protocol: str) -> Callable[[float], None]:
+    """Counts bytes received over ``protocol`` (a no-op in an app without metrics)."""
+    metrics = app.get(METRICS)
+    return metrics.received(protocol) if metrics is not None else _ignore
+
+
+def sent_counter(app: web.Application, protocol: str) -> Callable[[float], None]:
+    metrics = app.get(METRICS)
+    return metrics.sent(protocol) if metrics is not None else _ignore
+
+
+def body_counter(request: web.Request) -> Callable[[float], None]:
+    """Counts an upload body's bytes under the request's protocol (tus, ietf or chunks)."""
+    protocol = request.get(PROTOCOL_KEY, "tus")
+    return received_counter(request.app, protocol if isinstance(protocol, str) else protocol[0])
+
+
+def _ignore(nbytes: float) -> None:
+    return None
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts and times every request by route, method and status (outermost)."""
+    started = time.perf_counter()
+    status = "none"
+    try:
+        response = await handler(request)
+        status = str(response.status)
+        return response
+    except web.HTTPException as exc:
+        status = str(exc.status)
+        raise
+    finally:
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            method = request.method if request.method in _METHODS else "OTHER"
+            metrics.requests.labels(route, method, status).inc()
+            elapsed = time.perf_counter() - started
+            metrics.request_duration.labels(route, method, status).observe(elapsed)
+
+
 async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
-    metrics.uploads_in_progress.set(await request.app[ENGINE].unfinished_count())
+    engine = request.app[ENGINE]
+    unfinished = await engine.unfinished_count()
+    active = min(engine.uploads_being_written, unfinished)
+    metrics.uploads_in_progress.set(unfinished)
+    metrics.unfinished.labels("active").set(active)
+    metrics.unfinished.labels("idle").set(unfinished - active)
+    metrics.disk_free.set(await asyncio.to_thread(engine.store.free_bytes))
+    metrics.disk_reserve.set(request.app[SETTINGS].disk_reserve)
     # CONTENT_TYPE_LATEST carries a charset, which aiohttp only accepts as a raw header.
     return web.Response(
         body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}

@@ -280,6 +280,27 @@ def _tus_paths(base: str) -> Json:
     return {f"{base}/": collection, base: collection, f"{base}/{{upload_id}}": item}
 
 
+def _readiness(status: str) -> Json:
+    check = {
+        "type": "object",
+        "required": ["ok"],
+        "properties": {"ok": {"type": "boolean"}, "error": {"type": "string"}},
+    }
+    names = ("database", "storage", "disk_space")
+    return {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"const": status},
+            "checks": {
+                "type": "object",
+                "required": list(names),
+                "properties": dict.fromkeys(names, check),
+            },
+        },
+    }
+
+
 def _service_paths() -> Json:
     sse = (
         "Server-Sent Events: snapshot (Snapshot), then created/progress/finished/deleted "
@@ -294,6 +315,16 @@ def _service_paths() -> Json:
                     "200": json_body(
                         "Up.", {"type": "object", "properties": {"status": {"const": "ok"}}}
                     )
+                },
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness: database, storage and disk space (never needs the token)",
+                "security": [],
+                "responses": {
+                    "200": json_body("Ready to take uploads.", _readiness("ready")),
+                    "503": json_body("A check failed; `checks` says which.", _readiness("unready")),
                 },
             }
         },

@@ -29,6 +29,7 @@ import contextlib
 import hmac
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -108,6 +109,13 @@ class TcpSettings:
     max_pending: int = 256
 
 
+ByteCounter = Callable[[float], None]
+
+
+def _ignore(nbytes: float) -> None:
+    return None
+
+
 def error_frame(exc: BaseException) -> ErrorFrame:
     """The one place errors become ERROR frames; ``detail`` carries the useful number."""
     if not isinstance(exc, FreightError):
@@ -148,6 +156,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._direct = False  # the last buffer handed out was the writer's own
         self._ack_due = 0  # the writer position at which the next ACK is owed
         self._last_read = 0.0
+        self._counted_to = 0  # the writer position up to which received bytes were counted
         self.task: asyncio.Task[None] | None = None
 
     # asyncio callbacks --------------------------------------------------------------------
@@ -446,6 +455,7 @@ class _Connection(asyncio.BufferedProtocol):
             fail=self._fail_on_write,
         )
         self._feed, self._ack_due = feed, writer.start + self._settings.window
+        self._counted_to = writer.position
         self._splice = open_splice(
             self._server.splicers,
             writer,
@@ -469,6 +479,7 @@ class _Connection(asyncio.BufferedProtocol):
                 else:
                     raise UnexpectedFrame(f"{type(frame).__name__} during an upload")
         finally:
+            self._count_received(writer)
             self._feed = None
             feed.cancel()
             if self._splice is not None:
@@ -505,10 +516,16 @@ class _Connection(asyncio.BufferedProtocol):
             )
         await writer.write(frame.data)
 
+    def _count_received(self, writer: UploadWriter) -> None:
+        """Metrics, a window at a time: counting every payload would cost on the hot path."""
+        self._server.on_received(max(0, writer.position - self._counted_to))
+        self._counted_to = max(self._counted_to, writer.position)
+
     async def _acknowledge(self, feed: WriterFeed) -> None:
         await feed.settle()
         acked = await feed.writer.checkpoint()
         self._send(Ack(acked))
+        self._count_received(feed.writer)
         self._ack_due = feed.writer.position + self._settings.window
         self._release("window")
 
@@ -552,6 +569,7 @@ class _Connection(asyncio.BufferedProtocol):
                 raise IdleTimeout("the client stopped reading the download") from None
             except (ConnectionError, RuntimeError) as exc:
                 raise ClientDisconnected("the client went away during a download") from exc
+            self._server.on_sent(sent)
             if sent != count:
                 raise FreightError("the stored file is shorter than its recorded size")
             position += count
@@ -586,9 +604,18 @@ def _declared_sha256(session: UploadSession) -> bytes | None:
 class TcpServer:
     """Listens for freight TCP connections and serves them with ``engine``."""
 
-    def __init__(self, engine: UploadEngine, settings: TcpSettings | None = None) -> None:
+    def __init__(
+        self,
+        engine: UploadEngine,
+        settings: TcpSettings | None = None,
+        *,
+        on_received: ByteCounter = _ignore,
+        on_sent: ByteCounter = _ignore,
+    ) -> None:
         self.engine = engine
         self.settings = settings or TcpSettings()
+        self.on_received = on_received  # upload bytes, counted a window at a time
+        self.on_sent = on_sent  # download bytes
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._pending: dict[_Connection, None] = {}  # no HELLO yet, oldest first
@@ -619,22 +646,39 @@ class TcpServer:
         self._connections.discard(connection)
         self._pending.pop(connection, None)
 
-    async def close(self) -> None:
-        """Stop listening, end every connection and wait until their writers let go."""
+    def stop_listening(self) -> None:
+        """Accept no more connections; those open go on."""
         if self._server is not None:
             self._server.close()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop listening, end every connection and wait (up to ``timeout``) until their
+        writers let go: an upload keeps what reached its file, as after a dropped link."""
+        self.stop_listening()
         connections = list(self._connections)
         for connection in connections:
             connection.abort()
         tasks = [c.task for c in connections if c.task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("tcp: %d connections did not end in time; cancelled", len(late))
+                await asyncio.wait(late)
         if self._server is not None:
             await self._server.wait_closed()
         if self.splicers is not None:
             self.splicers.shutdown()
 
 
-async def start_tcp_server(engine: UploadEngine, config: ServerConfig) -> TcpServer:
+async def start_tcp_server(
+    engine: UploadEngine,
+    config: ServerConfig,
+    *,
+    on_received: ByteCounter = _ignore,
+    on_sent: ByteCounter = _ignore,
+) -> TcpServer:
     """Start the TCP listener ``config`` asks for, sharing the HTTP app's engine."""
     assert config.tcp_port is not None
     settings = TcpSettings(
@@ -643,6 +687,6 @@ async def start_tcp_server(engine: UploadEngine, config: ServerConfig) -> TcpSer
         handshake_timeout=config.header_timeout,
         max_pending=pending_cap(config.max_pending),
     )
-    server = TcpServer(engine, settings)
+    server = TcpServer(engine, settings, on_received=on_received, on_sent=on_sent)
     await server.start(config.host, config.tcp_port)
     return server

@@ -65,6 +65,7 @@ from freight.protocol.ws_messages import (
     parse_client_message,
 )
 from freight.server.body import interrupter
+from freight.server.metrics import received_counter
 from freight.server.state import ENGINE, SETTINGS
 from freight.server.ws_admission import (
     PENDING,
@@ -76,7 +77,7 @@ from freight.server.ws_admission import (
 from freight.server.ws_receiver import Receiver
 from freight.server.ws_socket import UploadSocket, application_message, drop_receive
 
-__all__ = ["WS_PATH", "WS_SETTINGS", "WsSettings", "add_ws_routes"]
+__all__ = ["WS_PATH", "WS_SETTINGS", "WsSettings", "add_ws_routes", "ws_going_away"]
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +108,27 @@ class WsSettings:
 
 
 WS_SETTINGS = web.AppKey("ws_settings", WsSettings)
+_LIVE = web.AppKey("ws_live", set["_Connection"])
+GOING_AWAY_REASON = b"server shutting down"
 
 
 def add_ws_routes(app: web.Application, settings: WsSettings | None = None) -> None:
     app[WS_SETTINGS] = settings or WsSettings()
     app[PENDING] = PendingConnections()
+    app[_LIVE] = set()
     app.router.add_get(WS_PATH, ws_endpoint)
+
+
+def ws_going_away(app: web.Application) -> None:
+    """Shutdown: every connection ends at its next durable point with close code 1001.
+
+    An upload's bytes so far are recorded first (as after a dropped link), then the close
+    frame says "going away", so its client resumes against the next server. Aborting the
+    socket instead left clients with 1006 and no reason.
+    """
+    live = app[_LIVE]
+    for connection in list(live):
+        connection.go_away()
 
 
 async def ws_endpoint(request: web.Request) -> web.StreamResponse:
@@ -134,7 +150,13 @@ async def ws_endpoint(request: web.Request) -> web.StreamResponse:
         # Reading binary frames needs aiohttp's heartbeat told the client is alive.
         receiver = Receiver.take_over(request, alive_every=settings.heartbeat / 4)
         unproven = None if header_proved else token
-        await _Connection(request, socket, settings, unproven, receiver, ticket).run()
+        connection = _Connection(request, socket, settings, unproven, receiver, ticket)
+        live = request.app[_LIVE]
+        live.add(connection)
+        try:
+            await connection.run()
+        finally:
+            live.discard(connection)
     finally:
         if ticket is not None:
             ticket.release()
@@ -143,6 +165,10 @@ async def ws_endpoint(request: web.Request) -> web.StreamResponse:
 
 class _IdleTimeout(ClientDisconnected):
     """The client sent no message for ``idle_timeout`` (before its opening: ``auth_timeout``)."""
+
+
+class _GoingAway(ClientDisconnected):
+    """The server shuts down; the client is to come back later and resume."""
 
 
 class _Connection:
@@ -171,6 +197,22 @@ class _Connection:
         # message, data or thing the server sent.
         self.accepted_at = self.heard_at = self.loop.time()
         self.opened = False
+        self.leaving = False  # the server shuts down: end at the next durable point
+        self._received = received_counter(request.app, "ws")
+        self._counted_to = 0  # the writer position up to which received bytes were counted
+        self._waiting: asyncio.Timeout | None = None  # bounds the wait for the client
+
+    def go_away(self) -> None:
+        """End the connection soon, keeping what it received (see :func:`ws_going_away`)."""
+        self.leaving = True
+        if self._waiting is not None:
+            self._waiting.reschedule(self.loop.time())  # wakes :meth:`_wait` now
+
+    def _interrupt(self) -> None:
+        """A newer connection takes the upload over: drop this one. When the server is
+        shutting down the connection is already ending by itself, with a close frame."""
+        if not self.leaving:
+            interrupter(self.request)()
 
     async def run(self) -> None:
         try:
@@ -179,10 +221,12 @@ class _Connection:
             self._log("WebSocket upload: %s", exc.message)
             # A client's close is answered only now that the upload is released, so a client
             # that reconnects once its close handshake is over never finds the upload locked.
-            code = WSCloseCode.GOING_AWAY if isinstance(exc, _IdleTimeout) else CLOSE_NORMAL
+            going_away = isinstance(exc, _IdleTimeout | _GoingAway)
+            code = WSCloseCode.GOING_AWAY if going_away else CLOSE_NORMAL
+            reason = GOING_AWAY_REASON if isinstance(exc, _GoingAway) else b""
             self._release_receiver()
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.socket.close(code=code)
+                await self.socket.close(code=code, message=reason)
         except FreightError as exc:
             await self._fail(exc)
         except Exception as exc:
@@ -198,8 +242,7 @@ class _Connection:
             return
         expected = _expected_sha256(opening, session)
         # A resume takes the upload over from an older connection the server still holds.
-        interrupt = interrupter(self.request)
-        async with self.engine.writer(session.id, None, interrupt=interrupt) as writer:
+        async with self.engine.writer(session.id, None, interrupt=self._interrupt) as writer:
             session = await self.engine.get(session.id)  # where the takeover left it
             window = self._window(opening, session)
             await self._send(self._ready(session, window))
@@ -264,6 +307,7 @@ class _Connection:
         receiver = self.receiver
         if receiver is not None:
             receiver.attach(writer, window)
+        self._counted_to = writer.position
         incoming: asyncio.Future[WSMessage] | None = None
         try:
             while True:
@@ -290,9 +334,16 @@ class _Connection:
                 await drop_receive(incoming)
             if receiver is not None:
                 await receiver.detach()
+            self._count_received(writer)
 
     async def _grant(self, writer: UploadWriter, window: ReceiveWindow) -> None:
         await self._send(window.grant(await writer.checkpoint()))
+        self._count_received(writer)
+
+    def _count_received(self, writer: UploadWriter) -> None:
+        """Metrics, a window at a time: counting every frame would cost on the hot path."""
+        self._received(max(0, writer.position - self._counted_to))
+        self._counted_to = max(self._counted_to, writer.position)
 
     async def _finish(self, session: UploadSession) -> None:
         url = f"{self.files_path}{session.id}"
@@ -318,22 +369,30 @@ class _Connection:
         return asyncio.ensure_future(self.socket.receive())
 
     async def _wait(self, incoming: asyncio.Future[WSMessage]) -> None:
-        """Until ``incoming`` is done or a window is due; raises after a silence.
+        """Until ``incoming`` is done or a window is due; raises after a silence, and when
+        the server shuts down (:meth:`go_away` wakes it).
 
         Silence is measured here, not by aiohttp's receive timeout, which every ping and
         pong restarts: a peer that only answers pings is idle.
         """
         receiver = self.receiver
-        while not incoming.done() and not (receiver is not None and receiver.window_due):
+        while True:
+            if self.leaving:
+                raise _GoingAway("the server is shutting down")
+            if incoming.done() or (receiver is not None and receiver.window_due):
+                break
             left = self._silence_left()
             if left <= 0:
                 raise _IdleTimeout("the client sent no message for too long")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    if receiver is not None:
-                        await receiver.wait(incoming)
-                    else:
-                        await asyncio.wait([incoming])
+                async with asyncio.timeout(left) as self._waiting:
+                    try:
+                        if receiver is not None:
+                            await receiver.wait(incoming)
+                        else:
+                            await asyncio.wait([incoming])
+                    finally:
+                        self._waiting = None
         if incoming.done():
             self.heard_at = self.loop.time()
 
