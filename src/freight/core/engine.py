@@ -31,6 +31,7 @@ from freight.core.admission import Admission
 from freight.core.buffers import BufferPool, ReadBuffers
 from freight.core.events import EventHub, UploadEvent, UploadEventKind
 from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
+from freight.core.ports import ListingKind, PageKey, PartFile, UploadStore
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
 from freight.core.writer import RequestChecksum, UploadWriter
 from freight.errors import (
@@ -48,7 +49,6 @@ from freight.errors import (
     UploadNotFound,
     UploadTooLarge,
 )
-from freight.storage.base import ListingKind, PageKey, PartFile, UploadStore
 
 __all__ = ["ActiveUpload", "UploadEngine"]
 

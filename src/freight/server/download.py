@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from freight.core import UploadSession
+from freight.core.ports import SendfileSource
 from freight.errors import PreconditionFailed, UploadIncomplete, storage_os_error
 from freight.protocol import ranges
 from freight.protocol.digests import build_repr_digest
@@ -22,7 +23,6 @@ from freight.protocol.metadata import content_disposition, safe_filename
 from freight.protocol.tus import format_http_date
 from freight.server.stall import Direction, Stalled, watch_progress
 from freight.server.state import SETTINGS
-from freight.storage.base import SendfileSource
 
 __all__ = ["SendfileResponse", "file_response"]
 

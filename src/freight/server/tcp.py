@@ -36,6 +36,7 @@ from freight._types import Buffer
 from freight.config import ServerConfig
 from freight.core import UploadEngine, UploadSession, UploadWriter
 from freight.core.pipes import splicing_available
+from freight.core.ports import SendfileSource
 from freight.errors import (
     ChecksumMismatch,
     ClientDisconnected,
@@ -77,7 +78,6 @@ from freight.protocol.frames import (
 )
 from freight.server.ingest import WriterFeed
 from freight.server.splice import SocketSplice, Splicers, open_splice
-from freight.storage.base import SendfileSource
 
 __all__ = ["SHA256_METADATA_KEY", "TcpServer", "TcpSettings", "error_frame", "start_tcp_server"]
 

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from freight.core.ports import ListingKind, PageKey, UnfinishedTotals
 from freight.core.rangeset import RangeSet
 from freight.core.session import ConcatKind, UploadSession, UploadState
 from freight.errors import FreightError, InsufficientStorage
-from freight.storage.base import ListingKind, PageKey, UnfinishedTotals
 from freight.storage.local_files import DISK_FULL
 
 __all__ = ["SessionTable"]
