@@ -149,3 +149,14 @@ async def test_a_tcp_put_keeps_its_declared_sha256_out_of_the_metadata(tmp_path:
         url = f"{server.url}/files/{upload_id}"
         assert await _tus_head_metadata(server, url) == {"filename": "t.bin"}
         assert (await server.engine.get(upload_id)).declared_sha256 == SHA
+
+
+async def test_a_websocket_start_keeps_its_sha256_out_of_the_metadata(tmp_path: Path) -> None:
+    async with live_server(tmp_path) as server:
+        async with server.http.ws_connect(f"{server.url}/api/ws") as ws:
+            await ws.send_json({"op": "start", "name": "w.bin", "size": 10, "sha256": SHA})
+            ready = await ws.receive_json(timeout=10)
+            assert ready["op"] == "ready", ready
+        url = f"{server.url}/files/{ready['id']}"
+        assert await _tus_head_metadata(server, url) == {"filename": "w.bin"}
+        assert (await server.engine.get(ready["id"])).declared_sha256 == SHA
