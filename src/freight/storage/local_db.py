@@ -3,6 +3,8 @@
 Besides the session itself a row keeps ``received_bytes`` (what its received ranges add up
 to) and ``client`` (the address that created it), so what unfinished uploads still need, in
 all and per client, is one indexed aggregate instead of a scan of every session in Python.
+``chunk_size`` and ``declared_sha256`` are the creating protocol's own state, kept out of
+the client's ``metadata`` column.
 
 A write the disk has no room for (``SQLITE_FULL``) first spends the space reserve it is
 given (:class:`~freight.storage.local_files.SpaceReserve`) and tries once more; after that
