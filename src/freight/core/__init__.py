@@ -1,7 +1,7 @@
 """The upload engine: sessions, received ranges, incremental SHA-256, durability, expiry.
 
 Every protocol adapter drives uploads through :class:`UploadEngine`; the engine knows no
-protocol and stores through the small interface in :mod:`freight.storage.base`.
+protocol and stores through the ports it owns, :mod:`freight.core.ports`.
 """
 
 from freight.core.engine import UploadEngine

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from freight.core.ports import UploadStore
 from freight.errors import InsufficientStorage, TooManyUploads, UploadCapacityReached
-from freight.storage.base import UploadStore
 
 __all__ = ["Admission"]
 

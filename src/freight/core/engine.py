@@ -31,6 +31,7 @@ from freight.core.admission import Admission
 from freight.core.buffers import BufferPool, ReadBuffers
 from freight.core.events import EventHub, UploadEvent, UploadEventKind
 from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
+from freight.core.ports import ListingKind, PageKey, PartFile, UploadStore
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
 from freight.core.writer import RequestChecksum, UploadWriter
 from freight.errors import (
@@ -48,7 +49,6 @@ from freight.errors import (
     UploadNotFound,
     UploadTooLarge,
 )
-from freight.storage.base import ListingKind, PageKey, PartFile, UploadStore
 
 __all__ = ["ActiveUpload", "UploadEngine"]
 
@@ -183,10 +183,14 @@ class UploadEngine:
         metadata: Mapping[str, str | None],
         concat_kind: ConcatKind | None = None,
         client: str | None = None,
+        chunk_size: int | None = None,
+        declared_sha256: str | None = None,
     ) -> UploadSession:
         """Start an upload; ``length=None`` defers the length.
 
-        ``client`` (the peer's address) is held to the per-client caps. The new upload
+        ``client`` (the peer's address) is held to the per-client caps. ``chunk_size`` and
+        ``declared_sha256`` are the creating protocol's own state, kept beside (never in)
+        the client's ``metadata``; finishing checks a declared SHA-256. The new upload
         takes no memory and no disk space until bytes arrive, and expires after
         :attr:`expire_unstarted` unless they do.
         """
@@ -201,6 +205,8 @@ class UploadEngine:
             expires=now + self.expire_unstarted,
             concat_kind=concat_kind,
             client=client,
+            chunk_size=chunk_size,
+            declared_sha256=declared_sha256.lower() if declared_sha256 else None,
         )
         async with self._admission:
             await asyncio.to_thread(self._admit_and_store, session)
@@ -928,7 +934,7 @@ class UploadEngine:
 
     async def _take_further(self, session: UploadSession) -> bool:
         if session.state is UploadState.RECEIVING and session.is_complete:
-            await self.finish(session.id, expected_sha256=_declared_sha256(session))
+            await self.finish(session.id, expected_sha256=session.declared_sha256)
             return True
         if session.state is UploadState.ASSEMBLING:
             parts = [await self.get(pid) for pid in session.concat_parts]
@@ -1032,14 +1038,6 @@ def _restore_hasher(session: UploadSession) -> StatefulSha256 | None:
     # The saved state cannot be used here; the hash is rebuilt from disk at finish.
     session.hashed_offset = 0
     return new_sha256()
-
-
-def _declared_sha256(session: UploadSession) -> str | None:
-    """The SHA-256 a client declared at creation (chunk API), checked when finishing."""
-    value = session.metadata.get("sha256")
-    if value and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value):
-        return value
-    return None
 
 
 def _check_expected(digest: str | None, expected: str | None) -> None:

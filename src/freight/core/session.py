@@ -39,6 +39,9 @@ def new_upload_id() -> str:
 class UploadSession:
     """One upload. ``received`` only ever holds bytes that are durable under the fsync policy.
 
+    ``metadata`` is what the client sent, nothing else: state a protocol keeps about the
+    upload has its own field (``chunk_size``, ``declared_sha256``).
+
     ``hashed_offset`` is how far the running SHA-256 (``hash_state``) has consumed the
     contiguous prefix; it never exceeds ``received.contiguous_end()``.
     """
@@ -59,6 +62,10 @@ class UploadSession:
     # The address that created it, for per-client caps (None: not from a network client).
     client: str | None = None
     used_by: str | None = None  # a partial upload: the final concatenation it belongs to
+    # Set only for uploads created by the chunk API: its chunks are this long.
+    chunk_size: int | None = None
+    # The SHA-256 (lowercase hex) a client declared at creation; finishing checks it.
+    declared_sha256: str | None = None
 
     @property
     def offset(self) -> int:

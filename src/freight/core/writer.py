@@ -20,18 +20,15 @@ import contextlib
 import hmac
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from freight._types import Buffer
 from freight.config import FsyncPolicy
 from freight.core.pipes import splicing_available
+from freight.core.ports import PartFile, PipeTarget
 from freight.core.session import UploadSession
+from freight.core.writer_host import WriterHost, WrittenUpload
 from freight.errors import ChecksumMismatch, FreightError, LengthMismatch, UploadTooLarge
-from freight.storage.base import PipeTarget
-
-if TYPE_CHECKING:
-    from freight.core.engine import ActiveUpload, UploadEngine
-    from freight.storage.base import PartFile
 
 __all__ = ["RequestChecksum", "UploadWriter"]
 
@@ -52,8 +49,8 @@ class UploadWriter:
 
     def __init__(
         self,
-        engine: UploadEngine,
-        active: ActiveUpload,
+        engine: WriterHost,
+        active: WrittenUpload,
         part: PartFile,
         start: int,
         limit: int | None,

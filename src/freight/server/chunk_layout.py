@@ -194,13 +194,14 @@ class ChunkLayout:
 
 def layout_of(session: UploadSession) -> ChunkLayout | None:
     """The chunk layout of an upload created here; None for other protocols' uploads."""
-    value = session.metadata.get("chunk_size")
-    if session.length is None or not value or not value.isdigit() or int(value) <= 0:
+    if session.length is None or not session.chunk_size or session.chunk_size <= 0:
         return None
-    return ChunkLayout(session.length, int(value))
+    return ChunkLayout(session.length, session.chunk_size)
 
 
 def require_layout(session: UploadSession) -> ChunkLayout:
+    """The layout for writing or completing: 404 for an upload another protocol created
+    (as a chunk upload it does not exist; ``GET /api/uploads/{id}`` still shows it)."""
     layout = layout_of(session)
     if layout is None:
         raise UploadNotFound(

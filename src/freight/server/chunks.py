@@ -187,11 +187,12 @@ async def create_upload(request: web.Request) -> web.Response:
     request[PROTOCOL_KEY] = "chunks"
     wanted = parse_create_request(await _read_json(request))
     chunk_size = POLICY.choose(wanted.size, wanted.chunk_size)
-    metadata: dict[str, str | None] = {"filename": wanted.name, "chunk_size": str(chunk_size)}
-    if wanted.sha256 is not None:
-        metadata["sha256"] = wanted.sha256
     session = await request.app[ENGINE].create(
-        length=wanted.size, metadata=metadata, client=request.remote
+        length=wanted.size,
+        metadata={"filename": wanted.name},
+        client=request.remote,
+        chunk_size=chunk_size,
+        declared_sha256=wanted.sha256,
     )
     upload_url = f"{API_PREFIX}/{session.id}"
     body = {
@@ -245,7 +246,7 @@ async def complete_upload(request: web.Request) -> web.Response:
     session = await engine.get(upload_id)
     layout = require_layout(session)
     # A hash named now overrides one given at creation: the client knows more by now.
-    expected = parse_complete_request(await _read_json(request)) or session.metadata.get("sha256")
+    expected = parse_complete_request(await _read_json(request)) or session.declared_sha256
     if not session.is_finished and not session.is_complete:
         raise _incomplete(layout, session)
     try:

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from freight.core import UploadSession
+from freight.core.ports import SendfileSource
 from freight.errors import PreconditionFailed, UploadIncomplete, storage_os_error
 from freight.protocol import ranges
 from freight.protocol.digests import build_repr_digest
@@ -24,7 +25,6 @@ from freight.server.logs import BYTES_OUT
 from freight.server.metrics import sent_counter
 from freight.server.stall import Direction, Stalled, watch_progress
 from freight.server.state import SETTINGS
-from freight.storage.base import SendfileSource
 
 __all__ = ["SendfileResponse", "file_response"]
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from freight.core import UploadSession
+from freight.core.ports import PageKey
 from freight.errors import BadRequest
-from freight.storage.base import PageKey
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PageRequest", "next_cursor", "parse_page_request"]
 

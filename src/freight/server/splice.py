@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Final
 
 from freight.config import FsyncPolicy
 from freight.core.pipes import SplicePipe
+from freight.core.ports import PipeTarget
 from freight.errors import ClientDisconnected
-from freight.storage.base import PipeTarget
 
 if TYPE_CHECKING:
     from collections.abc import Callable

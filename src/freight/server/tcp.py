@@ -37,6 +37,7 @@ from freight._types import Buffer
 from freight.config import ServerConfig
 from freight.core import UploadEngine, UploadSession, UploadWriter
 from freight.core.pipes import splicing_available
+from freight.core.ports import SendfileSource
 from freight.errors import (
     ChecksumMismatch,
     ClientDisconnected,
@@ -79,14 +80,12 @@ from freight.protocol.frames import (
 from freight.server.connections import pending_cap
 from freight.server.ingest import WriterFeed
 from freight.server.splice import SocketSplice, Splicers, open_splice
-from freight.storage.base import SendfileSource
 
-__all__ = ["SHA256_METADATA_KEY", "TcpServer", "TcpSettings", "error_frame", "start_tcp_server"]
+__all__ = ["TcpServer", "TcpSettings", "error_frame", "start_tcp_server"]
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-SHA256_METADATA_KEY = "sha256"  # the digest a PUT declared, kept for a later RESUME
 NO_DIGEST = bytes(32)
 _SMALL_BUFFER = 64 * 1024  # control frames; upload payload goes to the writer's own buffer
 _DATA_HEADER_SIZE = HEADER_SIZE + 8  # a DATA frame's header and offset
@@ -386,11 +385,12 @@ class _Connection(asyncio.BufferedProtocol):
     # uploads ------------------------------------------------------------------------------
 
     async def _put(self, put: Put) -> None:
-        metadata: dict[str, str | None] = {"filename": put.name or None}
-        if put.sha256 is not None:
-            metadata[SHA256_METADATA_KEY] = put.sha256.hex()
         session = await self._engine.create(
-            length=put.size, metadata=metadata, client=self._peer_address()
+            length=put.size,
+            metadata={"filename": put.name or None},
+            client=self._peer_address(),
+            # Kept for a later RESUME, and checked if the upload is finished without one.
+            declared_sha256=put.sha256.hex() if put.sha256 is not None else None,
         )
         await self._receive(session, put.sha256)
 
@@ -591,7 +591,7 @@ def _name(session: UploadSession) -> str:
 
 
 def _declared_sha256(session: UploadSession) -> bytes | None:
-    value = session.metadata.get(SHA256_METADATA_KEY)
+    value = session.declared_sha256
     if value is None:
         return None
     with contextlib.suppress(ValueError):

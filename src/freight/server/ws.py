@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import re
 from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
@@ -83,7 +82,6 @@ log = logging.getLogger(__name__)
 
 WS_PATH = "/api/ws"
 MiB = 1024 * 1024
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -273,10 +271,11 @@ class _Connection:
             if session.length is None:
                 raise BadRequest("this upload has no declared length; WebSocket uploads need one")
             return session
-        metadata: dict[str, str | None] = {"filename": opening.name}
-        if opening.sha256 is not None:
-            metadata["sha256"] = opening.sha256  # kept for a resume on another connection
-        return await self.engine.create(length=opening.size, metadata=metadata)
+        return await self.engine.create(
+            length=opening.size,
+            metadata={"filename": opening.name},
+            declared_sha256=opening.sha256,  # kept for a resume on another connection
+        )
 
     def _window(self, opening: Start | Resume, session: UploadSession) -> ReceiveWindow:
         max_frame = min(opening.max_frame or self.settings.max_frame, self.settings.max_frame)
@@ -438,11 +437,8 @@ class _Connection:
 
 
 def _expected_sha256(opening: Start | Resume, session: UploadSession) -> str | None:
-    """What ``start`` promised (kept in the metadata) and what this opening says."""
-    promised = session.metadata.get("sha256")
-    if promised is not None and not _SHA256.fullmatch(promised):
-        promised = None  # a tus client's own "sha256" metadata is none of our business
-    return _agreed_sha256(promised, opening.sha256)
+    """What ``start`` promised (kept in the session) and what this opening says."""
+    return _agreed_sha256(session.declared_sha256, opening.sha256)
 
 
 def _agreed_sha256(first: str | None, second: str | None) -> str | None:

@@ -1,6 +1,5 @@
-"""Storage backends behind one small interface (:mod:`freight.storage.base`)."""
+"""Storage backends: implementations of the engine's ports (:mod:`freight.core.ports`)."""
 
-from freight.storage.base import PartFile, SendfileSource, UploadStore
 from freight.storage.local import LocalStore
 
-__all__ = ["LocalStore", "PartFile", "SendfileSource", "UploadStore"]
+__all__ = ["LocalStore"]

@@ -27,9 +27,9 @@ import re
 import shutil
 from pathlib import Path
 
+from freight.core.ports import ListingKind, PageKey, UnfinishedTotals
 from freight.core.session import UploadSession
 from freight.errors import UploadNotFound
-from freight.storage.base import ListingKind, PageKey, UnfinishedTotals
 from freight.storage.local_db import SessionTable
 from freight.storage.local_files import LocalPartFile, SpaceReserve, space_error
 

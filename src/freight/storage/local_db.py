@@ -3,6 +3,8 @@
 Besides the session itself a row keeps ``received_bytes`` (what its received ranges add up
 to) and ``client`` (the address that created it), so what unfinished uploads still need, in
 all and per client, is one indexed aggregate instead of a scan of every session in Python.
+``chunk_size`` and ``declared_sha256`` are the creating protocol's own state, kept out of
+the client's ``metadata`` column.
 
 A write the disk has no room for (``SQLITE_FULL``) first spends the space reserve it is
 given (:class:`~freight.storage.local_files.SpaceReserve`) and tries once more; after that
@@ -13,19 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from freight.core.ports import ListingKind, PageKey, UnfinishedTotals
 from freight.core.rangeset import RangeSet
 from freight.core.session import ConcatKind, UploadSession, UploadState
 from freight.errors import FreightError, InsufficientStorage
-from freight.storage.base import ListingKind, PageKey, UnfinishedTotals
 from freight.storage.local_files import DISK_FULL
 
-__all__ = ["SessionTable"]
+__all__ = ["SessionTable", "private_state"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -44,7 +47,9 @@ CREATE TABLE IF NOT EXISTS uploads (
     finished REAL,
     client TEXT,
     received_bytes INTEGER NOT NULL DEFAULT 0,
-    used_by TEXT
+    used_by TEXT,
+    chunk_size INTEGER,
+    declared_sha256 TEXT
 );
 """
 # Created after the columns a database from an older version lacks were added.
@@ -57,6 +62,8 @@ _ADDED_COLUMNS = {
     "client": "TEXT",
     "received_bytes": "INTEGER NOT NULL DEFAULT 0",
     "used_by": "TEXT",  # a partial upload: the final concatenation it belongs to
+    "chunk_size": "INTEGER",
+    "declared_sha256": "TEXT",
 }
 
 _COLUMNS = (
@@ -76,6 +83,8 @@ _COLUMNS = (
     "client",
     "received_bytes",
     "used_by",
+    "chunk_size",
+    "declared_sha256",
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM uploads"
 _UNFINISHED = "state IN ('receiving', 'assembling') AND (expires IS NULL OR expires >= ?)"
@@ -110,6 +119,23 @@ class SessionTable:
                     total = RangeSet.from_list(json.loads(received)).total()
                     db.execute(
                         "UPDATE uploads SET received_bytes = ? WHERE id = ?", (total, upload_id)
+                    )
+        if "declared_sha256" in missing:
+            self._move_private_metadata()
+
+    def _move_private_metadata(self) -> None:
+        """Older versions kept the chunk API's ``chunk_size`` and a declared ``sha256`` in
+        the client's metadata; move them to their columns (see :func:`private_state`)."""
+        rows = self._db.execute("SELECT id, metadata FROM uploads").fetchall()
+        with self._tx() as db:
+            for upload_id, text in rows:
+                moved = private_state(json.loads(text))
+                if moved is not None:
+                    metadata, chunk_size, sha256 = moved
+                    db.execute(
+                        "UPDATE uploads SET metadata = ?, chunk_size = ?, declared_sha256 = ?"
+                        " WHERE id = ?",
+                        (json.dumps(metadata), chunk_size, sha256, upload_id),
                     )
 
     @contextlib.contextmanager
@@ -233,6 +259,8 @@ def _to_row(session: UploadSession) -> tuple[Any, ...]:
         session.client,
         session.received.total(),
         session.used_by,
+        session.chunk_size,
+        session.declared_sha256,
     )
 
 
@@ -254,4 +282,39 @@ def _from_row(row: tuple[Any, ...]) -> UploadSession:
         finished=values["finished"],
         client=values["client"],
         used_by=values["used_by"],
+        chunk_size=values["chunk_size"],
+        declared_sha256=values["declared_sha256"],
     )
+
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def private_state(
+    metadata: dict[str, str | None],
+) -> tuple[dict[str, str | None], int | None, str | None] | None:
+    """``(metadata, chunk_size, declared_sha256)`` of a row an older version wrote, or None
+    for a row to leave alone.
+
+    Rows do not say which protocol created them, so only the exact shapes those versions
+    wrote are moved: the chunk API's ``{filename, chunk_size[, sha256]}`` and TCP's or
+    WebSocket's ``{filename, sha256}``, with a positive ``chunk_size`` and a 64-digit hex
+    ``sha256``. A tus client that sent exactly such keys cannot be told apart; those
+    versions already treated its ``sha256`` as declared (checked at finishing) and let the
+    chunk API write to it, so reading it that way changes nothing it relied on.
+    """
+    keys = set(metadata)
+    sha256 = metadata.get("sha256")
+    chunk_size = metadata.get("chunk_size")
+    if "sha256" in keys and not (sha256 and _HEX64.fullmatch(sha256)):
+        return None
+    if keys in ({"filename", "chunk_size"}, {"filename", "chunk_size", "sha256"}):
+        if not (chunk_size and chunk_size.isdigit() and int(chunk_size) > 0):
+            return None
+        size: int | None = int(chunk_size)
+    elif keys == {"filename", "sha256"}:
+        size = None
+    else:
+        return None
+    kept = {"filename": metadata["filename"]}
+    return kept, size, sha256.lower() if sha256 else None

@@ -1,4 +1,5 @@
-"""The interface every storage backend implements, and the optional abilities beside it.
+"""The engine's ports: the interface every storage backend implements, and the optional
+abilities beside it. The engine owns them; backends (:mod:`freight.storage`) implement them.
 
 The engine decides *what* happens to an upload; a backend only keeps bytes and session
 records. Methods are synchronous and may block: the engine calls the slow ones from worker
@@ -11,12 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 from freight._types import Buffer
-
-if TYPE_CHECKING:
-    from freight.core.session import UploadSession
+from freight.core.session import UploadSession
 
 __all__ = [
     "ListingKind",
