@@ -159,9 +159,9 @@ def test_disk_fills_after_a_reserved_upload(
         finally:
             server.stop()
     chaos_results.table(
-        "Disk full after a reservation",
+        "Disk full after a promised length",
         f"A {DISK // MiB} MiB ext4 loop mount; a 16 MiB upload is created (its length "
-        "reserved), then another writer fills the disk and the body is sent.",
+        "promised, not preallocated), then another writer fills the disk and the body is sent.",
         ["PATCH answer", "GET after freeing space"],
         [[status, stored.status]],
     )
