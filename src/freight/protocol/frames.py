@@ -22,9 +22,7 @@ This module is the codec's public face; the code lives by concern in
 
 from __future__ import annotations
 
-from freight.protocol.frame_decoder import (
-    FrameDecoder,
-)
+from freight.protocol.frame_decoder import FrameDecoder
 from freight.protocol.frame_rules import (
     CLIENT_FRAMES,
     DIGEST_SIZE,

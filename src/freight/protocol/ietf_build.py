@@ -12,11 +12,7 @@ from typing import Final
 
 from http_sfv.dictionary import Dictionary
 
-from freight.errors import (
-    FreightError,
-    LengthMismatch,
-    OffsetMismatch,
-)
+from freight.errors import FreightError, LengthMismatch, OffsetMismatch
 from freight.protocol.ietf_versions import (
     INCOMPLETE,
     INTERIM_REASON,

@@ -50,10 +50,7 @@ from freight.protocol.ws_message_types import (
     build_message,
     error_reply,
 )
-from freight.protocol.ws_parse import (
-    parse_client_message,
-    parse_server_message,
-)
+from freight.protocol.ws_parse import parse_client_message, parse_server_message
 from freight.protocol.ws_rules import (
     CLOSE_FRAME_TOO_LARGE,
     CLOSE_INTERNAL_ERROR,
