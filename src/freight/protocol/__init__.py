@@ -12,6 +12,10 @@ without a server. Import the module you need:
 - :mod:`~freight.protocol.digests` - RFC 9530 ``Repr-Digest`` / ``Content-Digest``.
 - :mod:`~freight.protocol.ietf` - IETF resumable uploads draft headers.
 - :mod:`~freight.protocol.ws_messages` - WebSocket upload control messages, credit, origins.
+- :mod:`~freight.protocol.frames` - the raw TCP protocol's frames and incremental decoder.
+
+The last three are facades over modules split by concern (``ietf_*``, ``ws_*``, ``frame_*``);
+their names stay importable from the facade.
 
 Parsers raise only :class:`freight.errors.FreightError` subclasses for bad input, with messages
 that name the header; the transport maps them to responses.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from freight.config import ServerConfig
-from freight.protocol.ws_messages import is_same_origin
+from freight.protocol.ws_rules import is_same_origin
 
 __all__ = [
     "ORIGIN_POLICY",

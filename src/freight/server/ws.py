@@ -48,21 +48,19 @@ from freight.errors import (
     FreightError,
     Unauthorized,
 )
-from freight.protocol.ws_messages import (
-    CLOSE_NORMAL,
+from freight.protocol.ws_message_types import (
     Done,
     Finished,
     Message,
     Ready,
-    ReceiveWindow,
     Resume,
     Start,
     UnexpectedMessage,
     build_message,
-    close_code_for,
     error_reply,
-    parse_client_message,
 )
+from freight.protocol.ws_parse import parse_client_message
+from freight.protocol.ws_rules import CLOSE_NORMAL, ReceiveWindow, close_code_for
 from freight.server.body import interrupter
 from freight.server.metrics import received_counter
 from freight.server.state import ENGINE, SETTINGS

@@ -19,27 +19,29 @@ from aiohttp import web
 
 from freight.core import UploadWriter
 from freight.errors import ClientDisconnected, FreightError
-from freight.protocol.ws_messages import (
-    MAX_CONTROL_SIZE,
+from freight.protocol.ws_frame_header import (
     MAX_FRAME_HEADER,
     OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,
     OP_PONG,
     OP_TEXT,
-    CreditExceeded,
     FrameHeader,
-    FrameTooLarge,
-    InvalidMessage,
-    ReceiveWindow,
-    UnexpectedMessage,
     parse_frame_header,
 )
+from freight.protocol.ws_message_types import (
+    MAX_CONTROL_SIZE,
+    CreditExceeded,
+    FrameTooLarge,
+    InvalidMessage,
+    UnexpectedMessage,
+)
+from freight.protocol.ws_rules import ReceiveWindow
 
 try:  # aiohttp's C helper, 8 bytes at a time; its module is private, hence the way out
     from aiohttp._websocket.helpers import websocket_mask as unmask
 except ImportError:  # pragma: no cover - another aiohttp layout
-    from freight.protocol.ws_messages import apply_mask as unmask
+    from freight.protocol.ws_frame_header import apply_mask as unmask
 
 __all__ = ["Receiver"]
 

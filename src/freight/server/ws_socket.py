@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from freight.errors import ClientDisconnected
-from freight.protocol.ws_messages import FrameTooLarge, build_message, error_reply
+from freight.protocol.ws_message_types import FrameTooLarge, build_message, error_reply
 
 __all__ = ["UploadSocket", "application_message", "drop_receive"]
 
