@@ -20,11 +20,20 @@ from typing import Any
 
 from freight.core.hashing import StatefulSha256
 from freight.core.ports import PartFile, UploadStore
-from freight.core.session import UploadSession
+from freight.core.session import ConcatKind, UploadSession, UploadState
 from freight.core.writer import UploadWriter
-from freight.errors import UploadLocked
+from freight.errors import OffsetMismatch, UploadForbidden, UploadLocked
 
-__all__ = ["EVERYTHING", "TAKE_OVER_WAIT", "ActiveUpload", "Claim", "interrupt", "save_active"]
+__all__ = [
+    "EVERYTHING",
+    "TAKE_OVER_WAIT",
+    "ActiveUpload",
+    "Claim",
+    "check_offset",
+    "check_writable",
+    "interrupt",
+    "save_active",
+]
 
 # The engine's log lines keep the engine's logger, whichever of its modules writes them.
 log = logging.getLogger("freight.core.engine")
@@ -148,3 +157,26 @@ async def save_active(
                 session.received.add(*added)
             for name, value in changes.items():
                 setattr(session, name, value)
+
+
+def check_writable(session: UploadSession, offset: int, sequential: bool) -> None:
+    """Refuse writing ``session`` from ``offset`` if its state or length forbid it."""
+    if session.concat_kind is ConcatKind.FINAL:
+        raise UploadForbidden("a final concatenation cannot be written to")
+    if session.state is not UploadState.RECEIVING:
+        raise OffsetMismatch("this upload is already complete", offset=session.offset)
+    if session.length is not None and offset > session.length:
+        raise OffsetMismatch(
+            f"offset {offset} is past the upload's length {session.length}",
+            offset=session.offset,
+        )
+    if not sequential and offset < 0:
+        raise OffsetMismatch("offsets are never negative", offset=session.offset)
+
+
+def check_offset(session: UploadSession, offset: int) -> None:
+    """Refuse a sequential write from anywhere but the upload's current offset."""
+    if offset != session.offset:
+        raise OffsetMismatch(
+            f"the upload is at offset {session.offset}, not {offset}", offset=session.offset
+        )

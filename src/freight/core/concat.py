@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from freight.config import FsyncPolicy
+from freight.core.active import ActiveUploads
 from freight.core.buffers import ReadBuffers
 from freight.core.claims import EVERYTHING, ActiveUpload, save_active
 from freight.core.events import UploadEventKind
@@ -62,7 +63,8 @@ class ConcatHost(Protocol):
 
     async def activate(self, upload_id: str) -> ActiveUpload: ...
 
-    def track(self, session: UploadSession) -> ActiveUpload: ...
+    @property
+    def uploads(self) -> ActiveUploads: ...
 
     def check_size(self, length: int) -> None: ...
 
@@ -124,7 +126,7 @@ class Concatenator:
                 owned.session.used_by = session.id
                 await save_active(host.store, owned)
             await asyncio.to_thread(host.store.create, session)
-            host.publish(UploadEventKind.CREATED, host.track(session))
+            host.publish(UploadEventKind.CREATED, host.uploads.track(session))
         if all(p.is_finished for p in parts):
             await self._assemble(session.id)
         return await host.get(session.id)

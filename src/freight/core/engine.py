@@ -25,25 +25,29 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 
 from freight.config import FsyncPolicy
+from freight.core.active import ActiveUploads, check_not_expired
 from freight.core.admission import Admission
 from freight.core.buffers import BufferPool, ReadBuffers
-from freight.core.claims import EVERYTHING, ActiveUpload, Claim, interrupt, save_active
+from freight.core.claims import (
+    EVERYTHING,
+    ActiveUpload,
+    Claim,
+    check_offset,
+    check_writable,
+    interrupt,
+    save_active,
+)
 from freight.core.concat import Concatenator
 from freight.core.events import EventHub, UploadEvent, UploadEventKind
-from freight.core.hash_follower import HashFollower, restore_hasher, stop_hashing
-from freight.core.hashing import new_sha256
+from freight.core.hash_follower import HashFollower, check_expected, stop_hashing
 from freight.core.ports import ListingKind, PageKey, PartFile, UploadStore
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
 from freight.core.sweeper import WORK_BATCH, Sweeper, log_fields
 from freight.core.writer import RequestChecksum, UploadWriter
 from freight.errors import (
-    ChecksumMismatch,
     InsufficientStorage,
     LengthMismatch,
-    OffsetMismatch,
     RangeAlreadyReceived,
-    UploadExpired,
-    UploadForbidden,
     UploadIncomplete,
     UploadLocked,
     UploadTooLarge,
@@ -52,8 +56,6 @@ from freight.errors import (
 __all__ = ["ActiveUpload", "Claim", "UploadEngine"]
 
 log = logging.getLogger(__name__)
-
-_IDLE_CACHE = 256
 
 
 class UploadEngine:
@@ -98,8 +100,8 @@ class UploadEngine:
         # Creations are admitted one at a time, so two cannot both take the last room.
         self._admission = asyncio.Lock()
         self.clock = clock
-        self._active: dict[str, ActiveUpload] = {}
-        self._concat_lock = asyncio.Lock()
+        self.uploads = ActiveUploads(store, hash_uploads=hash_uploads)
+        self._active = self.uploads.by_id  # the uploads in memory, by id
         self._background: set[asyncio.Task[None]] = set()
         self.events = EventHub()
         self.buffers = BufferPool()
@@ -171,15 +173,6 @@ class UploadEngine:
         """Create a final concatenation (see :mod:`freight.core.concat`)."""
         return await self.concat.create_final(part_ids, metadata)
 
-    def track(self, session: UploadSession) -> ActiveUpload:
-        """Keep a session created here in memory, with a fresh running hash."""
-        hasher = new_sha256() if self.hash_uploads else None
-        active = self._active[session.id] = ActiveUpload(session, hasher)
-        return active
-
-    def tracked(self, upload_id: str) -> ActiveUpload | None:
-        return self._active.get(upload_id)
-
     def check_size(self, length: int) -> None:
         if self.max_size is not None and length > self.max_size:
             raise UploadTooLarge(
@@ -192,63 +185,42 @@ class UploadEngine:
     # reading state -----------------------------------------------------------------------
 
     async def get(self, upload_id: str) -> UploadSession:
-        active = self._active.get(upload_id)
+        active = self.uploads.get(upload_id)
         session = active.session if active else await asyncio.to_thread(self.store.load, upload_id)
-        self._check_not_expired(session)
+        check_not_expired(session, self.clock())
         return session
-
-    def _check_not_expired(self, session: UploadSession) -> None:
-        # Finished files carry no expiry; used concatenation parts do, for a grace period.
-        if session.expires is not None and session.expires < self.clock():
-            raise UploadExpired("this upload expired and is being deleted")
 
     async def list_sessions(self) -> list[UploadSession]:
         """Every session: for start-up work and tests; listings go by :meth:`list_page`."""
         stored = await asyncio.to_thread(self.store.list_sessions)
-        return [self._active[s.id].session if s.id in self._active else s for s in stored]
+        return self.uploads.overlay(stored)
 
     async def list_page(
         self, kind: ListingKind, after: PageKey | None, limit: int
     ) -> tuple[list[UploadSession], bool]:
         """Up to ``limit`` sessions of a listing after ``after``, and whether more follow."""
         stored = await asyncio.to_thread(self.store.list_page, kind, after, limit + 1, self.clock())
-        page = [self._active[s.id].session if s.id in self._active else s for s in stored]
+        page = self.uploads.overlay(stored)
         return page[:limit], len(page) > limit
 
     def active_transfers(self, limit: int) -> list[UploadSession]:
         """Unexpired uploads receiving bytes now or lately (at most ``limit``, latest first):
         what a live view needs, from memory, never a scan of every session."""
-        now = self.clock()
-        sessions = [
-            a.session
-            for a in reversed(self._active.values())
-            if a.session.state is not UploadState.FINISHED
-            and (a.session.expires is None or a.session.expires >= now)
-        ]
-        return sessions[:limit]
+        return self.uploads.transfers(limit, self.clock())
 
     @property
     def uploads_being_written(self) -> int:
         """Uploads a request is writing right now; the other unfinished ones are idle."""
-        return sum(1 for active in self._active.values() if active.writers)
+        return self.uploads.being_written()
 
     async def unfinished_count(self) -> int:
         totals = await asyncio.to_thread(self.store.unfinished_totals, self.clock())
         return totals.count
 
     async def activate(self, upload_id: str) -> ActiveUpload:
-        active = self._active.get(upload_id)
-        if active is None:
-            session = await asyncio.to_thread(self.store.load, upload_id)
-            active = self._active.get(upload_id)
-            if active is None:  # else another call activated it meanwhile, and may hash
-                active = self._active[upload_id] = ActiveUpload(session, None)
-                if self.hash_uploads:
-                    active.hasher = restore_hasher(session)
-        else:
-            # Most recently used last, so eviction drops the longest idle.
-            self._active[upload_id] = self._active.pop(upload_id)
-        self._check_not_expired(active.session)
+        """The upload in memory (see :class:`ActiveUploads`); refuses one past its expiry."""
+        active = await self.uploads.activate(upload_id)
+        check_not_expired(active.session, self.clock())
         return active
 
     # writing -----------------------------------------------------------------------------
@@ -268,8 +240,8 @@ class UploadEngine:
         """
         active = await self.activate(upload_id)
         if active.claims and interrupt is not None and offset is not None:
-            self._check_writable(active.session, offset, True)
-            _check_offset(active.session, offset)
+            check_writable(active.session, offset, True)
+            check_offset(active.session, offset)
             if await active.take_over(offset, EVERYTHING, offset):
                 active = await self.activate(upload_id)
         session = active.session
@@ -324,22 +296,22 @@ class UploadEngine:
             # request wrote from that offset on is the newer one's to write again.
             rewrites = offset if sequential else None
             if rewrites is not None:
-                self._check_writable(active.session, rewrites, sequential)
-                _check_offset(active.session, rewrites)
+                check_writable(active.session, rewrites, sequential)
+                check_offset(active.session, rewrites)
             if await active.take_over(offset or 0, claimed_end, rewrites):
                 active = await self.activate(upload_id)  # it may have been dropped meanwhile
         session = active.session
         if offset is None:
             offset = session.offset
-        self._check_writable(session, offset, sequential)
+        check_writable(session, offset, sequential)
         if not sequential and session.received.overlaps(offset, end or EVERYTHING):
             raise RangeAlreadyReceived(f"bytes from {offset} were already received")
         limit = session.length if session.length is not None else self.max_size
         claim = active.claim(offset, claimed_end, interrupt)
         try:
             if sequential:
-                _check_offset(session, offset)
-            part = await self._shared_part(active)
+                check_offset(session, offset)
+            part = await self.uploads.shared_part(active)
             bound = min(end, limit) if end is not None and limit is not None else end or limit
             writer = claim.writer = UploadWriter(
                 self, active, part, offset, bound, checksum, all_or_nothing=all_or_nothing
@@ -353,50 +325,7 @@ class UploadEngine:
                 active.writers.discard(writer)
         finally:
             active.unclaim(claim)
-            self._release(upload_id, active)
-
-    async def _shared_part(self, active: ActiveUpload) -> PartFile:
-        """The upload's open part file, shared by all its writers; the first opens it.
-
-        Writers of other ranges (parallel chunks) can get here together: a copy opened
-        while another writer was opening one is closed at once, or it would stay open
-        for good and pin the file's disk space even after the upload is deleted.
-        """
-        if active.part is None:
-            opening = asyncio.ensure_future(asyncio.to_thread(self.store.open_part, active.session))
-            try:
-                opened = await asyncio.shield(opening)
-            except asyncio.CancelledError:
-                opening.add_done_callback(_close_opened)
-                raise
-            if active.part is None:
-                active.part = opened
-            else:
-                opened.close()
-        return active.part
-
-    def _check_writable(self, session: UploadSession, offset: int, sequential: bool) -> None:
-        if session.concat_kind is ConcatKind.FINAL:
-            raise UploadForbidden("a final concatenation cannot be written to")
-        if session.state is not UploadState.RECEIVING:
-            raise OffsetMismatch("this upload is already complete", offset=session.offset)
-        if session.length is not None and offset > session.length:
-            raise OffsetMismatch(
-                f"offset {offset} is past the upload's length {session.length}",
-                offset=session.offset,
-            )
-        if not sequential and offset < 0:
-            raise OffsetMismatch("offsets are never negative", offset=session.offset)
-
-    def _release(self, upload_id: str, active: ActiveUpload) -> None:
-        if active.claims:
-            return
-        if active.part is not None:
-            active.part.close()
-            active.part = None
-        idle = [key for key, value in self._active.items() if not value.claims]
-        for key in idle[: max(0, len(idle) - _IDLE_CACHE)]:
-            del self._active[key]
+            self.uploads.release(active)
 
     async def record_received(self, active: ActiveUpload, start: int, end: int) -> None:
         """Called by writers once ``[start, end)`` is durable: make it count.
@@ -467,7 +396,7 @@ class UploadEngine:
         active = await self.activate(upload_id)
         session = active.session
         if session.state is UploadState.FINISHED:
-            _check_expected(session.sha256, expected_sha256)
+            check_expected(session.sha256, expected_sha256)
             return session
         if not session.is_complete:
             missing = session.received.missing(session.length or 0)
@@ -482,7 +411,7 @@ class UploadEngine:
             digest = None
             if self.hash_uploads or expected_sha256 is not None:
                 digest = await self.hash_follower.settle(active)
-            _check_expected(digest, expected_sha256)
+            check_expected(digest, expected_sha256)
             if active.part is not None:
                 active.part.close()
                 active.part = None
@@ -503,7 +432,7 @@ class UploadEngine:
             )
         finally:
             active.unclaim(claim)
-            self._release(upload_id, active)
+            self.uploads.release(active)
         if session.concat_kind is ConcatKind.PARTIAL:
             self._spawn(self.concat.assemble_waiting_finals(session.id))
         return session
@@ -511,7 +440,7 @@ class UploadEngine:
     # deleting and expiry -----------------------------------------------------------------
 
     async def delete(self, upload_id: str) -> None:
-        active = self._active.get(upload_id)
+        active = self.uploads.get(upload_id)
         if active is None:
             session = await asyncio.to_thread(self.store.load, upload_id)  # or UploadNotFound
         elif active.claims:
@@ -524,7 +453,7 @@ class UploadEngine:
         log.info("upload deleted", extra=log_fields(upload_id=upload_id, size=session.length))
 
     def forget(self, session: UploadSession) -> None:
-        self._active.pop(session.id, None)
+        self.uploads.forget(session.id)
         self._publish_session(UploadEventKind.DELETED, session, 0)
 
     async def sweep_expired(self) -> int:
@@ -565,39 +494,12 @@ class UploadEngine:
         dropped connection, and its client resumes from there; waiting instead for a slow
         client to finish could take as long as that client likes.
         """
-        await interrupt([claim for a in self._active.values() for claim in a.claims])
+        await interrupt(self.uploads.claims())
 
     async def close(self) -> None:
         await self.interrupt_writers()
         for task in list(self._background):
             with contextlib.suppress(BaseException):
                 await task
-        for active in self._active.values():
-            # A part still claimed is left open: closing it under its writer would have the
-            # writer sync a closed file, and lose what it was about to record.
-            if active.part is not None and not active.claims:
-                active.part.close()
-                active.part = None
-        self._active.clear()
+        self.uploads.close()
         await asyncio.to_thread(self.store.close)
-
-
-def _check_offset(session: UploadSession, offset: int) -> None:
-    if offset != session.offset:
-        raise OffsetMismatch(
-            f"the upload is at offset {session.offset}, not {offset}", offset=session.offset
-        )
-
-
-def _close_opened(opening: asyncio.Future[PartFile]) -> None:
-    """Close a part file whose opener was cancelled before it could use it."""
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
-
-
-def _check_expected(digest: str | None, expected: str | None) -> None:
-    if expected is not None and digest is not None and digest != expected.lower():
-        raise ChecksumMismatch(
-            f"the upload's SHA-256 is {digest}, not the expected {expected.lower()}",
-            sha256=digest,
-        )

@@ -19,11 +19,12 @@ from freight.core.claims import ActiveUpload, save_active
 from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
 from freight.core.ports import PartFile, UploadStore
 from freight.core.session import UploadSession, UploadState
-from freight.errors import FreightError, UploadIncomplete
+from freight.errors import ChecksumMismatch, FreightError, UploadIncomplete
 
 __all__ = [
     "HASH_STEP",
     "HashFollower",
+    "check_expected",
     "hash_file_range",
     "pulse",
     "restore_hasher",
@@ -177,3 +178,12 @@ def hash_file_range(
             raise UploadIncomplete(f"upload data ends early at byte {position}")
         hasher.update(view[:got])
         position += got
+
+
+def check_expected(digest: str | None, expected: str | None) -> None:
+    """Refuse a digest other than the one a client declared (if it declared one)."""
+    if expected is not None and digest is not None and digest != expected.lower():
+        raise ChecksumMismatch(
+            f"the upload's SHA-256 is {digest}, not the expected {expected.lower()}",
+            sha256=digest,
+        )

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from freight.core.claims import ActiveUpload
+from freight.core.active import ActiveUploads
 from freight.core.hash_follower import stop_hashing
 from freight.core.ports import UploadStore
 from freight.core.session import UploadSession, UploadState
@@ -40,7 +40,8 @@ class SweeperHost(Protocol):
     @property
     def clock(self) -> Callable[[], float]: ...
 
-    def tracked(self, upload_id: str) -> ActiveUpload | None: ...
+    @property
+    def uploads(self) -> ActiveUploads: ...
 
     async def get(self, upload_id: str) -> UploadSession: ...
 
@@ -63,7 +64,7 @@ class Sweeper:
         host = self._host
         removed = 0
         for upload_id in await asyncio.to_thread(host.store.expired_ids, host.clock()):
-            active = host.tracked(upload_id)
+            active = host.uploads.get(upload_id)
             if active is not None and active.claims:
                 continue
             try:
@@ -107,7 +108,7 @@ class Sweeper:
         done, failures = 0, 0
         last_error: FreightError | None = None
         for upload_id in ids:
-            active = host.tracked(upload_id)
+            active = host.uploads.get(upload_id)
             if active is not None and (
                 active.claims or host.clock() - active.last_progress < FINISH_GRACE
             ):
