@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 from freight.config import FsyncPolicy
 from freight.core.active import ActiveUploads, check_not_expired
@@ -32,8 +32,6 @@ from freight.core.claims import (
     EVERYTHING,
     ActiveUpload,
     Claim,
-    check_offset,
-    check_writable,
     interrupt,
     save_active,
 )
@@ -44,10 +42,9 @@ from freight.core.ports import ListingKind, PageKey, PartFile, UploadStore
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
 from freight.core.sweeper import WORK_BATCH, Sweeper, log_fields
 from freight.core.writer import RequestChecksum, UploadWriter
+from freight.core.writing import Writing
 from freight.errors import (
     InsufficientStorage,
-    LengthMismatch,
-    RangeAlreadyReceived,
     UploadIncomplete,
     UploadLocked,
     UploadTooLarge,
@@ -98,7 +95,7 @@ class UploadEngine:
             client_space_share=client_space_share,
         )
         # Creations are admitted one at a time, so two cannot both take the last room.
-        self._admission = asyncio.Lock()
+        self.admitting = asyncio.Lock()
         self.clock = clock
         self.uploads = ActiveUploads(store, hash_uploads=hash_uploads)
         self._active = self.uploads.by_id  # the uploads in memory, by id
@@ -110,6 +107,7 @@ class UploadEngine:
 
         self.hash_follower = HashFollower(store, ReadBuffers(), self._spawn)
         self.concat = Concatenator(self)
+        self.writing = Writing(self)
         self.sweeper = Sweeper(self, self.concat.assemble_or_refuse)
 
     @property
@@ -155,16 +153,16 @@ class UploadEngine:
             chunk_size=chunk_size,
             declared_sha256=declared_sha256.lower() if declared_sha256 else None,
         )
-        async with self._admission:
+        async with self.admitting:
             await asyncio.to_thread(self._admit_and_store, session)
         self._publish_session(UploadEventKind.CREATED, session, 0)
         return session
 
     def _admit_and_store(self, session: UploadSession) -> None:
-        self._admit(session.length or 0, session.client, new=True)
+        self.admit(session.length or 0, session.client, new=True)
         self.store.create(session)
 
-    def _admit(self, needed: int, client: str | None, *, new: bool) -> None:
+    def admit(self, needed: int, client: str | None, *, new: bool) -> None:
         self.admission.check(self.store, self.clock(), needed, client, new=new)
 
     async def create_final(
@@ -232,37 +230,12 @@ class UploadEngine:
         interrupt: Callable[[], None] | None = None,
         offset: int | None = None,
     ) -> UploadSession:
-        """Fix a deferred length (tus ``Upload-Length`` on a later PATCH).
+        """Fix a deferred length (see :meth:`Writing.declare_length`)."""
+        return await self.writing.declare_length(
+            upload_id, length, interrupt=interrupt, offset=offset
+        )
 
-        With ``interrupt`` (and the ``offset`` the request will write from), a request
-        still writing the upload is taken over first, as :meth:`writer` does: a client
-        retrying after a stalled link is not locked out until the old link times out.
-        """
-        active = await self.activate(upload_id)
-        if active.claims and interrupt is not None and offset is not None:
-            check_writable(active.session, offset, True)
-            check_offset(active.session, offset)
-            if await active.take_over(offset, EVERYTHING, offset):
-                active = await self.activate(upload_id)
-        session = active.session
-        if active.claims:
-            raise UploadLocked("the length cannot change while the upload is being written")
-        if session.length is not None:
-            if session.length != length:
-                raise LengthMismatch(f"the upload's length is already {session.length}")
-            return session
-        if length < session.received.highest():
-            raise LengthMismatch(f"{session.received.highest()} bytes were already received")
-        self.check_size(length)
-        needed = length - session.received.total()
-        async with self._admission:
-            await asyncio.to_thread(self._admit, needed, session.client, new=False)
-            # In memory only once it is recorded: a failed save must leave no trace.
-            await save_active(self.store, active, apply=True, length=length)
-        return session
-
-    @contextlib.asynccontextmanager
-    async def writer(
+    def writer(
         self,
         upload_id: str,
         offset: int | None,
@@ -272,60 +245,18 @@ class UploadEngine:
         checksum: RequestChecksum | None = None,
         all_or_nothing: bool = False,
         interrupt: Callable[[], None] | None = None,
-    ) -> AsyncIterator[UploadWriter]:
-        """Write from ``offset``; the caller must ``await writer.commit()`` to keep the bytes.
-
-        ``sequential`` (tus, IETF) requires ``offset`` to be the current offset; otherwise
-        ``end`` bounds the range written (chunk APIs writing in any order).
-        ``all_or_nothing`` keeps nothing of a request that fails before ``commit``.
-
-        ``interrupt`` ends the calling request (closes its connection). When given, a
-        request still writing the same bytes is interrupted in turn and this one waits
-        for it to let go: a client that reconnects after a dropped connection takes its
-        upload over at once instead of waiting until the server notices the old
-        connection is dead (tusd does the same). ``offset=None`` (sequential only) writes
-        from wherever the upload stands once that is done.
-        """
-        if offset is None and not sequential:
-            raise ValueError("only a sequential writer may start at the current offset")
-        active = await self.activate(upload_id)
-        claimed_end = end if end is not None else EVERYTHING
-        if interrupt is not None:
-            # A sequential request takes over only from the current offset: a stale one
-            # would cut a healthy request off and be refused all the same. What the old
-            # request wrote from that offset on is the newer one's to write again.
-            rewrites = offset if sequential else None
-            if rewrites is not None:
-                check_writable(active.session, rewrites, sequential)
-                check_offset(active.session, rewrites)
-            if await active.take_over(offset or 0, claimed_end, rewrites):
-                active = await self.activate(upload_id)  # it may have been dropped meanwhile
-        session = active.session
-        if offset is None:
-            offset = session.offset
-        check_writable(session, offset, sequential)
-        if not sequential and session.received.overlaps(offset, end or EVERYTHING):
-            raise RangeAlreadyReceived(f"bytes from {offset} were already received")
-        limit = session.length if session.length is not None else self.max_size
-        claim = active.claim(offset, claimed_end, interrupt)
-        try:
-            if sequential:
-                check_offset(session, offset)
-            part = await self.uploads.shared_part(active)
-            bound = min(end, limit) if end is not None and limit is not None else end or limit
-            writer = claim.writer = UploadWriter(
-                self, active, part, offset, bound, checksum, all_or_nothing=all_or_nothing
-            )
-            active.writers.add(writer)
-            try:
-                yield writer
-            finally:
-                await writer.abort()
-                writer.release_buffers()
-                active.writers.discard(writer)
-        finally:
-            active.unclaim(claim)
-            self.uploads.release(active)
+    ) -> contextlib.AbstractAsyncContextManager[UploadWriter]:
+        """Write from ``offset``; the caller must ``await writer.commit()`` to keep the bytes
+        (see :meth:`Writing.writer`)."""
+        return self.writing.writer(
+            upload_id,
+            offset,
+            end=end,
+            sequential=sequential,
+            checksum=checksum,
+            all_or_nothing=all_or_nothing,
+            interrupt=interrupt,
+        )
 
     async def record_received(self, active: ActiveUpload, start: int, end: int) -> None:
         """Called by writers once ``[start, end)`` is durable: make it count.
