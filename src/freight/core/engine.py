@@ -44,10 +44,8 @@ from freight.core.sweeper import WORK_BATCH, Sweeper, log_fields
 from freight.core.writer import RequestChecksum, UploadWriter
 from freight.core.writing import Writing
 from freight.errors import (
-    InsufficientStorage,
     UploadIncomplete,
     UploadLocked,
-    UploadTooLarge,
 )
 
 __all__ = ["ActiveUpload", "Claim", "UploadEngine"]
@@ -89,6 +87,7 @@ class UploadEngine:
         self.max_size = max_size
         self.disk_reserve = disk_reserve
         self.admission = Admission(
+            max_size=max_size,
             disk_reserve=disk_reserve,
             max_unfinished=max_unfinished,
             max_unfinished_per_client=max_unfinished_per_client,
@@ -172,13 +171,7 @@ class UploadEngine:
         return await self.concat.create_final(part_ids, metadata)
 
     def check_size(self, length: int) -> None:
-        if self.max_size is not None and length > self.max_size:
-            raise UploadTooLarge(
-                f"{length} bytes is more than this server accepts ({self.max_size})",
-                max_size=self.max_size,
-            )
-        if length > self.store.free_bytes() - self.disk_reserve:
-            raise InsufficientStorage("the server does not have the disk space for this upload")
+        self.admission.check_size(self.store, length)
 
     # reading state -----------------------------------------------------------------------
 
@@ -272,26 +265,16 @@ class UploadEngine:
 
     async def hashed(self, upload_id: str) -> UploadSession:
         """The session once the running hash covers every byte of its contiguous prefix."""
-        active = await self.activate(upload_id)
-        while active.catch_up is not None and not active.catch_up.done():
-            await asyncio.wait([active.catch_up])
-        return active.session
+        return await self.hash_follower.caught_up(await self.activate(upload_id))
 
     async def hash_progress(self, active: ActiveUpload) -> None:
         """Wait for the running hash to take its next step (at once if it is not running)."""
-        if active.catch_up is not None and not active.catch_up.done():
-            await active.hash_moved.wait()
+        await self.hash_follower.progress(active)
 
     def hash_trails(self, active: ActiveUpload, start: int, position: int) -> bool:
-        """Whether a writer from ``start`` now at ``position`` should wait for the hash.
-
-        Only a writer the hash can follow (one that continues the contiguous prefix) waits,
-        and only while the hash trails it by more than :attr:`hash_lag`.
-        """
-        session = active.session
-        if active.hasher is None or session.received.contiguous_end() < start:
-            return False
-        return position - session.hashed_offset > self.hash_lag
+        """Whether a writer from ``start`` now at ``position`` should wait for the hash
+        (see :meth:`HashFollower.trails`; the bound is :attr:`hash_lag`)."""
+        return self.hash_follower.trails(active, start, position, self.hash_lag)
 
     def note_written(self, active: ActiveUpload, size: int) -> None:
         """Called by writers as bytes reach the file, for counters and live progress."""
@@ -306,19 +289,7 @@ class UploadEngine:
         self._publish_session(kind, active.session, active.transferred)
 
     def _publish_session(self, kind: UploadEventKind, session: UploadSession, moved: int) -> None:
-        received = session.received.total()
-        self.events.publish(
-            UploadEvent(
-                kind=kind,
-                upload_id=session.id,
-                name=session.name,
-                size=session.length,
-                received=received,
-                transferred=max(moved, received),
-                at=self.clock(),
-                sha256=session.sha256,
-            )
-        )
+        self.events.publish(UploadEvent.of(kind, session, moved, self.clock()))
 
     # finishing ---------------------------------------------------------------------------
 
@@ -336,13 +307,9 @@ class UploadEngine:
             )
         claim = active.claim(0, EVERYTHING)
         try:
-            if active.catch_up is not None:
-                with contextlib.suppress(Exception):
-                    await active.catch_up
-            digest = None
-            if self.hash_uploads or expected_sha256 is not None:
-                digest = await self.hash_follower.settle(active)
-            check_expected(digest, expected_sha256)
+            digest = await self.hash_follower.final_digest(
+                active, expected_sha256, always=self.hash_uploads
+            )
             if active.part is not None:
                 active.part.close()
                 active.part = None

@@ -48,6 +48,28 @@ class HashFollower:
         self.read_buffers = read_buffers
         self._spawn = spawn
 
+    async def caught_up(self, active: ActiveUpload) -> UploadSession:
+        """The session once the running hash covers every byte of its contiguous prefix."""
+        while active.catch_up is not None and not active.catch_up.done():
+            await asyncio.wait([active.catch_up])
+        return active.session
+
+    async def progress(self, active: ActiveUpload) -> None:
+        """Wait for the running hash to take its next step (at once if it is not running)."""
+        if active.catch_up is not None and not active.catch_up.done():
+            await active.hash_moved.wait()
+
+    def trails(self, active: ActiveUpload, start: int, position: int, lag: int) -> bool:
+        """Whether a writer from ``start`` now at ``position`` should wait for the hash.
+
+        Only a writer the hash can follow (one that continues the contiguous prefix) waits,
+        and only while the hash trails it by more than ``lag``.
+        """
+        session = active.session
+        if active.hasher is None or session.received.contiguous_end() < start:
+            return False
+        return position - session.hashed_offset > lag
+
     def maybe_catch_up(self, active: ActiveUpload) -> None:
         """Hash received bytes from the file, behind the writers.
 
@@ -111,6 +133,20 @@ class HashFollower:
             hash_file_range(part, hasher, start, end, buffer)
         finally:
             part.close()
+
+    async def final_digest(
+        self, active: ActiveUpload, expected: str | None, *, always: bool
+    ) -> str | None:
+        """The finished upload's SHA-256 (None if not ``always`` and none is ``expected``),
+        once the catch-up under way ends; refuses one other than ``expected``."""
+        if active.catch_up is not None:
+            with contextlib.suppress(Exception):
+                await active.catch_up
+        digest = None
+        if always or expected is not None:
+            digest = await self.settle(active)
+        check_expected(digest, expected)
+        return digest
 
     async def settle(self, active: ActiveUpload) -> str:
         """The upload's SHA-256; a read buffer is waited for only if bytes must be read."""
