@@ -13,6 +13,11 @@ Rules it keeps, whatever protocol fed it:
   through Python) unless the hash falls :attr:`UploadEngine.hash_lag` bytes behind.
 * ``receiving`` → ``finished`` (a final concatenation: ``assembling`` → ``finished``).
   Finishing is a rename; a finished upload never changes again.
+
+:class:`UploadEngine` is the façade; each concern is a module it owns: :mod:`.active`
+(uploads in memory), :mod:`.claims` (claims, take-over, ordered saves), :mod:`.writing`
+(opening writers), :mod:`.hash_follower` (the running SHA-256), :mod:`.concat`
+(concatenation) and :mod:`.sweeper` (expiry, work left behind).
 """
 
 from __future__ import annotations
@@ -28,25 +33,16 @@ from freight.config import FsyncPolicy
 from freight.core.active import ActiveUploads, check_not_expired
 from freight.core.admission import Admission
 from freight.core.buffers import BufferPool, ReadBuffers
-from freight.core.claims import (
-    EVERYTHING,
-    ActiveUpload,
-    Claim,
-    interrupt,
-    save_active,
-)
+from freight.core.claims import EVERYTHING, ActiveUpload, Claim, interrupt, save_active
 from freight.core.concat import Concatenator
-from freight.core.events import EventHub, UploadEvent, UploadEventKind
+from freight.core.events import EventHub, UploadEvent, UploadEventKind, log_fields
 from freight.core.hash_follower import HashFollower, check_expected, stop_hashing
 from freight.core.ports import ListingKind, PageKey, PartFile, UploadStore
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
-from freight.core.sweeper import WORK_BATCH, Sweeper, log_fields
+from freight.core.sweeper import WORK_BATCH, Sweeper
 from freight.core.writer import RequestChecksum, UploadWriter
 from freight.core.writing import Writing
-from freight.errors import (
-    UploadIncomplete,
-    UploadLocked,
-)
+from freight.errors import UploadIncomplete, UploadLocked
 
 __all__ = ["ActiveUpload", "Claim", "UploadEngine"]
 

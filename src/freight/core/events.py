@@ -32,7 +32,7 @@ from typing import Any
 
 from freight.core.session import UploadSession
 
-__all__ = ["EventHub", "UploadEvent", "UploadEventKind", "Watcher"]
+__all__ = ["EventHub", "UploadEvent", "UploadEventKind", "Watcher", "log_fields"]
 
 
 class UploadEventKind(enum.Enum):
@@ -242,3 +242,8 @@ class Watcher:
         events = self._hub.changes_since(self.cursor)
         self.cursor = self._hub.version
         return events
+
+
+def log_fields(**fields: object) -> dict[str, dict[str, object]]:
+    """``extra=`` for a log line whose fields the server's formatters print as such."""
+    return {"fields": fields}

@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from freight.core.active import ActiveUploads
+from freight.core.events import log_fields
 from freight.core.hash_follower import stop_hashing
 from freight.core.ports import UploadStore
 from freight.core.session import UploadSession, UploadState
 from freight.errors import FreightError, UploadNotFound
 
-__all__ = ["FINISH_GRACE", "WORK_BATCH", "Sweeper", "SweeperHost", "log_fields"]
+__all__ = ["FINISH_GRACE", "WORK_BATCH", "Sweeper", "SweeperHost"]
 
 # The engine's log lines keep the engine's logger, whichever of its modules writes them.
 log = logging.getLogger("freight.core.engine")
@@ -132,8 +133,3 @@ class Sweeper:
                 await self._assemble(session.id)
                 return True
         return False
-
-
-def log_fields(**fields: object) -> dict[str, dict[str, object]]:
-    """``extra=`` for a log line whose fields the server's formatters print as such."""
-    return {"fields": fields}
