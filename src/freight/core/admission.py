@@ -12,7 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from freight.core.ports import UploadStore
-from freight.errors import InsufficientStorage, TooManyUploads, UploadCapacityReached
+from freight.errors import (
+    InsufficientStorage,
+    TooManyUploads,
+    UploadCapacityReached,
+    UploadTooLarge,
+)
 
 __all__ = ["Admission"]
 
@@ -21,11 +26,22 @@ __all__ = ["Admission"]
 class Admission:
     """The limits; None means no cap."""
 
+    max_size: int | None = None
     disk_reserve: int = 0
     max_unfinished: int | None = None
     max_unfinished_per_client: int | None = None
     # The share of the space free for uploads that one client's unfinished uploads may claim.
     client_space_share: float = 1.0
+
+    def check_size(self, store: UploadStore, length: int) -> None:
+        """Raise if one upload of ``length`` bytes is too large, alone (blocking I/O)."""
+        if self.max_size is not None and length > self.max_size:
+            raise UploadTooLarge(
+                f"{length} bytes is more than this server accepts ({self.max_size})",
+                max_size=self.max_size,
+            )
+        if length > store.free_bytes() - self.disk_reserve:
+            raise InsufficientStorage("the server does not have the disk space for this upload")
 
     def check(
         self, store: UploadStore, now: float, needed: int, client: str | None, *, new: bool

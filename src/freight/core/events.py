@@ -30,7 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EventHub", "UploadEvent", "UploadEventKind", "Watcher"]
+from freight.core.session import UploadSession
+
+__all__ = ["EventHub", "UploadEvent", "UploadEventKind", "Watcher", "log_fields"]
 
 
 class UploadEventKind(enum.Enum):
@@ -55,6 +57,23 @@ class UploadEvent:
     transferred: int
     at: float
     sha256: str | None = None
+
+    @classmethod
+    def of(
+        cls, kind: UploadEventKind, session: UploadSession, moved: int, at: float
+    ) -> UploadEvent:
+        """The event for ``session``; ``moved`` counts its bytes on disk, synced or not."""
+        received = session.received.total()
+        return cls(
+            kind=kind,
+            upload_id=session.id,
+            name=session.name,
+            size=session.length,
+            received=received,
+            transferred=max(moved, received),
+            at=at,
+            sha256=session.sha256,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -223,3 +242,8 @@ class Watcher:
         events = self._hub.changes_since(self.cursor)
         self.cursor = self._hub.version
         return events
+
+
+def log_fields(**fields: object) -> dict[str, dict[str, object]]:
+    """``extra=`` for a log line whose fields the server's formatters print as such."""
+    return {"fields": fields}

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from freight.core.engine import CONSUMED_PART_GRACE, UploadEngine
+from freight.core.concat import CONSUMED_PART_GRACE
+from freight.core.engine import UploadEngine
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
 from freight.errors import (
     ChecksumMismatch,
@@ -276,7 +277,7 @@ async def test_delete_while_the_hash_catches_up(
     """The background hash saves the session as it goes; it must not bring a deleted upload
     back."""
     hashing = asyncio.Event()
-    hash_stored = engine._hash_stored
+    hash_stored = engine.hash_follower._hash_stored
     loop = asyncio.get_running_loop()
 
     def slow_hash(*args: Any) -> None:
@@ -284,7 +285,7 @@ async def test_delete_while_the_hash_catches_up(
         time.sleep(0.2)
         hash_stored(*args)
 
-    monkeypatch.setattr(engine, "_hash_stored", slow_hash)
+    monkeypatch.setattr(engine.hash_follower, "_hash_stored", slow_hash)
     session = await engine.create(length=2 * MiB, metadata={})
     async with engine.writer(session.id, 0) as writer:
         await writer.write(os.urandom(MiB))

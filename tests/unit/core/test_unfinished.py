@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from freight.core.engine import FINISH_GRACE, UploadEngine
+from freight.core.engine import UploadEngine
+from freight.core.sweeper import FINISH_GRACE
 from freight.errors import InsufficientStorage, TooManyUploads, UploadCapacityReached
 
 

@@ -278,13 +278,13 @@ async def test_a_writer_waits_for_a_hash_that_falls_behind(
     behind might have left the page cache by the time the hash reaches them."""
     engine = open_engine(sync_every=MiB, fsync=FsyncPolicy.NEVER)
     assert engine.hash_lag == 2 * MiB
-    hash_stored = engine._hash_stored
+    hash_stored = engine.hash_follower._hash_stored
 
     def slow_hash(*args: Any) -> None:
         time.sleep(0.05)
         hash_stored(*args)
 
-    monkeypatch.setattr(engine, "_hash_stored", slow_hash)
+    monkeypatch.setattr(engine.hash_follower, "_hash_stored", slow_hash)
     data = os.urandom(32 * MiB)
     session = await engine.create(length=len(data), metadata={})
     widest = 0
