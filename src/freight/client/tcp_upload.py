@@ -27,7 +27,7 @@ from freight.client.tcp_link import (
     parse_tcp_url,
     with_retries,
 )
-from freight.client.upload import ProgressCallback, UploadResult
+from freight.client.upload import ProgressCallback, UploadResult, display_name, local_file
 from freight.protocol.frames import (
     Accepted,
     Ack,
@@ -72,9 +72,7 @@ async def upload_tcp(
     spare the CPU.
     """
     del chunk_size, parallel  # sendfile moves the payload; no read size to choose
-    path = Path(path)
-    if not path.is_file():
-        raise ClientError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    path = local_file(path)
     address = parse_tcp_url(server_url)
     upload = _TcpUpload(
         path,
@@ -213,7 +211,7 @@ class _TcpUpload:
             else:
                 return self._check_reply(reply)
             self.upload_id = None
-        name = self.path.name.encode("utf-8", "replace").decode("utf-8")[:255]
+        name = display_name(self.path)[:255]
         await link.send(Put(self.size, name).encode())
         reply = self._check_reply(await link.next_control("starting the upload"))
         self.upload_id = reply.upload_id

@@ -39,7 +39,7 @@ from freight.client.http import (
     open_session,
 )
 from freight.client.resume_store import ResumeStore, UploadKey
-from freight.client.upload import ProgressCallback, UploadResult
+from freight.client.upload import ProgressCallback, UploadResult, display_name, local_file
 from freight.client.urls import file_id_from_url, server_root
 from freight.protocol.ws_messages import (
     Credit,
@@ -97,9 +97,7 @@ async def upload_file_ws(
     accepted and ignored: one connection with credit flow control already fills the link.
     """
     del parallel
-    path = Path(path)
-    if not path.is_file():
-        raise ClientError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    path = local_file(path)
     endpoint = ws_endpoint(server_url)
     key = UploadKey.for_file(path, str(endpoint))
     async with open_session(token, timeouts=timeouts) as session:
@@ -307,7 +305,7 @@ class _WsUpload:
         if upload_id is not None:
             await ws.send_str(build_message(Resume(id=upload_id, max_frame=self.frame_size)))
         else:
-            start = Start(name=_display_name(self.path), size=self.size, max_frame=self.frame_size)
+            start = Start(name=display_name(self.path), size=self.size, max_frame=self.frame_size)
             await ws.send_str(build_message(start))
         reply = await self._next_reply(ws)
         if isinstance(reply, ErrorReply):
@@ -486,8 +484,3 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, _ConnectionLost | ConnectionResetError):
         return True
     return is_retryable(exc)
-
-
-def _display_name(path: Path) -> str:
-    # File names that are not valid UTF-8 (surrogate-escaped by Python) cannot be sent as is.
-    return path.name.encode("utf-8", "replace").decode("utf-8")
