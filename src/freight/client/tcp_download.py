@@ -14,15 +14,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from freight.client.download import MAX_RESTARTS, DownloadInfo, DownloadResult, StartCallback
-from freight.client.errors import ClientError, DigestMismatch, ProtocolViolation
+from freight.client.download import (
+    MAX_RESTARTS,
+    DownloadInfo,
+    DownloadResult,
+    StartCallback,
+    received_mismatch,
+)
+from freight.client.errors import ClientError, ProtocolViolation
 from freight.client.hashing import SplitHasher
 from freight.client.http import CHUNK_SIZE, RetryBudget, RetryCallback, RetryPolicy, Timeouts
-from freight.client.partfile import PartFile, local_name
+from freight.client.partfile import PartFile, local_name, named_target
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
 from freight.client.tcp_link import (
     NO_DIGEST,
@@ -135,12 +140,8 @@ class _TcpDownload:
         if output is not None and not output.is_dir():
             return output
         info = await self._probe()
-        target = (output or Path.cwd()) / local_name(info.name or None, self.file_id)
-        if os.path.lexists(target) and not overwrite:
-            raise ClientError(
-                f"{target} already exists; choose another name with -o or replace it with --force"
-            )
-        return target
+        name = local_name(info.name or None, self.file_id)
+        return named_target(output, name, overwrite=overwrite)
 
     async def run(self, target: Path) -> DownloadResult:
         self.target = target
@@ -154,12 +155,7 @@ class _TcpDownload:
             if verified and local != info.sha256:
                 part.discard()
                 self._forget()
-                raise DigestMismatch(
-                    f"SHA-256 mismatch: the server advertises {info.sha256.hex()}, received "
-                    f"{local.hex()}; the partial file was deleted",
-                    local=local.hex(),
-                    remote=info.sha256.hex(),
-                )
+                raise received_mismatch(info.sha256, local)
             part.commit()
         finally:
             part.close()
