@@ -268,7 +268,10 @@ class _TcpUpload:
 
     async def _await_finished(self, link: TcpLink) -> Finished:
         while True:
-            frame = await link.next_control("finishing the upload")
+            # Kernel buffers may have taken the last megabytes without the server seeing
+            # them: until it has acknowledged every byte, silence is a stalled link.
+            patience = self.timeouts.stall if self.acked < self.size else None
+            frame = await link.next_control("finishing the upload", patience)
             if isinstance(frame, Finished):
                 return frame
             self._acknowledge(frame)
