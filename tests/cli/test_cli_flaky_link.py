@@ -155,6 +155,31 @@ def test_upload_resumes_after_a_stalled_link(
     assert _stall_bound(proxy) < STALL + MARGIN
 
 
+@pytest.mark.parametrize("protocol", ["ws", "tcp"])
+def test_a_stall_after_the_last_byte_left_is_noticed_too(
+    protocol: str, servers: Servers, link: Callable[..., FlakyLink], tmp_path: Path
+) -> None:
+    """The whole file fits in the kernel's socket buffers: the client has sent everything
+    (and ``done``/DONE) before the link stops. Bytes are still owed to the server, so the
+    wait for its answer is a stalled link too, not a read timeout minutes long."""
+    from freight.client import Timeouts
+
+    source = tmp_path / "small.bin"
+    digest = make_file(source, 2 * MiB)
+    tcp = protocol == "tcp"
+    proxy = link(servers.tcp_port if tcp else servers.http_port, stall_after=256 * 1024)
+    upload = UPLOADERS[protocol](
+        source,
+        proxy.tcp_url if tcp else proxy.url,
+        parallel=1,
+        retry=POLICY,
+        timeouts=Timeouts(stall=STALL),
+    )
+    result = asyncio.run(asyncio.wait_for(upload, 30))
+    assert result.sha256 == digest
+    assert _stall_bound(proxy) < STALL + MARGIN
+
+
 @pytest.mark.parametrize("protocol", ["http", "tcp"])
 def test_download_resumes_after_a_stalled_link(
     protocol: str, servers: Servers, link: Callable[..., FlakyLink], tmp_path: Path

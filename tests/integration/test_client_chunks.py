@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-import freight.client.chunks
+import freight.client.chunk_sender
 from freight.client.chunk_reader import ChunkReader
 from freight.client.chunks import upload_chunks
 from freight.client.hashing import SplitHasher
@@ -113,7 +113,7 @@ async def test_a_resume_hashes_the_chunks_the_server_had_from_disk(
 async def test_chunks_too_many_to_hold_are_read_twice_instead(
     freight_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(freight.client.chunks, "HELD_CHUNKS_BUDGET", 2 * MiB)
+    monkeypatch.setattr(freight.client.chunk_sender, "HELD_CHUNKS_BUDGET", 2 * MiB)
     reads = _Reads(monkeypatch)
     source, data = _source(tmp_path, 5 * MiB + 7)
     sent = await upload_chunks(
@@ -150,7 +150,7 @@ async def test_by_default_chunks_carry_no_digest_and_the_file_is_hashed_from_dis
 async def test_a_failed_attempt_is_sent_again_from_the_same_bytes(
     freight_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    put = freight.client.chunks._ChunkUpload._put
+    put = freight.client.chunk_sender.ChunkSender._put
     failed: list[int] = []
 
     async def flaky_put(upload: Any, url: Any, chunk: Any, *piece: Any) -> None:
@@ -159,7 +159,7 @@ async def test_a_failed_attempt_is_sent_again_from_the_same_bytes(
             raise aiohttp.ServerDisconnectedError()
         await put(upload, url, chunk, *piece)
 
-    monkeypatch.setattr(freight.client.chunks._ChunkUpload, "_put", flaky_put)
+    monkeypatch.setattr(freight.client.chunk_sender.ChunkSender, "_put", flaky_put)
     reads = _Reads(monkeypatch)
     source, data = _source(tmp_path, 4 * MiB)
     sent = await upload_chunks(

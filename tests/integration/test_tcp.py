@@ -24,7 +24,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-import freight.client.tcp
+import freight.client.tcp_download
+import freight.client.tcp_upload
 from freight.client import ResumeStore, RetryPolicy
 from freight.client.errors import ConnectionFailed
 from freight.client.hashing import SplitHasher
@@ -285,7 +286,7 @@ async def test_a_slow_hash_hangs_up_instead_of_idling(
     # Sending can outrun hashing (big file, slow CPU). Rather than sit silent on an open
     # connection the server would time out, the client hangs up, finishes the hash, and
     # comes back with RESUME (answered at the full size) and DONE.
-    monkeypatch.setattr(freight.client.tcp, "HASH_GRACE", 0.0)
+    monkeypatch.setattr(freight.client.tcp_upload, "HASH_GRACE", 0.0)
     finish = SplitHasher.finish
 
     async def slow_finish(self: SplitHasher, total: int) -> bytes:
@@ -358,20 +359,20 @@ async def test_the_download_sink_never_reads_a_reused_buffer(
     # Batches of every size, empty ones included (a read that ended inside a header), with
     # the buffer that _receive would read into next scribbled over as soon as add returns,
     # and hashing slower than writing: the file and its digest must still be exact.
-    feed = freight.client.tcp._feed
+    feed = freight.client.tcp_download._feed
 
     def slow_feed(hasher: SplitHasher, chunks: Any) -> None:
         time.sleep(0.002)
         feed(hasher, chunks)
 
-    monkeypatch.setattr(freight.client.tcp, "_feed", slow_feed)
+    monkeypatch.setattr(freight.client.tcp_download, "_feed", slow_feed)
     rng = random.Random(5)
     part = tmp_path / "out.part"
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
     hasher = SplitHasher(part, 0)
     expected, position, positions = hashlib.sha256(), 0, []
     buffers = [bytearray(4096) for _ in range(3)]
-    sink = freight.client.tcp._PartSink(fd, hasher, positions.append)
+    sink = freight.client.tcp_download._PartSink(fd, hasher, positions.append)
     try:
         for turn in range(300):
             buffer = buffers[turn % 3]

@@ -25,42 +25,35 @@ With chunk digests each byte is still read from disk once: one reader walks the 
 chunks in order, reads each whole into a reused buffer, computes its digest (which must
 precede the body) and feeds the whole-file SHA-256 from that same buffer, the two hashes in
 two worker threads at once; the chunk is then sent from the buffer. At most
-``parallel + 1`` chunks are held, and only while they fit :data:`HELD_CHUNKS_BUDGET`; past
-it (many streams, huge chunks) each chunk is read twice instead, with flat memory. Each
-chunk retries on its own with backoff; a chunk that keeps failing stops the others.
+``parallel + 1`` chunks are held, and only while they fit
+:data:`~freight.client.chunk_sender.HELD_CHUNKS_BUDGET`; past it (many streams, huge
+chunks) each chunk is read twice instead, with flat memory. Each chunk retries on its own
+with backoff; a chunk that keeps failing stops the others.
+
+This module finds the server's upload and completes it; sending the chunks is
+:mod:`freight.client.chunk_sender`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from freight.client.chunk_reader import Chunk, ChunkReader
+from freight.client.chunk_sender import ChunkSender, UploadGone
 from freight.client.chunk_status import (
-    PieceSizer,
     Remote,
-    count_field,
     created_remote,
     json_object,
     missing_of,
     status_remote,
 )
-from freight.client.errors import (
-    ClientError,
-    DigestMismatch,
-    LocalFileChanged,
-    ProtocolViolation,
-    ServerError,
-)
-from freight.client.filebody import BufferBody, FileBody
+from freight.client.errors import ClientError, DigestMismatch, LocalFileChanged, ServerError
 from freight.client.hashing import SplitHasher
 from freight.client.http import (
     CHUNK_SIZE,
@@ -69,13 +62,12 @@ from freight.client.http import (
     RetryPolicy,
     Timeouts,
     describe_error,
-    is_retryable,
     open_session,
     retrying,
     server_error,
 )
 from freight.client.resume_store import ResumeStore, UploadKey
-from freight.client.upload import ProgressCallback, UploadResult
+from freight.client.upload import ProgressCallback, UploadResult, display_name, local_file
 from freight.client.urls import server_root
 
 __all__ = ["DEFAULT_PARALLEL", "upload_chunks"]
@@ -83,13 +75,6 @@ __all__ = ["DEFAULT_PARALLEL", "upload_chunks"]
 log = logging.getLogger(__name__)
 
 DEFAULT_PARALLEL = 4
-# Chunks are held in memory (read once) only while ``parallel + 1`` of them fit in this;
-# otherwise (the server's default 10 MiB chunks, many streams) each is read twice and
-# streamed through small reused buffers. Memory is the scarcer resource on the small boards
-# freight runs on: a few MiB, never several whole large chunks.
-HELD_CHUNKS_BUDGET = 16 * 1024 * 1024
-# A digest that fails may be a bit flipped on the way (a bad proxy or NIC): worth a retry.
-_RETRY_STATUSES = frozenset({422})
 
 
 async def upload_chunks(
@@ -115,9 +100,7 @@ async def upload_chunks(
     ``requested_chunk_size`` (the API chunk size to ask for; the server has the last word)
     and ``chunk_digests`` (send each chunk's SHA-256, see the module's doc).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ClientError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    path = local_file(path)
     if parallel < 1:
         raise ClientError("parallel must be at least 1")
     root = server_root(server_url)
@@ -143,10 +126,6 @@ async def upload_chunks(
         return await upload.run(on_start)
 
 
-class _UploadGone(Exception):
-    """The server no longer has the upload (expired or deleted): start a new one."""
-
-
 class _ChunksMissing(Exception):
     """``complete`` found chunks missing (the server lost acknowledged bytes)."""
 
@@ -154,15 +133,6 @@ class _ChunksMissing(Exception):
         super().__init__(f"{len(missing)} chunk ranges are missing")
         self.missing = missing
         self.missing_bytes = missing_bytes
-
-
-class _PieceOffset(Exception):
-    """The server says chunk ``n``'s received bytes end elsewhere (a 409
-    ``ERR_PIECE_OFFSET``): at ``at``, a file offset."""
-
-    def __init__(self, at: int) -> None:
-        super().__init__(f"the chunk's received bytes end at byte {at}")
-        self.at = at
 
 
 class _ChunkUpload:
@@ -193,28 +163,32 @@ class _ChunkUpload:
         self.root = root
         self.endpoint = endpoint
         self.store = store
-        self.policy = policy
-        self.on_retry = on_retry
         self.budget = RetryBudget(policy, on_retry)
-        self.progress = progress
-        self.parallel = parallel
         self.read_size = read_size
         self.requested_chunk_size = requested_chunk_size
-        self.stall_timeout = stall_timeout
         self.chunk_digests = chunk_digests
-        self.reader = ChunkReader(path, read_size, chunk_digests=chunk_digests)
-        self.acknowledged = 0  # bytes the server has confirmed
-        self.in_flight: dict[int, int] = {}  # chunk number -> bytes of it sent so far
+        self.sender = ChunkSender(
+            session,
+            path,
+            self.size,
+            budget=self.budget,
+            policy=policy,
+            on_retry=on_retry,
+            progress=progress,
+            parallel=parallel,
+            read_size=read_size,
+            stall_timeout=stall_timeout,
+            chunk_digests=chunk_digests,
+        )
         self.hasher = SplitHasher(path, 0, chunk_size=read_size)  # replaced by run()
-        self.pieces = PieceSizer(1, None)  # replaced for each server upload
         self.local_digest: bytes | None = None
 
     async def run(self, on_start: Callable[[int, int], None] | None) -> UploadResult:
         remote = await retrying(self.budget, self._locate)
-        resumed_from = self.acknowledged = remote.received
+        resumed_from = self.sender.acknowledged = remote.received
         if on_start is not None:
             on_start(self.size, resumed_from)
-        self._report()
+        self.sender.report()
         # With chunk digests the chunks that are sent feed the file's SHA-256 as they are
         # read, and a disk reader hashes the chunks the server already has (from the first
         # missing one on, only those the reads skip past). Without, the reader hashes it all.
@@ -249,7 +223,7 @@ class _ChunkUpload:
         return await self._create()
 
     async def _create(self) -> Remote:
-        request: dict[str, Any] = {"name": _display_name(self.path), "size": self.size}
+        request: dict[str, Any] = {"name": display_name(self.path), "size": self.size}
         if self.requested_chunk_size is not None:
             request["chunk_size"] = self.requested_chunk_size
         async with self.session.post(self.endpoint, json=request) as resp:
@@ -258,7 +232,7 @@ class _ChunkUpload:
             remote = created_remote(await json_object(resp), self.endpoint, self.size)
         if self.store is not None:
             self.store.put_upload(self.key, str(remote.url))
-        self.acknowledged = 0
+        self.sender.acknowledged = 0
         return remote
 
     async def _status(self, url: URL) -> Remote | None:
@@ -276,159 +250,17 @@ class _ChunkUpload:
         """Send what is missing and complete, until the server has the whole file."""
         while True:
             try:
-                await self._send_missing(remote)
+                await self.sender.send_missing(remote, self.hasher)
                 self._check_unchanged()
                 return await self._complete(remote)
-            except _UploadGone:
+            except UploadGone:
                 await self.budget.failed("the server no longer has the upload; starting again")
                 remote = await retrying(self.budget, self._create)
             except _ChunksMissing as exc:
                 await self.budget.failed("the server is missing chunks it had; sending them again")
                 remote.missing, remote.missing_bytes = exc.missing, exc.missing_bytes
-            self.acknowledged = remote.received = self.size - remote.lacking(self.size)
-            self._report()
-
-    async def _send_missing(self, remote: Remote) -> None:
-        """Read the missing chunks in order, each once, and PUT them ``parallel`` at a time.
-
-        One reader walks the chunks (so the file's SHA-256 gets them in order) and hands each
-        to a sender with its digest and, when they fit :data:`HELD_CHUNKS_BUDGET`, its bytes;
-        buffers go back to the reader once their chunk is acknowledged, so at most
-        ``parallel + 1`` chunks are held.
-        """
-        chunks = remote.to_send(self.size)
-        senders = min(self.parallel, len(chunks))
-        if not senders:
-            return
-        self.pieces = PieceSizer(remote.chunk_size, remote.min_piece)
-        held = (senders + 1) * remote.chunk_size <= HELD_CHUNKS_BUDGET
-        free: asyncio.Queue[bytearray | None] = asyncio.Queue()
-        for _ in range(senders + 1):
-            free.put_nowait(None)  # None: allocate when first needed
-        ready: asyncio.Queue[Chunk | None] = asyncio.Queue()
-
-        async def read() -> None:
-            for n, spans in chunks:
-                buffer = await free.get()
-                start = n * remote.chunk_size
-                span = (start, min(start + remote.chunk_size, self.size))
-                if held and buffer is None:
-                    buffer = bytearray(remote.chunk_size)
-                chunk = await self.reader.read(
-                    span, n, tuple(spans), buffer if held else None, self.hasher
-                )
-                ready.put_nowait(chunk)
-            for _ in range(senders):
-                ready.put_nowait(None)
-
-        async def send() -> None:
-            while (chunk := await ready.get()) is not None:
-                clean = await self._send_chunk(remote, chunk)
-                # A buffer whose request failed may still be queued in a dead transport
-                # (asyncio queues memoryviews): never overwrite it, allocate another.
-                free.put_nowait(chunk.buffer if clean else None)
-
-        tasks = [asyncio.ensure_future(read())]
-        tasks += [asyncio.ensure_future(send()) for _ in range(senders)]
-        await _run_together(tasks)
-
-    async def _send_chunk(self, remote: Remote, chunk: Chunk) -> bool:
-        """PUT one chunk, in pieces if need be, until the server has it; True if no attempt
-        failed."""
-        url = remote.url / "chunks" / str(chunk.n)
-        budget = RetryBudget(self.policy, self.on_retry)
-        clean = True
-        losses = 0  # whole pieces of this chunk lost in a row
-        cap = chunk.end - chunk.start  # this chunk's largest piece until one gets through
-        for span_start, span_end in chunk.spans:
-            position = span_start
-            while position < span_end:
-                end = min(span_end, position + min(self.pieces.size, cap))
-                sent = [0]  # bytes of this attempt handed to the connection
-                try:
-                    await self._put(url, chunk, position, end, sent)
-                except _PieceOffset as exc:
-                    # An attempt whose answer was lost got through, or the server lacks bytes
-                    # it had: go on from where its bytes end.
-                    clean = False
-                    if not chunk.start <= exc.at <= span_end or exc.at == position:
-                        raise ProtocolViolation(f"chunk {chunk.n}: {exc}") from exc
-                    if exc.at > position:
-                        self._acknowledge(exc.at - position, budget)
-                    else:
-                        await budget.failed(f"chunk {chunk.n}: {exc}")
-                    position = exc.at
-                except Exception as exc:
-                    clean = False
-                    self._report()
-                    if isinstance(exc, ServerError) and exc.http_status in (404, 410):
-                        raise _UploadGone() from exc
-                    if not _chunk_retryable(exc):
-                        raise
-                    if not isinstance(exc, ServerError):  # the link lost the piece
-                        losses += 1
-                        cap = self.pieces.lost(end - position, sent[0], losses)
-                        if cap < end - position:
-                            losses = 0
-                            budget.progressed()  # smaller pieces: a new try, not a repeat
-                    await budget.failed(f"chunk {chunk.n}: {describe_error(exc)}")
-                else:
-                    losses, cap = 0, chunk.end - chunk.start
-                    self.pieces.got_through(end - position)
-                    self._acknowledge(end - position, budget)
-                    position = end
-        return clean
-
-    def _acknowledge(self, count: int, budget: RetryBudget) -> None:
-        self.acknowledged += count
-        budget.progressed()
-        self.budget.progressed()
-        self._report()
-
-    async def _put(self, url: URL, chunk: Chunk, start: int, end: int, sent: list[int]) -> None:
-        """PUT bytes ``[start, end)`` of ``chunk`` (all of it, or a piece); ``sent[0]``
-        follows how many went out."""
-        loop = asyncio.get_running_loop()
-        n = chunk.n
-        # As for tus: give up on a link where neither reading nor writing has moved lately.
-        async with asyncio.timeout_at(loop.time() + self.stall_timeout) as stall:
-
-            def moved(position: int) -> None:
-                stall.reschedule(loop.time() + self.stall_timeout)
-                self.in_flight[n] = sent[0] = position - start
-                self._report()
-
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(end - start),
-            }
-            content_range = chunk.content_range(start, end)
-            if content_range is not None:
-                headers["Content-Range"] = content_range
-            digest = await self.reader.digest_of(chunk, start, end)
-            if digest is not None:
-                headers["Content-Digest"] = f"sha-256=:{base64.b64encode(digest).decode()}:"
-            body: BufferBody | FileBody
-            view = chunk.view(start, end)
-            if view is not None:
-                body = BufferBody(view, start, piece_size=self.read_size, on_sent=moved)
-            else:
-                body = FileBody(self.path, start, end, chunk_size=self.read_size, on_read=moved)
-            try:
-                async with self.session.put(url, data=body, headers=headers) as resp:
-                    if resp.status == 409:
-                        raise await _conflict(resp, chunk)
-                    if resp.status != 200:
-                        raise await server_error(resp, f"sending chunk {n}")
-                    await resp.read()
-            except Exception:
-                if body.error is not None:
-                    raise body.error from None  # a local read failure, not a network one
-                raise
-            finally:
-                body.close()
-                # Whatever happened (even cancellation), this attempt's bytes no longer move.
-                self.in_flight.pop(n, None)
+            self.sender.acknowledged = remote.received = self.size - remote.lacking(self.size)
+            self.sender.report()
 
     # completing
 
@@ -441,7 +273,7 @@ class _ChunkUpload:
     async def _post_complete(self, remote: Remote, local: str) -> dict[str, Any]:
         async with self.session.post(remote.url / "complete", json={"sha256": local}) as resp:
             if resp.status in (404, 410):
-                raise _UploadGone()
+                raise UploadGone()
             if resp.status in (409, 422):
                 data = await json_object(resp)
                 if resp.status == 409 and data.get("code") == "ERR_UPLOAD_INCOMPLETE":
@@ -477,46 +309,9 @@ class _ChunkUpload:
         if stat.st_size != self.size or stat.st_mtime_ns != self.key.mtime_ns:
             raise LocalFileChanged(f"{self.path} changed while it was being sent")
 
-    def _report(self) -> None:
-        if self.progress is not None:
-            self.progress(self.acknowledged + sum(self.in_flight.values()))
-
     def _forget(self) -> None:
         if self.store is not None:
             self.store.forget_upload(self.key)
-
-
-async def _run_together(tasks: Sequence[asyncio.Future[None]]) -> None:
-    """Wait for every task; the first failure cancels the rest and is raised."""
-    if not tasks:
-        return
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        for task in tasks:
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            raise result
-
-
-async def _conflict(resp: aiohttp.ClientResponse, chunk: Chunk) -> Exception:
-    """A 409 to a chunk PUT: where the chunk's received bytes end, if that is what it says."""
-    data = await json_object(resp)
-    if data.get("code") == "ERR_PIECE_OFFSET":
-        return _PieceOffset(chunk.start + count_field(data, "chunk_offset"))
-    return ServerError(
-        f"sending chunk {chunk.n}: {data.get('message')} (HTTP 409)",
-        http_status=409,
-        server_code=str(data.get("code")),
-    )
-
-
-def _chunk_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, ServerError) and exc.http_status in _RETRY_STATUSES:
-        return True
-    return is_retryable(exc)
 
 
 def _mismatch(local: str, remote: str) -> DigestMismatch:
@@ -526,8 +321,3 @@ def _mismatch(local: str, remote: str) -> DigestMismatch:
         local=local,
         remote=remote,
     )
-
-
-def _display_name(path: Path) -> str:
-    # File names that are not valid UTF-8 (surrogate-escaped by Python) cannot be sent as is.
-    return path.name.encode("utf-8", "replace").decode("utf-8")

@@ -16,7 +16,6 @@ in batches as they are written, in worker threads that overlap with receiving (s
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +37,20 @@ from freight.client.http import (
     open_session,
     server_error,
 )
-from freight.client.partfile import PartFile, local_name
+from freight.client.partfile import PartFile, local_name, named_target
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
 from freight.client.upload import ProgressCallback
 from freight.client.urls import file_id_from_url, parse_http_url
 from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartWriter
 
-__all__ = ["MAX_RESTARTS", "DownloadInfo", "DownloadResult", "StartCallback", "download_file"]
+__all__ = [
+    "MAX_RESTARTS",
+    "DownloadInfo",
+    "DownloadResult",
+    "StartCallback",
+    "download_file",
+    "received_mismatch",
+]
 
 MAX_RESTARTS = 3  # a file replaced more often than this while we fetch it is not worth chasing
 
@@ -149,13 +155,7 @@ class _Download:
     async def choose_target(self, output: Path | None, overwrite: bool) -> Path:
         if output is not None and not output.is_dir():
             return output
-        name = await self._suggested_name()
-        target = (output or Path.cwd()) / name
-        if os.path.lexists(target) and not overwrite:
-            raise ClientError(
-                f"{target} already exists; choose another name with -o or replace it with --force"
-            )
-        return target
+        return named_target(output, await self._suggested_name(), overwrite=overwrite)
 
     async def _suggested_name(self) -> str:
         while True:
@@ -185,12 +185,7 @@ class _Download:
             if self.digest is not None and self.digest != local:
                 part.discard()
                 self._forget()
-                raise DigestMismatch(
-                    f"SHA-256 mismatch: the server advertises {self.digest.hex()}, "
-                    f"received {local.hex()}; the partial file was deleted",
-                    local=local.hex(),
-                    remote=self.digest.hex(),
-                )
+                raise received_mismatch(self.digest, local)
             part.commit()
         finally:
             part.close()
@@ -368,3 +363,14 @@ async def _collect_batch(content: aiohttp.StreamReader, writer: PartWriter, size
         if not patience.expired():
             raise  # aiohttp's own read timeout
         return True
+
+
+def received_mismatch(remote: bytes, local: bytes) -> DigestMismatch:
+    """The error for a download whose bytes do not hash to the server's SHA-256 (the
+    caller has deleted the partial file)."""
+    return DigestMismatch(
+        f"SHA-256 mismatch: the server advertises {remote.hex()}, received {local.hex()}; "
+        "the partial file was deleted",
+        local=local.hex(),
+        remote=remote.hex(),
+    )

@@ -153,13 +153,20 @@ class RetryBudget:
         await asyncio.sleep(delay)
 
 
-async def retrying(budget: RetryBudget, operation: Callable[[], Awaitable[T]]) -> T:
-    """Run ``operation`` until it succeeds, retrying transient failures within ``budget``."""
+async def retrying(
+    budget: RetryBudget,
+    operation: Callable[[], Awaitable[T]],
+    *,
+    retryable: Callable[[BaseException], bool] | None = None,
+) -> T:
+    """Run ``operation`` until it succeeds, retrying transient failures within ``budget``;
+    ``retryable`` says which failures are transient (by default :func:`is_retryable`)."""
+    transient = retryable or is_retryable
     while True:
         try:
             return await operation()
         except Exception as exc:
-            if not is_retryable(exc):
+            if not transient(exc):
                 raise
             await budget.failed(describe_error(exc))
 

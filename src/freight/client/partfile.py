@@ -26,7 +26,7 @@ from freight.client.errors import ClientError
 from freight.client.writer import fsync_directory
 from freight.protocol.metadata import safe_filename
 
-__all__ = ["NAME_MAX", "PART_SUFFIX", "PartFile", "local_name", "part_path"]
+__all__ = ["NAME_MAX", "PART_SUFFIX", "PartFile", "local_name", "named_target", "part_path"]
 
 NAME_MAX = 255  # bytes in one path component on every common filesystem
 PART_SUFFIX = ".freight-part"
@@ -37,6 +37,17 @@ def local_name(suggested: str | None, file_id: str) -> str:
     """The file name to save a download under: the server's suggestion made safe, else the
     id made safe, else ``download``."""
     return safe_filename(suggested, safe_filename(file_id, "download"))
+
+
+def named_target(directory: Path | None, name: str, *, overwrite: bool) -> Path:
+    """Where a download the server names ``name`` goes in ``directory`` (the working
+    directory by default); an existing file there is replaced only with ``overwrite``."""
+    target = (directory or Path.cwd()) / name
+    if os.path.lexists(target) and not overwrite:
+        raise ClientError(
+            f"{target} already exists; choose another name with -o or replace it with --force"
+        )
+    return target
 
 
 def part_path(target: Path) -> Path:

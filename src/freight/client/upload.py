@@ -44,7 +44,7 @@ from freight.client.resume_store import ResumeStore, UploadKey
 from freight.client.urls import upload_endpoint
 from freight.protocol.metadata import build_upload_metadata
 
-__all__ = ["ProgressCallback", "UploadResult", "upload_file"]
+__all__ = ["ProgressCallback", "UploadResult", "display_name", "local_file", "upload_file"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,21 @@ class UploadResult:
     sha256: str
     verified: bool
     resumed_from: int
+
+
+def local_file(path: Path | str) -> Path:
+    """``path`` as a :class:`Path`, once it is known to name a regular file (every uploader
+    checks this before it talks to a server)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClientError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    return path
+
+
+def display_name(path: Path) -> str:
+    """The name the server is told: file names that are not valid UTF-8 (surrogate-escaped
+    by Python) cannot be sent as they are."""
+    return path.name.encode("utf-8", "replace").decode("utf-8")
 
 
 async def upload_file(
@@ -84,9 +99,7 @@ async def upload_file(
     ``on_start(size, offset)`` is called once the server's offset is known; ``progress``
     then receives absolute byte counts.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ClientError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    path = local_file(path)
     endpoint = upload_endpoint(server_url)
     key = UploadKey.for_file(path, str(endpoint))
     budget = RetryBudget(retry or RetryPolicy(), on_retry)
@@ -191,7 +204,7 @@ class _Upload:
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Upload-Length": str(self.size),
-            "Upload-Metadata": build_upload_metadata({"filename": _display_name(self.path)}),
+            "Upload-Metadata": build_upload_metadata({"filename": display_name(self.path)}),
         }
         async with self.session.post(self.endpoint, headers=headers) as resp:
             if resp.status != 201:
@@ -363,8 +376,3 @@ def _worth_resyncing(exc: Exception) -> bool:
     if isinstance(exc, ServerError) and exc.http_status in (404, 409, 410):
         return True
     return is_retryable(exc)
-
-
-def _display_name(path: Path) -> str:
-    # File names that are not valid UTF-8 (surrogate-escaped by Python) cannot be sent as is.
-    return path.name.encode("utf-8", "replace").decode("utf-8")

@@ -20,7 +20,14 @@ from typing import Generic, TypeVar
 
 from freight.client.hashing import SplitHasher
 
-__all__ = ["RECEIVE_BATCH", "STALE_AFTER", "PartSink", "PartWriter", "fsync_directory"]
+__all__ = [
+    "RECEIVE_BATCH",
+    "STALE_AFTER",
+    "PartSink",
+    "PartWriter",
+    "fsync_directory",
+    "pwrite_all",
+]
 
 RECEIVE_BATCH = 4 * 1024 * 1024
 """Bytes per write and per hash: large, so the per-batch costs (two thread hand-offs, a
@@ -118,10 +125,7 @@ class _RunSink(PartSink[_Run]):
     def write(self, batch: _Run) -> int:
         position = batch.start
         for piece in batch.pieces:
-            view = memoryview(piece)
-            while view:
-                written = os.pwrite(self._fd, view, position)
-                view, position = view[written:], position + written
+            position = pwrite_all(self._fd, piece, position)
         return position
 
     def hash(self, batch: _Run) -> None:
@@ -169,6 +173,16 @@ class PartWriter:
         self.position = position
         if self.on_written is not None:
             self.on_written(position)
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, position: int) -> int:
+    """Write all of ``data`` at ``position`` (``os.pwrite`` may write less); returns where
+    it ends."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
+    return position
 
 
 def fsync_directory(directory: Path) -> None:

@@ -23,7 +23,6 @@ from freight.client.errors import (
     ClientError,
     ConnectionFailed,
     DigestMismatch,
-    LocalFileChanged,
     ProtocolViolation,
     ServerError,
 )
@@ -39,8 +38,9 @@ from freight.client.http import (
     open_session,
 )
 from freight.client.resume_store import ResumeStore, UploadKey
-from freight.client.upload import ProgressCallback, UploadResult
+from freight.client.upload import ProgressCallback, UploadResult, display_name, local_file
 from freight.client.urls import file_id_from_url, server_root
+from freight.client.ws_sending import BlockReader, SendWindow
 from freight.protocol.ws_messages import (
     Credit,
     Done,
@@ -97,9 +97,7 @@ async def upload_file_ws(
     accepted and ignored: one connection with credit flow control already fills the link.
     """
     del parallel
-    path = Path(path)
-    if not path.is_file():
-        raise ClientError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    path = local_file(path)
     endpoint = ws_endpoint(server_url)
     key = UploadKey.for_file(path, str(endpoint))
     async with open_session(token, timeouts=timeouts) as session:
@@ -131,77 +129,6 @@ class _ConnectionLost(ConnectionFailed):
 
 class _StartOver(Exception):
     """The remembered upload is gone or belongs to another file: start a new one now."""
-
-
-class _SendWindow:
-    """How far the server lets the client send: ``limit`` grows with each credit grant."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.done_sent = False
-        self._moved = asyncio.Event()
-        self.moved_at = asyncio.get_running_loop().time()  # last frame sent or message read
-
-    def moved(self) -> None:
-        self.moved_at = asyncio.get_running_loop().time()
-
-    def grant(self, limit: int) -> None:
-        if limit > self.limit:
-            self.limit = limit
-            self._moved.set()
-
-    async def room_until(self, end: int) -> None:
-        """Wait until bytes up to ``end`` may be sent."""
-        while self.limit < end:
-            self._moved.clear()
-            await self._moved.wait()
-
-
-class _BlockReader:
-    """Reads a file in blocks of whole frames, one block ahead, into two reused buffers.
-
-    A worker thread reads each block and feeds it to the SHA-256, so the event loop hops to
-    a thread once per block rather than once per frame (a hop costs more than it seems on a
-    busy machine: a thread is woken, another core is interrupted). The block handed out last
-    stays untouched until the next-but-one read, by which time its frames were sent:
-    aiohttp masks (copies) a client frame before ``send_bytes`` returns.
-    """
-
-    def __init__(self, path: Path, block_size: int, hasher: SplitHasher) -> None:
-        self._path = path
-        self._file = path.open("rb", buffering=0)
-        self._hasher = hasher
-        self._buffers = (memoryview(bytearray(block_size)), memoryview(bytearray(block_size)))
-        self._turn = 0
-        self._pending: asyncio.Future[memoryview] | None = None
-
-    def read_at(self, offset: int, size: int) -> asyncio.Future[memoryview]:
-        view = self._buffers[self._turn][:size]
-        self._turn ^= 1
-        future = asyncio.ensure_future(asyncio.to_thread(self._read, view, offset))
-        # A read-ahead nobody awaits (the attempt failed) must not log "never retrieved".
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
-        self._pending = future
-        return future
-
-    def close(self) -> None:
-        """Close the file now, or once the read in flight (which uses it) returns."""
-        pending = self._pending
-        if pending is not None and not pending.done():
-            pending.add_done_callback(lambda _: self._file.close())
-        else:
-            self._file.close()
-
-    def _read(self, view: memoryview, offset: int) -> memoryview:
-        self._file.seek(offset)
-        filled = 0
-        while filled < len(view):
-            count = self._file.readinto(view[filled:])
-            if not count:
-                raise LocalFileChanged(f"{self._path} shrank while being sent (at byte {offset})")
-            filled += count
-        self._hasher.feed(offset, view)
-        return view
 
 
 class _WsUpload:
@@ -307,7 +234,7 @@ class _WsUpload:
         if upload_id is not None:
             await ws.send_str(build_message(Resume(id=upload_id, max_frame=self.frame_size)))
         else:
-            start = Start(name=_display_name(self.path), size=self.size, max_frame=self.frame_size)
+            start = Start(name=display_name(self.path), size=self.size, max_frame=self.frame_size)
             await ws.send_str(build_message(start))
         reply = await self._next_reply(ws)
         if isinstance(reply, ErrorReply):
@@ -351,7 +278,7 @@ class _WsUpload:
 
     async def _exchange(self, ws: aiohttp.ClientWebSocketResponse, ready: Ready) -> Finished:
         """Send data and ``done`` while reading credit; returns the server's ``finished``."""
-        window = _SendWindow(ready.offset + ready.credit)
+        window = SendWindow(ready.offset + ready.credit)
         reader = asyncio.ensure_future(self._read_replies(ws, window))
         sender = asyncio.ensure_future(self._send_data(ws, ready, window))
         watchdog = asyncio.ensure_future(self._watch(window))
@@ -378,7 +305,7 @@ class _WsUpload:
                 task.cancel()
             await asyncio.gather(reader, sender, watchdog, return_exceptions=True)
 
-    async def _watch(self, window: _SendWindow) -> None:
+    async def _watch(self, window: SendWindow) -> None:
         """Raise once nothing moved for ``stall_timeout`` while data was owed: no frame
         went out (sending blocked, or credit awaited) and no message came in. A link that
         stops forwarding without closing is given up on then, not after minutes. Sending
@@ -392,12 +319,12 @@ class _WsUpload:
             await asyncio.sleep(self.stall_timeout - idle)
 
     async def _send_data(
-        self, ws: aiohttp.ClientWebSocketResponse, ready: Ready, window: _SendWindow
+        self, ws: aiohttp.ClientWebSocketResponse, ready: Ready, window: SendWindow
     ) -> None:
         hasher = self._hasher_from(ready.offset)
         frame = min(ready.max_frame, self.frame_size)
         block = frame * max(1, _READ_BLOCK // frame)  # whole frames
-        reader = _BlockReader(self.path, block, hasher)
+        reader = BlockReader(self.path, block, hasher)
         position = ready.offset
         try:
             pending = reader.read_at(position, min(block, self.size - position))
@@ -426,7 +353,7 @@ class _WsUpload:
         await ws.send_str(build_message(Done(sha256=expected)))
 
     async def _read_replies(
-        self, ws: aiohttp.ClientWebSocketResponse, window: _SendWindow
+        self, ws: aiohttp.ClientWebSocketResponse, window: SendWindow
     ) -> Finished:
         while True:
             reply = await self._next_reply(ws)
@@ -486,8 +413,3 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, _ConnectionLost | ConnectionResetError):
         return True
     return is_retryable(exc)
-
-
-def _display_name(path: Path) -> str:
-    # File names that are not valid UTF-8 (surrogate-escaped by Python) cannot be sent as is.
-    return path.name.encode("utf-8", "replace").decode("utf-8")
