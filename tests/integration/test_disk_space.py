@@ -3,6 +3,7 @@ that fills during an upload (a real ``freight serve`` on a small loop-mounted ex
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import aiohttp
 import pytest
 from helpers import MiB, PatternStream, download, patch_stream, request
 from loopfs import fill, fill_up, loop_ext4
@@ -140,6 +142,37 @@ def test_unfinished_uploads_are_capped_per_client_and_in_all(
     assert zero.status == 503
     listing = json.loads(request("GET", f"{server.url}/api/uploads").body)
     assert len(listing["uploads"]) == 5
+
+
+def test_clients_behind_a_trusted_proxy_are_capped_one_by_one(
+    tmp_path: Path, server_factory: type[ServerProcess]
+) -> None:
+    """Behind a proxy every client has the proxy's address: with --trusted-proxy the caps
+    count the address X-Forwarded-For names; without it, a forged header changes nothing.
+    WebSocket uploads count against the same cap."""
+    args = ["--max-unfinished-per-client", "2", "--trusted-proxy", "127.0.0.2/32"]
+    server = server_factory(data_dir=tmp_path / "data", args=args).start()
+
+    def via_proxy(client: str) -> int:
+        headers = {**TUS, "Upload-Length": "10", "X-Forwarded-For": client}
+        return post(f"{server.url}/files/", headers, source="127.0.0.2").status
+
+    assert [via_proxy("198.51.100.7") for _ in range(3)] == [201, 201, 429]
+    assert via_proxy("198.51.100.8") == 201  # another client behind the same proxy
+    forged = {**TUS, "Upload-Length": "10", "X-Forwarded-For": "198.51.100.9"}
+    assert [post(f"{server.url}/files/", forged).status for _ in range(3)] == [201, 201, 429]
+
+    async def ws_start() -> dict[str, object]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"{server.url}/api/ws", headers={"Origin": server.url}) as ws,
+        ):
+            await ws.send_json({"op": "start", "name": "w.bin", "size": 10})
+            reply: dict[str, object] = await ws.receive_json(timeout=10)
+            return reply
+
+    refused = asyncio.run(ws_start())  # 127.0.0.1 already holds its two
+    assert refused.get("code") == "ERR_TOO_MANY_UPLOADS", refused
 
 
 # item: listings come a page at a time ------------------------------------------------------

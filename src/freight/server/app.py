@@ -30,7 +30,13 @@ from freight.server.dispatch import DOWNLOAD_ROUTE, dispatch_middleware, resolve
 from freight.server.download import file_response
 from freight.server.ietf import handle_ietf
 from freight.server.links import add_link_routes
-from freight.server.logs import ACCESS_LOGGER, AccessLogger, TrustedProxies, configure_logging
+from freight.server.logs import (
+    ACCESS_LOGGER,
+    TRUSTED_PROXIES,
+    AccessLogger,
+    TrustedProxies,
+    configure_logging,
+)
 from freight.server.metrics import (
     METRICS,
     metrics_middleware,
@@ -150,6 +156,7 @@ def _freight_app(config: ServerConfig) -> web.Application:
     # Routes are registered from the mount point; _mounted puts the prefix before them all.
     base = config.files_path.removeprefix(config.base_path.rstrip("/")).rstrip("/")
     app[ORIGIN_POLICY] = OriginPolicy.from_config(config)
+    app[TRUSTED_PROXIES] = TrustedProxies(config.trusted_proxies)
     app.router.add_route("*", f"{base}/", files_endpoint, name="files:collection")
     app.router.add_route("*", f"{base}", files_endpoint, name="files:collection-bare")
     app.router.add_route("*", f"{base}/{{upload_id}}", files_endpoint, name=DOWNLOAD_ROUTE)

@@ -78,6 +78,7 @@ from freight.server.chunk_layout import (
 )
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.events import add_event_routes
+from freight.server.logs import request_client
 from freight.server.metrics import METRICS, add_metrics
 from freight.server.openapi import add_openapi_route
 from freight.server.paging import next_cursor, parse_page_request
@@ -190,7 +191,7 @@ async def create_upload(request: web.Request) -> web.Response:
     session = await request.app[ENGINE].create(
         length=wanted.size,
         metadata={"filename": wanted.name},
-        client=request.remote,
+        client=request_client(request),
         chunk_size=chunk_size,
         declared_sha256=wanted.sha256,
     )

@@ -37,6 +37,7 @@ from freight.protocol.digests import build_repr_digest
 from freight.protocol.metadata import parse_upload_metadata
 from freight.server.body import check_fits, content_length, has_body, interrupter, stream_body
 from freight.server.errors import PROTOCOL_KEY
+from freight.server.logs import request_client
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = ["handle_ietf"]
@@ -74,7 +75,9 @@ async def create(request: web.Request, req: ietf.IetfRequest) -> web.Response:
     engine = request.app[ENGINE]
     check_max_size(request, engine.max_size)
     session = await engine.create(
-        length=req.length, metadata=creation_metadata(request.headers), client=request.remote
+        length=req.length,
+        metadata=creation_metadata(request.headers),
+        client=request_client(request),
     )
     location = f"{request.app[SETTINGS].files_path}{session.id}"
     limit = upload_limit(engine, req.version, session)

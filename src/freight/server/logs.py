@@ -33,6 +33,7 @@ __all__ = [
     "BYTES_OUT",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "TRUSTED_PROXIES",
     "AccessLogger",
     "JsonFormatter",
     "TextFormatter",
@@ -40,6 +41,7 @@ __all__ = [
     "client_address",
     "configure_logging",
     "log_fields",
+    "request_client",
 ]
 
 LOG_FORMATS = ("text", "json")
@@ -82,6 +84,16 @@ class TrustedProxies:
         # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
         mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
         return any(ip in net or (mapped is not None and mapped in net) for net in self._networks)
+
+
+TRUSTED_PROXIES = web.AppKey("freight.trusted_proxies", TrustedProxies)
+
+
+def request_client(request: web.Request) -> str:
+    """The client address of ``request`` as the app's ``--trusted-proxy`` settings see it:
+    what per-client limits count, so that clients behind a proxy do not share one."""
+    trusted = request.app.get(TRUSTED_PROXIES)
+    return client_address(request, trusted if trusted is not None else TrustedProxies())
 
 
 def client_address(request: web.BaseRequest, trusted: TrustedProxies) -> str:

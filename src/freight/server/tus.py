@@ -18,6 +18,7 @@ from freight.protocol.digests import build_repr_digest
 from freight.protocol.metadata import build_upload_metadata
 from freight.server.body import check_fits, has_body, interrupter, stream_body
 from freight.server.errors import PROTOCOL_KEY
+from freight.server.logs import request_client
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = ["EXTENSIONS", "OVERRIDABLE_METHODS", "effective_method", "handle_tus"]
@@ -117,7 +118,7 @@ async def create(request: web.Request) -> web.Response:
             length=creation.length,
             metadata=creation.metadata,
             concat_kind=kind,
-            client=request.remote,
+            client=request_client(request),
         )
         if has_body(request):
             session = await write_body(request, engine, session, 0)

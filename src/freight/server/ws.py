@@ -62,6 +62,7 @@ from freight.protocol.ws_message_types import (
 from freight.protocol.ws_parse import parse_client_message
 from freight.protocol.ws_rules import CLOSE_NORMAL, ReceiveWindow, close_code_for
 from freight.server.body import interrupter
+from freight.server.logs import request_client
 from freight.server.metrics import received_counter
 from freight.server.state import ENGINE, SETTINGS
 from freight.server.ws_admission import (
@@ -273,6 +274,7 @@ class _Connection:
             length=opening.size,
             metadata={"filename": opening.name},
             declared_sha256=opening.sha256,  # kept for a resume on another connection
+            client=request_client(self.request),
         )
 
     def _window(self, opening: Start | Resume, session: UploadSession) -> ReceiveWindow:
