@@ -1,27 +1,47 @@
-"""The engine's ports: the interface every storage backend implements, and the optional
-abilities beside it. The engine owns them; backends (:mod:`freight.storage`) implement them.
+"""The engine's ports: what it needs from the world outside one process, as small interfaces
+it owns. Backends (:mod:`freight.storage`) implement them; the engine never knows which.
 
-The engine decides *what* happens to an upload; a backend only keeps bytes and session
-records. Methods are synchronous and may block: the engine calls the slow ones from worker
-threads. A backend raises :class:`freight.errors.UploadNotFound` for unknown ids and
-:class:`freight.errors.InsufficientStorage` when it runs out of space; any other failure is
-wrapped in a :class:`freight.errors.FreightError`.
+* :class:`SessionRepository` keeps session records (SQLite today, PostgreSQL for a fleet);
+* :class:`~freight.core.blobs.BlobStore` keeps the bytes (local files, memory, an object
+  store), with its optional abilities declared beside it in :mod:`freight.core.blobs`;
+* :class:`ClaimRegistry` hands out byte-range claims and asks their holders to let go;
+* :class:`EventBus` carries what happens to uploads to whoever watches.
+
+Every method that may wait on I/O is a coroutine; a backend whose library blocks runs it in
+a worker thread itself. A backend raises :class:`freight.errors.UploadNotFound` for unknown
+ids and :class:`freight.errors.InsufficientStorage` when it runs out of space; any other
+failure is wrapped in a :class:`freight.errors.FreightError`, never leaked raw.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
 
 from freight._types import Buffer
-from freight.core.session import UploadSession
+from freight.core.rangeset import RangeSet
+from freight.core.session import UploadSession, UploadState
+
+if TYPE_CHECKING:
+    from freight.core.blobs import BlobStore
+    from freight.core.events import UploadEvent, Watcher
 
 __all__ = [
+    "Backend",
+    "ClaimRegistry",
+    "EventBus",
+    "HeldClaim",
     "ListingKind",
     "PageKey",
     "PartFile",
+    "PipeTarget",
     "SendfileSource",
+    "SessionField",
+    "SessionRepository",
     "UnfinishedTotals",
     "UploadStore",
 ]
@@ -33,6 +53,19 @@ still receiving."""
 PageKey: TypeAlias = tuple[float, str]
 """Where a listing page ends: the last session's ``(created, id)``."""
 
+SessionField: TypeAlias = Literal[
+    "length",
+    "expires",
+    "state",
+    "hashed_offset",
+    "hash_state",
+    "sha256",
+    "finished",
+    "used_by",
+]
+"""The fields :meth:`SessionRepository.update` may change. ``received`` is not one of them:
+it only grows, through :meth:`SessionRepository.record_received`."""
+
 
 @dataclass(frozen=True)
 class UnfinishedTotals:
@@ -40,6 +73,137 @@ class UnfinishedTotals:
 
     count: int
     pending_bytes: int
+
+
+class SessionRepository(Protocol):
+    """Session records. Every change is one atomic statement on one record: two nodes (or
+    two requests) recording different byte ranges of one upload never lose each other's."""
+
+    async def create(self, session: UploadSession) -> None:
+        """Record a new session (its id is new: a clash is a bug, not a retry)."""
+
+    async def load(self, upload_id: str) -> UploadSession: ...
+
+    async def record_received(
+        self, upload_id: str, start: int, end: int, *, expires: float | None
+    ) -> RangeSet:
+        """Add ``[start, end)`` to the stored ranges and set ``expires``, atomically;
+        returns the stored ranges after the change (which may hold ranges others added).
+
+        The caller has made those bytes durable first: a record never runs ahead of them.
+        """
+
+    async def update(
+        self,
+        session: UploadSession,
+        fields: Collection[SessionField],
+        *,
+        expect: UploadState | None = None,
+    ) -> bool:
+        """Write ``fields`` of ``session`` to its record, nothing else.
+
+        With ``expect``, only if the stored state is still ``expect`` (compare and set);
+        returns whether the record changed. A record that is gone raises UploadNotFound.
+        """
+
+    async def delete(self, upload_id: str) -> None:
+        """Forget the record; unknown ids are not an error."""
+
+    async def list_all(self) -> list[UploadSession]:
+        """Every record: for tests and small tools; listings go by :meth:`list_page`."""
+
+    async def list_page(
+        self, kind: ListingKind, after: PageKey | None, limit: int, now: float
+    ) -> list[UploadSession]:
+        """Up to ``limit`` sessions of a listing in creation order, after ``after``."""
+
+    async def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
+        """Unexpired unfinished uploads (only ``client``'s if given) and what they need."""
+
+    async def work_ids(self, limit: int) -> list[str]:
+        """Complete uploads not finished yet, and concatenations waiting to be assembled."""
+
+    async def expired_ids(self, now: float) -> list[str]:
+        """Unfinished uploads whose ``expires`` is before ``now``."""
+
+    async def close(self) -> None: ...
+
+
+class HeldClaim(Protocol):
+    """A claim as its holder sees it: the range, and a way to let go."""
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+
+class ClaimRegistry(Protocol):
+    """Byte-range claims on uploads, with take-over.
+
+    A writer claims the range it will write; an overlapping claim is refused with
+    :class:`freight.errors.UploadLocked`. A claim may carry ``interrupt``: a newer request
+    for the same bytes asks its holder to let go (the holder keeps what is durable, then
+    releases) and waits, boundedly, until it has. tusd's ``Lock(requestRelease)`` is the
+    same idea for whole uploads.
+    """
+
+    def claim(
+        self,
+        upload_id: str,
+        start: int,
+        end: int,
+        interrupt: Callable[[int | None], None] | None = None,
+    ) -> HeldClaim:
+        """Claim ``[start, end)``; ``interrupt(rewrites)`` is how a newer request asks
+        this one to end (bytes from ``rewrites`` on are the newer one's to write again)."""
+
+    def release(self, claim: HeldClaim) -> None: ...
+
+    def held(self, upload_id: str) -> bool:
+        """Whether anyone holds a claim on the upload."""
+
+    async def take_over(self, upload_id: str, start: int, end: int, rewrites: int | None) -> bool:
+        """Ask the holders of claims overlapping ``[start, end)`` to let go and wait (a
+        while) until they have; returns whether it asked anyone."""
+
+    async def interrupt_all(self) -> None:
+        """Ask every holder to let go and wait (a while): for a shutdown."""
+
+
+class EventBus(Protocol):
+    """What happens to uploads, for whoever watches (dashboards, SSE, metrics)."""
+
+    def publish(self, event: UploadEvent) -> None: ...
+
+    def watch(self) -> contextlib.AbstractContextManager[Watcher]: ...
+
+    def subscribe(self) -> contextlib.AbstractContextManager[asyncio.Queue[UploadEvent]]:
+        """Every event through a bounded queue (the oldest is dropped when it is full)."""
+
+    def wake(self) -> None:
+        """Wake every watcher now (a shutdown)."""
+
+    @property
+    def subscriber_count(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where one engine keeps things: session records and bytes."""
+
+    sessions: SessionRepository
+    blobs: BlobStore
+
+    async def close(self) -> None:
+        try:
+            await self.blobs.close()
+        finally:
+            await self.sessions.close()
+
+
+# Until the engine moves to the ports above (removed then). ----------------------------
 
 
 class PartFile(Protocol):

@@ -1,0 +1,130 @@
+"""The blob store port: where an upload's bytes live, apart from its session record.
+
+Every store can create a blob, write it at offsets, make it durable, finish it, read a
+finished one and delete it. Some stores can do more, and each such ability is its own small
+Protocol, checked with ``isinstance``: what the server advertises and which path it takes
+follows from the abilities present, never from which backend it is.
+
+============================  ==============================================================
+ability                       what it enables (and what happens without it)
+============================  ==============================================================
+:class:`PipeTarget` (writer)  socket → pipe → file with ``splice``, bytes never in Python
+                              (without: bytes pass through the writer's reused buffers)
+:class:`SendfileSource`       downloads with ``sendfile`` (without: streamed through a
+                              reused buffer from :meth:`BlobStore.open_reader`)
+:class:`ReadBack`             the running SHA-256 reads recorded bytes back from the page
+                              cache, behind the writers (without: hashed inline as
+                              contiguous bytes pass; out-of-order bytes at finish)
+:class:`ServerConcat`         a final concatenation is assembled by the store itself
+                              (without: copied through a reused buffer)
+:class:`Presigner`            a download may be redirected to a signed URL of the store
+============================  ==============================================================
+
+Writers and readers are synchronous: the engine calls them from worker threads with its own
+reused buffers, so no store allocates per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from freight._types import Buffer
+
+__all__ = [
+    "BlobReader",
+    "BlobStore",
+    "BlobWriter",
+    "PipeTarget",
+    "Presigner",
+    "ReadBack",
+    "SendfileSource",
+    "ServerConcat",
+]
+
+
+class BlobWriter(Protocol):
+    """The bytes of one unfinished upload, written at their final offsets in any order."""
+
+    def write_at(self, offset: int, data: Buffer) -> None: ...
+
+    def sync(self) -> None:
+        """Make everything written so far durable (the fsync policy decides when)."""
+
+    def close(self) -> None: ...
+
+
+class BlobReader(Protocol):
+    """A blob read at offsets into the caller's buffer."""
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        """Fill ``buffer`` from ``offset``; returns the bytes read (0 past the end)."""
+
+    def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    async def create(self, upload_id: str) -> None:
+        """An empty blob for a new upload (space is taken as bytes arrive)."""
+
+    async def open_writer(self, upload_id: str) -> BlobWriter:
+        """Write an unfinished blob. One whose finish was interrupted (a crash between the
+        store finishing it and the record saying so) opens too, for the finish to redo."""
+
+    async def open_reader(self, upload_id: str) -> BlobReader:
+        """Read a finished blob."""
+
+    async def finish(self, upload_id: str, length: int) -> None:
+        """Turn the complete blob of ``length`` bytes into a finished one (a rename, a
+        multipart completion); finishing one already finished does nothing."""
+
+    async def delete(self, upload_id: str) -> None:
+        """Free the blob, finished or not; unknown ids are not an error."""
+
+    async def free_bytes(self) -> int | None:
+        """Room left for new bytes; ``None``: the store has no limit freight can see."""
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PipeTarget(Protocol):
+    """A writer that takes bytes straight from a pipe (``splice``), never through user space."""
+
+    def write_from_pipe(self, pipe: int, offset: int, size: int) -> None: ...
+
+    def sync(self) -> None: ...
+
+
+@runtime_checkable
+class SendfileSource(Protocol):
+    """A store whose finished blobs are local files the kernel can send directly."""
+
+    def file_path(self, upload_id: str) -> Path: ...
+
+
+@runtime_checkable
+class ReadBack(Protocol):
+    """A store where bytes just written are cheap to read again (the page cache)."""
+
+    def open_part_reader(self, upload_id: str) -> BlobReader:
+        """Read an unfinished blob; called from worker threads."""
+
+
+@runtime_checkable
+class ServerConcat(Protocol):
+    """A store that assembles a blob from finished ones itself (a server-side copy)."""
+
+    async def concatenate(self, upload_id: str, part_ids: Sequence[str]) -> None:
+        """Fill the unfinished blob ``upload_id`` with the finished blobs ``part_ids``, one
+        after another (it is then finished as usual)."""
+
+
+@runtime_checkable
+class Presigner(Protocol):
+    """A store that can hand out a signed URL for reading a finished blob."""
+
+    async def presign_download(
+        self, upload_id: str, *, expires_in: int, filename: str | None
+    ) -> str: ...
