@@ -1,9 +1,9 @@
 """The engine's in-memory cache of uploads being written or written lately.
 
 An upload takes memory only once a request touches it: :meth:`ActiveUploads.activate`
-loads it (restoring its running hash), and once nobody claims it any more its part file
+loads it (restoring its running hash), and once nobody claims it any more its blob writer
 is closed and the longest idle beyond :data:`IDLE_CACHE` are dropped. What is in memory is
-newer than the store, so listings show it instead of the stored row.
+newer than the repository, so listings show it instead of the stored record.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from freight.core.claims import ActiveUpload, Claim
-from freight.core.hash_follower import restore_hasher
-from freight.core.hashing import new_sha256
-from freight.core.ports import PartFile, UploadStore
+from freight.core.active_upload import ActiveUpload
+from freight.core.blobs import BlobStore, BlobWriter
+from freight.core.hash_follower import HashFollower
+from freight.core.ports import ClaimRegistry, SessionRepository
 from freight.core.session import UploadSession, UploadState
 from freight.errors import UploadExpired
 
@@ -27,9 +27,17 @@ IDLE_CACHE = 256
 class ActiveUploads:
     """Uploads in memory by id, most recently used last."""
 
-    def __init__(self, store: UploadStore, *, hash_uploads: bool) -> None:
-        self.store = store
-        self.hash_uploads = hash_uploads
+    def __init__(
+        self,
+        sessions: SessionRepository,
+        blobs: BlobStore,
+        claims: ClaimRegistry,
+        hashing: HashFollower,
+    ) -> None:
+        self.sessions = sessions
+        self.blobs = blobs
+        self.claims = claims
+        self.hashing = hashing
         self.by_id: dict[str, ActiveUpload] = {}
 
     def get(self, upload_id: str) -> ActiveUpload | None:
@@ -39,12 +47,11 @@ class ActiveUploads:
         """The upload in memory, loaded if it is not (the caller checks its expiry)."""
         active = self.by_id.get(upload_id)
         if active is None:
-            session = await asyncio.to_thread(self.store.load, upload_id)
+            session = await self.sessions.load(upload_id)
             active = self.by_id.get(upload_id)
             if active is None:  # else another call activated it meanwhile, and may hash
                 active = self.by_id[upload_id] = ActiveUpload(session, None)
-                if self.hash_uploads:
-                    active.hasher = restore_hasher(session)
+                self.hashing.restore(active)
         else:
             # Most recently used last, so eviction drops the longest idle.
             self.by_id[upload_id] = self.by_id.pop(upload_id)
@@ -52,22 +59,22 @@ class ActiveUploads:
 
     def track(self, session: UploadSession) -> ActiveUpload:
         """Keep a session created here in memory, with a fresh running hash."""
-        hasher = new_sha256() if self.hash_uploads else None
-        active = self.by_id[session.id] = ActiveUpload(session, hasher)
+        active = self.by_id[session.id] = ActiveUpload(session, None)
+        self.hashing.restore(active)
         return active
 
     def forget(self, upload_id: str) -> None:
         self.by_id.pop(upload_id, None)
 
-    async def shared_part(self, active: ActiveUpload) -> PartFile:
-        """The upload's open part file, shared by all its writers; the first opens it.
+    async def shared_part(self, active: ActiveUpload) -> BlobWriter:
+        """The upload's open blob writer, shared by all its writers; the first opens it.
 
         Writers of other ranges (parallel chunks) can get here together: a copy opened
         while another writer was opening one is closed at once, or it would stay open
-        for good and pin the file's disk space even after the upload is deleted.
+        for good and pin the blob's space even after the upload is deleted.
         """
         if active.part is None:
-            opening = asyncio.ensure_future(asyncio.to_thread(self.store.open_part, active.session))
+            opening = asyncio.ensure_future(self.blobs.open_writer(active.session.id))
             try:
                 opened = await asyncio.shield(opening)
             except asyncio.CancelledError:
@@ -80,13 +87,13 @@ class ActiveUploads:
         return active.part
 
     def release(self, active: ActiveUpload) -> None:
-        """Once nobody claims ``active``: close its part file, drop the longest idle."""
-        if active.claims:
+        """Once nobody claims ``active``: close its blob writer, drop the longest idle."""
+        if self.claims.held(active.session.id):
             return
         if active.part is not None:
             active.part.close()
             active.part = None
-        idle = [key for key, value in self.by_id.items() if not value.claims]
+        idle = [key for key in self.by_id if not self.claims.held(key)]
         for key in idle[: max(0, len(idle) - IDLE_CACHE)]:
             del self.by_id[key]
 
@@ -107,14 +114,11 @@ class ActiveUploads:
     def being_written(self) -> int:
         return sum(1 for active in self.by_id.values() if active.writers)
 
-    def claims(self) -> list[Claim]:
-        return [claim for active in self.by_id.values() for claim in active.claims]
-
     def close(self) -> None:
-        for active in self.by_id.values():
-            # A part still claimed is left open: closing it under its writer would have the
-            # writer sync a closed file, and lose what it was about to record.
-            if active.part is not None and not active.claims:
+        for upload_id, active in self.by_id.items():
+            # A writer still claimed is left open: closing it under its request would have
+            # the request sync a closed blob, and lose what it was about to record.
+            if active.part is not None and not self.claims.held(upload_id):
                 active.part.close()
                 active.part = None
         self.by_id.clear()
@@ -126,7 +130,7 @@ def check_not_expired(session: UploadSession, now: float) -> None:
         raise UploadExpired("this upload expired and is being deleted")
 
 
-def _close_opened(opening: asyncio.Future[PartFile]) -> None:
-    """Close a part file whose opener was cancelled before it could use it."""
+def _close_opened(opening: asyncio.Future[BlobWriter]) -> None:
+    """Close a blob writer whose opener was cancelled before it could use it."""
     if not opening.cancelled() and opening.exception() is None:
         opening.result().close()

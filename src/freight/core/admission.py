@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from freight.core.ports import UploadStore
+from freight.core.blobs import BlobStore
+from freight.core.ports import SessionRepository
 from freight.errors import (
     InsufficientStorage,
     TooManyUploads,
@@ -33,29 +34,37 @@ class Admission:
     # The share of the space free for uploads that one client's unfinished uploads may claim.
     client_space_share: float = 1.0
 
-    def check_size(self, store: UploadStore, length: int) -> None:
-        """Raise if one upload of ``length`` bytes is too large, alone (blocking I/O)."""
+    async def check_size(self, blobs: BlobStore, length: int) -> None:
+        """Raise if one upload of ``length`` bytes is too large, alone."""
         if self.max_size is not None and length > self.max_size:
             raise UploadTooLarge(
                 f"{length} bytes is more than this server accepts ({self.max_size})",
                 max_size=self.max_size,
             )
-        if length > store.free_bytes() - self.disk_reserve:
+        free = await blobs.free_bytes()
+        if free is not None and length > free - self.disk_reserve:
             raise InsufficientStorage("the server does not have the disk space for this upload")
 
-    def check(
-        self, store: UploadStore, now: float, needed: int, client: str | None, *, new: bool
+    async def check(
+        self,
+        sessions: SessionRepository,
+        blobs: BlobStore,
+        now: float,
+        needed: int,
+        client: str | None,
+        *,
+        new: bool,
     ) -> None:
-        """Raise if an upload needing ``needed`` more bytes may not go on (blocking I/O).
+        """Raise if an upload needing ``needed`` more bytes may not go on.
 
         ``new``: a new upload, held to the count caps; otherwise one already counted.
         """
-        totals = store.unfinished_totals(now)
+        totals = await sessions.unfinished_totals(now)
         if new and self.max_unfinished is not None and totals.count >= self.max_unfinished:
             raise UploadCapacityReached(
                 "the server holds as many unfinished uploads as it takes; try again later"
             )
-        mine = store.unfinished_totals(now, client) if client is not None else None
+        mine = await sessions.unfinished_totals(now, client) if client is not None else None
         cap = self.max_unfinished_per_client
         if new and mine is not None and cap is not None and mine.count >= cap:
             raise TooManyUploads(
@@ -64,7 +73,10 @@ class Admission:
             )
         if needed <= 0:
             return  # nothing declared yet: the length is checked once it is
-        usable = store.free_bytes() - self.disk_reserve
+        free = await blobs.free_bytes()
+        if free is None:
+            return  # a store without a visible limit (an object store)
+        usable = free - self.disk_reserve
         if needed + totals.pending_bytes > usable:
             raise InsufficientStorage("the server does not have the disk space for this upload")
         if mine is not None and needed + mine.pending_bytes > usable * self.client_space_share:

@@ -17,11 +17,13 @@ from typing import Protocol
 
 from freight.config import FsyncPolicy
 from freight.core.active import ActiveUploads
+from freight.core.active_upload import ActiveUpload, persist, record
+from freight.core.blobs import BlobReader, BlobStore, BlobWriter, ServerConcat
 from freight.core.buffers import ReadBuffers
-from freight.core.claims import EVERYTHING, ActiveUpload, save_active
+from freight.core.claims import EVERYTHING
 from freight.core.events import UploadEventKind
 from freight.core.hashing import StatefulSha256, new_sha256
-from freight.core.ports import PartFile, UploadStore
+from freight.core.ports import ClaimRegistry, SessionRepository
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
 from freight.errors import (
     ConcatenationError,
@@ -45,7 +47,13 @@ class ConcatHost(Protocol):
     """What concatenation uses of the engine (:class:`~freight.core.engine.UploadEngine`)."""
 
     @property
-    def store(self) -> UploadStore: ...
+    def sessions(self) -> SessionRepository: ...
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
+    @property
+    def claims(self) -> ClaimRegistry: ...
 
     @property
     def clock(self) -> Callable[[], float]: ...
@@ -66,7 +74,9 @@ class ConcatHost(Protocol):
     @property
     def uploads(self) -> ActiveUploads: ...
 
-    def check_size(self, length: int) -> None: ...
+    async def check_size(self, length: int) -> None: ...
+
+    async def store_new(self, session: UploadSession) -> None: ...
 
     def publish(self, kind: UploadEventKind, active: ActiveUpload) -> None: ...
 
@@ -107,7 +117,7 @@ class Concatenator:
             if existing is not None:
                 return existing
             known = sum(p.length or 0 for p in parts)
-            host.check_size(known)  # the final is a copy: as large again as its parts
+            await host.check_size(known)  # the final is a copy: as large again as its parts
             total = None if any(p.length is None for p in parts) else known
             now = host.clock()
             session = UploadSession(
@@ -123,9 +133,8 @@ class Concatenator:
             # Parts first: one owned by a final that never came to be is free again.
             for part in parts:
                 owned = await host.activate(part.id)
-                owned.session.used_by = session.id
-                await save_active(host.store, owned)
-            await asyncio.to_thread(host.store.create, session)
+                await persist(host.sessions, owned, used_by=session.id)
+            await host.store_new(session)
             host.publish(UploadEventKind.CREATED, host.uploads.track(session))
         if all(p.is_finished for p in parts):
             await self._assemble(session.id)
@@ -190,26 +199,54 @@ class Concatenator:
         host = self._host
         active = await host.activate(final_id)
         final = active.session
-        if final.state is not UploadState.ASSEMBLING or active.claims:
+        if final.state is not UploadState.ASSEMBLING or host.claims.held(final_id):
             return  # another task is assembling it, or already did
-        claim = active.claim(0, EVERYTHING)
+        claim = host.claims.claim(final_id, 0, EVERYTHING)
         try:
             parts = [await host.get(pid) for pid in final.concat_parts]
             total = sum(p.length or 0 for p in parts)
             if final.length is None:
-                host.check_size(total)  # its parts' lengths were not all known before
-                final.length = total
-                await asyncio.to_thread(host.store.reserve, final)
-            async with host.read_buffers.borrow() as buffer:
-                hasher = await asyncio.to_thread(self._copy_parts, final, parts, buffer)
-            final.received.add(0, total)
-            final.hashed_offset, final.hash_state = total, hasher.state()
+                await host.check_size(total)  # its parts' lengths were not all known before
+            hashed, hasher = await self._fill(final, parts)
+            await record(host.sessions, active, 0, total, final.expires)
+            active.inline = None
             active.hasher = hasher
-            final.state = UploadState.RECEIVING
+            # Compare and set: of two assembling the same final, one goes on to finish it.
+            if not await persist(
+                host.sessions,
+                active,
+                expect=UploadState.ASSEMBLING,
+                length=total,
+                hashed_offset=hashed,
+                hash_state=hasher.state() if hasher else None,
+                state=UploadState.RECEIVING,
+            ):
+                return
         finally:
-            active.unclaim(claim)
+            host.claims.release(claim)
         await host.finish(final_id)
         await self._retire_parts(parts)
+
+    async def _fill(
+        self, final: UploadSession, parts: Sequence[UploadSession]
+    ) -> tuple[int, StatefulSha256 | None]:
+        """Put the parts' bytes in the final's blob; returns how far they were hashed."""
+        blobs = self._host.blobs
+        if isinstance(blobs, ServerConcat):
+            await blobs.concatenate(final.id, [part.id for part in parts])
+            return 0, None  # the store copied them: finishing reads them once to hash
+        target = await blobs.open_writer(final.id)
+        try:
+            readers = [await blobs.open_reader(part.id) for part in parts]
+            try:
+                async with self._host.read_buffers.borrow() as buffer:
+                    hasher = await asyncio.to_thread(self._copy_parts, readers, target, buffer)
+            finally:
+                for reader in readers:
+                    reader.close()
+        finally:
+            target.close()
+        return sum(p.length or 0 for p in parts), hasher
 
     async def _retire_parts(self, parts: Sequence[UploadSession]) -> None:
         """Let used parts expire after a grace period instead of deleting them at once.
@@ -221,33 +258,23 @@ class Concatenator:
         expires = host.clock() + min(host.expire_after, CONSUMED_PART_GRACE)
         for part in parts:
             active = await host.activate(part.id)
-            active.session.expires = expires
-            await save_active(host.store, active)
+            await persist(host.sessions, active, expires=expires)
 
     def _copy_parts(
-        self, final: UploadSession, parts: Sequence[UploadSession], buffer: bytearray
+        self, readers: Sequence[BlobReader], target: BlobWriter, buffer: bytearray
     ) -> StatefulSha256:
-        store = self._host.store
         hasher = new_sha256()
-        target = store.open_part(final)
         position = 0
-        try:
-            for part in parts:
-                source = store.open_file(part.id)
-                try:
-                    position = _copy_hashing(source, target, hasher, buffer, position)
-                finally:
-                    source.close()
-            if self._host.fsync is not FsyncPolicy.NEVER:
-                target.sync()
-        finally:
-            target.close()
+        for source in readers:
+            position = _copy_hashing(source, target, hasher, buffer, position)
+        if self._host.fsync is not FsyncPolicy.NEVER:
+            target.sync()
         return hasher
 
 
 def _copy_hashing(
-    source: PartFile,
-    target: PartFile,
+    source: BlobReader,
+    target: BlobWriter,
     hasher: StatefulSha256,
     buffer: bytearray,
     position: int,

@@ -31,20 +31,22 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 from freight.config import FsyncPolicy
 from freight.core.active import ActiveUploads, check_not_expired
+from freight.core.active_upload import ActiveUpload, persist, record
 from freight.core.admission import Admission
+from freight.core.blobs import BlobReader
 from freight.core.buffers import BufferPool, ReadBuffers
-from freight.core.claims import EVERYTHING, ActiveUpload, Claim, interrupt, save_active
+from freight.core.claims import EVERYTHING, InProcessClaims
 from freight.core.concat import Concatenator
 from freight.core.events import EventHub, UploadEvent, UploadEventKind, log_fields
 from freight.core.hash_follower import HashFollower, check_expected, stop_hashing
-from freight.core.ports import ListingKind, PageKey, PartFile, UploadStore
+from freight.core.ports import Backend, ClaimRegistry, EventBus, ListingKind, PageKey
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
 from freight.core.sweeper import WORK_BATCH, Sweeper
 from freight.core.writer import RequestChecksum, UploadWriter
 from freight.core.writing import Writing
 from freight.errors import UploadIncomplete, UploadLocked
 
-__all__ = ["ActiveUpload", "Claim", "UploadEngine"]
+__all__ = ["ActiveUpload", "UploadEngine"]
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,10 @@ log = logging.getLogger(__name__)
 class UploadEngine:
     def __init__(
         self,
-        store: UploadStore,
+        backend: Backend,
         *,
+        claims: ClaimRegistry | None = None,
+        events: EventBus | None = None,
         fsync: FsyncPolicy = FsyncPolicy.BATCH,
         sync_every: int = 64 * 1024 * 1024,
         expire_after: float = 24 * 3600.0,
@@ -66,7 +70,10 @@ class UploadEngine:
         hash_uploads: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.store = store
+        self.backend = backend
+        self.sessions = backend.sessions
+        self.blobs = backend.blobs
+        self.claims: ClaimRegistry = claims or InProcessClaims()
         # Off: no running SHA-256; a digest is computed (from disk) only to check one a
         # client declared at finish.
         self.hash_uploads = hash_uploads
@@ -92,15 +99,16 @@ class UploadEngine:
         # Creations are admitted one at a time, so two cannot both take the last room.
         self.admitting = asyncio.Lock()
         self.clock = clock
-        self.uploads = ActiveUploads(store, hash_uploads=hash_uploads)
-        self._active = self.uploads.by_id  # the uploads in memory, by id
         self._background: set[asyncio.Task[None]] = set()
-        self.events = EventHub()
+        self.events: EventBus = events or EventHub()
         self.buffers = BufferPool()
         self.bytes_written_total = 0
         self.progress_interval = 0.25
 
-        self.hash_follower = HashFollower(store, ReadBuffers(), self._spawn)
+        self.hash_follower = HashFollower(
+            self.sessions, self.blobs, ReadBuffers(), self._spawn, enabled=hash_uploads
+        )
+        self.uploads = ActiveUploads(self.sessions, self.blobs, self.claims, self.hash_follower)
         self.concat = Concatenator(self)
         self.writing = Writing(self)
         self.sweeper = Sweeper(self, self.concat.assemble_or_refuse)
@@ -135,7 +143,7 @@ class UploadEngine:
         :attr:`expire_unstarted` unless they do.
         """
         if length is not None:
-            self.check_size(length)
+            await self.check_size(length)
         now = self.clock()
         session = UploadSession(
             id=new_upload_id(),
@@ -149,16 +157,22 @@ class UploadEngine:
             declared_sha256=declared_sha256.lower() if declared_sha256 else None,
         )
         async with self.admitting:
-            await asyncio.to_thread(self._admit_and_store, session)
+            await self.admit(session.length or 0, session.client, new=True)
+            await self.store_new(session)
         self._publish_session(UploadEventKind.CREATED, session, 0)
         return session
 
-    def _admit_and_store(self, session: UploadSession) -> None:
-        self.admit(session.length or 0, session.client, new=True)
-        self.store.create(session)
+    async def store_new(self, session: UploadSession) -> None:
+        """The new session's blob, then its record (a blob without one is swept away)."""
+        await self.blobs.create(session.id)
+        try:
+            await self.sessions.create(session)
+        except BaseException:
+            await self.blobs.delete(session.id)
+            raise
 
-    def admit(self, needed: int, client: str | None, *, new: bool) -> None:
-        self.admission.check(self.store, self.clock(), needed, client, new=new)
+    async def admit(self, needed: int, client: str | None, *, new: bool) -> None:
+        await self.admission.check(self.sessions, self.blobs, self.clock(), needed, client, new=new)
 
     async def create_final(
         self, part_ids: Sequence[str], metadata: Mapping[str, str | None]
@@ -166,27 +180,27 @@ class UploadEngine:
         """Create a final concatenation (see :mod:`freight.core.concat`)."""
         return await self.concat.create_final(part_ids, metadata)
 
-    def check_size(self, length: int) -> None:
-        self.admission.check_size(self.store, length)
+    async def check_size(self, length: int) -> None:
+        await self.admission.check_size(self.blobs, length)
 
     # reading state -----------------------------------------------------------------------
 
     async def get(self, upload_id: str) -> UploadSession:
         active = self.uploads.get(upload_id)
-        session = active.session if active else await asyncio.to_thread(self.store.load, upload_id)
+        session = active.session if active else await self.sessions.load(upload_id)
         check_not_expired(session, self.clock())
         return session
 
     async def list_sessions(self) -> list[UploadSession]:
         """Every session: for start-up work and tests; listings go by :meth:`list_page`."""
-        stored = await asyncio.to_thread(self.store.list_sessions)
+        stored = await self.sessions.list_all()
         return self.uploads.overlay(stored)
 
     async def list_page(
         self, kind: ListingKind, after: PageKey | None, limit: int
     ) -> tuple[list[UploadSession], bool]:
         """Up to ``limit`` sessions of a listing after ``after``, and whether more follow."""
-        stored = await asyncio.to_thread(self.store.list_page, kind, after, limit + 1, self.clock())
+        stored = await self.sessions.list_page(kind, after, limit + 1, self.clock())
         page = self.uploads.overlay(stored)
         return page[:limit], len(page) > limit
 
@@ -201,7 +215,7 @@ class UploadEngine:
         return self.uploads.being_written()
 
     async def unfinished_count(self) -> int:
-        totals = await asyncio.to_thread(self.store.unfinished_totals, self.clock())
+        totals = await self.sessions.unfinished_totals(self.clock())
         return totals.count
 
     async def activate(self, upload_id: str) -> ActiveUpload:
@@ -254,10 +268,9 @@ class UploadEngine:
         record is saved: a save that fails, on a full disk say, leaves the session as the
         store has it.
         """
-        expires = self.clock() + self.expire_after
-        await save_active(self.store, active, added=(start, end), apply=True, expires=expires)
+        await record(self.sessions, active, start, end, self.clock() + self.expire_after)
         self.publish(UploadEventKind.PROGRESS, active)
-        self.hash_follower.maybe_catch_up(active)
+        await self.hash_follower.after_record(active)
 
     async def hashed(self, upload_id: str) -> UploadSession:
         """The session once the running hash covers every byte of its contiguous prefix."""
@@ -290,7 +303,8 @@ class UploadEngine:
     # finishing ---------------------------------------------------------------------------
 
     async def finish(self, upload_id: str, *, expected_sha256: str | None = None) -> UploadSession:
-        """Verify the upload is complete, settle its SHA-256 and turn it into a file."""
+        """Verify the upload is complete, finish its blob, settle its SHA-256 and record it
+        as finished (compare and set: of two finishing it, one records it)."""
         active = await self.activate(upload_id)
         session = active.session
         if session.state is UploadState.FINISHED:
@@ -301,23 +315,26 @@ class UploadEngine:
             raise UploadIncomplete(
                 "the upload is missing bytes", missing=[list(gap) for gap in missing]
             )
-        claim = active.claim(0, EVERYTHING)
+        claim = self.claims.claim(upload_id, 0, EVERYTHING)
         try:
-            digest = await self.hash_follower.final_digest(
-                active, expected_sha256, always=self.hash_uploads
-            )
             if active.part is not None:
                 active.part.close()
                 active.part = None
-            finished = dataclasses.replace(
-                session,
-                sha256=digest,
-                state=UploadState.FINISHED,
-                finished=self.clock(),
-                expires=None,
+            await self.blobs.finish(upload_id, session.length or 0)
+            digest = await self.hash_follower.final_digest(
+                active, expected_sha256, always=self.hash_uploads
             )
-            await asyncio.to_thread(self.store.finish, finished)
-            # Only once the file and its row exist does anyone see the upload as finished.
+            finished = dataclasses.replace(
+                session, sha256=digest, state=UploadState.FINISHED, finished=self.clock()
+            )
+            finished.expires = None
+            done = await self._record_finished(active, finished)
+            if not done:
+                session = await self.sessions.load(upload_id)  # another node finished it
+                check_expected(session.sha256, expected_sha256)
+                active.session = session
+                return session
+            # Only once the blob and its record exist does anyone see it as finished.
             active.session = session = finished
             self.publish(UploadEventKind.FINISHED, active)
             log.info(
@@ -325,26 +342,38 @@ class UploadEngine:
                 extra=log_fields(upload_id=upload_id, size=finished.length, sha256=digest),
             )
         finally:
-            active.unclaim(claim)
+            self.claims.release(claim)
             self.uploads.release(active)
         if session.concat_kind is ConcatKind.PARTIAL:
             self._spawn(self.concat.assemble_waiting_finals(session.id))
         return session
+
+    async def _record_finished(self, active: ActiveUpload, finished: UploadSession) -> bool:
+        fields = ("state", "sha256", "finished", "expires", "hashed_offset", "hash_state")
+        changes = {name: getattr(finished, name) for name in fields}
+        return await persist(
+            self.sessions, active, expect=UploadState.RECEIVING, apply=False, **changes
+        )
 
     # deleting and expiry -----------------------------------------------------------------
 
     async def delete(self, upload_id: str) -> None:
         active = self.uploads.get(upload_id)
         if active is None:
-            session = await asyncio.to_thread(self.store.load, upload_id)  # or UploadNotFound
-        elif active.claims:
+            session = await self.sessions.load(upload_id)  # or UploadNotFound
+        elif self.claims.held(upload_id):
             raise UploadLocked("the upload is being written; try again when that ends")
         else:
             session = active.session
             await stop_hashing(active)
-        await asyncio.to_thread(self.store.delete, upload_id)
+        await self.drop_stored(upload_id)
         self.forget(session)
         log.info("upload deleted", extra=log_fields(upload_id=upload_id, size=session.length))
+
+    async def drop_stored(self, upload_id: str) -> None:
+        """The record first (nobody finds the upload any more), then the bytes."""
+        await self.sessions.delete(upload_id)
+        await self.blobs.delete(upload_id)
 
     def forget(self, session: UploadSession) -> None:
         self.uploads.forget(session.id)
@@ -365,10 +394,11 @@ class UploadEngine:
         """Finish what clients left complete (see :meth:`Sweeper.finish_pending_work`)."""
         return await self.sweeper.finish_pending_work(limit=limit)
 
-    def open_file(self, session: UploadSession) -> PartFile:
+    async def open_reader(self, session: UploadSession) -> BlobReader:
+        """Read a finished upload's bytes (a download without ``sendfile``)."""
         if not session.is_finished:
             raise UploadIncomplete("the upload is not finished yet")
-        return self.store.open_file(session.id)
+        return await self.blobs.open_reader(session.id)
 
     def _spawn(self, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
@@ -388,7 +418,7 @@ class UploadEngine:
         dropped connection, and its client resumes from there; waiting instead for a slow
         client to finish could take as long as that client likes.
         """
-        await interrupt(self.uploads.claims())
+        await self.claims.interrupt_all()
 
     async def close(self) -> None:
         await self.interrupt_writers()
@@ -396,4 +426,4 @@ class UploadEngine:
             with contextlib.suppress(BaseException):
                 await task
         self.uploads.close()
-        await asyncio.to_thread(self.store.close)
+        await self.backend.close()

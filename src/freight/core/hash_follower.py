@@ -1,10 +1,16 @@
-"""The running SHA-256 that trails the writers.
+"""The running SHA-256 of every upload, whichever blob store holds its bytes.
 
-Once bytes of an upload's contiguous prefix are recorded, a background task hashes them
-from the page cache they were just written to: each byte once, in one worker thread at a
+Where the store can read back what was just written cheaply (:class:`ReadBack`: the page
+cache of a local disk), the hash trails the writers: once bytes of the contiguous prefix
+are recorded, a background task hashes them, each byte once, in one worker thread at a
 time, :data:`HASH_STEP` bytes per step, waking writers that wait for it at each step.
 Receiving never waits for hashing unless the hash falls too far behind (the engine's
-``hash_lag``); finishing then hashes only what is left.
+``hash_lag``), which is what lets bytes go from socket to file without passing through
+Python.
+
+Elsewhere (an object store) the writers hash contiguous bytes as they pass
+(:mod:`freight.core.inline_hash`) and the state at each recorded offset is saved with the
+session. Either way finishing hashes only what is left, reading it from the finished blob.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 
+from freight.core.active_upload import ActiveUpload, persist
+from freight.core.blobs import BlobReader, BlobStore, ReadBack
 from freight.core.buffers import ReadBuffers
-from freight.core.claims import ActiveUpload, save_active
 from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
-from freight.core.ports import PartFile, UploadStore
+from freight.core.inline_hash import InlineHash
+from freight.core.ports import SessionRepository
 from freight.core.session import UploadSession, UploadState
 from freight.errors import ChecksumMismatch, FreightError, UploadIncomplete
 
@@ -41,15 +49,36 @@ Spawn = Callable[[Coroutine[object, object, None]], "asyncio.Task[None]"]
 
 
 class HashFollower:
-    """Hashes what writers recorded, behind them; settles the digest at finish."""
+    """Keeps each upload's running hash; settles the digest at finish."""
 
-    def __init__(self, store: UploadStore, read_buffers: ReadBuffers, spawn: Spawn) -> None:
-        self.store = store
+    def __init__(
+        self,
+        sessions: SessionRepository,
+        blobs: BlobStore,
+        read_buffers: ReadBuffers,
+        spawn: Spawn,
+        *,
+        enabled: bool,
+    ) -> None:
+        self.sessions = sessions
+        self.blobs = blobs
+        self.read_back = blobs if isinstance(blobs, ReadBack) else None
         self.read_buffers = read_buffers
+        self.enabled = enabled
         self._spawn = spawn
 
+    def restore(self, active: ActiveUpload) -> None:
+        """Give an upload just brought into memory its running hash, as saved."""
+        if not self.enabled or active.session.state is UploadState.FINISHED:
+            return
+        hasher = restore_hasher(active.session)
+        if self.read_back is not None:
+            active.hasher = hasher
+        else:
+            active.inline = InlineHash(hasher, active.session.hashed_offset)
+
     async def caught_up(self, active: ActiveUpload) -> UploadSession:
-        """The session once the running hash covers every byte of its contiguous prefix."""
+        """The session once the running hash covers every byte it can follow."""
         while active.catch_up is not None and not active.catch_up.done():
             await asyncio.wait([active.catch_up])
         return active.session
@@ -70,12 +99,18 @@ class HashFollower:
             return False
         return position - session.hashed_offset > lag
 
-    def maybe_catch_up(self, active: ActiveUpload) -> None:
-        """Hash received bytes from the file, behind the writers.
+    async def after_record(self, active: ActiveUpload) -> None:
+        """Bytes were just recorded: hash them from the store, or save the inline state."""
+        if active.inline is None:
+            self.maybe_catch_up(active)
+            return
+        reached = active.inline.recorded(active.session.received.contiguous_end())
+        if reached is not None and not active.forgotten:
+            position, hasher = reached
+            await persist(self.sessions, active, hashed_offset=position, hash_state=hasher.state())
 
-        Bytes are read back from the page cache they were just written to, each byte once,
-        in one worker thread at a time; finishing then hashes only what is left.
-        """
+    def maybe_catch_up(self, active: ActiveUpload) -> None:
+        """Hash received bytes read back from the store, behind the writers."""
         session = active.session
         if not active.hash_is_free or session.state is not UploadState.RECEIVING:
             return
@@ -93,7 +128,12 @@ class HashFollower:
                     return
                 if not await self._hash_steps(active, hasher, start, end):
                     return
-                await save_active(self.store, active)
+                await persist(
+                    self.sessions,
+                    active,
+                    hashed_offset=session.hashed_offset,
+                    hash_state=session.hash_state,
+                )
         finally:
             pulse(active)
 
@@ -128,7 +168,8 @@ class HashFollower:
         end: int,
         buffer: bytearray,
     ) -> None:
-        part = self.store.open_part(session)
+        assert self.read_back is not None
+        part = self.read_back.open_part_reader(session.id)
         try:
             hash_file_range(part, hasher, start, end, buffer)
         finally:
@@ -137,44 +178,46 @@ class HashFollower:
     async def final_digest(
         self, active: ActiveUpload, expected: str | None, *, always: bool
     ) -> str | None:
-        """The finished upload's SHA-256 (None if not ``always`` and none is ``expected``),
-        once the catch-up under way ends; refuses one other than ``expected``."""
+        """The finished blob's SHA-256 (None if not ``always`` and none is ``expected``),
+        once the catch-up under way ends; refuses one other than ``expected``.
+
+        The blob is finished already: what the running hash has not covered is read from
+        it, once.
+        """
         if active.catch_up is not None:
             with contextlib.suppress(Exception):
                 await active.catch_up
         digest = None
         if always or expected is not None:
-            digest = await self.settle(active)
+            digest = await self._settle(active)
         check_expected(digest, expected)
         return digest
 
-    async def settle(self, active: ActiveUpload) -> str:
-        """The upload's SHA-256; a read buffer is waited for only if bytes must be read."""
-        session = active.session
-        if active.hasher is not None and session.hashed_offset >= (session.length or 0):
-            return await asyncio.to_thread(self._hash_remaining, active, None)
-        async with self.read_buffers.borrow() as buffer:
-            return await asyncio.to_thread(self._hash_remaining, active, buffer)
-
-    def _hash_remaining(self, active: ActiveUpload, buffer: bytearray | None) -> str:
-        """Bring the running SHA-256 to the end of the upload, reading only unhashed bytes."""
+    async def _settle(self, active: ActiveUpload) -> str:
+        """The upload's SHA-256; reads (with a borrowed buffer) only bytes not hashed yet."""
         session = active.session
         length = session.length or 0
-        hasher = active.hasher
-        if hasher is None:
-            hasher, session.hashed_offset = new_sha256(), 0
-        if session.hashed_offset < length:
-            assert buffer is not None, "reading needs a buffer"
-            part = active.part or self.store.open_part(session)
+        position, hasher = self._running(active)
+        if position < length:
+            reader = await self.blobs.open_reader(session.id)
             try:
-                hash_file_range(part, hasher, session.hashed_offset, length, buffer)
+                async with self.read_buffers.borrow() as buffer:
+                    await asyncio.to_thread(
+                        hash_file_range, reader, hasher, position, length, buffer
+                    )
             finally:
-                if part is not active.part:
-                    part.close()
-        session.hashed_offset = length
-        session.hash_state = hasher.state()
+                reader.close()
+        session.hashed_offset, session.hash_state = length, hasher.state()
         active.hasher = hasher
         return hasher.hexdigest()
+
+    def _running(self, active: ActiveUpload) -> tuple[int, StatefulSha256]:
+        """Where the upload's running hash stands (a new one from 0 if it has none)."""
+        if active.inline is not None:
+            return active.inline.current()
+        if active.hasher is not None:
+            return active.session.hashed_offset, active.hasher
+        return 0, new_sha256()
 
 
 def pulse(active: ActiveUpload) -> None:
@@ -184,27 +227,25 @@ def pulse(active: ActiveUpload) -> None:
 
 
 async def stop_hashing(active: ActiveUpload) -> None:
-    """Let a running catch-up end without saving, before the upload's rows go."""
+    """Let a running catch-up end without saving, before the upload's records go."""
     active.forgotten = True
     if active.catch_up is not None:
         with contextlib.suppress(Exception):
             await active.catch_up
 
 
-def restore_hasher(session: UploadSession) -> StatefulSha256 | None:
+def restore_hasher(session: UploadSession) -> StatefulSha256:
     if session.hash_state is not None:
         restored = sha256_from_state(session.hash_state)
         if restored is not None:
             return restored
-    if session.hashed_offset == 0:
-        return new_sha256()
-    # The saved state cannot be used here; the hash is rebuilt from disk at finish.
+    # No usable saved state: the hash starts over, and finishing reads what it missed.
     session.hashed_offset = 0
     return new_sha256()
 
 
 def hash_file_range(
-    part: PartFile, hasher: StatefulSha256, start: int, end: int, buffer: bytearray
+    part: BlobReader, hasher: StatefulSha256, start: int, end: int, buffer: bytearray
 ) -> None:
     view = memoryview(buffer)
     position = start

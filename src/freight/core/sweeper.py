@@ -16,7 +16,7 @@ from typing import Protocol
 from freight.core.active import ActiveUploads
 from freight.core.events import log_fields
 from freight.core.hash_follower import stop_hashing
-from freight.core.ports import UploadStore
+from freight.core.ports import ClaimRegistry, SessionRepository
 from freight.core.session import UploadSession, UploadState
 from freight.errors import FreightError, UploadNotFound
 
@@ -36,7 +36,10 @@ class SweeperHost(Protocol):
     """What the sweeper uses of the engine (:class:`~freight.core.engine.UploadEngine`)."""
 
     @property
-    def store(self) -> UploadStore: ...
+    def sessions(self) -> SessionRepository: ...
+
+    @property
+    def claims(self) -> ClaimRegistry: ...
 
     @property
     def clock(self) -> Callable[[], float]: ...
@@ -52,6 +55,8 @@ class SweeperHost(Protocol):
 
     def forget(self, session: UploadSession) -> None: ...
 
+    async def drop_stored(self, upload_id: str) -> None: ...
+
 
 class Sweeper:
     """Expires, finishes and assembles what its clients left behind."""
@@ -64,17 +69,17 @@ class Sweeper:
         """Delete unfinished uploads past their expiry; returns how many went."""
         host = self._host
         removed = 0
-        for upload_id in await asyncio.to_thread(host.store.expired_ids, host.clock()):
+        for upload_id in await host.sessions.expired_ids(host.clock()):
             active = host.uploads.get(upload_id)
-            if active is not None and active.claims:
+            if host.claims.held(upload_id):
                 continue
             try:
-                session = active.session if active else host.store.load(upload_id)
+                session = active.session if active else await host.sessions.load(upload_id)
             except UploadNotFound:
                 continue
             if active is not None:
                 await stop_hashing(active)
-            await asyncio.to_thread(host.store.delete, upload_id)
+            await host.drop_stored(upload_id)
             host.forget(session)
             removed += 1
             received = session.received.total()
@@ -105,13 +110,13 @@ class Sweeper:
         left to its client.
         """
         host = self._host
-        ids = await asyncio.to_thread(host.store.work_ids, limit or (1 << 62))
+        ids = await host.sessions.work_ids(limit or (1 << 62))
         done, failures = 0, 0
         last_error: FreightError | None = None
         for upload_id in ids:
             active = host.uploads.get(upload_id)
-            if active is not None and (
-                active.claims or host.clock() - active.last_progress < FINISH_GRACE
+            if host.claims.held(upload_id) or (
+                active is not None and host.clock() - active.last_progress < FINISH_GRACE
             ):
                 continue
             try:

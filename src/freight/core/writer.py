@@ -24,8 +24,8 @@ from typing import Any
 
 from freight._types import Buffer
 from freight.config import FsyncPolicy
+from freight.core.blobs import BlobWriter, PipeTarget
 from freight.core.pipes import splicing_available
-from freight.core.ports import PartFile, PipeTarget
 from freight.core.session import UploadSession
 from freight.core.writer_host import WriterHost, WrittenUpload
 from freight.errors import ChecksumMismatch, FreightError, LengthMismatch, UploadTooLarge
@@ -51,7 +51,7 @@ class UploadWriter:
         self,
         engine: WriterHost,
         active: WrittenUpload,
-        part: PartFile,
+        part: BlobWriter,
         start: int,
         limit: int | None,
         checksum: RequestChecksum | None,
@@ -136,7 +136,8 @@ class UploadWriter:
     @property
     def can_splice(self) -> bool:
         """Whether bytes may go from a socket to the file without passing through Python."""
-        no_hashing = self._checksum is None  # a request checksum needs to see the bytes
+        # A request checksum, or a running hash taken inline, needs to see the bytes.
+        no_hashing = self._checksum is None and self._active.inline is None
         return no_hashing and splicing_available() and isinstance(self._part, PipeTarget)
 
     @property
@@ -144,7 +145,7 @@ class UploadWriter:
         return self._policy
 
     @property
-    def part(self) -> PartFile:
+    def part(self) -> BlobWriter:
         """The file written, for :meth:`placed` callers that write it themselves."""
         return self._part
 
@@ -270,14 +271,17 @@ class UploadWriter:
         if self._checkpoint is not None:
             with contextlib.suppress(Exception):
                 await self._checkpoint
-        if self._all_or_nothing or self._flushed <= self._recorded:
-            return
         try:
-            await self._sync_and_record(self._flushed)
+            if not self._all_or_nothing and self._flushed > self._recorded:
+                await self._sync_and_record(self._flushed)
         except FreightError as exc:
             log.warning(
                 "upload %s: could not keep bytes after a failure: %s", self._active.session.id, exc
             )
+        finally:
+            inline = self._active.inline
+            if inline is not None and self._flushed > self._recorded:
+                inline.rewind()  # it hashed bytes that do not count
 
     # internals ---------------------------------------------------------------------------
 
@@ -355,6 +359,9 @@ class UploadWriter:
 
     def _write_job(self, slot: int, size: int, at: int) -> int:
         self._part.write_at(at, self._views[slot][:size])
+        inline = self._active.inline
+        if inline is not None:
+            inline.feed(at, self._views[slot][:size])
         if self._policy is FsyncPolicy.ALWAYS:
             self._part.sync()
         return at + size

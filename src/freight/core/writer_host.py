@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from freight.config import FsyncPolicy
 from freight.core.buffers import BufferPool
+from freight.core.inline_hash import InlineHash
 from freight.core.session import UploadSession
 
 __all__ = ["WriterHost", "WrittenUpload"]
@@ -24,6 +25,9 @@ class WrittenUpload(Protocol):
 
     @property
     def catch_up(self) -> asyncio.Task[None] | None: ...
+
+    @property
+    def inline(self) -> InlineHash | None: ...
 
 
 class WriterHost(Protocol):

@@ -15,27 +15,31 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from freight.core.active import ActiveUploads
-from freight.core.claims import (
-    EVERYTHING,
-    ActiveUpload,
-    check_offset,
-    check_writable,
-    save_active,
-)
-from freight.core.ports import UploadStore
-from freight.core.session import UploadSession
+from freight.core.active_upload import ActiveUpload, persist
+from freight.core.claims import EVERYTHING
+from freight.core.ports import ClaimRegistry, SessionRepository
+from freight.core.session import ConcatKind, UploadSession, UploadState
 from freight.core.writer import RequestChecksum, UploadWriter
 from freight.core.writer_host import WriterHost
-from freight.errors import LengthMismatch, RangeAlreadyReceived, UploadLocked
+from freight.errors import (
+    LengthMismatch,
+    OffsetMismatch,
+    RangeAlreadyReceived,
+    UploadForbidden,
+    UploadLocked,
+)
 
-__all__ = ["Writing", "WritingHost"]
+__all__ = ["Writing", "WritingHost", "check_offset", "check_writable"]
 
 
 class WritingHost(WriterHost, Protocol):
     """What opening writers uses of the engine (:class:`~freight.core.engine.UploadEngine`)."""
 
     @property
-    def store(self) -> UploadStore: ...
+    def sessions(self) -> SessionRepository: ...
+
+    @property
+    def claims(self) -> ClaimRegistry: ...
 
     @property
     def max_size(self) -> int | None: ...
@@ -48,9 +52,9 @@ class WritingHost(WriterHost, Protocol):
 
     async def activate(self, upload_id: str) -> ActiveUpload: ...
 
-    def check_size(self, length: int) -> None: ...
+    async def check_size(self, length: int) -> None: ...
 
-    def admit(self, needed: int, client: str | None, *, new: bool) -> None: ...
+    async def admit(self, needed: int, client: str | None, *, new: bool) -> None: ...
 
 
 class Writing:
@@ -75,10 +79,10 @@ class Writing:
         """
         host = self._host
         active = await host.activate(upload_id)
-        if active.claims and interrupt is not None and offset is not None:
+        if host.claims.held(upload_id) and interrupt is not None and offset is not None:
             active = await self._take_over(active, offset, EVERYTHING, offset, True)
         session = active.session
-        if active.claims:
+        if host.claims.held(upload_id):
             raise UploadLocked("the length cannot change while the upload is being written")
         if session.length is not None:
             if session.length != length:
@@ -86,12 +90,12 @@ class Writing:
             return session
         if length < session.received.highest():
             raise LengthMismatch(f"{session.received.highest()} bytes were already received")
-        host.check_size(length)
+        await host.check_size(length)
         needed = length - session.received.total()
         async with host.admitting:
-            await asyncio.to_thread(host.admit, needed, session.client, new=False)
+            await host.admit(needed, session.client, new=False)
             # In memory only once it is recorded: a failed save must leave no trace.
-            await save_active(host.store, active, apply=True, length=length)
+            await persist(host.sessions, active, length=length)
         return session
 
     @contextlib.asynccontextmanager
@@ -137,15 +141,25 @@ class Writing:
         if not sequential and session.received.overlaps(offset, end or EVERYTHING):
             raise RangeAlreadyReceived(f"bytes from {offset} were already received")
         limit = session.length if session.length is not None else host.max_size
-        claim = active.claim(offset, claimed_end, interrupt)
+        holding: list[UploadWriter] = []
+
+        def let_go(rewrites: int | None) -> None:
+            if rewrites is not None:
+                for writer in holding:
+                    writer.yield_from(rewrites)
+            if interrupt is not None:
+                interrupt()
+
+        claim = host.claims.claim(upload_id, offset, claimed_end, let_go if interrupt else None)
         try:
             if sequential:
                 check_offset(session, offset)
             part = await host.uploads.shared_part(active)
             bound = min(end, limit) if end is not None and limit is not None else end or limit
-            writer = claim.writer = UploadWriter(
+            writer = UploadWriter(
                 host, active, part, offset, bound, checksum, all_or_nothing=all_or_nothing
             )
+            holding.append(writer)
             active.writers.add(writer)
             try:
                 yield writer
@@ -154,7 +168,7 @@ class Writing:
                 writer.release_buffers()
                 active.writers.discard(writer)
         finally:
-            active.unclaim(claim)
+            host.claims.release(claim)
             host.uploads.release(active)
 
     async def _take_over(
@@ -165,6 +179,29 @@ class Writing:
         if rewrites is not None:
             check_writable(active.session, rewrites, sequential)
             check_offset(active.session, rewrites)
-        if await active.take_over(start, end, rewrites):
+        if await self._host.claims.take_over(active.session.id, start, end, rewrites):
             return await self._host.activate(active.session.id)  # it may have been dropped
         return active
+
+
+def check_writable(session: UploadSession, offset: int, sequential: bool) -> None:
+    """Refuse writing ``session`` from ``offset`` if its state or length forbid it."""
+    if session.concat_kind is ConcatKind.FINAL:
+        raise UploadForbidden("a final concatenation cannot be written to")
+    if session.state is not UploadState.RECEIVING:
+        raise OffsetMismatch("this upload is already complete", offset=session.offset)
+    if session.length is not None and offset > session.length:
+        raise OffsetMismatch(
+            f"offset {offset} is past the upload's length {session.length}",
+            offset=session.offset,
+        )
+    if not sequential and offset < 0:
+        raise OffsetMismatch("offsets are never negative", offset=session.offset)
+
+
+def check_offset(session: UploadSession, offset: int) -> None:
+    """Refuse a sequential write from anywhere but the upload's current offset."""
+    if offset != session.offset:
+        raise OffsetMismatch(
+            f"the upload is at offset {session.offset}, not {offset}", offset=session.offset
+        )

@@ -1,0 +1,81 @@
+"""The running SHA-256 fed by the writers themselves, for blob stores without cheap read-back.
+
+Where bytes just written cannot be read again cheaply (an object store), the hash is taken
+as contiguous bytes pass through a writer's buffers, in the worker thread that writes them.
+Bytes that arrive out of order are not hashed here; the engine reads them once, from the
+finished blob, when the upload finishes.
+
+The hash runs ahead of what is recorded as received, and only a state at a recorded offset
+may be saved (a restart resumes from there). So each step keeps the state it reached, and
+:meth:`InlineHash.recorded` hands back the one at the newly recorded end; a writer that
+ends with bytes hashed but not recorded rewinds the hash to the last recorded state.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from freight._types import Buffer
+from freight.core.hashing import StatefulSha256
+
+__all__ = ["InlineHash"]
+
+# States kept ahead of the recorded offset: one per buffer written since the last record,
+# so a few per writer; more means nothing recorded them for long, and the oldest go.
+_MAX_AHEAD = 64
+
+
+class InlineHash:
+    """A hash at ``position`` that writers feed under a lock (they run in worker threads)."""
+
+    def __init__(self, hasher: StatefulSha256, position: int) -> None:
+        self._lock = threading.Lock()
+        self._hasher = hasher
+        self._position = position
+        self._saved = (position, hasher.copy())
+        self._ahead: OrderedDict[int, StatefulSha256] = OrderedDict()
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    def feed(self, offset: int, data: Buffer) -> None:
+        """``data`` was written at ``offset``: hash what continues the hashed prefix."""
+        view = memoryview(data).cast("B")
+        with self._lock:
+            skip = self._position - offset
+            if skip < 0 or skip >= view.nbytes:
+                return  # not where the hash stands (out of order, or already hashed)
+            self._hasher.update(view[skip:])
+            self._position = offset + view.nbytes
+            self._ahead[self._position] = self._hasher.copy()
+            while len(self._ahead) > _MAX_AHEAD:
+                self._ahead.popitem(last=False)
+
+    def recorded(self, contiguous_end: int) -> tuple[int, StatefulSha256] | None:
+        """The bytes up to ``contiguous_end`` are recorded: the state to save there, if the
+        hash reached exactly that point (None: nothing new to save)."""
+        with self._lock:
+            if contiguous_end <= self._saved[0]:
+                return None
+            state = self._ahead.get(contiguous_end)
+            if state is None:
+                return None
+            self._saved = (contiguous_end, state)
+            for position in [p for p in self._ahead if p <= contiguous_end]:
+                del self._ahead[position]
+            return contiguous_end, state.copy()
+
+    def rewind(self) -> None:
+        """Forget hashed bytes beyond the last recorded state (their writer failed)."""
+        with self._lock:
+            position, state = self._saved
+            if self._position > position:
+                self._hasher, self._position = state.copy(), position
+                self._ahead.clear()
+
+    def current(self) -> tuple[int, StatefulSha256]:
+        """Where the hash stands, and a copy of it (once no writer feeds it any more)."""
+        with self._lock:
+            return self._position, self._hasher.copy()
