@@ -1,6 +1,8 @@
 """Local filesystem storage with SQLite metadata: the embedded default.
 
-Layout under the data directory::
+:func:`open_local` wires the two halves into a :class:`~freight.core.ports.Backend`:
+:class:`~freight.storage.local_sessions.SqliteSessions` (records) and
+:class:`~freight.storage.local_blobs.LocalBlobs` (bytes). Layout under the data directory::
 
     freight.db            SQLite (WAL): one row per upload session, finished or not
                           (:mod:`.local_db`)
@@ -14,32 +16,65 @@ is checked to stay inside the data directory; client-supplied names live only in
 
 Considerations: the row is committed with ``synchronous=FULL`` when data is synced, so the
 offset a session records never runs ahead of the bytes on disk. A crash between the rename
-and the row update is repaired on open (a part that has become a file is finished again).
-When the disk fills, the reserve is given to SQLite so the bytes written so far can still be
-recorded, and no upload data is written until the reserve is back (see :mod:`.local_files`).
+and the row update is repaired on open (a part that has become a file is finished again);
+blobs without a row are dropped on open. When the disk fills, the reserve is given to SQLite
+so the bytes written so far can still be recorded, and no upload data is written until the
+reserve is back (see :mod:`.local_files`).
+
+:class:`LocalStore` is the same backend behind the engine's former single interface
+(:class:`~freight.core.ports.UploadStore`), kept until the engine has moved to the ports.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
-from freight.core.ports import ListingKind, PageKey, UnfinishedTotals
+from freight.core.ports import Backend, ListingKind, PageKey, UnfinishedTotals
 from freight.core.session import UploadSession
 from freight.errors import UploadNotFound
+from freight.storage.local_blobs import LocalBlobs
 from freight.storage.local_db import SessionTable
-from freight.storage.local_files import LocalPartFile, SpaceReserve, space_error
+from freight.storage.local_files import (
+    LocalPartFile,
+    SpaceReserve,
+    is_upload_id,
+    space_error,
+    sync_dir,
+)
+from freight.storage.local_sessions import SqliteSessions
 
-__all__ = ["METADATA_RESERVE", "LocalPartFile", "LocalStore"]
+__all__ = ["METADATA_RESERVE", "LocalPartFile", "LocalStore", "open_local"]
 
 log = logging.getLogger(__name__)
 
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # Room kept for the metadata store: thousands of row updates (WAL frames of a few pages).
 METADATA_RESERVE = 8 * 1024 * 1024
+
+
+def open_local(
+    data_dir: Path, *, durable: bool = True, metadata_reserve: int = METADATA_RESERVE
+) -> Backend:
+    """The local backend in ``data_dir``: records in ``freight.db``, bytes as files.
+
+    The space reserve is shared: when SQLite finds the disk full it spends the blob store's
+    reserve, and deleting a blob takes it back. Blobs without a record (a crash came between
+    a blob and its record changing) are dropped here, before anything else runs.
+    """
+    blobs = LocalBlobs(data_dir, metadata_reserve)
+    sessions = SqliteSessions(
+        blobs.root / "freight.db", durable=durable, on_full=blobs.give_reserve_to_metadata
+    )
+    try:
+        dropped = blobs.drop_orphans(sessions.ids())
+    except BaseException:
+        sessions.table.close()
+        raise
+    if dropped:
+        log.info("dropped %d stored blobs that had no session record", dropped)
+    return Backend(sessions=sessions, blobs=blobs)
 
 
 class LocalStore:
@@ -70,7 +105,7 @@ class LocalStore:
     # paths -------------------------------------------------------------------------------
 
     def _inside(self, folder: Path, name: str) -> Path:
-        if not _ID_PATTERN.match(name.removesuffix(".part")):
+        if not is_upload_id(name.removesuffix(".part")):
             raise UploadNotFound("no such upload")
         path = folder / name
         if path.parent != folder:
@@ -103,7 +138,7 @@ class LocalStore:
             raise UploadNotFound("upload data is missing")
 
     def load(self, upload_id: str) -> UploadSession:
-        if not _ID_PATTERN.match(upload_id):
+        if not is_upload_id(upload_id):
             raise UploadNotFound("no such upload")
         session = self._table.get(upload_id)
         if session is None:
@@ -148,8 +183,8 @@ class LocalStore:
         if part.exists():
             try:
                 os.rename(part, target)
-                _sync_dir(self.files_dir)
-                _sync_dir(self.uploads_dir)
+                sync_dir(self.files_dir)
+                sync_dir(self.uploads_dir)
             except OSError as exc:
                 raise space_error(exc) from exc
         self.save(session)
@@ -177,11 +212,3 @@ class LocalStore:
         for entry in self.files_dir.iterdir():
             if entry.name not in known:
                 entry.unlink(missing_ok=True)
-
-
-def _sync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

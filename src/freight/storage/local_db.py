@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from freight.core.ports import ListingKind, PageKey, UnfinishedTotals
+from freight.core.ports import ListingKind, PageKey, SessionField, UnfinishedTotals
 from freight.core.rangeset import RangeSet
-from freight.core.session import ConcatKind, UploadSession, UploadState
-from freight.errors import FreightError, InsufficientStorage
+from freight.core.session import UploadSession, UploadState
+from freight.errors import FreightError, InsufficientStorage, UploadNotFound
 from freight.storage.local_files import DISK_FULL
+from freight.storage.local_rows import COLUMNS, from_row, private_state, to_row, update_values
 
 __all__ = ["SessionTable", "private_state"]
+
+_T = TypeVar("_T")
+# How long a writer waits for another connection's transaction (another process) to end.
+_BUSY_TIMEOUT = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -66,27 +70,7 @@ _ADDED_COLUMNS = {
     "declared_sha256": "TEXT",
 }
 
-_COLUMNS = (
-    "id",
-    "length",
-    "metadata",
-    "received",
-    "state",
-    "hashed_offset",
-    "hash_state",
-    "created",
-    "expires",
-    "concat_kind",
-    "concat_parts",
-    "sha256",
-    "finished",
-    "client",
-    "received_bytes",
-    "used_by",
-    "chunk_size",
-    "declared_sha256",
-)
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM uploads"
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM uploads"
 _UNFINISHED = "state IN ('receiving', 'assembling') AND (expires IS NULL OR expires >= ?)"
 _LISTINGS: dict[ListingKind, str] = {
     "files": "state = 'finished' AND (concat_kind IS NULL OR concat_kind != 'partial')",
@@ -100,7 +84,9 @@ class SessionTable:
     def __init__(self, path: Path, *, durable: bool, on_full: Callable[[], bool]) -> None:
         self._lock = threading.Lock()
         self._on_full = on_full
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            path, timeout=_BUSY_TIMEOUT, check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
@@ -153,11 +139,15 @@ class SessionTable:
 
     def _write(self, statement: str, parameters: tuple[Any, ...]) -> None:
         """Run one writing statement; a full disk spends the reserve and tries once more."""
+        self._transaction(lambda db: db.execute(statement, parameters))
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` in one write transaction; a full disk spends the reserve and tries
+        once more. Typed errors ``work`` raises pass through (after a rollback)."""
         for attempt in range(2):
             try:
                 with self._tx() as db:
-                    db.execute(statement, parameters)
-                return
+                    return work(db)
             except sqlite3.Error as exc:
                 if not _disk_full(exc):
                     raise FreightError(f"metadata store failure: {exc}") from exc
@@ -166,25 +156,88 @@ class SessionTable:
         raise AssertionError("unreachable")
 
     def put(self, session: UploadSession) -> None:
-        placeholders = ", ".join("?" for _ in _COLUMNS)
+        placeholders = ", ".join("?" for _ in COLUMNS)
         self._write(
-            f"INSERT OR REPLACE INTO uploads ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-            _to_row(session),
+            f"INSERT OR REPLACE INTO uploads ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+            to_row(session),
         )
+
+    def insert(self, session: UploadSession) -> None:
+        """A new row; an id already present is a bug (ids are random), never overwritten."""
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        try:
+            self._write(
+                f"INSERT INTO uploads ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+                to_row(session),
+            )
+        except FreightError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise FreightError("an upload with this id already exists") from exc
+            raise
+
+    def record_received(
+        self, upload_id: str, start: int, end: int, expires: float | None
+    ) -> RangeSet:
+        """Merge ``[start, end)`` into the row's ranges and set ``expires``: one
+        ``BEGIN IMMEDIATE`` transaction, so no other connection's merge falls in between."""
+
+        def merge(db: sqlite3.Connection) -> RangeSet:
+            row = db.execute("SELECT received FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+            if row is None:
+                raise UploadNotFound("no such upload")
+            received = RangeSet.from_list(json.loads(row[0]))
+            received.add(start, end)
+            db.execute(
+                "UPDATE uploads SET received = ?, received_bytes = ?, expires = ? WHERE id = ?",
+                (json.dumps(received.to_list()), received.total(), expires, upload_id),
+            )
+            return received
+
+        if start < 0 or end < start:
+            raise ValueError(f"bad range [{start}, {end})")
+        return self._transaction(merge)
+
+    def update(
+        self,
+        session: UploadSession,
+        fields: Collection[SessionField],
+        expect: UploadState | None,
+    ) -> bool:
+        """Write only ``fields`` of ``session``; with ``expect``, only while the row's state
+        is still ``expect``. Returns whether the row changed; a missing row is not found."""
+        values = update_values(session, fields)
+        assignments = ", ".join(f"{name} = ?" for name in values) or "state = state"
+        sql = f"UPDATE uploads SET {assignments} WHERE id = ?"
+        parameters = [*values.values(), session.id]
+        if expect is not None:
+            sql += " AND state = ?"
+            parameters.append(expect.value)
+
+        def write(db: sqlite3.Connection) -> bool:
+            if db.execute(sql, parameters).rowcount:
+                return True
+            if db.execute("SELECT 1 FROM uploads WHERE id = ?", (session.id,)).fetchone():
+                return False
+            raise UploadNotFound("no such upload")
+
+        return self._transaction(write)
 
     def remove(self, upload_id: str) -> None:
         self._write("DELETE FROM uploads WHERE id = ?", (upload_id,))
 
     def _query(self, sql: str, parameters: tuple[Any, ...] | dict[str, Any] = ()) -> list[Any]:
         with self._lock:
-            return self._db.execute(sql, parameters).fetchall()
+            try:
+                return self._db.execute(sql, parameters).fetchall()
+            except sqlite3.Error as exc:
+                raise FreightError(f"metadata store failure: {exc}") from exc
 
     def get(self, upload_id: str) -> UploadSession | None:
         rows = self._query(f"{_SELECT} WHERE id = ?", (upload_id,))
-        return _from_row(rows[0]) if rows else None
+        return from_row(rows[0]) if rows else None
 
     def all(self) -> list[UploadSession]:
-        return [_from_row(row) for row in self._query(f"{_SELECT} ORDER BY created")]
+        return [from_row(row) for row in self._query(f"{_SELECT} ORDER BY created, id")]
 
     def ids(self) -> set[str]:
         return {row[0] for row in self._query("SELECT id FROM uploads")}
@@ -218,7 +271,7 @@ class SessionTable:
             sql += " AND (created, id) > (:created, :id)"
             parameters.update(created=after[0], id=after[1])
         rows = self._query(f"{sql} ORDER BY created, id LIMIT :limit", parameters)
-        return [_from_row(row) for row in rows]
+        return [from_row(row) for row in rows]
 
     def work_ids(self, limit: int) -> list[str]:
         """Uploads the server should take further by itself: complete but not finished, or
@@ -239,82 +292,3 @@ def _disk_full(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
         "disk is full" in str(exc)
     )
-
-
-def _to_row(session: UploadSession) -> tuple[Any, ...]:
-    return (
-        session.id,
-        session.length,
-        json.dumps(session.metadata),
-        json.dumps(session.received.to_list()),
-        session.state.value,
-        session.hashed_offset,
-        session.hash_state,
-        session.created,
-        session.expires,
-        session.concat_kind.value if session.concat_kind else None,
-        json.dumps(list(session.concat_parts)),
-        session.sha256,
-        session.finished,
-        session.client,
-        session.received.total(),
-        session.used_by,
-        session.chunk_size,
-        session.declared_sha256,
-    )
-
-
-def _from_row(row: tuple[Any, ...]) -> UploadSession:
-    values = dict(zip(_COLUMNS, row, strict=True))
-    return UploadSession(
-        id=values["id"],
-        length=values["length"],
-        metadata=json.loads(values["metadata"]),
-        created=values["created"],
-        expires=values["expires"],
-        received=RangeSet.from_list(json.loads(values["received"])),
-        state=UploadState(values["state"]),
-        hashed_offset=values["hashed_offset"],
-        hash_state=values["hash_state"],
-        concat_kind=ConcatKind(values["concat_kind"]) if values["concat_kind"] else None,
-        concat_parts=tuple(json.loads(values["concat_parts"])),
-        sha256=values["sha256"],
-        finished=values["finished"],
-        client=values["client"],
-        used_by=values["used_by"],
-        chunk_size=values["chunk_size"],
-        declared_sha256=values["declared_sha256"],
-    )
-
-
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-
-
-def private_state(
-    metadata: dict[str, str | None],
-) -> tuple[dict[str, str | None], int | None, str | None] | None:
-    """``(metadata, chunk_size, declared_sha256)`` of a row an older version wrote, or None
-    for a row to leave alone.
-
-    Rows do not say which protocol created them, so only the exact shapes those versions
-    wrote are moved: the chunk API's ``{filename, chunk_size[, sha256]}`` and TCP's or
-    WebSocket's ``{filename, sha256}``, with a positive ``chunk_size`` and a 64-digit hex
-    ``sha256``. A tus client that sent exactly such keys cannot be told apart; those
-    versions already treated its ``sha256`` as declared (checked at finishing) and let the
-    chunk API write to it, so reading it that way changes nothing it relied on.
-    """
-    keys = set(metadata)
-    sha256 = metadata.get("sha256")
-    chunk_size = metadata.get("chunk_size")
-    if "sha256" in keys and not (sha256 and _HEX64.fullmatch(sha256)):
-        return None
-    if keys in ({"filename", "chunk_size"}, {"filename", "chunk_size", "sha256"}):
-        if not (chunk_size and chunk_size.isdigit() and int(chunk_size) > 0):
-            return None
-        size: int | None = int(chunk_size)
-    elif keys == {"filename", "sha256"}:
-        size = None
-    else:
-        return None
-    kept = {"filename": metadata["filename"]}
-    return kept, size, sha256.lower() if sha256 else None

@@ -1,0 +1,108 @@
+"""Session records in SQLite: the local backend's :class:`~freight.core.ports.SessionRepository`.
+
+Implementation: one row per upload in ``freight.db`` (WAL), through one connection guarded
+by a lock (:class:`~freight.storage.local_db.SessionTable`); every coroutine runs its
+statement in a worker thread, so a slow disk never stalls the event loop.
+
+Considerations:
+
+* ``record_received`` reads the row's ranges, merges and writes them back in one
+  ``BEGIN IMMEDIATE`` transaction: SQLite lets one writer in at a time across every
+  connection and process, so concurrent recorders never lose each other's ranges.
+* ``update`` writes only the columns it is given (``WHERE state = ?`` for a compare and
+  set): a stale copy of a session never undoes what another request recorded.
+* With ``durable`` the database runs ``synchronous=FULL``: a committed record survives a
+  power cut, and it is only written after the bytes it describes were synced.
+* When the disk is full, ``on_full`` is asked to free room (the blob store's space reserve)
+  and the write is tried once more; then it is :class:`~freight.errors.InsufficientStorage`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+from freight.core.ports import ListingKind, PageKey, SessionField, UnfinishedTotals
+from freight.core.rangeset import RangeSet
+from freight.core.session import UploadSession, UploadState
+from freight.errors import UploadNotFound
+from freight.storage.local_db import SessionTable
+from freight.storage.local_files import is_upload_id
+
+__all__ = ["SqliteSessions"]
+
+
+def _never_frees() -> bool:
+    return False
+
+
+def _checked(upload_id: str) -> str:
+    if not is_upload_id(upload_id):
+        raise UploadNotFound("no such upload")
+    return upload_id
+
+
+class SqliteSessions:
+    """Session records in the SQLite database at ``path``."""
+
+    def __init__(
+        self, path: Path, *, durable: bool = True, on_full: Callable[[], bool] = _never_frees
+    ) -> None:
+        self.path = path
+        self.table = SessionTable(path, durable=durable, on_full=on_full)
+
+    async def create(self, session: UploadSession) -> None:
+        _checked(session.id)
+        await asyncio.to_thread(self.table.insert, session)
+
+    async def load(self, upload_id: str) -> UploadSession:
+        session = await asyncio.to_thread(self.table.get, _checked(upload_id))
+        if session is None:
+            raise UploadNotFound("no such upload")
+        return session
+
+    async def record_received(
+        self, upload_id: str, start: int, end: int, *, expires: float | None
+    ) -> RangeSet:
+        return await asyncio.to_thread(
+            self.table.record_received, _checked(upload_id), start, end, expires
+        )
+
+    async def update(
+        self,
+        session: UploadSession,
+        fields: Collection[SessionField],
+        *,
+        expect: UploadState | None = None,
+    ) -> bool:
+        _checked(session.id)
+        return await asyncio.to_thread(self.table.update, session, fields, expect)
+
+    async def delete(self, upload_id: str) -> None:
+        if is_upload_id(upload_id):
+            await asyncio.to_thread(self.table.remove, upload_id)
+
+    async def list_all(self) -> list[UploadSession]:
+        return await asyncio.to_thread(self.table.all)
+
+    async def list_page(
+        self, kind: ListingKind, after: PageKey | None, limit: int, now: float
+    ) -> list[UploadSession]:
+        return await asyncio.to_thread(self.table.page, kind, after, limit, now)
+
+    async def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
+        return await asyncio.to_thread(self.table.unfinished_totals, now, client)
+
+    async def work_ids(self, limit: int) -> list[str]:
+        return await asyncio.to_thread(self.table.work_ids, limit)
+
+    async def expired_ids(self, now: float) -> list[str]:
+        return await asyncio.to_thread(self.table.expired_ids, now)
+
+    def ids(self) -> set[str]:
+        """Every id, synchronously: for the start-up repair."""
+        return self.table.ids()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.table.close)
