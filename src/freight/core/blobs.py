@@ -85,6 +85,9 @@ class BlobStore(Protocol):
     async def free_bytes(self) -> int | None:
         """Room left for new bytes; ``None``: the store has no limit freight can see."""
 
+    async def probe(self) -> None:
+        """Check that the store takes writes now (a readiness probe); raises what stops it."""
+
     async def close(self) -> None: ...
 
 

@@ -320,10 +320,14 @@ class UploadEngine:
             if active.part is not None:
                 active.part.close()
                 active.part = None
-            await self.blobs.finish(upload_id, session.length or 0)
+            reads_back = self.hash_follower.read_back is not None
+            if not reads_back:
+                await self.blobs.finish(upload_id, session.length or 0)
             digest = await self.hash_follower.final_digest(
                 active, expected_sha256, always=self.hash_uploads
             )
+            if reads_back:  # hashed what was left from the part: finish it once it checks
+                await self.blobs.finish(upload_id, session.length or 0)
             finished = dataclasses.replace(
                 session, sha256=digest, state=UploadState.FINISHED, finished=self.clock()
             )

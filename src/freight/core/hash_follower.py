@@ -181,8 +181,9 @@ class HashFollower:
         """The finished blob's SHA-256 (None if not ``always`` and none is ``expected``),
         once the catch-up under way ends; refuses one other than ``expected``.
 
-        The blob is finished already: what the running hash has not covered is read from
-        it, once.
+        What the running hash has not covered is read once: from the unfinished blob
+        where the store reads back cheaply, else from the finished one (so the engine
+        finishes the blob first there).
         """
         if active.catch_up is not None:
             with contextlib.suppress(Exception):
@@ -199,7 +200,10 @@ class HashFollower:
         length = session.length or 0
         position, hasher = self._running(active)
         if position < length:
-            reader = await self.blobs.open_reader(session.id)
+            if self.read_back is not None:
+                reader = await asyncio.to_thread(self.read_back.open_part_reader, session.id)
+            else:
+                reader = await self.blobs.open_reader(session.id)
             try:
                 async with self.read_buffers.borrow() as buffer:
                     await asyncio.to_thread(

@@ -59,7 +59,7 @@ from freight.server.tcp import TcpServer, start_tcp_server
 from freight.server.tls import CertificateReloader
 from freight.server.tus import handle_tus
 from freight.server.ws import add_ws_routes
-from freight.storage import LocalStore
+from freight.storage.local import open_local
 
 __all__ = ["create_app", "run_server"]
 
@@ -86,7 +86,7 @@ async def files_endpoint(request: web.Request) -> web.StreamResponse:
     upload_id = request.match_info.get("upload_id")
     if upload_id is not None and dispatch.download:
         engine = request.app[ENGINE]
-        return file_response(request, await engine.get(upload_id), engine.store)
+        return await file_response(request, await engine.get(upload_id), engine)
     if dispatch.interop_version is not None:
         return await handle_ietf(request, dispatch.method, dispatch.interop_version)
     return await handle_tus(request, dispatch.method)
@@ -135,9 +135,9 @@ def _freight_app(config: ServerConfig) -> web.Application:
         ],
         client_max_size=CLIENT_MAX_SIZE,
     )
-    store = LocalStore(config.data_dir, durable=config.fsync is not FsyncPolicy.NEVER)
+    backend = open_local(config.data_dir, durable=config.fsync is not FsyncPolicy.NEVER)
     engine = UploadEngine(
-        store,
+        backend,
         fsync=config.fsync,
         sync_every=config.sync_every,
         expire_after=config.expire_after,

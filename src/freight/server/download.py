@@ -1,4 +1,8 @@
-"""Serving finished uploads: sendfile, single ranges, strong ETags and RFC 9530 digests.
+"""Serving finished uploads: single ranges, strong ETags and RFC 9530 digests.
+
+The bytes go with the kernel's sendfile when the blob store keeps local files
+(:class:`SendfileSource`); from any other store they are streamed through one reused
+buffer per download, read in a worker thread.
 
 The ETag is the file's SHA-256, so it names the content itself: a resumed download that
 sends it back in ``If-Range`` can never be spliced onto different bytes. If-Range is
@@ -14,8 +18,8 @@ from typing import IO
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from freight.core import UploadSession
-from freight.core.ports import SendfileSource
+from freight.core import UploadEngine, UploadSession
+from freight.core.blobs import BlobReader, SendfileSource
 from freight.errors import PreconditionFailed, UploadIncomplete, storage_os_error
 from freight.protocol import ranges
 from freight.protocol.digests import build_repr_digest
@@ -26,7 +30,10 @@ from freight.server.metrics import sent_counter
 from freight.server.stall import Direction, Stalled, watch_progress
 from freight.server.state import SETTINGS
 
-__all__ = ["SendfileResponse", "file_response"]
+__all__ = ["STREAM_BUFFER", "SendfileResponse", "StreamedResponse", "file_response"]
+
+# A download from a store without sendfile reads this much at a time.
+STREAM_BUFFER = 256 * 1024
 
 
 class SendfileResponse(web.StreamResponse):
@@ -86,14 +93,66 @@ class SendfileResponse(web.StreamResponse):
                 sent_counter(request.app, "download")(sent)
 
 
-def file_response(
-    request: web.Request, session: UploadSession, store: object
+class StreamedResponse(web.StreamResponse):
+    """Sends ``count`` bytes of a blob from ``offset``, read through one reused buffer."""
+
+    def __init__(
+        self, reader: BlobReader | None, offset: int, count: int, **kwargs: object
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._reader = reader
+        self._offset = offset
+        self._count = count
+        self.content_length = count
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return await super().prepare(request)
+        sent = 0
+        try:
+            writer = await super().prepare(request)
+            settings = request.app.get(SETTINGS) if isinstance(request, web.Request) else None
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("connection lost")
+            idle = settings.idle_timeout if settings else None
+            try:
+                async with watch_progress(
+                    transport, Direction.SEND, idle, settings.min_rate if settings else 0
+                ):
+                    sent = await self._stream(reader)
+            except Stalled as exc:
+                raise ConnectionResetError(exc.message) from None
+        finally:
+            reader.close()
+            request[BYTES_OUT] = sent
+            if isinstance(request, web.Request):
+                sent_counter(request.app, "download")(sent)
+        await super().write_eof()
+        return writer
+
+    async def _stream(self, reader: BlobReader) -> int:
+        buffer = bytearray(min(STREAM_BUFFER, self._count))
+        view = memoryview(buffer)
+        position, end = self._offset, self._offset + self._count
+        while position < end:
+            want = view[: min(len(view), end - position)]
+            got = await asyncio.to_thread(reader.read_into, position, want)
+            if got <= 0:
+                raise ConnectionResetError("the stored blob is shorter than its recorded size")
+            # write() hands the bytes to the transport, which copies what it cannot send at
+            # once: the buffer is free again when it returns.
+            await super().write(want[:got])
+            position += got
+        return position - self._offset
+
+
+async def file_response(
+    request: web.Request, session: UploadSession, engine: UploadEngine
 ) -> web.StreamResponse:
     if not session.is_finished:
         raise UploadIncomplete("the upload is not finished yet")
-    if not isinstance(store, SendfileSource):
-        raise NotImplementedError("downloads from this storage backend are not supported yet")
-    path = store.file_path(session.id)
     size = session.length or 0
     # A stored file never changes, so its id names its bytes as well as a digest would.
     etag = f'"{session.sha256 or session.id}"'
@@ -108,12 +167,18 @@ def file_response(
     byte_range = None
     if ranges.if_range_allows_partial(request.headers.get("If-Range"), etag, modified):
         byte_range = ranges.parse_range(request.headers.get("Range"), size)
-    if byte_range is None:
-        return SendfileResponse(path, 0, size, send_body=send_body, status=200, headers=headers)
-    headers["Content-Range"] = byte_range.content_range(size)
-    return SendfileResponse(
-        path, byte_range.start, byte_range.length, send_body=send_body, status=206, headers=headers
-    )
+    status, start, count = 200, 0, size
+    if byte_range is not None:
+        headers["Content-Range"] = byte_range.content_range(size)
+        status, start, count = 206, byte_range.start, byte_range.length
+    blobs = engine.blobs
+    if isinstance(blobs, SendfileSource):
+        path = blobs.file_path(session.id)
+        return SendfileResponse(
+            path, start, count, send_body=send_body, status=status, headers=headers
+        )
+    reader = await engine.open_reader(session) if count and send_body else None
+    return StreamedResponse(reader, start, count, status=status, headers=headers)
 
 
 def _representation_headers(session: UploadSession, etag: str, modified: float) -> dict[str, str]:

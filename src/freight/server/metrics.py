@@ -54,7 +54,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 
 from freight.core import UploadEngine
-from freight.core.events import EventHub, UploadEventKind
+from freight.core.events import UploadEventKind
+from freight.core.ports import EventBus
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.state import ENGINE, SETTINGS
 
@@ -177,7 +178,7 @@ class ServerMetrics:
     def sent(self, protocol: str) -> Callable[[float], None]:
         return self.bytes_sent.labels(protocol).inc
 
-    async def follow(self, hub: EventHub) -> None:
+    async def follow(self, hub: EventBus) -> None:
         """Count uploads appearing, finishing and going away, until cancelled."""
         counters = {
             UploadEventKind.CREATED: self.uploads_created,
@@ -247,7 +248,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics.uploads_in_progress.set(unfinished)
     metrics.unfinished.labels("active").set(active)
     metrics.unfinished.labels("idle").set(unfinished - active)
-    metrics.disk_free.set(await asyncio.to_thread(engine.store.free_bytes))
+    free = await engine.blobs.free_bytes()
+    if free is not None:
+        metrics.disk_free.set(free)
     metrics.disk_reserve.set(request.app[SETTINGS].disk_reserve)
     # CONTENT_TYPE_LATEST carries a charset, which aiohttp only accepts as a raw header.
     return web.Response(

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from aiohttp import web
@@ -66,10 +64,9 @@ async def ready(request: web.Request) -> web.Response:
 async def _check(app: web.Application) -> tuple[int, dict[str, object]]:
     engine = app[ENGINE]
     reserve = app[SETTINGS].disk_reserve
-    uploads = _uploads_dir(engine)
     checks: dict[str, Callable[[], Awaitable[None]]] = {
         "database": lambda: _database(engine),
-        "storage": lambda: asyncio.to_thread(_write_probe, uploads),
+        "storage": engine.blobs.probe,
         "disk_space": lambda: _disk_space(engine, reserve),
     }
     results = await asyncio.gather(*(_run(check) for check in checks.values()))
@@ -102,25 +99,7 @@ async def _database(engine: UploadEngine) -> None:
     await engine.unfinished_count()
 
 
-def _uploads_dir(engine: UploadEngine) -> Path | None:
-    folder = getattr(engine.store, "uploads_dir", None)
-    return folder if isinstance(folder, Path) else None
-
-
-def _write_probe(folder: Path | None) -> None:
-    if folder is None:
-        return  # a backend without a local directory has nothing to probe here
-    probe = folder / f".ready-{os.getpid()}-{next(_PROBES)}"
-    descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(descriptor, b"ready\n")
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-        probe.unlink(missing_ok=True)
-
-
 async def _disk_space(engine: UploadEngine, reserve: int) -> None:
-    free = await asyncio.to_thread(engine.store.free_bytes)
-    if free <= reserve:
+    free = await engine.blobs.free_bytes()
+    if free is not None and free <= reserve:
         raise _NotReady("free disk space is below the reserve; uploads are refused")

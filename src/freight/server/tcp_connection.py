@@ -95,6 +95,8 @@ class ConnectionPlumbing(asyncio.BufferedProtocol):
         self._last_read = 0.0
         self._counted_to = 0  # the writer position up to which received bytes were counted
         self.task: asyncio.Task[None] | None = None
+        self._can_send = asyncio.Event()  # cleared while the transport's buffer is full
+        self._can_send.set()
 
     # asyncio callbacks --------------------------------------------------------------------
 
@@ -149,7 +151,14 @@ class ConnectionPlumbing(asyncio.BufferedProtocol):
         self._fail_with(ClientDisconnected("the client closed the connection"))
         return False
 
+    def pause_writing(self) -> None:
+        self._can_send.clear()
+
+    def resume_writing(self) -> None:
+        self._can_send.set()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._can_send.set()  # a sender waiting for room finds the connection gone
         if self._splice is not None:
             self._splice.stop()
         self._fail_with(ClientDisconnected("the connection was lost"))

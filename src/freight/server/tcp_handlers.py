@@ -15,7 +15,7 @@ import logging
 from typing import IO
 
 from freight.core import UploadSession, UploadWriter
-from freight.core.ports import SendfileSource
+from freight.core.blobs import BlobReader, SendfileSource
 from freight.errors import (
     ChecksumMismatch,
     ClientDisconnected,
@@ -45,6 +45,7 @@ from freight.protocol.frame_types import (
     Welcome,
     encode_data_header,
 )
+from freight.server.download import STREAM_BUFFER
 from freight.server.ingest import WriterFeed
 from freight.server.splice import open_splice
 from freight.server.tcp_connection import ConnectionPlumbing
@@ -295,19 +296,26 @@ class TcpConnection(ConnectionPlumbing):
             raise RangeNotSatisfiable(f"offset {get.offset} is past the end ({size})", size=size)
         available = size - get.offset
         length = available if get.length is None else min(get.length, available)
-        store = self._engine.store
-        if not isinstance(store, SendfileSource):
-            raise FreightError("this storage backend cannot serve raw TCP downloads")
-        try:
-            file = open(store.file_path(session.id), "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError as exc:
-            raise UploadNotFound("the file was deleted") from exc
-        with file:
-            info = FileInfo(size, get.offset, length, _digest(session), _name(session))
-            self._send(info)
-            self._in_sync = False
-            await self._send_range(file, get.offset, length)
-            self._in_sync = True
+        blobs = self._engine.blobs
+        info = FileInfo(size, get.offset, length, _digest(session), _name(session))
+        if isinstance(blobs, SendfileSource):
+            try:
+                file = open(blobs.file_path(session.id), "rb")  # noqa: SIM115 - closed below
+            except FileNotFoundError as exc:
+                raise UploadNotFound("the file was deleted") from exc
+            with file:
+                self._send(info)
+                self._in_sync = False
+                await self._send_range(file, get.offset, length)
+        else:
+            reader = await self._engine.open_reader(session)
+            try:
+                self._send(info)
+                self._in_sync = False
+                await self._stream_range(reader, get.offset, length)
+            finally:
+                reader.close()
+        self._in_sync = True
 
     async def _send_range(self, file: IO[bytes], offset: int, length: int) -> None:
         assert self._transport is not None
@@ -328,6 +336,35 @@ class TcpConnection(ConnectionPlumbing):
             if sent != count:
                 raise FreightError("the stored file is shorter than its recorded size")
             position += count
+
+    async def _stream_range(self, reader: BlobReader, offset: int, length: int) -> None:
+        """Send a range read from a store without sendfile, through one reused buffer."""
+        transport = self._transport
+        assert transport is not None
+        view = memoryview(bytearray(min(STREAM_BUFFER, length)))
+        position, end = offset, offset + length
+        while position < end:
+            frame_end = min(end, position + self._settings.send_frame)
+            transport.write(encode_data_header(position, frame_end - position))
+            while position < frame_end:
+                want = view[: min(len(view), frame_end - position)]
+                got = await asyncio.to_thread(reader.read_into, position, want)
+                if got <= 0:
+                    raise FreightError("the stored file is shorter than its recorded size")
+                # The transport copies what it cannot send at once: the buffer is free again.
+                transport.write(want[:got])
+                position += got
+                self._server.on_sent(got)
+                await self._room_to_send()
+
+    async def _room_to_send(self) -> None:
+        try:
+            async with asyncio.timeout(self._settings.idle_timeout):
+                await self._can_send.wait()
+        except TimeoutError:
+            raise IdleTimeout("the client stopped reading the download") from None
+        if self._transport is None or self._transport.is_closing():
+            raise ClientDisconnected("the client went away during a download")
 
 
 def _finished(session: UploadSession) -> Finished:

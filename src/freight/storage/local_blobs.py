@@ -30,6 +30,7 @@ Considerations:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import shutil
@@ -134,6 +135,19 @@ class LocalBlobs:
     async def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    async def probe(self) -> None:
+        await asyncio.to_thread(self._write_probe)
+
+    def _write_probe(self) -> None:
+        probe = self.uploads_dir / f".ready-{os.getpid()}-{next(_PROBES)}"
+        descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(descriptor, b"ready\n")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+            probe.unlink(missing_ok=True)
+
     async def close(self) -> None:
         pass
 
@@ -157,6 +171,9 @@ class LocalBlobs:
                     entry.unlink(missing_ok=True)
                     dropped += 1
         return dropped
+
+
+_PROBES = itertools.count()
 
 
 def _inside(folder: Path, upload_id: str, suffix: str) -> Path:

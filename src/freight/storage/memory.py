@@ -108,6 +108,9 @@ class MemoryBlobs:
             return None
         return max(self.capacity - self.bytes_used, 0)
 
+    async def probe(self) -> None:
+        return None
+
     async def close(self) -> None:
         with self._lock:
             self._blobs.clear()

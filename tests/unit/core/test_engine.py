@@ -31,7 +31,7 @@ from freight.errors import (
     UploadNotFound,
     UploadTooLarge,
 )
-from freight.storage.local import LocalStore
+from tests.unit.core.stored import local, stored_bytes
 
 MiB = 1024 * 1024
 OpenEngine = Callable[..., UploadEngine]
@@ -47,11 +47,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def local(engine: UploadEngine) -> LocalStore:
-    assert isinstance(engine.store, LocalStore)
-    return engine.store
 
 
 def sha256(data: bytes) -> str:
@@ -100,7 +95,8 @@ async def assert_parts_retired(engine: UploadEngine, part_ids: list[str]) -> Non
     assert await engine.sweep_expired() >= len(part_ids)
     for part_id in part_ids:
         assert await gone(engine, part_id)
-        assert not local(engine).file_path(part_id).exists()
+        with pytest.raises(UploadNotFound):
+            await engine.blobs.open_reader(part_id)
 
 
 async def wait_assembled(
@@ -120,6 +116,7 @@ async def wait_assembled(
 # creating and lengths -----------------------------------------------------------------------
 
 
+@pytest.mark.local_blobs
 async def test_create_stores_the_session_and_its_part(open_engine: OpenEngine) -> None:
     clock = FakeClock()
     engine = open_engine(clock=clock, expire_after=60.0)
@@ -128,13 +125,14 @@ async def test_create_stores_the_session_and_its_part(open_engine: OpenEngine) -
     assert session.state is UploadState.RECEIVING
     assert (session.offset, session.length, session.name) == (0, 1000, "résumé.pdf")
     assert (session.created, session.expires) == (clock.now, clock.now + 60.0)
-    assert local(engine).load(session.id) == session
+    assert (await engine.sessions.load(session.id)) == session
     assert local(engine).part_path(session.id).exists()
     assert [s.id for s in await engine.list_sessions()] == [session.id]
     with pytest.raises(UploadIncomplete):
-        engine.open_file(session)
+        await engine.open_reader(session)
 
 
+@pytest.mark.local_blobs
 async def test_declare_length_rules(engine: UploadEngine) -> None:
     session = await engine.create(length=None, metadata={})
     await write(engine, session.id, b"x" * 100)
@@ -142,7 +140,7 @@ async def test_declare_length_rules(engine: UploadEngine) -> None:
         await engine.declare_length(session.id, 99)
     declared = await engine.declare_length(session.id, 150)
     assert declared.length == 150
-    assert local(engine).load(session.id).length == 150
+    assert (await engine.sessions.load(session.id)).length == 150
     # Space is taken as bytes arrive: declaring a length preallocates nothing.
     assert os.stat(local(engine).part_path(session.id)).st_size == 100
     assert (await engine.declare_length(session.id, 150)).length == 150  # idempotent
@@ -177,6 +175,7 @@ async def test_max_size(open_engine: OpenEngine) -> None:
     assert (await engine.declare_length(deferred.id, 1000)).length == 1000
 
 
+@pytest.mark.local_blobs
 async def test_disk_reserve_beyond_free_space(tmp_path: Path, open_engine: OpenEngine) -> None:
     huge = shutil.disk_usage(tmp_path).free + 2**40
     engine = open_engine(disk_reserve=huge)
@@ -209,6 +208,7 @@ async def test_finish_incomplete_lists_the_missing_ranges(engine: UploadEngine) 
     assert caught.value.details["missing"] == [[10, 20], [30, 40]]
 
 
+@pytest.mark.local_blobs
 async def test_finish_with_the_wrong_sha256_keeps_the_upload(
     engine: UploadEngine, restart: Restart
 ) -> None:
@@ -220,7 +220,7 @@ async def test_finish_with_the_wrong_sha256_keeps_the_upload(
     assert caught.value.details["sha256"] == sha256(data)
     kept = await engine.get(session.id)
     assert kept.state is UploadState.RECEIVING and kept.offset == len(data)
-    assert local(engine).load(session.id).state is UploadState.RECEIVING
+    assert (await engine.sessions.load(session.id)).state is UploadState.RECEIVING
     assert local(engine).part_path(session.id).exists()
 
     engine = await restart(engine)
@@ -232,14 +232,15 @@ async def test_finish_with_the_wrong_sha256_keeps_the_upload(
         await engine.finish(session.id, expected_sha256="f" * 64)
 
 
+@pytest.mark.local_blobs
 async def test_finished_uploads_are_renamed_and_frozen(engine: UploadEngine) -> None:
     data = b"hello freight"
     session = await upload(engine, data)
     store = local(engine)
     assert not store.part_path(session.id).exists()
     assert store.file_path(session.id).read_bytes() == data
-    assert store.load(session.id).state is UploadState.FINISHED
-    file = engine.open_file(session)
+    assert (await engine.sessions.load(session.id)).state is UploadState.FINISHED
+    file = await engine.open_reader(session)
     try:
         buffer = bytearray(64)
         assert file.read_into(0, memoryview(buffer)) == len(data)
@@ -255,9 +256,10 @@ async def test_an_empty_upload_finishes(engine: UploadEngine) -> None:
     assert session.is_complete
     finished = await engine.finish(session.id)
     assert finished.sha256 == sha256(b"")
-    assert local(engine).file_path(session.id).read_bytes() == b""
+    assert await stored_bytes(engine, session.id) == b""
 
 
+@pytest.mark.local_blobs
 async def test_delete(engine: UploadEngine) -> None:
     receiving = await engine.create(length=10, metadata={})
     finished = await upload(engine, b"done")
@@ -271,6 +273,7 @@ async def test_delete(engine: UploadEngine) -> None:
         await engine.delete(receiving.id)
 
 
+@pytest.mark.local_blobs
 async def test_delete_while_the_hash_catches_up(
     engine: UploadEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -294,7 +297,7 @@ async def test_delete_while_the_hash_catches_up(
     await engine.delete(session.id)
     await asyncio.sleep(0.3)  # past the end of the hashing under way
     with pytest.raises(UploadNotFound):
-        engine.store.load(session.id)
+        (await engine.sessions.load(session.id))
     assert await engine.list_sessions() == []
 
 
@@ -316,7 +319,7 @@ async def test_rewriting_hashed_bytes_never_leaves_a_wrong_sha256(engine: Upload
     except FreightError:
         await write(engine, session.id, b"BBBBB", 5, sequential=False)  # refusing is fine too
     finished = await engine.finish(session.id)
-    assert finished.sha256 == sha256(local(engine).file_path(session.id).read_bytes())
+    assert finished.sha256 == sha256(await stored_bytes(engine, session.id))
 
 
 async def test_a_length_declared_during_a_write_bounds_it(engine: UploadEngine) -> None:
@@ -337,7 +340,7 @@ async def test_a_length_declared_during_a_write_bounds_it(engine: UploadEngine) 
     assert session.length is not None
     assert session.received.highest() <= session.length
     finished = await engine.finish(session.id)
-    stored = local(engine).file_path(session.id).read_bytes()
+    stored = await stored_bytes(engine, session.id)
     assert len(stored) == finished.length
     assert finished.sha256 == sha256(stored)
 
@@ -345,6 +348,7 @@ async def test_a_length_declared_during_a_write_bounds_it(engine: UploadEngine) 
 # expiry ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.local_blobs
 async def test_expiry_with_a_fake_clock(open_engine: OpenEngine) -> None:
     clock = FakeClock()
     engine = open_engine(clock=clock, expire_after=60.0)
@@ -354,7 +358,7 @@ async def test_expiry_with_a_fake_clock(open_engine: OpenEngine) -> None:
     await write(engine, session.id, b"12345")
     # writing keeps an upload alive
     assert (await engine.get(session.id)).expires == clock.now + 60.0
-    assert local(engine).load(session.id).expires == clock.now + 60.0
+    assert (await engine.sessions.load(session.id)).expires == clock.now + 60.0
     clock.advance(59)
     assert (await engine.get(session.id)).offset == 5
     assert await engine.sweep_expired() == 0
@@ -372,7 +376,7 @@ async def test_expiry_with_a_fake_clock(open_engine: OpenEngine) -> None:
     assert await engine.sweep_expired() == 1
     assert not local(engine).part_path(session.id).exists()
     with pytest.raises(UploadNotFound):
-        local(engine).load(session.id)
+        (await engine.sessions.load(session.id))
     with pytest.raises(UploadNotFound):
         await engine.get(session.id)
     assert await engine.sweep_expired() == 0
@@ -387,7 +391,7 @@ async def test_sweep_spares_an_upload_being_written(open_engine: OpenEngine) -> 
         clock.advance(61)
         assert await engine.sweep_expired() == 0
         await writer.write(b"x")
-    assert local(engine).load(session.id).offset == 1
+    assert (await engine.sessions.load(session.id)).offset == 1
 
 
 # concatenation --------------------------------------------------------------------------------
@@ -405,7 +409,7 @@ async def test_concatenation_of_finished_parts(engine: UploadEngine) -> None:
     assert final.concat_kind is ConcatKind.FINAL
     assert final.length == sum(map(len, datas))
     assert final.sha256 == sha256(b"".join(datas))
-    assert local(engine).file_path(final.id).read_bytes() == b"".join(datas)
+    assert await stored_bytes(engine, final.id) == b"".join(datas)
     await assert_parts_retired(engine, [p.id for p in parts])
     with pytest.raises(UploadForbidden):
         async with engine.writer(final.id, 0):
@@ -438,7 +442,7 @@ async def test_concatenation_before_the_parts_finish(engine: UploadEngine) -> No
     final = await wait_assembled(engine, final.id, [p.id for p in parts])
     assert final.length == sum(map(len, datas))
     assert final.sha256 == sha256(b"".join(datas))
-    assert local(engine).file_path(final.id).read_bytes() == b"".join(datas)
+    assert await stored_bytes(engine, final.id) == b"".join(datas)
     await assert_parts_retired(engine, [p.id for p in parts])
 
 
@@ -481,6 +485,7 @@ async def test_state_survives_a_restart(engine: UploadEngine, restart: Restart) 
     assert (await engine.get(session.id)).sha256 == sha256(data)
 
 
+@pytest.mark.local_blobs
 async def test_restart_resumes_the_saved_hash_without_rereading(
     engine: UploadEngine, restart: Restart
 ) -> None:
@@ -494,6 +499,7 @@ async def test_restart_resumes_the_saved_hash_without_rereading(
     assert (await engine.finish(session.id)).sha256 == sha256(data)
 
 
+@pytest.mark.local_blobs
 async def test_resume_interrupted_work_finishes_complete_uploads(
     engine: UploadEngine, restart: Restart
 ) -> None:
@@ -535,13 +541,14 @@ async def test_resume_interrupted_work_assembles_ready_finals(
         concat_kind=ConcatKind.FINAL,
         concat_parts=tuple(p.id for p in parts),
     )
-    local(engine).create(final)
+    await engine.store_new(final)
     await engine.resume_interrupted_work()
     assembled = await engine.get(final.id)
     assert assembled.sha256 == sha256(b"".join(datas))
-    assert local(engine).file_path(final.id).read_bytes() == b"".join(datas)
+    assert await stored_bytes(engine, final.id) == b"".join(datas)
 
 
+@pytest.mark.local_blobs
 async def test_out_of_order_chunks_are_hashed_from_disk_before_finish(
     engine: UploadEngine,
 ) -> None:

@@ -14,16 +14,12 @@ import pytest
 from freight.core.engine import UploadEngine
 from freight.core.session import ConcatKind, UploadSession, UploadState
 from freight.errors import ConcatenationError, UploadNotFound, UploadTooLarge
-from freight.storage.local import LocalStore
+from freight.storage.local import open_local
+from tests.unit.core.stored import local, stored_bytes
 
 MiB = 1024 * 1024
 OpenEngine = Callable[..., UploadEngine]
 Restart = Callable[..., Awaitable[UploadEngine]]
-
-
-def local(engine: UploadEngine) -> LocalStore:
-    assert isinstance(engine.store, LocalStore)
-    return engine.store
 
 
 async def partial(engine: UploadEngine, data: bytes | None, length: int | None = None) -> str:
@@ -42,19 +38,20 @@ async def send(engine: UploadEngine, upload_id: str, data: bytes) -> UploadSessi
     return await engine.finish(upload_id) if session.is_complete else session
 
 
-def stored_bytes(engine: UploadEngine) -> int:
+def disk_bytes(engine: UploadEngine) -> int:
     root = local(engine).root
     return sum(
         p.stat().st_size for folder in ("files", "uploads") for p in (root / folder).iterdir()
     )
 
 
+@pytest.mark.local_blobs
 async def test_a_part_belongs_to_one_final(engine: UploadEngine) -> None:
     datas = [os.urandom(MiB) for _ in range(4)]
     parts = [await partial(engine, data) for data in datas]
     final = await engine.create_final(parts, {"filename": "all"})
     assert final.sha256 == hashlib.sha256(b"".join(datas)).hexdigest()
-    stored = stored_bytes(engine)
+    stored = disk_bytes(engine)
 
     # A retry of the same creation (its answer was lost) gets the same final, copied once.
     again = await engine.create_final(parts, {"filename": "all"})
@@ -63,7 +60,7 @@ async def test_a_part_belongs_to_one_final(engine: UploadEngine) -> None:
     for other in (parts[::-1], parts[:2], [*parts[1:], await partial(engine, b"x")]):
         with pytest.raises(ConcatenationError, match="belongs to another final"):
             await engine.create_final(other, {})
-    assert stored_bytes(engine) == stored + 1  # only the one-byte part was added
+    assert disk_bytes(engine) == stored + 1  # only the one-byte part was added
     assert [s.id for s in await engine.list_sessions() if s.concat_kind is ConcatKind.FINAL] == [
         final.id
     ]
@@ -102,9 +99,10 @@ async def test_a_deleted_final_frees_its_parts(engine: UploadEngine) -> None:
         if done.is_finished:
             break
         await asyncio.sleep(0.01)
-    assert local(engine).file_path(second.id).read_bytes() == b"b" * 10 + b"a" * 10
+    assert await stored_bytes(engine, second.id) == b"b" * 10 + b"a" * 10
 
 
+@pytest.mark.local_blobs
 async def test_a_final_is_held_to_the_size_limit(open_engine: OpenEngine) -> None:
     engine = open_engine(max_size=3 * MiB)
     known = [await partial(engine, None, length=2 * MiB) for _ in range(2)]
@@ -129,7 +127,8 @@ async def test_a_final_is_held_to_the_size_limit(open_engine: OpenEngine) -> Non
     assert not local(engine).file_path(final.id).exists()
 
 
-def test_an_older_database_gains_the_owner_column(tmp_path: Path) -> None:
+@pytest.mark.local_blobs
+async def test_an_older_database_gains_the_owner_column(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     old = sqlite3.connect(data / "freight.db")
@@ -149,12 +148,12 @@ def test_an_older_database_gains_the_owner_column(tmp_path: Path) -> None:
     old.close()
     (data / "uploads").mkdir()
     (data / "uploads" / "oldpart.part").write_bytes(b"")
-    store = LocalStore(data)
+    backend = open_local(data)
     try:
-        session = store.load("oldpart")
+        session = await backend.sessions.load("oldpart")
         assert session.used_by is None and session.concat_kind is ConcatKind.PARTIAL
         session.used_by = "somefinal"
-        store.save(session)
-        assert store.load("oldpart").used_by == "somefinal"
+        assert await backend.sessions.update(session, ["used_by"])
+        assert (await backend.sessions.load("oldpart")).used_by == "somefinal"
     finally:
-        store.close()
+        await backend.close()

@@ -12,15 +12,10 @@ import pytest
 from freight.core.engine import UploadEngine
 from freight.core.session import UploadSession
 from freight.errors import ClientDisconnected, OffsetMismatch
-from freight.storage.local import LocalStore
+from tests.unit.core.stored import local, stored_bytes
 
 MiB = 1024 * 1024
 OpenEngine = Callable[..., UploadEngine]
-
-
-def local(engine: UploadEngine) -> LocalStore:
-    assert isinstance(engine.store, LocalStore)
-    return engine.store
 
 
 def open_descriptors_of(path: Path) -> int:
@@ -36,6 +31,7 @@ def open_descriptors_of(path: Path) -> int:
     return count
 
 
+@pytest.mark.local_blobs
 async def test_parallel_writers_open_one_part_file_and_close_it(engine: UploadEngine) -> None:
     chunk = MiB
     session = await engine.create(length=8 * chunk, metadata={})
@@ -108,7 +104,7 @@ async def test_a_take_over_is_served_from_the_offset_its_client_was_given(
         await first
     assert done.offset == len(data)
     finished = await engine.finish(session.id)
-    assert local(engine).file_path(finished.id).read_bytes() == data
+    assert await stored_bytes(engine, finished.id) == data
 
 
 async def test_a_stale_request_takes_nothing_over(open_engine: OpenEngine) -> None:

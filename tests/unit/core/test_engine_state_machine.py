@@ -22,7 +22,8 @@ from freight.core.buffers import LARGE_BUFFER as BUFFER_SIZE
 from freight.core.engine import UploadEngine
 from freight.core.writer import RequestChecksum
 from freight.errors import ChecksumMismatch, LengthMismatch, OffsetMismatch, UploadIncomplete
-from freight.storage.local import LocalStore
+from freight.storage.local import open_local
+from freight.storage.local_blobs import LocalBlobs
 
 T = TypeVar("T")
 
@@ -49,16 +50,15 @@ class EngineMachine(RuleBasedStateMachine):
         self.finished = False
 
     def open_engine(self) -> UploadEngine:
-        store = LocalStore(self.data_dir)
-        return UploadEngine(store, fsync=FsyncPolicy.BATCH, sync_every=4096)
+        return UploadEngine(open_local(self.data_dir), fsync=FsyncPolicy.BATCH, sync_every=4096)
 
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(work)
 
     @property
-    def store(self) -> LocalStore:
-        assert isinstance(self.engine.store, LocalStore)
-        return self.engine.store
+    def store(self) -> LocalBlobs:
+        assert isinstance(self.engine.blobs, LocalBlobs)
+        return self.engine.blobs
 
     def teardown(self) -> None:
         try:
@@ -154,7 +154,7 @@ class EngineMachine(RuleBasedStateMachine):
     @rule()
     def head(self) -> None:
         session = self.run(self.engine.get(self.upload_id))
-        stored = self.store.load(self.upload_id)
+        stored = self.run(self.engine.sessions.load(self.upload_id))
         assert session.offset == stored.offset == self.accepted
         assert session.length == stored.length == (len(self.content) if self.declared else None)
         assert stored.hashed_offset <= stored.offset

@@ -23,7 +23,7 @@ class FakeClock:
 
 async def test_never_written_uploads_stay_out_of_memory(engine: UploadEngine) -> None:
     ids = [(await engine.create(length=10, metadata={}, client="a")).id for _ in range(300)]
-    assert len(engine._active) == 0
+    assert len(engine.uploads.by_id) == 0
     assert engine.active_transfers(50) == []
     async with engine.writer(ids[0], 0) as writer:
         await writer.write(b"x")
@@ -53,7 +53,8 @@ async def test_what_unfinished_uploads_still_need_counts_as_taken(
     open_engine: Callable[..., UploadEngine],
 ) -> None:
     engine = open_engine()
-    usable = engine.store.free_bytes()
+    usable = await engine.blobs.free_bytes()
+    assert usable is not None
     first = await engine.create(length=usable // 2, metadata={})
     with pytest.raises(InsufficientStorage):
         await engine.create(length=usable // 2 + usable // 10, metadata={})

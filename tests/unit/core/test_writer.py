@@ -29,7 +29,7 @@ from freight.errors import (
     UploadLocked,
     UploadTooLarge,
 )
-from freight.storage.local import LocalStore
+from tests.unit.core.stored import local, stored_bytes
 
 MiB = 1024 * 1024
 
@@ -49,16 +49,11 @@ def chunked(data: bytes, sizes: list[int]) -> Iterator[memoryview]:
         index += 1
 
 
-def local(engine: UploadEngine) -> LocalStore:
-    assert isinstance(engine.store, LocalStore)
-    return engine.store
-
-
 def part_path(engine: UploadEngine, upload_id: str) -> Path:
     return local(engine).part_path(upload_id)
 
 
-def stored_bytes(engine: UploadEngine, upload_id: str, end: int) -> bytes:
+def part_bytes(engine: UploadEngine, upload_id: str, end: int) -> bytes:
     with part_path(engine, upload_id).open("rb") as file:
         return file.read(end)
 
@@ -89,6 +84,7 @@ async def write(
     [(1, 7, 4093, 65537), (BUFFER_SIZE - 1,), (BUFFER_SIZE + 1, 3), (BUFFER_SIZE,)],
     ids=["tiny-odd", "buffer-minus-one", "buffer-plus-one", "exact-buffer"],
 )
+@pytest.mark.local_blobs
 async def test_sequential_writes_cross_the_buffer(
     open_engine: Callable[..., UploadEngine], policy: FsyncPolicy, sizes: tuple[int, ...]
 ) -> None:
@@ -101,10 +97,10 @@ async def test_sequential_writes_cross_the_buffer(
     assert session.offset == len(data)
     session = await engine.hashed(session.id)
     assert session.hashed_offset == len(data)
-    assert stored_bytes(engine, session.id, len(data)) == data
+    assert part_bytes(engine, session.id, len(data)) == data
     finished = await engine.finish(session.id)
     assert finished.sha256 == hashlib.sha256(data).hexdigest()
-    assert local(engine).file_path(session.id).read_bytes() == data
+    assert await stored_bytes(engine, session.id) == data
 
 
 async def test_commit_records_the_durable_offset(engine: UploadEngine) -> None:
@@ -112,7 +108,7 @@ async def test_commit_records_the_durable_offset(engine: UploadEngine) -> None:
     session = await engine.create(length=4 * MiB, metadata={})
     await write(engine, session.id, data, sizes=(1000,))
     session = await engine.hashed(session.id)
-    stored = engine.store.load(session.id)
+    stored = await engine.sessions.load(session.id)
     assert stored.offset == len(data)
     assert stored.received.to_list() == [[0, len(data)]]
     assert stored.hashed_offset == len(data)
@@ -126,14 +122,14 @@ async def test_checkpoints_record_progress_before_commit(engine: UploadEngine) -
         for piece in chunked(data, [256 * 1024]):
             await writer.write(piece)
         for _ in range(200):
-            if engine.store.load(session.id).offset > 0:
+            if (await engine.sessions.load(session.id)).offset > 0:
                 break
             await asyncio.sleep(0.01)
-        recorded = engine.store.load(session.id).offset
+        recorded = (await engine.sessions.load(session.id)).offset
         assert 0 < recorded < len(data)
         assert recorded % BUFFER_SIZE == 0
         await writer.commit()
-    assert engine.store.load(session.id).offset == len(data)
+    assert (await engine.sessions.load(session.id)).offset == len(data)
 
 
 async def test_empty_commit_records_nothing(engine: UploadEngine) -> None:
@@ -142,7 +138,7 @@ async def test_empty_commit_records_nothing(engine: UploadEngine) -> None:
         await writer.write(b"")
         await writer.commit()
     assert session.offset == 0
-    assert engine.store.load(session.id).received.to_list() == []
+    assert (await engine.sessions.load(session.id)).received.to_list() == []
 
 
 async def test_commit_with_a_short_body_is_a_length_mismatch(engine: UploadEngine) -> None:
@@ -155,6 +151,7 @@ async def test_commit_with_a_short_body_is_a_length_mismatch(engine: UploadEngin
     assert (await engine.get(session.id)).offset == 3
 
 
+@pytest.mark.local_blobs
 async def test_checksum_mismatch_keeps_nothing_and_leaves_the_hash_alone(
     engine: UploadEngine,
 ) -> None:
@@ -174,12 +171,12 @@ async def test_checksum_mismatch_keeps_nothing_and_leaves_the_hash_alone(
             await writer.commit()
 
     session = await engine.hashed(session.id)
-    stored = engine.store.load(session.id)
+    stored = await engine.sessions.load(session.id)
     for view in (session, stored):
         assert view.offset == head
         assert view.hashed_offset == head
         assert view.hash_state == state_before
-    assert stored_bytes(engine, session.id, head) == data[:head]
+    assert part_bytes(engine, session.id, head) == data[:head]
 
     session = await write(engine, session.id, body, head, checksum=sha1_checksum(body))
     assert session.offset == len(data)
@@ -187,6 +184,7 @@ async def test_checksum_mismatch_keeps_nothing_and_leaves_the_hash_alone(
     assert finished.sha256 == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.local_blobs
 async def test_abort_keeps_what_arrived_and_resumes(engine: UploadEngine) -> None:
     data = os.urandom(5 * MiB)
     sent = 2 * MiB + MiB // 2 + 123
@@ -200,8 +198,8 @@ async def test_abort_keeps_what_arrived_and_resumes(engine: UploadEngine) -> Non
     session = await engine.hashed(session.id)
     assert session.offset == sent
     assert session.hashed_offset == sent
-    assert engine.store.load(session.id).offset == sent
-    assert stored_bytes(engine, session.id, sent) == data[:sent]
+    assert (await engine.sessions.load(session.id)).offset == sent
+    assert part_bytes(engine, session.id, sent) == data[:sent]
 
     await write(engine, session.id, data[sent:], sent)
     finished = await engine.finish(session.id)
@@ -216,7 +214,7 @@ async def test_abort_with_a_pending_checksum_keeps_nothing(engine: UploadEngine)
             await writer.write(data[: MiB + 10])
             raise ConnectionDropped
     assert (await engine.get(session.id)).offset == 0
-    assert engine.store.load(session.id).offset == 0
+    assert (await engine.sessions.load(session.id)).offset == 0
 
 
 async def test_overlapping_writers_are_locked_out(engine: UploadEngine) -> None:
@@ -247,6 +245,7 @@ async def test_overlapping_writers_are_locked_out(engine: UploadEngine) -> None:
     assert (await engine.finish(session.id)).is_finished
 
 
+@pytest.mark.local_blobs
 async def test_parallel_writers_out_of_order_then_hash_catches_up(engine: UploadEngine) -> None:
     data = os.urandom(4 * MiB + 5)
     bounds = [0, MiB - 1, 2 * MiB + 3, 3 * MiB + MiB // 3, len(data)]
@@ -266,11 +265,12 @@ async def test_parallel_writers_out_of_order_then_hash_catches_up(engine: Upload
     assert session.received.to_list() == [[0, len(data)]]
     # Ranges written without the hash are hashed from disk in the background, or at finish.
     assert session.hashed_offset <= len(data)
-    assert stored_bytes(engine, session.id, len(data)) == data
+    assert part_bytes(engine, session.id, len(data)) == data
     finished = await engine.finish(session.id)
     assert finished.sha256 == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.local_blobs
 async def test_a_writer_waits_for_a_hash_that_falls_behind(
     open_engine: Callable[..., UploadEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -327,6 +327,7 @@ async def test_offset_mismatch_carries_the_current_offset(engine: UploadEngine) 
     await write(engine, session.id, b"x", 10)
 
 
+@pytest.mark.local_blobs
 async def test_writing_past_the_declared_length(engine: UploadEngine) -> None:
     session = await engine.create(length=10, metadata={})
     with pytest.raises(UploadTooLarge):
@@ -335,7 +336,7 @@ async def test_writing_past_the_declared_length(engine: UploadEngine) -> None:
             await writer.write(b"ghijk")
     # The refused call wrote nothing; what came before it is kept.
     assert (await engine.get(session.id)).offset == 6
-    assert stored_bytes(engine, session.id, 6) == b"abcdef"
+    assert part_bytes(engine, session.id, 6) == b"abcdef"
     session = await write(engine, session.id, b"ghij", 6)
     assert (await engine.finish(session.id)).sha256 == hashlib.sha256(b"abcdefghij").hexdigest()
 
@@ -351,6 +352,7 @@ async def test_deferred_length_writes_are_bounded_by_max_size(
     await write(engine, session.id, b"x" * 1000)
 
 
+@pytest.mark.local_blobs
 async def test_a_failed_disk_write_never_records_misplaced_bytes(engine: UploadEngine) -> None:
     """A write that fails (here EFBIG from RLIMIT_FSIZE, a real kernel error) must not let
     later bytes of the same request land at the failed buffer's offset."""
@@ -370,7 +372,7 @@ async def test_a_failed_disk_write_never_records_misplaced_bytes(engine: UploadE
         signal.signal(signal.SIGXFSZ, old_handler)
     offset = (await engine.get(session.id)).offset
     assert offset <= 2 * MiB + MiB // 2
-    assert stored_bytes(engine, session.id, offset) == data[:offset]
+    assert part_bytes(engine, session.id, offset) == data[:offset]
 
 
 async def test_checkpoint_makes_a_window_durable_without_ending_the_writer(
