@@ -37,10 +37,10 @@ from collections.abc import Collection
 from pathlib import Path
 
 from freight.errors import UploadNotFound
+from freight.storage.ids import is_upload_id
 from freight.storage.local_files import (
     LocalPartFile,
     SpaceReserve,
-    is_upload_id,
     space_error,
     sync_dir,
 )
