@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from freight._types import Buffer
 from freight.core.blobs import BlobReader, BlobStore, ReadBack, SendfileSource
 from freight.core.session import new_upload_id
 from freight.errors import FreightError, UploadNotFound
@@ -28,7 +29,7 @@ def read_all(reader: BlobReader, size: int, offset: int = 0) -> bytes:
     return bytes(buffer[:count])
 
 
-async def write_blob(blobs: BlobStore, pieces: list[tuple[int, bytes]]) -> str:
+async def write_blob(blobs: BlobStore, pieces: list[tuple[int, Buffer]]) -> str:
     upload_id = new_upload_id()
     await blobs.create(upload_id)
     writer = await blobs.open_writer(upload_id)
