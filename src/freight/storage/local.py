@@ -35,12 +35,12 @@ from pathlib import Path
 from freight.core.ports import Backend, ListingKind, PageKey, UnfinishedTotals
 from freight.core.session import UploadSession
 from freight.errors import UploadNotFound
+from freight.storage.ids import is_upload_id
 from freight.storage.local_blobs import LocalBlobs
 from freight.storage.local_db import SessionTable
 from freight.storage.local_files import (
     LocalPartFile,
     SpaceReserve,
-    is_upload_id,
     space_error,
     sync_dir,
 )

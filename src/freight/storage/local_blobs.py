@@ -11,8 +11,9 @@ Abilities: writers take bytes from a pipe (:class:`~freight.core.blobs.PipeTarge
 ``splice``), finished blobs are sent with ``sendfile``
 (:class:`~freight.core.blobs.SendfileSource`) and unfinished ones are read back from the
 page cache (:class:`~freight.core.blobs.ReadBack`). There is no server-side concatenation:
-``copy_file_range`` measured no faster than the engine's buffered copy on the filesystems
-tried, so the engine's copy is used.
+on ext4 ``copy_file_range`` copied 256 MiB no faster than the engine's buffered copy
+(0.65-1.0 GB/s against 0.9-1.2 GB/s, fdatasync included), so the engine's copy is used; a
+filesystem that shares extents (XFS, btrfs reflinks) could make it worth adding.
 
 Considerations:
 
@@ -38,10 +39,10 @@ from collections.abc import Collection
 from pathlib import Path
 
 from freight.errors import UploadNotFound
+from freight.storage.ids import is_upload_id
 from freight.storage.local_files import (
     LocalPartFile,
     SpaceReserve,
-    is_upload_id,
     space_error,
     sync_dir,
 )

@@ -15,7 +15,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,9 @@ from typing import Any
 from freight._types import Buffer
 from freight.errors import FreightError, InsufficientStorage, UploadNotFound, storage_os_error
 
-__all__ = ["LocalPartFile", "SpaceReserve", "is_upload_id", "space_error", "sync_dir"]
+__all__ = ["LocalPartFile", "SpaceReserve", "space_error", "sync_dir"]
 
 DISK_FULL = "the server's disk is full"
-# What :func:`freight.core.session.new_upload_id` makes; nothing else becomes a file name.
-_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
-def is_upload_id(upload_id: str) -> bool:
-    return _ID_PATTERN.fullmatch(upload_id) is not None
 
 
 def sync_dir(folder: Path) -> None:

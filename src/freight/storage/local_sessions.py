@@ -27,8 +27,8 @@ from freight.core.ports import ListingKind, PageKey, SessionField, UnfinishedTot
 from freight.core.rangeset import RangeSet
 from freight.core.session import UploadSession, UploadState
 from freight.errors import UploadNotFound
+from freight.storage.ids import is_upload_id
 from freight.storage.local_db import SessionTable
-from freight.storage.local_files import is_upload_id
 
 __all__ = ["SqliteSessions"]
 

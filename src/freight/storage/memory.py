@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from freight._types import Buffer
 from freight.errors import FreightError, InsufficientStorage, UploadNotFound
+from freight.storage.ids import is_upload_id
 
 __all__ = ["MemoryBlobs"]
 
@@ -54,12 +55,14 @@ class MemoryBlobs:
         return self._pages_used * self.page_size
 
     def _blob(self, upload_id: str) -> _Blob:
-        blob = self._blobs.get(upload_id)
+        blob = self._blobs.get(upload_id) if is_upload_id(upload_id) else None
         if blob is None:
             raise UploadNotFound("no such upload")
         return blob
 
     async def create(self, upload_id: str) -> None:
+        if not is_upload_id(upload_id):
+            raise UploadNotFound("no such upload")
         with self._lock:
             if upload_id in self._blobs:
                 raise FreightError("an upload with this id already exists")
@@ -96,6 +99,8 @@ class MemoryBlobs:
             tail[start:] = self._zeros[start:]
 
     async def delete(self, upload_id: str) -> None:
+        if not is_upload_id(upload_id):
+            raise UploadNotFound("no such upload")
         with self._lock:
             blob = self._blobs.pop(upload_id, None)
             if blob is not None:

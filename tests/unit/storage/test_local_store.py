@@ -18,7 +18,7 @@ from freight.errors import FreightError, UploadNotFound
 from freight.storage.local import LocalPartFile, LocalStore
 
 MiB = 1024 * 1024
-BAD_IDS = ["../x", "a/b", "", "x" * 200, "..", ".", "/etc/passwd", "a\x00b", "a b", "~x"]
+BAD_IDS = ["../x", "a/b", "", "x" * 200, "..", ".", "/etc/passwd", "a\x00b", "a b", "~x", "abc\n"]
 
 
 @pytest.fixture
