@@ -21,7 +21,18 @@ def session_backend(request: pytest.FixtureRequest) -> SessionBackend:
     return backend
 
 
-@pytest.fixture(params=sorted(BLOB_BACKENDS))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Blob tests run over every blob backend, or for a test marked ``ability("X")`` over
+    those that have ability X (the others have nothing of it to test)."""
+    if "blob_backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("ability")
+    needed = set(marker.args) if marker else set()
+    names = [name for name in sorted(BLOB_BACKENDS) if needed <= BLOB_BACKENDS[name].abilities]
+    metafunc.parametrize("blob_backend", names, indirect=True)
+
+
+@pytest.fixture
 def blob_backend(request: pytest.FixtureRequest) -> BlobBackend:
     backend = BLOB_BACKENDS[request.param]
     reason = backend.unavailable()

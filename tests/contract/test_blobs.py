@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from freight._types import Buffer
-from freight.core.blobs import BlobReader, BlobStore, ReadBack, SendfileSource
+from freight.core.blobs import BlobReader, BlobStore, PipeTarget, ReadBack, SendfileSource
 from freight.core.session import new_upload_id
 from freight.errors import FreightError, UploadNotFound
 from tests.contract.backends import STORE_ABILITIES, WRITER_ABILITIES, BlobBackend
@@ -206,9 +206,9 @@ async def test_abilities(blobs: BlobStore, blob_backend: BlobBackend) -> None:
     assert has == blob_backend.abilities
 
 
+@pytest.mark.ability("ReadBack")
 async def test_read_back_reads_unfinished_bytes(blobs: BlobStore) -> None:
-    if not isinstance(blobs, ReadBack):
-        pytest.skip("no ReadBack")
+    assert isinstance(blobs, ReadBack)
     upload_id = await write_blob(blobs, [(5, b"world"), (0, b"hello")])
     reader = blobs.open_part_reader(upload_id)
     try:
@@ -224,21 +224,19 @@ async def test_read_back_reads_unfinished_bytes(blobs: BlobStore) -> None:
         reader.close()
 
 
+@pytest.mark.ability("SendfileSource")
 async def test_sendfile_source_is_the_finished_bytes(blobs: BlobStore) -> None:
-    if not isinstance(blobs, SendfileSource):
-        pytest.skip("no SendfileSource")
+    assert isinstance(blobs, SendfileSource)
     upload_id = await write_blob(blobs, [(0, b"abc")])
     await blobs.finish(upload_id, 3)
     assert blobs.file_path(upload_id).read_bytes() == b"abc"
 
 
-@pytest.mark.skipif(not hasattr(os, "splice"), reason="splice(2) is Linux only")
+@pytest.mark.ability("PipeTarget")
 async def test_pipe_targets_take_bytes_from_a_pipe(blobs: BlobStore) -> None:
     upload_id = await write_blob(blobs, [])
     writer = await blobs.open_writer(upload_id)
-    if not hasattr(writer, "write_from_pipe"):
-        writer.close()
-        pytest.skip("no PipeTarget")
+    assert isinstance(writer, PipeTarget)
     data = os.urandom(200_000)
     read_end, write_end = os.pipe()
     try:

@@ -142,7 +142,7 @@ async def test_a_cut_connection_keeps_what_arrived_and_the_upload_resumes(
         writer.transport.abort()
         for _ in range(100):  # the server notices the loss and records what is durable
             kept = await server.offset(url)
-            if kept and not server.engine._active[url.rsplit("/", 1)[1]].writers:
+            if kept and not server.engine.uploads.by_id[url.rsplit("/", 1)[1]].writers:
                 break
             await asyncio.sleep(0.05)
         assert 0 < kept <= cut
@@ -165,7 +165,7 @@ async def test_a_body_shorter_than_its_length_keeps_nothing_wrong(tmp_path: Path
         await asyncio.wait_for(reader.read(), 10)
         writer.close()
         for _ in range(100):
-            if not server.engine._active[url.rsplit("/", 1)[1]].writers:
+            if not server.engine.uploads.by_id[url.rsplit("/", 1)[1]].writers:
                 break
             await asyncio.sleep(0.05)
         kept = await server.offset(url)

@@ -20,7 +20,7 @@ from loopfs import fill, fill_up, loop_ext4
 
 from freight.core import UploadEngine
 from freight.errors import InsufficientStorage
-from freight.storage.local import LocalStore
+from freight.storage.local import open_local
 from tests.conftest import ServerProcess
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -272,27 +272,31 @@ def test_chunk_api_answers_507_when_the_disk_fills(
 # the metadata store always has room to record ----------------------------------------------
 
 
-def test_the_metadata_store_records_on_a_full_disk_and_then_says_507(small_ext4: Path) -> None:
-    from freight.core.session import UploadSession
+async def test_the_metadata_store_records_on_a_full_disk_and_then_says_507(
+    small_ext4: Path,
+) -> None:
+    from freight.core.session import UploadSession, new_upload_id
 
-    store = LocalStore(small_ext4 / "data")
+    backend = open_local(small_ext4 / "data")
+    sessions = backend.sessions
     session = UploadSession(id="a" * 32, length=100, metadata={}, created=1.0, expires=None)
-    store.create(session)
+    await sessions.create(session)
     fill_up(small_ext4 / "filler")
+    # The reserve is given to SQLite: this still fits.
+    await sessions.record_received(session.id, 0, 50, expires=None)
+    assert (await sessions.load(session.id)).offset == 50
     big = {"note": "x" * 60_000}
-    session.received.add(0, 50)
-    store.save(session)  # the reserve is given to SQLite: this still fits
-    assert store.load(session.id).offset == 50
     with pytest.raises(InsufficientStorage):  # once it is spent: 507, never a bare 500
         for number in range(2000):
-            session.metadata = {**big, "n": str(number)}
-            store.save(session)
-    store.close()
+            other = UploadSession(
+                id=new_upload_id(), length=1, metadata={**big}, created=2.0, expires=None
+            )
+            await sessions.create(other)
+    await backend.close()
 
 
 async def test_progress_counts_in_memory_only_once_recorded(small_ext4: Path) -> None:
-    store = LocalStore(small_ext4 / "data", metadata_reserve=0)
-    engine = UploadEngine(store)
+    engine = UploadEngine(open_local(small_ext4 / "data", metadata_reserve=0))
     session = await engine.create(length=2 * MiB, metadata={})
     try:
         async with engine.writer(session.id, 0) as writer:
@@ -305,6 +309,7 @@ async def test_progress_counts_in_memory_only_once_recorded(small_ext4: Path) ->
                     assert other
             with pytest.raises(InsufficientStorage):
                 await writer.commit()
-        assert (await engine.get(session.id)).offset == store.load(session.id).offset == 0
+        stored = await engine.sessions.load(session.id)
+        assert (await engine.get(session.id)).offset == stored.offset == 0
     finally:
         await engine.close()

@@ -20,7 +20,6 @@ from freight.storage.local import open_local
 from freight.storage.local_sessions import SqliteSessions
 from freight.storage.memory import MemoryBlobs
 
-
 # The in-memory store's room: admission tests need a limit to hit.
 MEMORY_CAPACITY = 4 * 1024**3
 
