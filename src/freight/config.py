@@ -33,6 +33,8 @@ class FsyncPolicy(enum.Enum):
 @dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path = Path("freight-data")
+    # Where uploads are kept (storage/choice.py): "local" files + SQLite, or "memory".
+    store: str = "local"
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None

@@ -287,7 +287,7 @@ async def test_the_metadata_store_records_on_a_full_disk_and_then_says_507(
     assert (await sessions.load(session.id)).offset == 50
     big = {"note": "x" * 60_000}
     with pytest.raises(InsufficientStorage):  # once it is spent: 507, never a bare 500
-        for number in range(2000):
+        for _ in range(2000):
             other = UploadSession(
                 id=new_upload_id(), length=1, metadata={**big}, created=2.0, expires=None
             )

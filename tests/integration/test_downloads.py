@@ -51,6 +51,14 @@ def upload(base_url: str, source: PatternStream, name: str) -> str:
     return url
 
 
+@pytest.fixture(params=["local", "memory"])
+def freight_server(request: pytest.FixtureRequest, tmp_path: Path, server_factory: Any) -> Any:
+    """Every download test runs over local files (sendfile) and over the in-memory store,
+    which has no sendfile: its downloads are streamed through a reused buffer."""
+    store = request.param
+    return server_factory(data_dir=tmp_path / "data", args=["--store", store]).start()
+
+
 @pytest.fixture
 def stored(freight_server: Any) -> Stored:
     source = PatternStream(SIZE, seed=7)

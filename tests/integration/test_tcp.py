@@ -394,7 +394,12 @@ async def test_the_download_sink_never_reads_a_reused_buffer(
 # the protocol, spoken by hand --------------------------------------------------------------------
 
 
-def test_raw_client_upload_acks_per_window_and_get_from_an_offset(tcp_server: TcpServer) -> None:
+@pytest.mark.parametrize("store", ["local", "memory"])
+def test_raw_client_upload_acks_per_window_and_get_from_an_offset(
+    start_tcp_server: Any, store: str
+) -> None:
+    """Over both stores: a GET with sendfile, and streamed from one without it."""
+    tcp_server = start_tcp_server("--store", store)
     size = 3 * WINDOW + 100
     pattern = PatternStream(size, seed=9)
     client = RawClient(tcp_server.port)

@@ -37,7 +37,7 @@ from freight.server import ws as ws_server
 from freight.server.app import create_app
 from freight.server.state import ENGINE
 from freight.server.ws import WS_SETTINGS, WsSettings
-from freight.storage.local import LocalPartFile
+from freight.storage.local_files import LocalPartFile
 
 from .helpers import MiB
 

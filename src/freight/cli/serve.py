@@ -119,6 +119,13 @@ def _options(function: F) -> F:
             show_default=True,
             help="Where uploads, files and the SQLite metadata live (created if missing).",
         ),
+        click.option(
+            "--store",
+            type=click.Choice(["local", "memory"]),
+            default=DEFAULTS.store,
+            show_default=True,
+            help="Where bytes are kept: local files, or memory (lost at exit; for trials).",
+        ),
         click.option("--token", help="Require this bearer token."),
         click.option(
             "--max-size", type=click.IntRange(min=0), help="Largest upload accepted, in bytes."

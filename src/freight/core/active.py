@@ -88,12 +88,12 @@ class ActiveUploads:
 
     def release(self, active: ActiveUpload) -> None:
         """Once nobody claims ``active``: close its blob writer, drop the longest idle."""
-        if self.claims.held(active.session.id):
+        if self.claims.held_here(active.session.id):
             return
         if active.part is not None:
             active.part.close()
             active.part = None
-        idle = [key for key in self.by_id if not self.claims.held(key)]
+        idle = [key for key in self.by_id if not self.claims.held_here(key)]
         for key in idle[: max(0, len(idle) - IDLE_CACHE)]:
             del self.by_id[key]
 
@@ -118,7 +118,7 @@ class ActiveUploads:
         for upload_id, active in self.by_id.items():
             # A writer still claimed is left open: closing it under its request would have
             # the request sync a closed blob, and lose what it was about to record.
-            if active.part is not None and not self.claims.held(upload_id):
+            if active.part is not None and not self.claims.held_here(upload_id):
                 active.part.close()
                 active.part = None
         self.by_id.clear()

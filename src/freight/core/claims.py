@@ -50,7 +50,7 @@ class InProcessClaims:
     def __init__(self) -> None:
         self._by_upload: dict[str, list[Claim]] = {}
 
-    def claim(
+    async def claim(
         self,
         upload_id: str,
         start: int,
@@ -63,7 +63,7 @@ class InProcessClaims:
         self._by_upload.setdefault(upload_id, []).append(claim)
         return claim
 
-    def release(self, claim: HeldClaim) -> None:
+    async def release(self, claim: HeldClaim) -> None:
         assert isinstance(claim, Claim)
         held = self._by_upload.get(claim.upload_id, [])
         if claim in held:
@@ -72,7 +72,10 @@ class InProcessClaims:
                 del self._by_upload[claim.upload_id]
         claim.released.set()
 
-    def held(self, upload_id: str) -> bool:
+    async def held(self, upload_id: str) -> bool:
+        return self.held_here(upload_id)
+
+    def held_here(self, upload_id: str) -> bool:
         return bool(self._by_upload.get(upload_id))
 
     def _blocking(self, upload_id: str, start: int, end: int) -> list[Claim]:

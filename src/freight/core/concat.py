@@ -199,9 +199,9 @@ class Concatenator:
         host = self._host
         active = await host.activate(final_id)
         final = active.session
-        if final.state is not UploadState.ASSEMBLING or host.claims.held(final_id):
+        if final.state is not UploadState.ASSEMBLING or await host.claims.held(final_id):
             return  # another task is assembling it, or already did
-        claim = host.claims.claim(final_id, 0, EVERYTHING)
+        claim = await host.claims.claim(final_id, 0, EVERYTHING)
         try:
             parts = [await host.get(pid) for pid in final.concat_parts]
             total = sum(p.length or 0 for p in parts)
@@ -223,7 +223,7 @@ class Concatenator:
             ):
                 return
         finally:
-            host.claims.release(claim)
+            await host.claims.release(claim)
         await host.finish(final_id)
         await self._retire_parts(parts)
 

@@ -315,7 +315,7 @@ class UploadEngine:
             raise UploadIncomplete(
                 "the upload is missing bytes", missing=[list(gap) for gap in missing]
             )
-        claim = self.claims.claim(upload_id, 0, EVERYTHING)
+        claim = await self.claims.claim(upload_id, 0, EVERYTHING)
         try:
             if active.part is not None:
                 active.part.close()
@@ -346,7 +346,7 @@ class UploadEngine:
                 extra=log_fields(upload_id=upload_id, size=finished.length, sha256=digest),
             )
         finally:
-            self.claims.release(claim)
+            await self.claims.release(claim)
             self.uploads.release(active)
         if session.concat_kind is ConcatKind.PARTIAL:
             self._spawn(self.concat.assemble_waiting_finals(session.id))
@@ -362,11 +362,11 @@ class UploadEngine:
     # deleting and expiry -----------------------------------------------------------------
 
     async def delete(self, upload_id: str) -> None:
+        if await self.claims.held(upload_id):
+            raise UploadLocked("the upload is being written; try again when that ends")
         active = self.uploads.get(upload_id)
         if active is None:
             session = await self.sessions.load(upload_id)  # or UploadNotFound
-        elif self.claims.held(upload_id):
-            raise UploadLocked("the upload is being written; try again when that ends")
         else:
             session = active.session
             await stop_hashing(active)

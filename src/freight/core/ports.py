@@ -19,10 +19,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
-from freight._types import Buffer
 from freight.core.rangeset import RangeSet
 from freight.core.session import UploadSession, UploadState
 
@@ -37,13 +35,9 @@ __all__ = [
     "HeldClaim",
     "ListingKind",
     "PageKey",
-    "PartFile",
-    "PipeTarget",
-    "SendfileSource",
     "SessionField",
     "SessionRepository",
     "UnfinishedTotals",
-    "UploadStore",
 ]
 
 ListingKind: TypeAlias = Literal["files", "uploads"]
@@ -149,7 +143,7 @@ class ClaimRegistry(Protocol):
     same idea for whole uploads.
     """
 
-    def claim(
+    async def claim(
         self,
         upload_id: str,
         start: int,
@@ -159,10 +153,13 @@ class ClaimRegistry(Protocol):
         """Claim ``[start, end)``; ``interrupt(rewrites)`` is how a newer request asks
         this one to end (bytes from ``rewrites`` on are the newer one's to write again)."""
 
-    def release(self, claim: HeldClaim) -> None: ...
+    async def release(self, claim: HeldClaim) -> None: ...
 
-    def held(self, upload_id: str) -> bool:
-        """Whether anyone holds a claim on the upload."""
+    async def held(self, upload_id: str) -> bool:
+        """Whether anyone (any node) holds a claim on the upload."""
+
+    def held_here(self, upload_id: str) -> bool:
+        """Whether a request of this process holds a claim on the upload (no I/O)."""
 
     async def take_over(self, upload_id: str, start: int, end: int, rewrites: int | None) -> bool:
         """Ask the holders of claims overlapping ``[start, end)`` to let go and wait (a
@@ -201,79 +198,3 @@ class Backend:
             await self.blobs.close()
         finally:
             await self.sessions.close()
-
-
-# Until the engine moves to the ports above (removed then). ----------------------------
-
-
-class PartFile(Protocol):
-    """The bytes of one unfinished upload, written in place at their final offsets."""
-
-    def write_at(self, offset: int, data: Buffer) -> None: ...
-
-    def read_into(self, offset: int, buffer: memoryview) -> int: ...
-
-    def sync(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class PipeTarget(Protocol):
-    """A part file that can take bytes straight from a pipe (``splice``), never through
-    user space."""
-
-    def write_from_pipe(self, pipe: int, offset: int, size: int) -> None: ...
-
-    def sync(self) -> None: ...
-
-
-class UploadStore(Protocol):
-    def create(self, session: UploadSession) -> None:
-        """Record a new session. Space is taken as bytes arrive, not for the declared length."""
-
-    def load(self, upload_id: str) -> UploadSession: ...
-
-    def save(self, session: UploadSession) -> None:
-        """Persist the session durably (what it says received must already be on disk)."""
-
-    def open_part(self, session: UploadSession) -> PartFile: ...
-
-    def reserve(self, session: UploadSession) -> None:
-        """A deferred length became known (a backend taking space as bytes arrive does
-        nothing)."""
-
-    def finish(self, session: UploadSession) -> None:
-        """Turn the complete part into a stored file (a rename, never a copy)."""
-
-    def open_file(self, upload_id: str) -> PartFile:
-        """Open a finished file for reading."""
-
-    def delete(self, upload_id: str) -> None:
-        """Forget the session and free its bytes; unknown ids are not an error."""
-
-    def list_sessions(self) -> list[UploadSession]: ...
-
-    def list_page(
-        self, kind: ListingKind, after: PageKey | None, limit: int, now: float
-    ) -> list[UploadSession]:
-        """Up to ``limit`` sessions of a listing in creation order, after ``after``."""
-
-    def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
-        """Unexpired unfinished uploads (only ``client``'s if given) and what they need."""
-
-    def work_ids(self, limit: int) -> list[str]:
-        """Complete uploads not finished yet, and concatenations waiting to be assembled."""
-
-    def expired_ids(self, now: float) -> list[str]: ...
-
-    def free_bytes(self) -> int: ...
-
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class SendfileSource(Protocol):
-    """A backend whose finished files are local files the kernel can send directly."""
-
-    def file_path(self, upload_id: str) -> Path: ...

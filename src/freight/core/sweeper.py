@@ -71,7 +71,7 @@ class Sweeper:
         removed = 0
         for upload_id in await host.sessions.expired_ids(host.clock()):
             active = host.uploads.get(upload_id)
-            if host.claims.held(upload_id):
+            if await host.claims.held(upload_id):
                 continue
             try:
                 session = active.session if active else await host.sessions.load(upload_id)
@@ -115,7 +115,7 @@ class Sweeper:
         last_error: FreightError | None = None
         for upload_id in ids:
             active = host.uploads.get(upload_id)
-            if host.claims.held(upload_id) or (
+            if await host.claims.held(upload_id) or (
                 active is not None and host.clock() - active.last_progress < FINISH_GRACE
             ):
                 continue

@@ -79,10 +79,10 @@ class Writing:
         """
         host = self._host
         active = await host.activate(upload_id)
-        if host.claims.held(upload_id) and interrupt is not None and offset is not None:
+        if await host.claims.held(upload_id) and interrupt is not None and offset is not None:
             active = await self._take_over(active, offset, EVERYTHING, offset, True)
         session = active.session
-        if host.claims.held(upload_id):
+        if await host.claims.held(upload_id):
             raise UploadLocked("the length cannot change while the upload is being written")
         if session.length is not None:
             if session.length != length:
@@ -150,7 +150,9 @@ class Writing:
             if interrupt is not None:
                 interrupt()
 
-        claim = host.claims.claim(upload_id, offset, claimed_end, let_go if interrupt else None)
+        claim = await host.claims.claim(
+            upload_id, offset, claimed_end, let_go if interrupt else None
+        )
         try:
             if sequential:
                 check_offset(session, offset)
@@ -168,7 +170,7 @@ class Writing:
                 writer.release_buffers()
                 active.writers.discard(writer)
         finally:
-            host.claims.release(claim)
+            await host.claims.release(claim)
             host.uploads.release(active)
 
     async def _take_over(

@@ -59,7 +59,7 @@ from freight.server.tcp import TcpServer, start_tcp_server
 from freight.server.tls import CertificateReloader
 from freight.server.tus import handle_tus
 from freight.server.ws import add_ws_routes
-from freight.storage.local import open_local
+from freight.storage.choice import open_backend
 
 __all__ = ["create_app", "run_server"]
 
@@ -135,7 +135,8 @@ def _freight_app(config: ServerConfig) -> web.Application:
         ],
         client_max_size=CLIENT_MAX_SIZE,
     )
-    backend = open_local(config.data_dir, durable=config.fsync is not FsyncPolicy.NEVER)
+    durable = config.fsync is not FsyncPolicy.NEVER
+    backend = open_backend(config.store, config.data_dir, durable=durable)
     engine = UploadEngine(
         backend,
         fsync=config.fsync,

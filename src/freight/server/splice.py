@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
 
 from freight.config import FsyncPolicy
+from freight.core.blobs import PipeTarget
 from freight.core.pipes import SplicePipe
-from freight.core.ports import PipeTarget
 from freight.errors import ClientDisconnected
 
 if TYPE_CHECKING:

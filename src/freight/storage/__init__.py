@@ -6,9 +6,9 @@
 * :class:`MemoryBlobs`: bytes in memory, with no optional ability (the fallback paths).
 """
 
-from freight.storage.local import LocalStore, open_local
+from freight.storage.local import open_local
 from freight.storage.local_blobs import LocalBlobs
 from freight.storage.local_sessions import SqliteSessions
 from freight.storage.memory import MemoryBlobs
 
-__all__ = ["LocalBlobs", "LocalStore", "MemoryBlobs", "SqliteSessions", "open_local"]
+__all__ = ["LocalBlobs", "MemoryBlobs", "SqliteSessions", "open_local"]

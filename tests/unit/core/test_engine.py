@@ -1,4 +1,4 @@
-"""The upload engine over a real LocalStore: lengths, finishing, expiry, concatenation, restarts."""
+"""The upload engine over real backends: lengths, finishing, expiry, concatenation, restarts."""
 
 from __future__ import annotations
 
