@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PgCluster", "find_bindir"]
+__all__ = ["PgCluster", "find_bindir", "free_port", "start_cluster"]
 
 SERVER_USER = "postgres"
 
@@ -43,7 +43,7 @@ def find_bindir() -> Path | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -90,10 +90,10 @@ class PgCluster:
         if not self.data.exists():
             self.init()
         if not self.port:
-            self.port = _free_port()
+            self.port = free_port()
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+            " -c full_page_writes=off -c max_connections=100"
         )
         done = self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options,
