@@ -125,5 +125,5 @@ async def test_nodes_opening_at_once_create_the_schema_once(pg_dsn: str) -> None
         await admin.execute("UPDATE freight_schema SET version = version + 1")
     finally:
         await admin.close()
-    with pytest.raises(FreightError, match="schema version"):
+    with pytest.raises(FreightError, match="schema has version"):
         await open_pg_sessions(pg_dsn)

@@ -23,7 +23,7 @@ import asyncpg
 
 from freight.errors import FreightError, InsufficientStorage, StorageUnavailable
 
-__all__ = ["PoolSettings", "create_pool", "translate"]
+__all__ = ["PoolSettings", "create_pool", "server_settings", "translate"]
 
 # Connection loss, a server shutting down or refusing connections, timeouts, and
 # transactions the server rolled back on its own: all worth a retry a moment later.
@@ -55,8 +55,9 @@ class PoolSettings:
     application_name: str = "freight"
 
 
-async def create_pool(dsn: str, settings: PoolSettings) -> asyncpg.Pool:
-    server_settings = {
+def server_settings(settings: PoolSettings) -> dict[str, str]:
+    """What each connection sets on the server's side when it opens."""
+    return {
         "application_name": settings.application_name,
         "statement_timeout": str(int(settings.statement_timeout * 1000)),
         "idle_in_transaction_session_timeout": str(int(settings.statement_timeout * 2000)),
@@ -68,6 +69,9 @@ async def create_pool(dsn: str, settings: PoolSettings) -> asyncpg.Pool:
             * (settings.keepalive_idle + settings.keepalive_interval * settings.keepalive_count)
         ),
     }
+
+
+async def create_pool(dsn: str, settings: PoolSettings) -> asyncpg.Pool:
     with translate("cannot connect to the session database"):
         pool = await asyncpg.create_pool(
             dsn,
@@ -77,7 +81,7 @@ async def create_pool(dsn: str, settings: PoolSettings) -> asyncpg.Pool:
             # A little more than the server's limit: the server's own error comes first.
             command_timeout=settings.statement_timeout + 5,
             max_inactive_connection_lifetime=settings.idle_lifetime,
-            server_settings=server_settings,
+            server_settings=server_settings(settings),
         )
     return pool
 

@@ -116,27 +116,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-async def ensure_schema(connection: asyncpg.Connection | PoolConnectionProxy) -> None:
-    """Create or migrate the tables; safe to run from many nodes at once."""
+async def ensure_schema(
+    connection: asyncpg.Connection | PoolConnectionProxy,
+    component: str = COMPONENT,
+    migrations: tuple[tuple[str, ...], ...] = MIGRATIONS,
+) -> None:
+    """Create or migrate ``component``'s tables; safe to run from many nodes at once."""
+    latest = len(migrations)
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
         await connection.execute(_VERSION_TABLE)
         version = await connection.fetchval(
-            "SELECT version FROM freight_schema WHERE component = $1", COMPONENT
+            "SELECT version FROM freight_schema WHERE component = $1", component
         )
         version = int(version or 0)
-        if version > SCHEMA_VERSION:
+        if version > latest:
             raise FreightError(
-                f"the session database has schema version {version}; this freight knows"
-                f" versions up to {SCHEMA_VERSION}: upgrade freight"
+                f"the database's {component} schema has version {version}; this freight"
+                f" knows versions up to {latest}: upgrade freight"
             )
-        for statements in MIGRATIONS[version:]:
+        for statements in migrations[version:]:
             for statement in statements:
                 await connection.execute(statement)
-        if version < SCHEMA_VERSION:
+        if version < latest:
             await connection.execute(
                 "INSERT INTO freight_schema (component, version) VALUES ($1, $2)"
                 " ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                COMPONENT,
-                SCHEMA_VERSION,
+                component,
+                latest,
             )
