@@ -28,6 +28,7 @@ __all__ = [
     "RangeNotSatisfiable",
     "ResourcesExhausted",
     "ServerBusy",
+    "StorageUnavailable",
     "TooManyUploads",
     "Unauthorized",
     "UnsupportedChecksumAlgorithm",
@@ -246,6 +247,14 @@ def storage_os_error(exc: OSError) -> FreightError:
     if exc.errno in _EXHAUSTED:
         return ResourcesExhausted(f"the server is out of resources: {exc.strerror or exc}")
     return FreightError(f"storage failure: {exc.strerror or exc}")
+
+
+class StorageUnavailable(FreightError):
+    """A shared store (the session database) could not be reached or did not answer in
+    time. Retry shortly; whether a change under way when it failed was made is unknown."""
+
+    code = "ERR_STORAGE_UNAVAILABLE"
+    status = 503
 
 
 class ServerBusy(FreightError):
