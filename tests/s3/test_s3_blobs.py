@@ -13,7 +13,7 @@ import aiohttp
 import psutil
 import pytest
 
-from freight.core.blobs import BlobStore, Presigner
+from freight.core.blobs import BlobStore, Presigner, ServerConcat
 from freight.errors import FreightError, UploadNotFound
 from freight.storage.s3_blobs import S3Blobs
 from tests.s3.seaweed import Seaweed
@@ -263,3 +263,41 @@ async def test_large_blob_memory_and_spool_stay_bounded(s3_blobs: S3Blobs, tmp_p
         at += got
     assert at == size
     assert actual.digest() == expected.digest()
+
+
+async def test_part_table_update_is_compare_and_set(s3_blobs: S3Blobs) -> None:
+    """The store honours If-Match: a table read before another writer's change is not
+    saved over it (that writer's parts would be lost)."""
+    await s3_blobs.create("cas")
+    tables, key = s3_blobs.parts.tables, s3_blobs.parts.state_key("cas")
+    first, second = await tables.load(key), await tables.load(key)
+    assert first is not None and second is not None
+    first.add_frag(0, 10)
+    assert await tables.save(key, first)
+    second.add_frag(10, 20)
+    assert not await tables.save(key, second)
+    await tables.update(key, lambda table: table.add_frag(10, 20))
+    stored = await tables.load(key)
+    assert stored is not None and stored.frags == [(0, 10), (10, 20)]
+    assert not await tables.save(key, stored, create=True)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[P + 100, 3, 2 * P + 7], [1000, 0, 5, P // 2, P // 2], [P, P]],
+    ids=["copy-and-assemble", "tiny", "aligned"],
+)
+async def test_server_side_concatenation(s3_blobs: S3Blobs, sizes: list[int]) -> None:
+    assert isinstance(s3_blobs, ServerConcat)
+    sources = [os.urandom(size) for size in sizes]
+    for number, data in enumerate(sources):
+        await s3_blobs.create(f"src{number}")
+        await write_pieces(s3_blobs, f"src{number}", data, [(0, len(data))] if data else [])
+        await s3_blobs.finish(f"src{number}", len(data))
+    total = sum(sizes)
+    await s3_blobs.create("final")
+    await s3_blobs.concatenate("final", [f"src{n}" for n in range(len(sources))])
+    await s3_blobs.finish("final", total)
+    assert await read_all(s3_blobs, "final", total) == b"".join(sources)
+    with pytest.raises(UploadNotFound):
+        await s3_blobs.concatenate("final2", ["src0"])

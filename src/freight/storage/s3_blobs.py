@@ -33,6 +33,11 @@ assembled from their fragments first. A 0-byte blob is a plain empty PutObject. 
 again finds the table gone and the object of the right length, and does nothing. Then the
 fragments and the table are deleted.
 
+Concatenation (:class:`~freight.core.blobs.ServerConcat`) fills the target's parts of the
+same fixed layout from finished blobs: a part inside one source is copied by the store
+(UploadPartCopy with a range), one spanning sources is assembled through the spool
+(:mod:`freight.storage.s3_concat`).
+
 Considerations
 --------------
 * Bytes written at an offset twice are the same bytes (every protocol resends the file's
@@ -64,6 +69,7 @@ import os
 import shutil
 import threading
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +79,7 @@ from aiobotocore.session import get_session
 from freight.core.blobs import BlobReader, BlobWriter
 from freight.core.rangeset import RangeSet
 from freight.errors import FreightError, UploadNotFound
+from freight.storage.s3_concat import concatenate
 from freight.storage.s3_io import LoopBridge, S3Reader, s3_failure
 from freight.storage.s3_parts import MISSING, S3Parts
 from freight.storage.s3_state import PartTable, client_error_code
@@ -283,6 +290,12 @@ class S3Blobs:
         await self._stack.aclose()
 
     # abilities -------------------------------------------------------------------------
+
+    async def concatenate(self, upload_id: str, part_ids: Sequence[str]) -> None:
+        try:
+            await concatenate(self.parts, self.spool_dir, upload_id, part_ids)
+        except Exception as exc:
+            raise s3_failure(exc) from exc
 
     async def presign_download(
         self, upload_id: str, *, expires_in: int, filename: str | None

@@ -70,11 +70,11 @@ class S3Parts:
             for want_start, want_end in wanted:
                 lo, hi = max(start, want_start), min(end, want_end)
                 if lo < hi:
-                    await self._download(
+                    await self.download(
                         self.frag_key(upload_id, start, end), lo - start, hi - lo, fd, lo - base
                     )
 
-    async def _download(self, key: str, offset: int, size: int, fd: int, at: int) -> None:
+    async def download(self, key: str, offset: int, size: int, fd: int, at: int) -> None:
         response = await self.client.get_object(
             Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}"
         )
