@@ -78,12 +78,12 @@ from aiobotocore.session import get_session
 
 from freight.core.blobs import BlobReader, BlobWriter
 from freight.core.rangeset import RangeSet
-from freight.errors import FreightError, UploadNotFound
+from freight.errors import FreightError
 from freight.storage.s3_concat import concatenate
 from freight.storage.s3_io import LoopBridge, S3Reader, s3_failure
 from freight.storage.s3_parts import MISSING, S3Parts
 from freight.storage.s3_state import PartTable, client_error_code
-from freight.storage.s3_writer import S3Writer
+from freight.storage.s3_writer import FinishedWriter, S3Writer
 
 __all__ = ["MIN_PART_SIZE", "S3Blobs"]
 
@@ -171,12 +171,15 @@ class S3Blobs:
             raise s3_failure(exc) from exc
 
     async def open_writer(self, upload_id: str) -> BlobWriter:
+        key = self.parts.key(upload_id)
         try:
             table = await self.parts.tables.load(self.parts.state_key(upload_id))
+            if table is None:
+                # Finished in the store, maybe not yet in the record: the finish is redone.
+                await self.parts.client.head_object(Bucket=self.bucket, Key=key)
+                return FinishedWriter()
         except Exception as exc:
             raise s3_failure(exc) from exc
-        if table is None:
-            raise UploadNotFound("no such upload")
         spool = self.spool_dir / upload_id
         with self._spool_lock:
             spool.mkdir(exist_ok=True)

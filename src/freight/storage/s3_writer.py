@@ -15,7 +15,7 @@ from freight.storage.s3_io import LoopBridge
 from freight.storage.s3_parts import S3Parts
 from freight.storage.s3_state import PartTable
 
-__all__ = ["S3Writer"]
+__all__ = ["FinishedWriter", "S3Writer"]
 
 
 class S3Writer:
@@ -154,6 +154,19 @@ class S3Writer:
                 os.close(fd)
             self._fds.clear()
         self._release(self._id)
+
+
+class FinishedWriter:
+    """The writer of a blob the store has finished already: nothing is left to write."""
+
+    def write_at(self, offset: int, data: Buffer) -> None:
+        raise FreightError("the blob is finished already")
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _subtract(ranges: RangeSet, start: int, end: int) -> RangeSet:
