@@ -306,3 +306,37 @@ async def test_server_side_concatenation(s3_blobs: S3Blobs, sizes: list[int]) ->
     assert await read_all(s3_blobs, "final", total) == b"".join(sources)
     with pytest.raises(UploadNotFound):
         await s3_blobs.concatenate("final2", ["src0"])
+
+
+async def test_next_request_on_the_same_node_completes_parts_from_its_spool(
+    s3_blobs: S3Blobs,
+) -> None:
+    """Sequential requests (one writer each) on one node: the part begun by the first is
+    completed from the spool, not by downloading the fragments the first one stored. The
+    fragments are removed behind the store's back to prove it."""
+    data = os.urandom(P + 1000)
+    await s3_blobs.create("seq")
+    await write_pieces(s3_blobs, "seq", data, [(0, P // 2)])
+    frags = [key for key in await bucket_keys(s3_blobs) if ".frag." in key]
+    assert frags
+    for key in frags:
+        await s3_blobs.parts.client.delete_object(Bucket=s3_blobs.bucket, Key=key)
+    await write_pieces(s3_blobs, "seq", data, [(P // 2, len(data))])
+    await s3_blobs.finish("seq", len(data))
+    assert await read_all(s3_blobs, "seq", len(data)) == data
+
+
+async def test_idle_spools_are_kept_within_their_budget(
+    seaweed: Seaweed, s3_bucket: str, tmp_path: Path
+) -> None:
+    store = await open_store(seaweed, s3_bucket, tmp_path / "spool", spool_keep_bytes=P)
+    try:
+        for name in ("one", "two", "three"):
+            await store.create(name)
+            await write_pieces(store, name, os.urandom(P // 2 + 1), [(0, P // 2 + 1)])
+        kept = sorted(path.name for path in (tmp_path / "spool").iterdir())
+        assert kept == ["three"]
+        await store.delete("three")
+        assert list((tmp_path / "spool").iterdir()) == []
+    finally:
+        await store.close()

@@ -18,14 +18,18 @@ Under an optional key prefix, blob ``<id>`` uses these objects:
 Writing
 -------
 ``write_at`` lands in a local spool: one sparse file per part touched, in a directory per
-upload under ``spool_dir`` (``pwrite`` at the offset within the part), so the disk it takes is
-bounded by the parts in flight, not by the blob's size. ``sync`` then, for each part with
-new bytes: if every byte of the part is present (written here, or stored as fragments by
-any node, which it downloads into the spool file) it uploads the whole part with
-UploadPart, streamed from the spool file in the HTTP client's small reads; otherwise it
-stores the new ranges as fragment objects. Then it records the change in the part table.
-When ``sync`` returns, every byte written is in the bucket and named by the table, so
-another node can open a writer and continue from the offset the engine recorded.
+upload under ``spool_dir`` (``pwrite`` at the offset within the part); a part's file is
+removed once the part is uploaded, so the disk it takes is bounded by the parts in flight,
+not by the blob's size. An upload's writers on one node share its spool, and it is kept a
+while after the last closes (``spool_keep_bytes`` of idle spools, least recently used out):
+the next request of a sequential upload completes its part from local bytes.
+
+``sync`` then, for each part with new bytes: if every byte of the part is present (written
+here, or stored as fragments by any node, which it downloads into the spool file) it uploads
+the whole part with UploadPart, streamed from the spool file in the HTTP client's small
+reads; otherwise it stores the new ranges as fragment objects. Then it records the change in
+the part table. When ``sync`` returns, every byte written is in the bucket and named by the
+table, so another node can open a writer and continue from the offset the engine recorded.
 
 ``finish(length)`` completes the multipart upload with parts ``1..⌈length/P⌉``: parts not
 uploaded whole (the short last part, or the only part of a blob smaller than ``P``) are
@@ -55,9 +59,9 @@ Considerations
 * Over plain HTTP, payload signing and default request checksums are off: hashing each
   part costs more CPU than the upload itself, and integrity is checked end to end by the
   engine's SHA-256 of the finished blob.
-* The spool directory belongs to one process: it is emptied on open, and a writer's spool
-  is removed when the last writer of that upload on this node closes (synced bytes are in
-  the bucket; unsynced ones were never recorded, so they will be sent again).
+* The spool directory belongs to one process: it is emptied on open. Losing a spool loses
+  nothing recorded (synced bytes are in the bucket; unsynced ones were never recorded, so
+  they are sent again); without it a part is completed from its fragments, downloaded.
 * At most 10,000 parts: ``P`` bounds the blob size (16 MiB → 156 GiB).
 """
 
@@ -67,7 +71,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import threading
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,6 +85,7 @@ from freight.errors import FreightError
 from freight.storage.s3_concat import concatenate
 from freight.storage.s3_io import LoopBridge, S3Reader, s3_failure
 from freight.storage.s3_parts import MISSING, S3Parts
+from freight.storage.s3_spool import SpoolCache
 from freight.storage.s3_state import PartTable, client_error_code
 from freight.storage.s3_writer import FinishedWriter, S3Writer
 
@@ -89,6 +93,8 @@ __all__ = ["MIN_PART_SIZE", "S3Blobs"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
+# Idle spools kept for the next request of their upload on this node (least recent out).
+DEFAULT_SPOOL_KEEP = 256 * 1024 * 1024
 
 
 class S3Blobs:
@@ -104,6 +110,7 @@ class S3Blobs:
         prefix: str = "",
         part_size: int = DEFAULT_PART_SIZE,
         call_timeout: float = 600.0,
+        spool_keep_bytes: int = DEFAULT_SPOOL_KEEP,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE}")
@@ -115,8 +122,7 @@ class S3Blobs:
         self.spool_dir = spool_dir
         self.parts = S3Parts(client, bucket, prefix)
         self.bridge = LoopBridge(asyncio.get_running_loop(), call_timeout)
-        self._spool_users: dict[str, int] = {}
-        self._spool_lock = threading.Lock()
+        self.spools = SpoolCache(spool_dir, spool_keep_bytes)
 
     @classmethod
     async def open(
@@ -131,6 +137,7 @@ class S3Blobs:
         prefix: str = "",
         part_size: int = DEFAULT_PART_SIZE,
         max_connections: int = 16,
+        spool_keep_bytes: int = DEFAULT_SPOOL_KEEP,
     ) -> S3Blobs:
         plain_http = endpoint.startswith("http://")
         config = AioConfig(
@@ -154,7 +161,15 @@ class S3Blobs:
         )
         shutil.rmtree(spool_dir, ignore_errors=True)
         spool_dir.mkdir(parents=True, exist_ok=True)
-        return cls(client, stack, bucket, spool_dir, prefix=prefix, part_size=part_size)
+        return cls(
+            client,
+            stack,
+            bucket,
+            spool_dir,
+            prefix=prefix,
+            part_size=part_size,
+            spool_keep_bytes=spool_keep_bytes,
+        )
 
     # the port --------------------------------------------------------------------------
 
@@ -180,22 +195,10 @@ class S3Blobs:
                 return FinishedWriter()
         except Exception as exc:
             raise s3_failure(exc) from exc
-        spool = self.spool_dir / upload_id
-        with self._spool_lock:
-            spool.mkdir(exist_ok=True)
-            self._spool_users[upload_id] = self._spool_users.get(upload_id, 0) + 1
+        spool = self.spools.acquire(upload_id)
         return S3Writer(
-            self.parts, self.bridge, self.release_spool, upload_id, spool, table.part_size
+            self.parts, self.bridge, self.spools.release, upload_id, spool, table.part_size
         )
-
-    def release_spool(self, upload_id: str) -> None:
-        with self._spool_lock:
-            users = self._spool_users.get(upload_id, 1) - 1
-            if users > 0:
-                self._spool_users[upload_id] = users
-                return
-            self._spool_users.pop(upload_id, None)
-            shutil.rmtree(self.spool_dir / upload_id, ignore_errors=True)
 
     async def open_reader(self, upload_id: str) -> BlobReader:
         key = self.parts.key(upload_id)
@@ -210,6 +213,7 @@ class S3Blobs:
             await self._finish(upload_id, length)
         except Exception as exc:
             raise s3_failure(exc) from exc
+        self.spools.forget(upload_id)
 
     async def _finish(self, upload_id: str, length: int) -> None:
         key = self.parts.key(upload_id)
@@ -285,6 +289,7 @@ class S3Blobs:
             await self.parts.delete_keys([key])
         except Exception as exc:
             raise s3_failure(exc) from exc
+        self.spools.forget(upload_id)
 
     async def free_bytes(self) -> int | None:
         return None

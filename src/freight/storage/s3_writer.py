@@ -1,30 +1,29 @@
-"""The writer of one unfinished S3 blob: a per-part spool on local disk, made durable in the
-bucket by :meth:`S3Writer.sync` (see :mod:`freight.storage.s3_blobs` for the design)."""
+"""The writer of one unfinished S3 blob: bytes land in the local spool and are made durable
+in the bucket by :meth:`S3Writer.sync` (see :mod:`freight.storage.s3_blobs` for the design)."""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from freight._types import Buffer
 from freight.core.rangeset import RangeSet
-from freight.errors import FreightError, storage_os_error
+from freight.errors import FreightError
 from freight.storage.s3_io import LoopBridge
 from freight.storage.s3_parts import S3Parts
+from freight.storage.s3_spool import Spool
 from freight.storage.s3_state import PartTable
 
 __all__ = ["FinishedWriter", "S3Writer"]
 
 
 class S3Writer:
-    """Writes at any offset into spool files, one per part; ``sync`` uploads what is new.
+    """Writes at any offset into the upload's spool; ``sync`` uploads what is new.
 
-    A part whose bytes are all here (written through this writer, or stored as fragments
-    by any node) is uploaded whole; the new bytes of any other part are stored as fragment
-    objects. Either way they are in the bucket, recorded in the part table, when ``sync``
-    returns.
+    A part whose bytes are all here (in this node's spool, or stored as fragments by any
+    node) is uploaded whole; the new bytes of any other part are stored as fragment objects.
+    Either way they are in the bucket, recorded in the part table, when ``sync`` returns.
     """
 
     def __init__(
@@ -33,7 +32,7 @@ class S3Writer:
         bridge: LoopBridge,
         release: Callable[[str], None],
         upload_id: str,
-        spool: Path,
+        spool: Spool,
         part_size: int,
     ) -> None:
         self._parts = parts
@@ -43,13 +42,9 @@ class S3Writer:
         self._spool = spool
         self._part_size = part_size
         self._lock = threading.Lock()
-        self._fds: dict[int, int] = {}
-        # Absolute ranges per part index (0-based): written here since open / since sync.
-        self._local: dict[int, RangeSet] = {}
+        # Absolute ranges per part index (0-based) written by this writer since its sync.
         self._dirty: dict[int, RangeSet] = {}
         self._closed = False
-
-    # writing ---------------------------------------------------------------------------
 
     def write_at(self, offset: int, data: Buffer) -> None:
         view = memoryview(data).cast("B")
@@ -61,32 +56,9 @@ class S3Writer:
                 at = offset + done
                 index, within = divmod(at, self._part_size)
                 take = min(self._part_size - within, len(view) - done)
-                self._pwrite_all(self._fd(index), view[done : done + take], within)
-                self._local.setdefault(index, RangeSet()).add(at, at + take)
+                self._spool.write(index, within, view[done : done + take], at)
                 self._dirty.setdefault(index, RangeSet()).add(at, at + take)
                 done += take
-
-    def _fd(self, index: int) -> int:
-        fd = self._fds.get(index)
-        if fd is None:
-            try:
-                fd = os.open(self._spool / str(index), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                raise storage_os_error(exc) from exc
-            self._fds[index] = fd
-        return fd
-
-    @staticmethod
-    def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-        try:
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view = view[written:]
-                offset += written
-        except OSError as exc:
-            raise storage_os_error(exc) from exc
-
-    # durability ------------------------------------------------------------------------
 
     def sync(self) -> None:
         with self._lock:
@@ -108,16 +80,19 @@ class S3Writer:
             if table.parts.get(number, ("", 0))[1] == self._part_size:
                 continue  # already uploaded whole; a rewrite carries the same bytes
             start = index * self._part_size
-            end = start + self._part_size
-            have = self._local[index].copy()
+            have = self._spool.valid(index)
             for a, b in stored:
                 have.add(a, b)
-            if have.covers(start, end):
-                uploaded[number] = await self._upload_whole(index, table)
-            else:
-                for a, b in dirty:
-                    await parts.put_fragment(self._id, self._fds[index], a - start, a, b)
-                    new_frags.append((a, b))
+            fd = self._spool.dup(index)
+            try:
+                if have.covers(start, start + self._part_size):
+                    uploaded[number] = await self._upload_whole(index, table, fd)
+                else:
+                    for a, b in dirty:
+                        await parts.put_fragment(self._id, fd, a - start, a, b)
+                        new_frags.append((a, b))
+            finally:
+                os.close(fd)
 
         def merge(fresh: PartTable) -> None:
             fresh.parts.update(uploaded)
@@ -126,33 +101,24 @@ class S3Writer:
 
         await parts.tables.update(parts.state_key(self._id), merge)
         for number in uploaded:
-            self._drop_part(number - 1)
+            self._spool.drop(number - 1)
 
-    async def _upload_whole(self, index: int, table: PartTable) -> tuple[str, int]:
+    async def _upload_whole(self, index: int, table: PartTable, fd: int) -> tuple[str, int]:
         start = index * self._part_size
-        fd = self._fds[index]
-        missing = RangeSet([(start, start + self._part_size)])
-        for a, b in self._local[index]:
+        end = start + self._part_size
+        missing = RangeSet([(start, end)])
+        for a, b in self._spool.valid(index):
             missing = _subtract(missing, a, b)
         await self._parts.fetch_fragments(self._id, table, fd, start, missing)
+        self._spool.mark_valid(index, start, end)
         etag = await self._parts.upload_part(self._id, table, index + 1, fd, self._part_size)
         return etag, self._part_size
-
-    def _drop_part(self, index: int) -> None:
-        fd = self._fds.pop(index, None)
-        if fd is not None:
-            os.close(fd)
-        (self._spool / str(index)).unlink(missing_ok=True)
-        self._local.pop(index, None)
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
         self._release(self._id)
 
 
