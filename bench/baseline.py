@@ -40,7 +40,7 @@ FSYNC = "never"  # no disk sync: the server's own cost shows, not the disk's
 SIDES = ("old", "new")
 PATHS = ("tus PATCH", "chunks x4", "ws", "tcp", "GET", "tcp get")
 CHUNK_STREAMS = 4
-DEFAULT_SIZE = 512 * MiB
+DEFAULT_SIZE = 1024 * MiB
 DEFAULT_RUNS = 5
 SMOKE_SIZE = 1 * MiB
 
@@ -148,6 +148,15 @@ def _start_side(stack: ExitStack, work: Path, side: str, tree: Tree, source: Sou
     return Side(side, tree, peer, steps)
 
 
+def _warm_up(sides: list[Side]) -> None:
+    """One untimed pass over every path: a fresh server's first transfers run slow."""
+    log("warm-up round (not counted)")
+    for path in PATHS:
+        for side in sides:
+            if (step := side.steps.get(path)) is not None and not (sample := step(0)).ok:
+                log(f"  {sample.target}: {baseline_report.describe(sample)}")
+
+
 def _rounds(sides: list[Side], runs: int, results: Results) -> None:
     for run in range(1, runs + 1):
         order = sides if run % 2 else sides[::-1]
@@ -237,6 +246,8 @@ def run_baseline(options: BaselineOptions, machine: dict[str, str]) -> Results:
             _start_side(stack, options.work, "new", current, source),
         ]
         _targets(sides, results)
+        if not options.smoke:
+            _warm_up(sides)
         _rounds(sides, options.runs, results)
         log(f"{options.runs} round(s) in {time.monotonic() - started:.0f} s")
     end_load = " ".join(Path("/proc/loadavg").read_text().split()[:3])

@@ -38,6 +38,7 @@ class Comparison:
     new: Spread | None
     ratio: float | None  # median new / median old
     verdict: str  # "slower", "faster", "within noise", "one round" or "not measured"
+    cpu_verdict: str  # the same for server CPU per GiB: "costlier", "cheaper", ...
     old_cpu_per_gib: Spread | None
     new_cpu_per_gib: Spread | None
     old_peak_rss_mib: Spread | None
@@ -49,15 +50,16 @@ def _path_of(target: Target) -> str:
     return target.name.rsplit(" [", 1)[0]
 
 
-def _verdict(old: Spread | None, new: Spread | None) -> str:
+def _verdict(old: Spread | None, new: Spread | None, lower: str, higher: str) -> str:
+    """``lower``/``higher`` when every new round is below/above every old one."""
     if old is None or new is None:
         return "not measured"
     if old.count < 2 or new.count < 2:
         return "one round"
     if new.high < old.low:
-        return "slower"
+        return lower
     if new.low > old.high:
-        return "faster"
+        return higher
     return "within noise"
 
 
@@ -66,6 +68,7 @@ def compare(results: Results) -> list[Comparison]:
     rows = []
     for path in paths:
         old, new = (results.throughput(f"{path} [{side}]") for side in SIDES)
+        old_cpu, new_cpu = (results.cpu_per_gib(f"{path} [{side}]") for side in SIDES)
         samples = [s for side in SIDES for s in results.samples_of(f"{path} [{side}]")]
         good = sum(1 for s in samples if s.ok)
         rows.append(
@@ -74,9 +77,10 @@ def compare(results: Results) -> list[Comparison]:
                 old,
                 new,
                 new.median / old.median if old and new and old.median else None,
-                _verdict(old, new),
-                results.cpu_per_gib(f"{path} [old]"),
-                results.cpu_per_gib(f"{path} [new]"),
+                _verdict(old, new, "slower", "faster"),
+                _verdict(old_cpu, new_cpu, "cheaper", "costlier"),
+                old_cpu,
+                new_cpu,
                 results.peak_rss_mib(f"{path} [old]"),
                 results.peak_rss_mib(f"{path} [new]"),
                 f"{good}/{len(samples)}" + ("" if good == len(samples) else " FAILED"),
@@ -108,7 +112,7 @@ def render(results: Results) -> str:
     facts = "; ".join(f"{k}: {v}" for k, v in results.machine.items())
     rows = compare(results)
     header = ["path", "old GiB/s median (min-max)", "new GiB/s median (min-max)", "new/old"]
-    header += ["noise old / new", "verdict", "server CPU s/GiB old → new"]
+    header += ["noise old / new", "verdict", "server CPU s/GiB old → new", "CPU verdict"]
     header += ["peak RSS MiB old → new", "intact"]
     table = [
         [
@@ -119,6 +123,7 @@ def render(results: Results) -> str:
             f"{_noise(row.old)} / {_noise(row.new)}",
             "**slower**" if row.verdict == "slower" else row.verdict,
             _pair(row.old_cpu_per_gib, row.new_cpu_per_gib),
+            "**costlier**" if row.cpu_verdict == "costlier" else row.cpu_verdict,
             _pair(row.old_peak_rss_mib, row.new_peak_rss_mib, 1),
             row.intact,
         ]
@@ -130,6 +135,8 @@ def render(results: Results) -> str:
         if slower
         else "No path is slower than the old tree by more than the run-to-run noise."
     )
+    if costlier := [row.path for row in rows if row.cpu_verdict == "costlier"]:
+        summary += f" Server CPU per GiB up beyond the noise: {', '.join(costlier)}."
     size = f"{results.size / 2**20:g} MiB"
     lines = [
         f"# freight before and after: {results.mode} run, {size} file, {results.runs} round(s)",
@@ -163,7 +170,11 @@ def notes(smoke: bool) -> list[str]:
         "Each round runs every path on both servers back to back, the order alternating "
         "(old-new, then new-old), so a slow drift of the machine falls on both alike.",
         "Noise is the min-max spread of a side's rounds over its median. A path is slower "
-        "only when the new tree's best round is below the old tree's worst.",
+        "only when the new tree's best round is below the old tree's worst; likewise its "
+        "server CPU per GiB is costlier only when the ranges do not overlap. On a shared "
+        "machine CPU per GiB is the steadier of the two figures.",
+        "Before the counted rounds one untimed round runs every path on both servers "
+        "(a fresh server's first transfers are slow).",
         "Each timed upload is preceded by the suite's page-cache warm-up and followed by a "
         "SHA-256 check of the stored copy; the file served for GET is checked once.",
         "Server CPU is user+sys seconds of the server's process tree per GiB; peak RSS is "

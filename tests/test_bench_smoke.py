@@ -120,6 +120,7 @@ def test_baseline_mode_compares_every_path_and_removes_its_worktree(tmp_path: Pa
         assert row["intact"] == "2/2", row
         assert row["old"]["median"] > 0 and row["new"]["median"] > 0
         assert row["ratio"] is not None and row["old_peak_rss_mib"] is not None
+        assert row["verdict"] == row["cpu_verdict"] == "one round"  # no noise from one round
     old, new = data["run"]["machine"]["old"], data["run"]["machine"]["new"]
     assert old.startswith("HEAD = ") and old.split()[2] == new.split()[0].removesuffix("-dirty")
     assert "| tus PATCH |" in (tmp_path / "baseline.md").read_text()
