@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.measure import Spread
+from bench.measure import Spread, spread
 from bench.model import Results, Sample, Target
 
 __all__ = ["Comparison", "compare", "describe", "load", "notes", "render", "save"]
@@ -37,6 +37,7 @@ class Comparison:
     old: Spread | None
     new: Spread | None
     ratio: float | None  # median new / median old
+    paired: Spread | None  # new / old of each round (the two ran back to back)
     verdict: str  # "slower", "faster", "within noise", "one round" or "not measured"
     cpu_verdict: str  # the same for server CPU per GiB: "costlier", "cheaper", ...
     old_cpu_per_gib: Spread | None
@@ -63,12 +64,31 @@ def _verdict(old: Spread | None, new: Spread | None, lower: str, higher: str) ->
     return "within noise"
 
 
+def _paired(results: Results, path: str) -> Spread | None:
+    """new / old throughput round by round: a drift of the machine over minutes cancels out."""
+    old = {s.run: s.gib_per_s for s in results.samples_of(f"{path} [old]")}
+    ratios = [
+        rate / base
+        for s in results.samples_of(f"{path} [new]")
+        if (rate := s.gib_per_s) is not None and (base := old.get(s.run))
+    ]
+    return spread(ratios)
+
+
+def _throughput_verdict(old: Spread | None, new: Spread | None, paired: Spread | None) -> str:
+    verdict = _verdict(old, new, "slower", "faster")
+    if verdict == "within noise" and paired is not None and paired.high < 1:
+        return "slower in every round"
+    return verdict
+
+
 def compare(results: Results) -> list[Comparison]:
     paths = list(dict.fromkeys(_path_of(t) for t in results.targets))
     rows = []
     for path in paths:
         old, new = (results.throughput(f"{path} [{side}]") for side in SIDES)
         old_cpu, new_cpu = (results.cpu_per_gib(f"{path} [{side}]") for side in SIDES)
+        paired = _paired(results, path)
         samples = [s for side in SIDES for s in results.samples_of(f"{path} [{side}]")]
         good = sum(1 for s in samples if s.ok)
         rows.append(
@@ -77,7 +97,8 @@ def compare(results: Results) -> list[Comparison]:
                 old,
                 new,
                 new.median / old.median if old and new and old.median else None,
-                _verdict(old, new, "slower", "faster"),
+                paired,
+                _throughput_verdict(old, new, paired),
                 _verdict(old_cpu, new_cpu, "cheaper", "costlier"),
                 old_cpu,
                 new_cpu,
@@ -112,7 +133,8 @@ def render(results: Results) -> str:
     facts = "; ".join(f"{k}: {v}" for k, v in results.machine.items())
     rows = compare(results)
     header = ["path", "old GiB/s median (min-max)", "new GiB/s median (min-max)", "new/old"]
-    header += ["noise old / new", "verdict", "server CPU s/GiB old → new", "CPU verdict"]
+    header += ["new/old per round", "noise old / new", "verdict"]
+    header += ["server CPU s/GiB old → new", "CPU verdict"]
     header += ["peak RSS MiB old → new", "intact"]
     table = [
         [
@@ -120,8 +142,9 @@ def render(results: Results) -> str:
             _fmt(row.old),
             _fmt(row.new),
             f"{row.ratio:.2f}x" if row.ratio is not None else "-",
+            _fmt(row.paired),
             f"{_noise(row.old)} / {_noise(row.new)}",
-            "**slower**" if row.verdict == "slower" else row.verdict,
+            f"**{row.verdict}**" if row.verdict.startswith("slower") else row.verdict,
             _pair(row.old_cpu_per_gib, row.new_cpu_per_gib),
             "**costlier**" if row.cpu_verdict == "costlier" else row.cpu_verdict,
             _pair(row.old_peak_rss_mib, row.new_peak_rss_mib, 1),
@@ -173,6 +196,10 @@ def notes(smoke: bool) -> list[str]:
         "only when the new tree's best round is below the old tree's worst; likewise its "
         "server CPU per GiB is costlier only when the ranges do not overlap. On a shared "
         "machine CPU per GiB is the steadier of the two figures.",
+        "new/old per round divides the two back-to-back transfers of each round, so a drift "
+        "of the machine over minutes cancels out; when it is below 1 in every round while "
+        "the ranges overlap, the verdict says 'slower in every round' (with 5 rounds, "
+        "chance alone does that 1 time in 32).",
         "Before the counted rounds one untimed round runs every path on both servers "
         "(a fresh server's first transfers are slow).",
         "Each timed upload is preceded by the suite's page-cache warm-up and followed by a "

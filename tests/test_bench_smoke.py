@@ -104,11 +104,19 @@ def _leftover_checkouts() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("freight-baseline-*"))
 
 
+def _baseline_worktrees(repo: Path) -> list[str]:
+    """The repository's worktrees that a baseline run made (other worktrees come and go)."""
+    listing = _git(repo, "worktree", "list", "--porcelain").splitlines()
+    return [
+        line for line in listing if line.startswith("worktree ") and "freight-baseline-" in line
+    ]
+
+
 def test_baseline_mode_compares_every_path_and_removes_its_worktree(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     if not _git(repo, "rev-parse", "HEAD"):
         pytest.skip("not a git checkout, so there is no revision to compare with")
-    worktrees, leftovers = _git(repo, "worktree", "list"), _leftover_checkouts()
+    worktrees, leftovers = _baseline_worktrees(repo), _leftover_checkouts()
     # HEAD itself: a shallow clone may hold no older commit.
     argv = ["--baseline", "HEAD", "--smoke", "--out-dir", str(tmp_path)]
     code = run.main([*argv, "--work-dir", str(tmp_path / "work")])
@@ -121,10 +129,11 @@ def test_baseline_mode_compares_every_path_and_removes_its_worktree(tmp_path: Pa
         assert row["old"]["median"] > 0 and row["new"]["median"] > 0
         assert row["ratio"] is not None and row["old_peak_rss_mib"] is not None
         assert row["verdict"] == row["cpu_verdict"] == "one round"  # no noise from one round
+        assert row["paired"]["count"] == 1
     old, new = data["run"]["machine"]["old"], data["run"]["machine"]["new"]
     assert old.startswith("HEAD = ") and old.split()[2] == new.split()[0].removesuffix("-dirty")
     assert "| tus PATCH |" in (tmp_path / "baseline.md").read_text()
-    assert _git(repo, "worktree", "list") == worktrees
+    assert _baseline_worktrees(repo) == worktrees
     assert _leftover_checkouts() == leftovers
     assert list((tmp_path / "work").iterdir()) == []
 
@@ -150,5 +159,6 @@ def test_baseline_mode_removes_its_worktree_when_the_old_tree_fails(tmp_path: Pa
     with pytest.raises(TreeError, match="imports freight from"):
         baseline.run_baseline(options, {})
     assert _git(repo, "worktree", "list").count("\n") == 0  # only the main tree
+    assert _baseline_worktrees(repo) == []
     assert _leftover_checkouts() == leftovers
     assert not (tmp_path / "out" / "baseline.json").exists()
