@@ -161,12 +161,13 @@ def render(results: Results) -> str:
     if costlier := [row.path for row in rows if row.cpu_verdict == "costlier"]:
         summary += f" Server CPU per GiB up beyond the noise: {', '.join(costlier)}."
     size = f"{results.size / 2**20:g} MiB"
+    rev = results.machine.get("old", "<rev>").split(" = ")[0]
     lines = [
         f"# freight before and after: {results.mode} run, {size} file, {results.runs} round(s)",
         "",
         f"{facts}.",
         "",
-        "Regenerate with `make bench BASELINE=<rev>` (or `python -m bench.run --baseline <rev>`).",
+        f"Regenerate with `make bench BASELINE={rev}` (or `python -m bench.run --baseline {rev}`).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
