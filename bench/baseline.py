@@ -54,6 +54,10 @@ class BaselineOptions:
     out_dir: Path = BENCH_DIR / "results"
     work: Path = BENCH_DIR / ".scratch"
     repo: Path = BENCH_DIR.parent
+    only: tuple[str, ...] = ()  # measure only the paths containing one of these
+
+    def wanted(self, path: str) -> bool:
+        return not self.only or any(part in path for part in self.only)
 
 
 def target_name(path: str, side: str) -> str:
@@ -135,7 +139,14 @@ def _download_steps(side: str, peer: Peer, source: Source, client_dir: Path) -> 
     return steps
 
 
-def _start_side(stack: ExitStack, work: Path, side: str, tree: Tree, source: Source) -> Side:
+def _start_side(
+    stack: ExitStack,
+    work: Path,
+    side: str,
+    tree: Tree,
+    source: Source,
+    wanted: Callable[[str], bool],
+) -> Side:
     found = imported_from(tree.src)
     if not found.is_relative_to(tree.src):
         raise TreeError(f"the {side} tree imports freight from {found}, not from {tree.src}")
@@ -145,7 +156,7 @@ def _start_side(stack: ExitStack, work: Path, side: str, tree: Tree, source: Sou
     log(f"{side}: {tree.short} ({tree.subject[:60]}) at {peer.url}")
     steps = _upload_steps(side, peer, source)
     steps.update(_download_steps(side, peer, source, work / f"client-{side}"))
-    return Side(side, tree, peer, steps)
+    return Side(side, tree, peer, {path: step for path, step in steps.items() if wanted(path)})
 
 
 def _warm_up(sides: list[Side]) -> None:
@@ -170,10 +181,12 @@ def _rounds(sides: list[Side], runs: int, results: Results) -> None:
                 log(f"  {sample.target}: {baseline_report.describe(sample)}")
 
 
-def _targets(sides: list[Side], results: Results) -> None:
+def _targets(sides: list[Side], results: Results, options: BaselineOptions) -> None:
     for path in PATHS:
         for side in sides:
             name = target_name(path, side.side)
+            if not options.wanted(path):
+                continue
             if path not in side.steps:
                 results.skipped[name] = f"the {side.side} tree serves no {path}"
                 continue
@@ -242,10 +255,10 @@ def run_baseline(options: BaselineOptions, machine: dict[str, str]) -> Results:
         stack.callback(path.unlink, missing_ok=True)
         started = time.monotonic()
         sides = [
-            _start_side(stack, options.work, "old", old, source),
-            _start_side(stack, options.work, "new", current, source),
+            _start_side(stack, options.work, "old", old, source, options.wanted),
+            _start_side(stack, options.work, "new", current, source, options.wanted),
         ]
-        _targets(sides, results)
+        _targets(sides, results, options)
         if not options.smoke:
             _warm_up(sides)
         _rounds(sides, options.runs, results)

@@ -158,6 +158,8 @@ def render(results: Results) -> str:
         if slower
         else "No path is slower than the old tree by more than the run-to-run noise."
     )
+    if steady := [row.path for row in rows if row.verdict == "slower in every round"]:
+        summary += f" Slower in every round, though within the noise: {', '.join(steady)}."
     if costlier := [row.path for row in rows if row.cpu_verdict == "costlier"]:
         summary += f" Server CPU per GiB up beyond the noise: {', '.join(costlier)}."
     size = f"{results.size / 2**20:g} MiB"

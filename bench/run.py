@@ -438,7 +438,12 @@ def parse_args(argv: list[str] | None) -> Options:
 def run_baseline(options: Options) -> Results:
     assert options.baseline is not None
     wanted = baseline.BaselineOptions(
-        options.baseline, options.runs, options.size, options.smoke, options.out_dir
+        options.baseline,
+        options.runs,
+        options.size,
+        options.smoke,
+        options.out_dir,
+        only=options.only,
     )
     facts = {k: v for k, v in machine_facts().items() if k in BASELINE_FACTS}
     with work_directory(options) as work:
