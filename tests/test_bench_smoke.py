@@ -165,3 +165,13 @@ def test_baseline_mode_removes_its_worktree_when_the_old_tree_fails(tmp_path: Pa
     assert _baseline_worktrees(repo) == []
     assert _leftover_checkouts() == leftovers
     assert not (tmp_path / "out" / "baseline.json").exists()
+
+
+def test_baseline_mode_measures_only_the_paths_asked_for(tmp_path: Path) -> None:
+    if not _git(Path(__file__).resolve().parents[1], "rev-parse", "HEAD"):
+        pytest.skip("not a git checkout, so there is no revision to compare with")
+    argv = ["--baseline", "HEAD", "--smoke", "--only", "GET", "--out-dir", str(tmp_path)]
+    assert run.main([*argv, "--work-dir", str(tmp_path / "work")]) == 0
+    data = json.loads((tmp_path / "baseline.json").read_text())
+    assert [row["path"] for row in data["comparison"]] == ["GET"]
+    assert {s["target"] for s in data["run"]["samples"]} == {"GET [old]", "GET [new]"}
