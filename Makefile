@@ -24,7 +24,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: help serve install test lint typecheck pytest node-harness system-deps clean distclean
 
 # make bench: freight beside its peers and the machine's limits (not part of make test).
+# make bench BASELINE=<rev>: instead, freight at <rev> beside the current tree, path by path.
 BENCH_ARGS ?=
+BASELINE ?=
 BENCH_APT := nginx-light iperf3
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .PHONY: bench
@@ -38,6 +40,7 @@ help:
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make typecheck  mypy (strict, src/freight)"
 	@echo "make bench      benchmark against nginx, @tus/server, tuspyserver (~10 min; BENCH_ARGS=--large)"
+	@echo "                BASELINE=<rev>: the current tree beside git revision <rev> (~4 min)"
 	@echo "make chaos      kills, cut and stalled links, a full disk, 128 transfers (~2 min; root)"
 	@echo "make clean      remove caches and build output (keeps .venv and $(DATA_DIR))"
 	@echo "make distclean  clean, and remove .venv and tests/interop/node_modules"
@@ -73,14 +76,15 @@ $(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@ $(VENV)/.stamp-install
 
-# Installs the Debian peers when missing, then runs bench/run.py (it runs npm ci in bench/node).
+# Installs the Debian peers when missing (BASELINE needs none), then runs bench/run.py (it runs
+# npm ci in bench/node).
 bench: $(VENV)/.stamp-bench
-	if ! command -v iperf3 >/dev/null || ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null; then
+	if [[ -z "$(BASELINE)" ]] && { ! command -v iperf3 >/dev/null || ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null; }; then
 		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 			--no-install-recommends $(BENCH_APT) \
 			|| echo "make bench: could not install $(BENCH_APT); those targets will be skipped"
 	fi
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(if $(BASELINE),--baseline '$(BASELINE)') $(BENCH_ARGS)
 
 chaos: $(VENV)/.stamp-test
 	FREIGHT_CHAOS=full $(BIN)/python -m pytest -p no:cacheprovider -q -rxX --durations=10 \

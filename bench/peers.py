@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.measure import process_tree
+from bench.worktree import python_env
 
 __all__ = [
     "BENCH_DIR",
@@ -339,6 +340,19 @@ def freight_features() -> FreightFeatures:
     )
 
 
+def _serves_tcp(src: Path) -> bool:
+    """Whether the freight under ``src`` (another checkout) has ``serve --tcp-port``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "freight", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        check=False,
+        env={**os.environ, **python_env(src)},
+    )
+    return "--tcp-port" in result.stdout
+
+
 def start_freight(
     work: Path,
     fsync: str,
@@ -347,7 +361,9 @@ def start_freight(
     tcp: bool = True,
     cgroup_procs: Path | None = None,
     extra_args: tuple[str, ...] = (),
+    src: Path | None = None,
 ) -> Peer:
+    """freight serving from this checkout, or from the sources under ``src`` when given."""
     name = name or f"freight-{fsync}"
     directory = work / name
     store = directory / "data"
@@ -355,11 +371,13 @@ def start_freight(
     command = [sys.executable, "-m", "freight", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--data-dir", str(store), "--fsync", fsync, *extra_args]
     tcp_url = None
-    if tcp and freight_features().tcp_port:
+    if tcp and (freight_features().tcp_port if src is None else _serves_tcp(src)):
         tcp_port = free_port()
         command += ["--tcp-port", str(tcp_port)]
         tcp_url = f"tcp://127.0.0.1:{tcp_port}"
     env = {"PYTHONUNBUFFERED": "1"}
+    if src is not None:
+        env.update(python_env(src))
     process, log = _launch(command, directory, env=env, cgroup_procs=cgroup_procs)
     url = f"http://127.0.0.1:{port}"
     peer = Peer(name, process, url, store, log, syncs=SYNCS[fsync], tcp_url=tcp_url)

@@ -1,6 +1,8 @@
 """``make bench``: freight beside nginx, @tus/server, tuspyserver and the machine's limits.
 
-Usage: ``python -m bench.run [--smoke] [--large] [--runs N] [--out-dir DIR]``.
+Usage: ``python -m bench.run [--smoke] [--large] [--runs N] [--out-dir DIR]``;
+``python -m bench.run --baseline REV`` compares the current tree with commit REV instead
+(:mod:`bench.baseline`).
 
 Every target runs ``--runs`` times, interleaved (round 1 of every target, then round 2, ...),
 and is reported as the median with min-max. Then freight's memory is measured against file
@@ -24,10 +26,10 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from bench import ceilings, clients, report
+from bench import baseline, ceilings, clients, report
 from bench.ceilings import Ceiling
 from bench.cgroup import create_memory_cgroup
 from bench.clients import ClientError
@@ -58,11 +60,14 @@ from bench.suite import (
     measure_upload,
     transfer_timeout,
 )
+from bench.worktree import TreeError
 
 __all__ = ["CONCURRENT_UPLOADS", "Options", "main", "run_bench"]
 
 CGROUP_LIMIT = 128 * MiB
 CONCURRENT_UPLOADS = 16
+# The peers' versions mean nothing to a comparison of freight with itself.
+BASELINE_FACTS = ("started", "cpu", "memory", "kernel", "python", "curl", "load average")
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Options:
     only: tuple[str, ...] = ()
     sections: tuple[str, ...] = ("transfers", "memory", "cgroup")
     size_override: int | None = None
+    baseline: str | None = None
 
     @property
     def size(self) -> int:
@@ -83,6 +89,8 @@ class Options:
             return self.size_override
         if self.smoke:
             return 1 * MiB
+        if self.baseline is not None:
+            return baseline.DEFAULT_SIZE
         return 4 * GiB if self.large else 1 * GiB
 
     @property
@@ -398,13 +406,19 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--only", action="append", default=[], help="targets containing this")
     parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="instead: freight at git revision REV beside the current tree, path by path",
+    )
+    parser.add_argument(
         "--section",
         action="append",
         choices=["transfers", "memory", "cgroup"],
         help="run only these sections (default: all)",
     )
     args = parser.parse_args(argv)
-    runs = args.runs if args.runs is not None else (1 if args.smoke else 3)
+    default_runs = baseline.DEFAULT_RUNS if args.baseline else 3
+    runs = args.runs if args.runs is not None else (1 if args.smoke else default_runs)
     if runs < 1:
         parser.error("--runs must be at least 1")
     return Options(
@@ -417,11 +431,35 @@ def parse_args(argv: list[str] | None) -> Options:
         only=tuple(args.only),
         sections=tuple(args.section or ("transfers", "memory", "cgroup")),
         size_override=args.size_mib * MiB if args.size_mib else None,
+        baseline=args.baseline,
     )
 
 
+def run_baseline(options: Options) -> Results:
+    assert options.baseline is not None
+    wanted = baseline.BaselineOptions(
+        options.baseline,
+        options.runs,
+        options.size,
+        options.smoke,
+        options.out_dir,
+        only=options.only,
+    )
+    facts = {k: v for k, v in machine_facts().items() if k in BASELINE_FACTS}
+    with work_directory(options) as work:
+        return baseline.run_baseline(replace(wanted, work=work), facts)
+
+
 def main(argv: list[str] | None = None) -> int:
-    results = run_bench(parse_args(argv))
+    options = parse_args(argv)
+    if options.baseline is not None:
+        try:
+            results = run_baseline(options)
+        except (TreeError, Unavailable, ClientError) as exc:
+            log(f"the baseline comparison could not run: {exc}")
+            return 2
+    else:
+        results = run_bench(options)
     failed = results.failures()
     for sample in failed:
         log(f"FAILED {sample.target} (run {sample.run}): {sample.error}")

@@ -10,13 +10,17 @@ nginx-light and iperf3 from Debian, @tus/server from npm, tuspyserver from PyPI)
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from bench import run
+from bench import baseline, run
 from bench.model import Results
 from bench.plans import target_names
+from bench.worktree import TreeError
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -86,3 +90,88 @@ def test_the_report_has_every_section(smoke: tuple[int, Results, Path]) -> None:
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib is not installed, so no chart")
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG")
+
+
+# --- make bench BASELINE=<rev>: an older commit served beside the current tree ------------
+
+
+def _git(repo: Path, *args: str) -> str:
+    try:
+        result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    except OSError:  # no git here
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def _leftover_checkouts() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("freight-baseline-*"))
+
+
+def _baseline_worktrees(repo: Path) -> list[str]:
+    """The repository's worktrees that a baseline run made (other worktrees come and go)."""
+    listing = _git(repo, "worktree", "list", "--porcelain").splitlines()
+    return [
+        line for line in listing if line.startswith("worktree ") and "freight-baseline-" in line
+    ]
+
+
+def test_baseline_mode_compares_every_path_and_removes_its_worktree(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    if not _git(repo, "rev-parse", "HEAD"):
+        pytest.skip("not a git checkout, so there is no revision to compare with")
+    worktrees, leftovers = _baseline_worktrees(repo), _leftover_checkouts()
+    # HEAD itself: a shallow clone may hold no older commit.
+    argv = ["--baseline", "HEAD", "--smoke", "--out-dir", str(tmp_path)]
+    code = run.main([*argv, "--work-dir", str(tmp_path / "work")])
+    data = json.loads((tmp_path / "baseline.json").read_text())
+    rows = {row["path"]: row for row in data["comparison"]}
+    assert code == 0
+    assert list(rows) == list(baseline.PATHS)
+    for row in rows.values():
+        assert row["intact"] == "2/2", row
+        assert row["old"]["median"] > 0 and row["new"]["median"] > 0
+        assert row["ratio"] is not None and row["old_peak_rss_mib"] is not None
+        assert row["verdict"] == row["cpu_verdict"] == "one round"  # no noise from one round
+        assert row["paired"]["count"] == 1
+    old, new = data["run"]["machine"]["old"], data["run"]["machine"]["new"]
+    assert old.startswith("HEAD = ") and old.split()[2] == new.split()[0].removesuffix("-dirty")
+    assert "| tus PATCH |" in (tmp_path / "baseline.md").read_text()
+    assert _baseline_worktrees(repo) == worktrees
+    assert _leftover_checkouts() == leftovers
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_baseline_mode_removes_its_worktree_when_the_old_tree_fails(tmp_path: Path) -> None:
+    """A commit without freight in it: the run stops, and nothing of it is left behind."""
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "README").write_text("no freight here\n")
+    identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+    for args in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", "empty"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    leftovers = _leftover_checkouts()
+    options = baseline.BaselineOptions(
+        "HEAD",
+        runs=1,
+        size=64 * 1024,
+        smoke=True,
+        out_dir=tmp_path / "out",
+        work=tmp_path / "work",
+        repo=repo,
+    )
+    with pytest.raises(TreeError, match="imports freight from"):
+        baseline.run_baseline(options, {})
+    assert _git(repo, "worktree", "list").count("\n") == 0  # only the main tree
+    assert _baseline_worktrees(repo) == []
+    assert _leftover_checkouts() == leftovers
+    assert not (tmp_path / "out" / "baseline.json").exists()
+
+
+def test_baseline_mode_measures_only_the_paths_asked_for(tmp_path: Path) -> None:
+    if not _git(Path(__file__).resolve().parents[1], "rev-parse", "HEAD"):
+        pytest.skip("not a git checkout, so there is no revision to compare with")
+    argv = ["--baseline", "HEAD", "--smoke", "--only", "GET", "--out-dir", str(tmp_path)]
+    assert run.main([*argv, "--work-dir", str(tmp_path / "work")]) == 0
+    data = json.loads((tmp_path / "baseline.json").read_text())
+    assert [row["path"] for row in data["comparison"]] == ["GET"]
+    assert {s["target"] for s in data["run"]["samples"]} == {"GET [old]", "GET [new]"}
