@@ -15,7 +15,7 @@ from typing import Any, cast
 from freight.core.blobs import BlobWriter
 from freight.core.hashing import StatefulSha256
 from freight.core.inline_hash import InlineHash
-from freight.core.ports import SessionField, SessionRepository
+from freight.core.ports import HeldClaim, SessionField, SessionRepository
 from freight.core.session import UploadSession, UploadState
 from freight.core.writer import UploadWriter
 
@@ -52,14 +52,21 @@ class ActiveUpload:
 
 
 async def record(
-    sessions: SessionRepository, active: ActiveUpload, start: int, end: int, expires: float | None
+    sessions: SessionRepository,
+    active: ActiveUpload,
+    start: int,
+    end: int,
+    expires: float | None,
+    fence: HeldClaim | None = None,
 ) -> None:
     """Record ``[start, end)`` as received (durable already) and move the expiry.
 
     Only once the repository has it do the bytes count in memory (and so in any offset a
     client is told): a record that fails, on a full disk say, leaves no trace.
     """
-    stored = await sessions.record_received(active.session.id, start, end, expires=expires)
+    stored = await sessions.record_received(
+        active.session.id, start, end, expires=expires, fence=fence
+    )
     session = active.session
     session.received.add(start, end)
     for have_start, have_end in stored:

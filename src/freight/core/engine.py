@@ -39,7 +39,7 @@ from freight.core.claims import EVERYTHING, InProcessClaims
 from freight.core.concat import Concatenator
 from freight.core.events import EventHub, UploadEvent, UploadEventKind, log_fields
 from freight.core.hash_follower import HashFollower, check_expected, stop_hashing
-from freight.core.ports import Backend, ClaimRegistry, EventBus, ListingKind, PageKey
+from freight.core.ports import Backend, ClaimRegistry, EventBus, HeldClaim, ListingKind, PageKey
 from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
 from freight.core.sweeper import WORK_BATCH, Sweeper
 from freight.core.writer import RequestChecksum, UploadWriter
@@ -261,14 +261,17 @@ class UploadEngine:
             interrupt=interrupt,
         )
 
-    async def record_received(self, active: ActiveUpload, start: int, end: int) -> None:
+    async def record_received(
+        self, active: ActiveUpload, start: int, end: int, fence: HeldClaim | None = None
+    ) -> None:
         """Called by writers once ``[start, end)`` is durable: make it count.
 
         The bytes count in memory (and so in any offset a client is told) only once the
         record is saved: a save that fails, on a full disk say, leaves the session as the
         store has it.
         """
-        await record(self.sessions, active, start, end, self.clock() + self.expire_after)
+        expires = self.clock() + self.expire_after
+        await record(self.sessions, active, start, end, expires, fence)
         self.publish(UploadEventKind.PROGRESS, active)
         await self.hash_follower.after_record(active)
 

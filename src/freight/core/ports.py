@@ -79,12 +79,22 @@ class SessionRepository(Protocol):
     async def load(self, upload_id: str) -> UploadSession: ...
 
     async def record_received(
-        self, upload_id: str, start: int, end: int, *, expires: float | None
+        self,
+        upload_id: str,
+        start: int,
+        end: int,
+        *,
+        expires: float | None,
+        fence: HeldClaim | None = None,
     ) -> RangeSet:
         """Add ``[start, end)`` to the stored ranges and set ``expires``, atomically;
         returns the stored ranges after the change (which may hold ranges others added).
 
         The caller has made those bytes durable first: a record never runs ahead of them.
+        With ``fence`` (the claim the bytes were written under), only while that claim is
+        still held: a writer that lost its claim (its node was cut off and another took
+        over) records nothing, and gets :class:`freight.errors.UploadLocked`. A registry
+        whose claims cannot be lost behind their holder's back may ignore it.
         """
 
     async def update(

@@ -26,6 +26,7 @@ from freight._types import Buffer
 from freight.config import FsyncPolicy
 from freight.core.blobs import BlobWriter, PipeTarget
 from freight.core.pipes import splicing_available
+from freight.core.ports import HeldClaim
 from freight.core.session import UploadSession
 from freight.core.writer_host import WriterHost, WrittenUpload
 from freight.errors import ChecksumMismatch, FreightError, LengthMismatch, UploadTooLarge
@@ -57,8 +58,10 @@ class UploadWriter:
         checksum: RequestChecksum | None,
         *,
         all_or_nothing: bool = False,
+        fence: HeldClaim | None = None,
     ) -> None:
         self._engine = engine
+        self._fence = fence  # the claim this writer holds: its records count only under it
         self._active = active
         self._part = part
         self._start = start
@@ -393,7 +396,7 @@ class UploadWriter:
         # bytes both as received and as still unrecorded.
         start, self._recorded = self._recorded, end
         try:
-            await self._engine.record_received(self._active, start, end)
+            await self._engine.record_received(self._active, start, end, self._fence)
         except BaseException:
             self._recorded = start
             raise

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from freight.config import FsyncPolicy
 from freight.core.buffers import BufferPool
 from freight.core.inline_hash import InlineHash
+from freight.core.ports import HeldClaim
 from freight.core.session import UploadSession
 
 __all__ = ["WriterHost", "WrittenUpload"]
@@ -52,4 +53,6 @@ class WriterHost(Protocol):
 
     def note_written(self, active: Any, size: int) -> None: ...
 
-    async def record_received(self, active: Any, start: int, end: int) -> None: ...
+    async def record_received(
+        self, active: Any, start: int, end: int, fence: HeldClaim | None = None
+    ) -> None: ...

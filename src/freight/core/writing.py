@@ -159,7 +159,14 @@ class Writing:
             part = await host.uploads.shared_part(active)
             bound = min(end, limit) if end is not None and limit is not None else end or limit
             writer = UploadWriter(
-                host, active, part, offset, bound, checksum, all_or_nothing=all_or_nothing
+                host,
+                active,
+                part,
+                offset,
+                bound,
+                checksum,
+                all_or_nothing=all_or_nothing,
+                fence=claim,
             )
             holding.append(writer)
             active.writers.add(writer)

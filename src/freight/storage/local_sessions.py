@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from freight.core.ports import ListingKind, PageKey, SessionField, UnfinishedTotals
+from freight.core.ports import HeldClaim, ListingKind, PageKey, SessionField, UnfinishedTotals
 from freight.core.rangeset import RangeSet
 from freight.core.session import UploadSession, UploadState
 from freight.errors import UploadNotFound
@@ -63,8 +63,16 @@ class SqliteSessions:
         return session
 
     async def record_received(
-        self, upload_id: str, start: int, end: int, *, expires: float | None
+        self,
+        upload_id: str,
+        start: int,
+        end: int,
+        *,
+        expires: float | None,
+        fence: HeldClaim | None = None,
     ) -> RangeSet:
+        # Claims here are this process's own (InProcessClaims): never lost behind a writer's
+        # back, so there is nothing to fence.
         return await asyncio.to_thread(
             self.table.record_received, _checked(upload_id), start, end, expires
         )

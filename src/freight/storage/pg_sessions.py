@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from freight.core.ports import ListingKind, PageKey, SessionField, UnfinishedTotals
+from freight.core.ports import HeldClaim, ListingKind, PageKey, SessionField, UnfinishedTotals
 from freight.core.rangeset import RangeSet
 from freight.core.session import ConcatKind, UploadSession, UploadState
 from freight.errors import FreightError, UploadNotFound
@@ -102,7 +102,13 @@ class PgSessions:
         return _from_row(rows[0])
 
     async def record_received(
-        self, upload_id: str, start: int, end: int, *, expires: float | None
+        self,
+        upload_id: str,
+        start: int,
+        end: int,
+        *,
+        expires: float | None,
+        fence: HeldClaim | None = None,
     ) -> RangeSet:
         if start < 0 or end < start:
             raise ValueError(f"bad range [{start}, {end})")
