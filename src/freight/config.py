@@ -33,8 +33,20 @@ class FsyncPolicy(enum.Enum):
 @dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path = Path("freight-data")
-    # Where uploads are kept (storage/choice.py): "local" files + SQLite, or "memory".
+    # Where uploads are kept (storage/choice.py): "local" files + SQLite, "memory", or
+    # "s3://BUCKET[/PREFIX]" for a fleet: bytes in that bucket, everything else in the
+    # PostgreSQL database ``db`` (docs/scaling.md).
     store: str = "local"
+    db: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    # Bytes per S3 part (None: the least whole MiB, at least 8 MiB, that lets 10,000 parts
+    # cover max_size); a chunk of the chunk API is one part.
+    part_size: int | None = None
+    # Where a node stages bytes before they go to S3 (None: <data_dir>/spool).
+    spool_dir: Path | None = None
+    # Downloads answer 302 to a presigned URL of the object store instead of passing bytes.
+    download_redirect: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None
@@ -113,3 +125,31 @@ def normalise_base_path(value: str) -> str:
         if segment in (".", "..") or not _SEGMENT.fullmatch(segment):
             raise ValueError(f"the base path {value!r} may only hold letters, digits and -._~")
     return "/" + "".join(f"{part}/" for part in segments)
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """A parsed ``--store``: ``local``, ``memory``, or ``s3`` with its bucket and prefix."""
+
+    kind: str
+    bucket: str = ""
+    prefix: str = ""
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def parse_store(value: str) -> StoreSpec:
+    """``local``, ``memory`` or ``s3://BUCKET[/PREFIX]``; raises ValueError otherwise."""
+    if value in ("local", "memory"):
+        return StoreSpec(value)
+    if not value.startswith("s3://"):
+        raise ValueError(f"unknown store {value!r}: use local, memory or s3://BUCKET/PREFIX")
+    bucket, _, prefix = value.removeprefix("s3://").partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise ValueError(f"{bucket!r} is not an S3 bucket name")
+    segments = [part for part in prefix.split("/") if part]
+    for segment in segments:
+        if segment in (".", "..") or not _SEGMENT.fullmatch(segment):
+            raise ValueError(f"the prefix {prefix!r} may only hold letters, digits and -._~")
+    return StoreSpec("s3", bucket, "".join(f"{part}/" for part in segments))

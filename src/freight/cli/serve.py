@@ -27,6 +27,7 @@ from freight.cli.settings import (
     load_config_file,
     render_config,
 )
+from freight.cli.store_options import check_store, store_options
 from freight.config import FsyncPolicy, ServerConfig, StartupError
 
 __all__ = ["serve"]
@@ -118,13 +119,6 @@ def _options(function: F) -> F:
             default=DEFAULTS.data_dir,
             show_default=True,
             help="Where uploads, files and the SQLite metadata live (created if missing).",
-        ),
-        click.option(
-            "--store",
-            type=click.Choice(["local", "memory"]),
-            default=DEFAULTS.store,
-            show_default=True,
-            help="Where bytes are kept: local files, or memory (lost at exit; for trials).",
         ),
         click.option("--token", help="Require this bearer token."),
         click.option(
@@ -323,6 +317,7 @@ def _options(function: F) -> F:
 @every_option_from_environment
 @click.command(cls=ServeCommand)
 @_options
+@store_options
 @click.pass_context
 def serve(ctx: click.Context, /, print_config: bool, **settings: Any) -> None:
     """Run the freight server.
@@ -335,6 +330,7 @@ def serve(ctx: click.Context, /, print_config: bool, **settings: Any) -> None:
         click.echo(render_config(ctx))
         return
     _check_tls(settings["tls_cert"], settings["tls_key"])
+    check_store(settings)
     from freight.server.app import run_server
 
     try:

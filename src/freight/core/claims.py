@@ -25,7 +25,7 @@ __all__ = ["EVERYTHING", "TAKE_OVER_WAIT", "Claim", "InProcessClaims"]
 log = logging.getLogger("freight.core.engine")
 
 # A claim's end when it reaches past any byte an upload can have.
-EVERYTHING = 1 << 63
+EVERYTHING = (1 << 63) - 1  # the largest bigint, so any store can keep it
 # How long a request taking an upload over waits for the interrupted one to let go.
 TAKE_OVER_WAIT = 5.0
 

@@ -73,7 +73,8 @@ class UploadEngine:
         self.backend = backend
         self.sessions = backend.sessions
         self.blobs = backend.blobs
-        self.claims: ClaimRegistry = claims or InProcessClaims()
+        self.claims: ClaimRegistry = claims or backend.claims or InProcessClaims()
+        self.leadership = backend.leadership
         # Off: no running SHA-256; a digest is computed (from disk) only to check one a
         # client declared at finish.
         self.hash_uploads = hash_uploads
@@ -100,7 +101,7 @@ class UploadEngine:
         self.admitting = asyncio.Lock()
         self.clock = clock
         self._background: set[asyncio.Task[None]] = set()
-        self.events: EventBus = events or EventHub()
+        self.events: EventBus = events or backend.events or EventHub()
         self.buffers = BufferPool()
         self.bytes_written_total = 0
         self.progress_interval = 0.25
@@ -394,8 +395,10 @@ class UploadEngine:
         await self.sweeper.run(interval)
 
     async def resume_interrupted_work(self) -> None:
-        """After a restart: finish complete uploads and assemble ready concatenations."""
-        await self.sweeper.finish_pending_work(limit=None)
+        """After a restart: finish complete uploads and assemble ready concatenations (the
+        leading node's work, when there are several)."""
+        if await self.leadership.leading():
+            await self.sweeper.finish_pending_work(limit=None)
 
     async def finish_pending_work(self, *, limit: int | None = WORK_BATCH) -> int:
         """Finish what clients left complete (see :meth:`Sweeper.finish_pending_work`)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from freight.core.rangeset import RangeSet
@@ -33,10 +33,12 @@ __all__ = [
     "ClaimRegistry",
     "EventBus",
     "HeldClaim",
+    "Leadership",
     "ListingKind",
     "PageKey",
     "SessionField",
     "SessionRepository",
+    "SoleNode",
     "UnfinishedTotals",
 ]
 
@@ -196,15 +198,50 @@ class EventBus(Protocol):
     def subscriber_count(self) -> int: ...
 
 
+class Leadership(Protocol):
+    """Which node does the background work (expiry, finishing what clients left) now."""
+
+    async def leading(self) -> bool:
+        """Whether this node leads now; takes the lead if nobody holds it."""
+
+    async def close(self) -> None: ...
+
+
+class SoleNode:
+    """One process alone: it always leads."""
+
+    async def leading(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class Backend:
-    """Where one engine keeps things: session records and bytes."""
+    """Where one engine keeps things, and how it shares them with other nodes.
+
+    A single-process backend gives only ``sessions`` and ``blobs``; the engine then keeps
+    claims and events in memory and always leads. A fleet's backend gives all five.
+    """
 
     sessions: SessionRepository
     blobs: BlobStore
+    claims: ClaimRegistry | None = None
+    events: EventBus | None = None
+    leadership: Leadership = field(default_factory=SoleNode)
 
     async def close(self) -> None:
-        try:
-            await self.blobs.close()
-        finally:
-            await self.sessions.close()
+        """Close every part, even when one fails (the first failure is raised after)."""
+        parts: list[object] = [self.claims, self.events, self.leadership, self.blobs]
+        failure: Exception | None = None
+        for part in [*parts, self.sessions]:
+            close = getattr(part, "close", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure

@@ -16,7 +16,7 @@ from typing import Protocol
 from freight.core.active import ActiveUploads
 from freight.core.events import log_fields
 from freight.core.hash_follower import stop_hashing
-from freight.core.ports import ClaimRegistry, SessionRepository
+from freight.core.ports import ClaimRegistry, Leadership, SessionRepository
 from freight.core.session import UploadSession, UploadState
 from freight.errors import FreightError, UploadNotFound
 
@@ -40,6 +40,9 @@ class SweeperHost(Protocol):
 
     @property
     def claims(self) -> ClaimRegistry: ...
+
+    @property
+    def leadership(self) -> Leadership: ...
 
     @property
     def clock(self) -> Callable[[], float]: ...
@@ -95,8 +98,11 @@ class Sweeper:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.sweep_expired()
-                await self.finish_pending_work()
+                if await self._host.leadership.leading():  # one node of a fleet sweeps
+                    await self.sweep_expired()
+                    await self.finish_pending_work()
+            except FreightError as exc:
+                log.warning("sweeping expired uploads failed: %s", exc)
             except Exception:
                 log.exception("sweeping expired uploads failed")
 

@@ -14,9 +14,11 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from freight.config import FsyncPolicy, ServerConfig, StartupError
+from freight.config import ServerConfig, StartupError
 from freight.core import UploadEngine
 from freight.core.pipes import splicing_available
+from freight.core.ports import Backend
+from freight.errors import FreightError
 from freight.server.api import add_api_routes, health
 from freight.server.chunks import add_chunk_api
 from freight.server.connections import (
@@ -59,7 +61,7 @@ from freight.server.tcp import TcpServer, start_tcp_server
 from freight.server.tls import CertificateReloader
 from freight.server.tus import handle_tus
 from freight.server.ws import add_ws_routes
-from freight.storage.choice import open_backend
+from freight.storage.choice import open_backend, open_embedded
 
 __all__ = ["create_app", "run_server"]
 
@@ -92,9 +94,13 @@ async def files_endpoint(request: web.Request) -> web.StreamResponse:
     return await handle_tus(request, dispatch.method)
 
 
-def create_app(config: ServerConfig) -> web.Application:
-    """The application serving ``config``; mounted under ``config.base_path`` if not ``/``."""
-    app = _freight_app(config)
+def create_app(config: ServerConfig, backend: Backend | None = None) -> web.Application:
+    """The application serving ``config``; mounted under ``config.base_path`` if not ``/``.
+
+    ``backend`` is where uploads are kept; without one, the embedded store ``config``
+    names is opened (a fleet's is opened by :func:`serve`, which can wait for services).
+    """
+    app = _freight_app(config, backend or open_embedded(config))
     if config.base_path == "/":
         return app
     return _mounted(app, config)
@@ -123,7 +129,7 @@ def _mounted(app: web.Application, config: ServerConfig) -> web.Application:
     return root
 
 
-def _freight_app(config: ServerConfig) -> web.Application:
+def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
     app = web.Application(
         middlewares=[
             metrics_middleware,
@@ -135,8 +141,6 @@ def _freight_app(config: ServerConfig) -> web.Application:
         ],
         client_max_size=CLIENT_MAX_SIZE,
     )
-    durable = config.fsync is not FsyncPolicy.NEVER
-    backend = open_backend(config.store, config.data_dir, durable=durable)
     engine = UploadEngine(
         backend,
         fsync=config.fsync,
@@ -188,7 +192,7 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def serve(config: ServerConfig) -> None:
-    app = _create_app_or_explain(config)
+    app = await _create_app_or_explain(config)
     loop = asyncio.get_running_loop()
     quiet_accept_errors(loop)
     options = {
@@ -230,12 +234,19 @@ def _access_log_options(config: ServerConfig) -> dict[str, object]:
     }
 
 
-def _create_app_or_explain(config: ServerConfig) -> web.Application:
+async def _create_app_or_explain(config: ServerConfig) -> web.Application:
     try:
-        return create_app(config)
+        backend = await open_backend(config)
     except (OSError, sqlite3.Error) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise StartupError(f"cannot use data directory {config.data_dir}: {reason}") from exc
+    except FreightError as exc:
+        raise StartupError(f"cannot use the store {config.store}: {exc.message}") from exc
+    try:
+        return create_app(config, backend)
+    except BaseException:
+        await backend.close()
+        raise
 
 
 async def _listen_or_explain(

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from freight.core import UploadEngine, UploadSession
-from freight.core.blobs import BlobReader, SendfileSource
+from freight.core.blobs import BlobReader, Presigner, SendfileSource
 from freight.errors import PreconditionFailed, UploadIncomplete, storage_os_error
 from freight.protocol import ranges
 from freight.protocol.digests import build_repr_digest
@@ -163,6 +163,11 @@ async def file_response(
     if_match = request.headers.get("If-Match")
     if if_match is not None and not ranges.etag_matches_strong(if_match, etag):
         raise PreconditionFailed("If-Match does not match the file's ETag")
+    settings = request.app.get(SETTINGS)
+    if settings is not None and settings.download_redirect and request.method == "GET":
+        redirect = await _presigned(engine, session)
+        if redirect is not None:
+            return redirect
     send_body = request.method != "HEAD"
     byte_range = None
     if ranges.if_range_allows_partial(request.headers.get("If-Range"), etag, modified):
@@ -179,6 +184,25 @@ async def file_response(
         )
     reader = await engine.open_reader(session) if count and send_body else None
     return StreamedResponse(reader, start, count, status=status, headers=headers)
+
+
+# How long a presigned download URL stays valid: long enough to fetch a large file, short
+# enough that a leaked one soon stops working.
+PRESIGNED_FOR = 3600
+
+
+async def _presigned(engine: UploadEngine, session: UploadSession) -> web.Response | None:
+    """A 302 to a signed URL of the store (the bytes never pass through this node), when
+    the store can sign one."""
+    blobs = engine.blobs
+    if not isinstance(blobs, Presigner):
+        return None
+    name = safe_filename(session.name, session.id)
+    url = await blobs.presign_download(session.id, expires_in=PRESIGNED_FOR, filename=name)
+    headers = {"Location": url, "Cache-Control": "private, no-store"}
+    if session.sha256 is not None:
+        headers["Repr-Digest"] = build_repr_digest(session.sha256)
+    return web.Response(status=302, headers=headers)
 
 
 def _representation_headers(session: UploadSession, etag: str, modified: float) -> dict[str, str]:

@@ -3,32 +3,41 @@
 ``local`` (the default) keeps records in SQLite and bytes as files in the data directory.
 ``memory`` keeps bytes in memory and records in a SQLite file started afresh each time:
 nothing survives a restart. It is for trying freight out and for tests that prove the
-paths a store without sendfile, splice or cheap read-back takes.
+paths a store without sendfile, splice or cheap read-back takes. ``s3://BUCKET/PREFIX``
+is a fleet's backend (:mod:`freight.storage.fleet`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from freight.config import FsyncPolicy, ServerConfig, parse_store
 from freight.core.ports import Backend
 from freight.storage.local import open_local
 from freight.storage.local_sessions import SqliteSessions
 from freight.storage.memory import MemoryBlobs
 
-__all__ = ["STORES", "open_backend"]
-
-STORES = ("local", "memory")
+__all__ = ["open_backend", "open_embedded"]
 
 _MEMORY_DB = "memory-store.db"
 
 
-def open_backend(store: str, data_dir: Path, *, durable: bool) -> Backend:
-    """The backend ``store`` names (one of :data:`STORES`), rooted in ``data_dir``."""
-    if store == "local":
-        return open_local(data_dir, durable=durable)
-    if store == "memory":
+def open_embedded(config: ServerConfig) -> Backend:
+    """The backend of a ``local`` or ``memory`` store: no other service, opened at once."""
+    kind = parse_store(config.store).kind
+    data_dir = config.data_dir
+    if kind == "local":
+        return open_local(data_dir, durable=config.fsync is not FsyncPolicy.NEVER)
+    if kind == "memory":
         data_dir.mkdir(parents=True, exist_ok=True)
         for stale in data_dir.glob(f"{_MEMORY_DB}*"):
             stale.unlink()  # the bytes its records described are gone
         return Backend(sessions=SqliteSessions(data_dir / _MEMORY_DB), blobs=MemoryBlobs())
-    raise ValueError(f"unknown store {store!r}; known: {', '.join(STORES)}")
+    raise ValueError(f"the {kind} store needs open_backend()")
+
+
+async def open_backend(config: ServerConfig) -> Backend:
+    """The backend ``config.store`` names, with whatever services it needs connected."""
+    if parse_store(config.store).kind == "s3":
+        from freight.storage.fleet import open_fleet  # needs the "scale" extra
+
+        return await open_fleet(config)
+    return open_embedded(config)

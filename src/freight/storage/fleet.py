@@ -1,0 +1,68 @@
+"""A fleet's backend: bytes in an S3 bucket, sessions, claims and events in PostgreSQL.
+
+Every node started with the same ``--store s3://BUCKET/PREFIX --db DSN`` opens the same
+backend, so any node serves any upload (docs/scaling.md). Each node stages bytes in its
+own spool directory before they go to the bucket; the spool is emptied when the node
+starts (what it held was either shipped and recorded, or never acknowledged).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from freight.config import ServerConfig, parse_store
+from freight.core.ports import Backend
+from freight.storage.pg_claims import open_pg_claims
+from freight.storage.pg_sessions import open_pg_sessions
+from freight.storage.s3_blobs import MIN_PART_SIZE, S3Blobs
+
+__all__ = ["open_fleet", "part_size_for"]
+
+MiB = 1024 * 1024
+DEFAULT_PART = 8 * MiB
+MAX_PARTS = 10_000
+
+
+def part_size_for(max_size: int | None, chosen: int | None) -> int:
+    """The part size: the one chosen, else the least whole MiB (at least 8 MiB) that lets
+    10,000 parts hold ``max_size``."""
+    if chosen is not None:
+        return max(chosen, MIN_PART_SIZE)
+    if max_size is None:
+        return DEFAULT_PART
+    needed = -(-max_size // MAX_PARTS)
+    return max(DEFAULT_PART, -(-needed // MiB) * MiB)
+
+
+def node_name() -> str:
+    """This node, as other nodes see it in claims and logs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def open_fleet(config: ServerConfig) -> Backend:
+    spec = parse_store(config.store)
+    assert spec.kind == "s3" and config.db is not None
+    spool = (config.spool_dir or config.data_dir / "spool") / "freight-spool"
+    sessions = await open_pg_sessions(config.db)
+    try:
+        blobs = await S3Blobs.open(
+            endpoint=config.s3_endpoint or f"https://s3.{config.s3_region}.amazonaws.com",
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID", ""),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+            bucket=spec.bucket,
+            prefix=spec.prefix,
+            region=config.s3_region,
+            spool_dir=Path(spool),
+            part_size=part_size_for(config.max_size, config.part_size),
+        )
+        try:
+            claims = await open_pg_claims(config.db, node_name())
+        except BaseException:
+            await blobs.close()
+            raise
+    except BaseException:
+        await sessions.close()
+        raise
+    return Backend(sessions=sessions, blobs=blobs, claims=None)  # TEMP
