@@ -286,3 +286,15 @@ async def test_hostile_ids_are_refused(blobs: BlobStore, tmp_path: Path, bad: st
         with pytest.raises(UploadNotFound):
             await asyncio.to_thread(blobs.open_part_reader, bad)
     assert _tree(tmp_path) == before
+
+
+async def test_a_healthy_store_passes_its_probe_and_keeps_nothing(
+    blobs: BlobStore, tmp_path: Path
+) -> None:
+    upload_id = await write_blob(blobs, [(0, b"kept")])
+    before = _tree(tmp_path)
+    for _ in range(3):
+        await blobs.probe()
+    assert _tree(tmp_path) == before
+    await blobs.finish(upload_id, 4)
+    assert await read_finished(blobs, upload_id, 10) == b"kept"
