@@ -16,10 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from freight._types import Buffer
-from freight.core.blobs import BlobReader, BlobStore, PipeTarget, ReadBack, SendfileSource
+from freight.core.blobs import (
+    BlobReader,
+    BlobStore,
+    PipeTarget,
+    Presigner,
+    ReadBack,
+    SendfileSource,
+    ServerConcat,
+)
 from freight.core.session import new_upload_id
 from freight.errors import FreightError, UploadNotFound
 from tests.contract.backends import STORE_ABILITIES, WRITER_ABILITIES, BlobBackend
@@ -262,6 +271,39 @@ async def test_pipe_targets_take_bytes_from_a_pipe(blobs: BlobStore) -> None:
     assert await read_finished(blobs, upload_id, 400_000) == bytes(100_000) + data
 
 
+@pytest.mark.ability("ServerConcat")
+async def test_server_concat_joins_finished_blobs(blobs: BlobStore) -> None:
+    assert isinstance(blobs, ServerConcat)
+    # Sizes that make a target part span sources (S3 parts are at least 5 MiB).
+    sources = [os.urandom(3 * MiB), b"", b"xyz", os.urandom(4 * MiB + 1)]
+    part_ids = []
+    for data in sources:
+        part_ids.append(await write_blob(blobs, [(0, data)] if data else []))
+        await blobs.finish(part_ids[-1], len(data))
+    total = sum(map(len, sources))
+    final = new_upload_id()
+    await blobs.create(final)
+    await blobs.concatenate(final, part_ids)
+    await blobs.finish(final, total)
+    assert await read_finished(blobs, final, total + 10) == b"".join(sources)
+    with pytest.raises(UploadNotFound):
+        await blobs.concatenate(new_upload_id(), part_ids[:1])
+
+
+@pytest.mark.ability("Presigner")
+async def test_a_presigned_url_reads_the_finished_blob(blobs: BlobStore) -> None:
+    assert isinstance(blobs, Presigner)
+    data = os.urandom(100_000)
+    upload_id = await write_blob(blobs, [(0, data)])
+    await blobs.finish(upload_id, len(data))
+    url = await blobs.presign_download(upload_id, expires_in=60, filename="résumé 1.bin")
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        assert response.status == 200
+        assert await response.read() == data
+        disposition = response.headers["Content-Disposition"]
+        assert "filename*=UTF-8''r%C3%A9sum%C3%A9%201.bin" in disposition
+
+
 def _tree(root: Path) -> set[Path]:
     return set(root.rglob("*"))
 
@@ -285,6 +327,17 @@ async def test_hostile_ids_are_refused(blobs: BlobStore, tmp_path: Path, bad: st
     if isinstance(blobs, ReadBack):
         with pytest.raises(UploadNotFound):
             await asyncio.to_thread(blobs.open_part_reader, bad)
+    if isinstance(blobs, ServerConcat):
+        with pytest.raises(UploadNotFound):
+            await blobs.concatenate(bad, [])
+        target = new_upload_id()
+        await blobs.create(target)
+        with pytest.raises(UploadNotFound):
+            await blobs.concatenate(target, [bad])
+        await blobs.delete(target)
+    if isinstance(blobs, Presigner):
+        with pytest.raises(UploadNotFound):
+            await blobs.presign_download(bad, expires_in=60, filename=None)
     assert _tree(tmp_path) == before
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 
 import pytest
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
 
 from freight.errors import StorageUnavailable
 from freight.storage.s3_blobs import S3Blobs
@@ -32,13 +35,19 @@ async def test_an_unreachable_store_is_unavailable(tmp_path: Path) -> None:
     with socket.socket() as listener:  # a port nothing listens on once it is closed
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]
-    store = await S3Blobs.open(
-        endpoint=f"http://127.0.0.1:{port}",
-        access_key="nobody",
-        secret_key="nothing",
-        bucket="freight",
-        spool_dir=tmp_path / "spool",
+    # One attempt: the client's retries with backoff are not what is tested.
+    stack = contextlib.AsyncExitStack()
+    client = await stack.enter_async_context(
+        get_session().create_client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="nobody",
+            aws_secret_access_key="nothing",
+            config=AioConfig(retries={"max_attempts": 1}),
+        )
     )
+    store = S3Blobs(client, stack, "freight", tmp_path / "spool")
     try:
         with pytest.raises(StorageUnavailable):
             await store.probe()
