@@ -250,8 +250,9 @@ def storage_os_error(exc: OSError) -> FreightError:
 
 
 class StorageUnavailable(FreightError):
-    """A shared store (the session database) could not be reached or did not answer in
-    time. Retry shortly; whether a change under way when it failed was made is unknown."""
+    """A shared store (the session database, the object store) could not be reached or did
+    not answer in time. Retry shortly; whether a change under way when it failed was made
+    is unknown."""
 
     code = "ERR_STORAGE_UNAVAILABLE"
     status = 503

@@ -1,9 +1,10 @@
 """Every implementation the storage contract runs over: one entry per backend.
 
-A backend is opened at a ``place``: a fresh directory per test. Opening the same place
-twice gives two handles on the same records or bytes, as two processes (two nodes) would
-have. A backend that needs a service (a database server, a bucket) finds its address in
-the environment and says why it cannot run through ``unavailable``; its tests are skipped.
+A backend is opened at a ``place``, made fresh for each test by the fixture the backend
+names: a directory, a database, a bucket. Opening the same place twice gives two handles on
+the same records or bytes, as two processes (two nodes) would have. A backend that needs a
+service gets it from that fixture (a throwaway PostgreSQL cluster, a SeaweedFS), which
+skips without the service's binaries; CI turns a skip into a failure.
 """
 
 from __future__ import annotations
@@ -11,44 +12,56 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from freight.core.blobs import BlobStore, PipeTarget, ReadBack, SendfileSource, ServerConcat
+from freight.core.blobs import (
+    BlobStore,
+    PipeTarget,
+    Presigner,
+    ReadBack,
+    SendfileSource,
+    ServerConcat,
+)
 from freight.core.ports import SessionRepository
 from freight.storage import LocalBlobs, MemoryBlobs, SqliteSessions
+from freight.storage.pg_sessions import open_pg_sessions
+from tests.s3.fixtures import S3Place
+from tests.s3.stores import open_store
 
 # Every ability Protocol, by name: a blob backend lists the ones it has.
 STORE_ABILITIES = {
     "SendfileSource": SendfileSource,
     "ReadBack": ReadBack,
     "ServerConcat": ServerConcat,
+    "Presigner": Presigner,
 }
-# ``Presigner`` is added here by the first store that has it (core.blobs.Presigner).
 WRITER_ABILITIES = {"PipeTarget": PipeTarget}
-
-
-def _available() -> str | None:
-    return None
 
 
 @dataclass(frozen=True)
 class SessionBackend:
-    open: Callable[[Path], Awaitable[SessionRepository]]
-    unavailable: Callable[[], str | None] = _available
+    # The fixture that makes a fresh place for one test; ``open`` takes its value.
+    place: str
+    open: Callable[[Any], Awaitable[SessionRepository]]
 
 
 @dataclass(frozen=True)
 class BlobBackend:
-    open: Callable[[Path], Awaitable[BlobStore]]
+    place: str
+    open: Callable[[Any], Awaitable[BlobStore]]
     # Names from STORE_ABILITIES and WRITER_ABILITIES this store has (and no others).
     abilities: frozenset[str] = frozenset()
     # Whether written bytes leave the process (a big blob then costs no memory).
     bytes_leave_memory: bool = True
-    unavailable: Callable[[], str | None] = _available
 
 
 async def _sqlite(place: Path) -> SessionRepository:
     place.mkdir(parents=True, exist_ok=True)
     return SqliteSessions(place / "freight.db")
+
+
+async def _postgresql(dsn: str) -> SessionRepository:
+    return await open_pg_sessions(dsn)
 
 
 async def _local(place: Path) -> BlobStore:
@@ -59,12 +72,23 @@ async def _memory(place: Path) -> BlobStore:
     return MemoryBlobs()
 
 
+async def _s3(place: S3Place) -> BlobStore:
+    # Each handle is a node of its own: its own client and its own spool directory.
+    return await open_store(place.seaweed, place.bucket, place.new_spool())
+
+
 SESSION_BACKENDS: dict[str, SessionBackend] = {
-    "sqlite": SessionBackend(open=_sqlite),
+    "sqlite": SessionBackend(place="tmp_place", open=_sqlite),
+    "postgresql": SessionBackend(place="pg_dsn", open=_postgresql),
 }
 BLOB_BACKENDS: dict[str, BlobBackend] = {
     "local": BlobBackend(
-        open=_local, abilities=frozenset({"SendfileSource", "ReadBack", "PipeTarget"})
+        place="tmp_place",
+        open=_local,
+        abilities=frozenset({"SendfileSource", "ReadBack", "PipeTarget"}),
     ),
-    "memory": BlobBackend(open=_memory, bytes_leave_memory=False),
+    "memory": BlobBackend(place="tmp_place", open=_memory, bytes_leave_memory=False),
+    "s3": BlobBackend(
+        place="s3_place", open=_s3, abilities=frozenset({"ServerConcat", "Presigner"})
+    ),
 }

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from freight.core.blobs import BlobStore
 from freight.core.ports import SessionRepository
 from tests.contract.backends import BLOB_BACKENDS, SESSION_BACKENDS, BlobBackend, SessionBackend
+from tests.pg.fixtures import pg_cluster, pg_dsn
+from tests.s3.fixtures import s3_bucket, s3_place, seaweed
+
+# The places of the backends that need a service.
+__all__ = ["pg_cluster", "pg_dsn", "s3_bucket", "s3_place", "seaweed"]
 
 
 @pytest.fixture(params=sorted(SESSION_BACKENDS))
 def session_backend(request: pytest.FixtureRequest) -> SessionBackend:
-    backend = SESSION_BACKENDS[request.param]
-    reason = backend.unavailable()
-    if reason:
-        pytest.skip(reason)
-    return backend
+    return SESSION_BACKENDS[request.param]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -34,29 +36,36 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def blob_backend(request: pytest.FixtureRequest) -> BlobBackend:
-    backend = BLOB_BACKENDS[request.param]
-    reason = backend.unavailable()
-    if reason:
-        pytest.skip(reason)
-    return backend
+    return BLOB_BACKENDS[request.param]
 
 
 @pytest.fixture
-def place(tmp_path: Path) -> Path:
+def tmp_place(tmp_path: Path) -> Path:
     return tmp_path / "store"
 
 
 @pytest.fixture
+def session_place(session_backend: SessionBackend, request: pytest.FixtureRequest) -> Any:
+    """Where this test's session backend opens (only that backend's service is started)."""
+    return request.getfixturevalue(session_backend.place)
+
+
+@pytest.fixture
+def blob_place(blob_backend: BlobBackend, request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue(blob_backend.place)
+
+
+@pytest.fixture
 async def sessions(
-    session_backend: SessionBackend, place: Path
+    session_backend: SessionBackend, session_place: Any
 ) -> AsyncIterator[SessionRepository]:
-    repository = await session_backend.open(place)
+    repository = await session_backend.open(session_place)
     yield repository
     await repository.close()
 
 
 @pytest.fixture
-async def blobs(blob_backend: BlobBackend, place: Path) -> AsyncIterator[BlobStore]:
-    store = await blob_backend.open(place)
+async def blobs(blob_backend: BlobBackend, blob_place: Any) -> AsyncIterator[BlobStore]:
+    store = await blob_backend.open(blob_place)
     yield store
     await store.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,7 +58,7 @@ def every_field() -> list[UploadSession]:
 
 
 async def test_every_field_round_trips(
-    sessions: SessionRepository, session_backend: SessionBackend, place: Path
+    sessions: SessionRepository, session_backend: SessionBackend, session_place: Any
 ) -> None:
     originals = every_field()
     for session in originals:
@@ -68,7 +67,7 @@ async def test_every_field_round_trips(
         assert await sessions.load(session.id) == session
     by_creation = sorted(originals, key=lambda s: (s.created, s.id))
     assert [s.id for s in await sessions.list_all()] == [s.id for s in by_creation]
-    other = await session_backend.open(place)  # another handle: what another process sees
+    other = await session_backend.open(session_place)  # another handle: what another process sees
     try:
         for session in originals:
             assert await other.load(session.id) == session
@@ -134,11 +133,11 @@ async def test_concurrent_recorders_lose_nothing(sessions: SessionRepository) ->
 
 
 async def test_two_handles_recording_at_once_lose_nothing(
-    sessions: SessionRepository, session_backend: SessionBackend, place: Path
+    sessions: SessionRepository, session_backend: SessionBackend, session_place: Any
 ) -> None:
     session = session_of(10 * 100, expires=None)
     await sessions.create(session)
-    other = await session_backend.open(place)
+    other = await session_backend.open(session_place)
     try:
         # Every other range through the other handle: each one's merge must see the rest.
         calls = [
@@ -201,6 +200,9 @@ async def test_update_of_several_fields_and_none(sessions: SessionRepository) ->
     loaded = await sessions.load(session.id)
     assert (loaded.length, loaded.sha256, loaded.expires) == (10, "00" * 32, None)
     assert await sessions.update(session, []) is True
+    # No fields with ``expect``: a compare alone, true while the state is the expected one.
+    assert await sessions.update(session, [], expect=UploadState.RECEIVING) is True
+    assert await sessions.update(session, [], expect=UploadState.FINISHED) is False
 
 
 async def test_compare_and_set(sessions: SessionRepository) -> None:

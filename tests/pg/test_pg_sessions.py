@@ -141,7 +141,7 @@ async def test_update_writes_only_the_named_fields(pg_sessions: PgSessions) -> N
     assert (loaded.length, loaded.sha256, loaded.used_by) == (100, None, None)
     assert loaded.received == RangeSet([(0, 20)])  # never written back from a stale copy
     assert loaded.expires == NOW + 5
-    assert await pg_sessions.update(stale, []) is False
+    assert await pg_sessions.update(stale, []) is True
 
 
 async def test_update_compare_and_set(pg_sessions: PgSessions) -> None:

@@ -1,14 +1,17 @@
 """A real SeaweedFS for the session, a fresh bucket per test, and the ``s3_blobs`` store.
 
-Another suite uses them by importing the three fixtures into its conftest::
+Another suite uses them by importing the fixtures it needs into its conftest::
 
     from tests.s3.fixtures import s3_blobs, s3_bucket, seaweed  # noqa: F401
+
+``s3_place`` is a fresh bucket to open any number of stores on, one per simulated node.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,20 @@ from tests.s3.seaweed import Seaweed, start_seaweed, weed_binary
 from tests.s3.stores import open_store
 
 _buckets = itertools.count()
+
+
+@dataclass
+class S3Place:
+    """A bucket on the test SeaweedFS, and a directory for the spools of its nodes."""
+
+    seaweed: Seaweed
+    bucket: str
+    root: Path
+    _nodes: Iterator[int] = field(default_factory=itertools.count)
+
+    def new_spool(self) -> Path:
+        """A spool directory of a node of its own (a store empties its spool on open)."""
+        return self.root / f"spool-{next(self._nodes)}"
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +64,8 @@ async def s3_blobs(seaweed: Seaweed, s3_bucket: str, tmp_path: Path) -> AsyncIte
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+def s3_place(seaweed: Seaweed, s3_bucket: str, tmp_path: Path) -> S3Place:
+    return S3Place(seaweed, s3_bucket, tmp_path / "nodes")

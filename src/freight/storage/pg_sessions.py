@@ -140,7 +140,9 @@ class PgSessions:
             assignments = ", ".join(f"{name} = ${n}" for n, name in enumerate(names, start=2))
             change = f"UPDATE freight_uploads SET {assignments} WHERE {condition} RETURNING 1"
         else:
-            change = f"SELECT 1 FROM freight_uploads WHERE {condition} AND false"
+            # Nothing to write: the record "changes" as a write of no fields would (it is
+            # there, in the expected state), as every repository answers.
+            change = f"SELECT 1 FROM freight_uploads WHERE {condition}"
         sql = (
             f"WITH changed AS ({change}) SELECT EXISTS (SELECT 1 FROM changed) AS changed,"
             " EXISTS (SELECT 1 FROM freight_uploads WHERE id = $1) AS present"

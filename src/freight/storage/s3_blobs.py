@@ -70,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import urllib.parse
 from collections.abc import Sequence
@@ -81,7 +82,7 @@ from aiobotocore.session import get_session
 
 from freight.core.blobs import BlobReader, BlobWriter
 from freight.core.rangeset import RangeSet
-from freight.errors import FreightError
+from freight.errors import FreightError, StorageUnavailable
 from freight.storage.s3_concat import concatenate
 from freight.storage.s3_io import LoopBridge, S3Reader, s3_failure
 from freight.storage.s3_parts import MISSING, S3Parts
@@ -293,6 +294,19 @@ class S3Blobs:
 
     async def free_bytes(self) -> int | None:
         return None
+
+    async def probe(self) -> None:
+        # The bucket (some stores create a missing one on the first PUT), then a write: a
+        # bucket that answers but takes no writes (read-only credentials, a full cluster)
+        # is not ready. No upload id starts with a dot.
+        key = f"{self.prefix}.ready-{secrets.token_hex(8)}"
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+            await self._client.put_object(Bucket=self.bucket, Key=key, Body=b"ready\n")
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            reason = client_error_code(exc) or type(exc).__name__
+            raise StorageUnavailable(f"the object store takes no writes: {reason}") from exc
 
     async def close(self) -> None:
         await self._stack.aclose()
