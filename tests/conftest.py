@@ -18,6 +18,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+# The services a backend may need: one PostgreSQL cluster and one SeaweedFS per session,
+# started only by the tests that ask for them (a fresh database or bucket each).
+from tests.pg.fixtures import pg_cluster, pg_dsn, pg_sessions
+from tests.s3.fixtures import s3_blobs, s3_bucket, s3_place, seaweed
+
+SERVICE_FIXTURES = (pg_cluster, pg_dsn, pg_sessions, s3_blobs, s3_bucket, s3_place, seaweed)
+
 LISTEN_LINE = re.compile(r"listening on (https?://[^\s]+)")
 
 

@@ -11,11 +11,6 @@ import pytest
 from freight.core.blobs import BlobStore
 from freight.core.ports import SessionRepository
 from tests.contract.backends import BLOB_BACKENDS, SESSION_BACKENDS, BlobBackend, SessionBackend
-from tests.pg.fixtures import pg_cluster, pg_dsn
-from tests.s3.fixtures import s3_bucket, s3_place, seaweed
-
-# The places of the backends that need a service.
-__all__ = ["pg_cluster", "pg_dsn", "s3_bucket", "s3_place", "seaweed"]
 
 
 @pytest.fixture(params=sorted(SESSION_BACKENDS))

@@ -6,16 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.pg.fixtures import pg_cluster, pg_dsn
-from tests.s3.fixtures import s3_bucket, seaweed
 from tests.s3.seaweed import Seaweed
 
-__all__ = ["Fleet", "fleet", "pg_cluster", "pg_dsn", "s3_bucket", "seaweed"]
+__all__ = ["Fleet", "fleet"]
 
 MiB = 1024 * 1024
 # The smallest part S3 takes: uploads of a few MiB cross several parts.
@@ -69,7 +66,3 @@ def fleet(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
     yield Fleet(tmp_path, s3_bucket, pg_dsn, seaweed, server_factory)
-
-
-def unused(*_: Any) -> None:
-    """Fixtures imported for pytest to find (re-exported above)."""
