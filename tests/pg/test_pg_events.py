@@ -125,3 +125,13 @@ async def test_a_malformed_notification_is_ignored(nodes: Nodes, pg_dsn: str) ->
     finally:
         await admin.close()
     assert [e.upload_id for e in seen] == ["w"]
+
+
+async def test_a_node_does_not_hear_its_own_events_twice(nodes: Nodes) -> None:
+    a, b = nodes
+    with a.subscribe() as on_a, b.subscribe() as on_b:
+        a.publish(event(CREATED, "u", 0))
+        seen_b = await _drain(on_b, 0.5)
+        seen_a = await _drain(on_a, 0.1)
+    assert [e.upload_id for e in seen_b] == ["u"]  # it did go out
+    assert [e.upload_id for e in seen_a] == ["u"]
