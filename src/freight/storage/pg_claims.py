@@ -139,6 +139,7 @@ class PgClaims:
         self.node = node
         self._take_over_wait = take_over_wait
         self._claims: dict[int, PgClaim] = {}
+        self._per_upload: dict[str, int] = {}  # claims held here, for held_here
         self._node_key: int | None = None
         self._unreleased: set[int] = set()  # rows a failed release left behind
         self._pokes: set[asyncio.Event] = set()  # take-overs waiting for a release
@@ -204,11 +205,15 @@ class PgClaims:
             raise UploadLocked("another request is writing this upload right now")
         claim = PgClaim(upload_id, start, end, int(claim_id), node_key, interrupt)
         self._claims[claim.claim_id] = claim
+        self._per_upload[upload_id] = self._per_upload.get(upload_id, 0) + 1
         return claim
 
     async def release(self, claim: HeldClaim) -> None:
         assert isinstance(claim, PgClaim)
-        self._claims.pop(claim.claim_id, None)
+        if self._claims.pop(claim.claim_id, None) is not None:
+            left = self._per_upload.pop(claim.upload_id) - 1
+            if left:
+                self._per_upload[claim.upload_id] = left
         try:
             with translate("releasing a claim"):
                 await self._pool.execute(
@@ -236,7 +241,7 @@ class PgClaims:
             )
 
     def held_here(self, upload_id: str) -> bool:
-        return any(claim.upload_id == upload_id for claim in self._claims.values())
+        return upload_id in self._per_upload
 
     async def take_over(self, upload_id: str, start: int, end: int, rewrites: int | None) -> bool:
         rows = await self._live_overlapping(upload_id, start, end)
