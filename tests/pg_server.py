@@ -54,6 +54,8 @@ class PgCluster:
     """One cluster; :meth:`start` it, :meth:`remove` it when done (stops it first)."""
 
     bindir: Path
+    # Addresses to listen on besides 127.0.0.1 (each must exist when the server starts).
+    also_listen: tuple[str, ...] = ()
     root: Path = field(init=False)
     port: int = field(init=False, default=0)
     running: bool = field(init=False, default=False)
@@ -91,8 +93,9 @@ class PgCluster:
             self.init()
         if not self.port:
             self.port = free_port()
+        listen = ",".join(("127.0.0.1", *self.also_listen))
         options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+            f"-c listen_addresses={listen} -p {self.port} -k {self.root} -c fsync=off"
             " -c full_page_writes=off -c max_connections=100"
         )
         done = self._run(

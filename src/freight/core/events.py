@@ -87,6 +87,30 @@ class UploadEvent:
             "sha256": self.sha256,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UploadEvent:
+        """The event :meth:`to_dict` gave (from another node); ValueError if malformed."""
+        try:
+            event = cls(
+                kind=UploadEventKind(data["event"]),
+                upload_id=str(data["id"]),
+                name=_optional(data["name"], str),
+                size=_optional(data["size"], int),
+                received=int(data["received_bytes"]),
+                transferred=int(data["transferred_bytes"]),
+                at=float(data["at"]),
+                sha256=_optional(data.get("sha256"), str),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not an upload event: {exc}") from exc
+        return event
+
+
+def _optional(value: object, kind: type[Any]) -> Any:
+    if value is not None and not isinstance(value, kind):
+        raise ValueError(f"expected {kind.__name__} or null, got {type(value).__name__}")
+    return value
+
 
 @dataclass
 class _Row:

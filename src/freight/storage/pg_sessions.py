@@ -25,7 +25,8 @@ import asyncpg
 from freight.core.ports import HeldClaim, ListingKind, PageKey, SessionField, UnfinishedTotals
 from freight.core.rangeset import RangeSet
 from freight.core.session import ConcatKind, UploadSession, UploadState
-from freight.errors import FreightError, UploadNotFound
+from freight.errors import FreightError, UploadLocked, UploadNotFound
+from freight.storage.pg_claims import FENCE, UPLOAD_CLASS, UPLOAD_LOCK, PgClaim
 from freight.storage.pg_pool import PoolSettings, create_pool, translate
 from freight.storage.pg_schema import ensure_schema
 
@@ -63,6 +64,21 @@ UPDATE freight_uploads SET
     expires = $4
 WHERE id = $1
 RETURNING received
+"""
+_FENCE_LOCK: Final = "SELECT " + UPLOAD_LOCK.replace("xact_lock", "xact_lock_shared").format(
+    class_=UPLOAD_CLASS, upload="$1"
+)
+_RECORD_FENCED: Final = f"""
+WITH changed AS (
+    UPDATE freight_uploads SET
+        received = freight_add_range(received, $2, $3),
+        received_bytes = freight_ranges_total(freight_add_range(received, $2, $3)),
+        expires = $4
+    WHERE id = $1 AND {FENCE.format(claim="$5", node="$6", upload="$1")}
+    RETURNING received
+)
+SELECT (SELECT received FROM changed) AS received,
+    EXISTS (SELECT 1 FROM freight_uploads WHERE id = $1) AS present
 """
 _UNFINISHED: Final = "state IN ('receiving', 'assembling') AND (expires IS NULL OR expires >= $1)"
 _LISTINGS: Final[dict[ListingKind, str]] = {
@@ -112,12 +128,35 @@ class PgSessions:
     ) -> RangeSet:
         if start < 0 or end < start:
             raise ValueError(f"bad range [{start}, {end})")
+        if isinstance(fence, PgClaim):
+            return await self._record_fenced(upload_id, start, end, expires, fence)
         rows = await self._fetch(
             "recording received bytes", _RECORD, upload_id, start, end, expires
         )
         if not rows:
             raise UploadNotFound(f"upload {upload_id!r} not found")
         return _ranges(rows[0]["received"])
+
+    async def _record_fenced(
+        self, upload_id: str, start: int, end: int, expires: float | None, fence: PgClaim
+    ) -> RangeSet:
+        """Record only while ``fence`` counts; the upload's claim lock, taken shared, keeps
+        a take-over (which takes it exclusively) from slipping in between check and merge."""
+        with translate("recording received bytes"):
+            async with (
+                self._pool.acquire(timeout=self._acquire_timeout) as connection,
+                connection.transaction(),
+            ):
+                await connection.execute(_FENCE_LOCK, upload_id)
+                row = await connection.fetchrow(
+                    _RECORD_FENCED, upload_id, start, end, expires, fence.claim_id, fence.node_key
+                )
+        assert row is not None
+        if row["received"] is not None:
+            return _ranges(row["received"])
+        if not row["present"]:
+            raise UploadNotFound(f"upload {upload_id!r} not found")
+        raise UploadLocked("this request no longer holds these bytes: another one took over")
 
     async def update(
         self,
