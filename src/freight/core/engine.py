@@ -397,7 +397,7 @@ class UploadEngine:
     async def resume_interrupted_work(self) -> None:
         """After a restart: finish complete uploads and assemble ready concatenations (the
         leading node's work, when there are several)."""
-        if await self.leadership.leading():
+        if await self.leadership.is_leader():
             await self.sweeper.finish_pending_work(limit=None)
 
     async def finish_pending_work(self, *, limit: int | None = WORK_BATCH) -> int:

@@ -201,8 +201,8 @@ class EventBus(Protocol):
 class Leadership(Protocol):
     """Which node does the background work (expiry, finishing what clients left) now."""
 
-    async def leading(self) -> bool:
-        """Whether this node leads now; takes the lead if nobody holds it."""
+    async def is_leader(self) -> bool:
+        """Whether this node leads now (a node takes the lead when nobody holds it)."""
 
     async def close(self) -> None: ...
 
@@ -210,7 +210,7 @@ class Leadership(Protocol):
 class SoleNode:
     """One process alone: it always leads."""
 
-    async def leading(self) -> bool:
+    async def is_leader(self) -> bool:
         return True
 
     async def close(self) -> None:

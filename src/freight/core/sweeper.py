@@ -98,7 +98,7 @@ class Sweeper:
         while True:
             await asyncio.sleep(interval)
             try:
-                if await self._host.leadership.leading():  # one node of a fleet sweeps
+                if await self._host.leadership.is_leader():  # one node of a fleet sweeps
                     await self.sweep_expired()
                     await self.finish_pending_work()
             except FreightError as exc:

@@ -8,6 +8,7 @@ starts (what it held was either shipped and recorded, or never acknowledged).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from freight.config import ServerConfig, parse_store
 from freight.core.ports import Backend
 from freight.storage.pg_claims import open_pg_claims
+from freight.storage.pg_events import open_pg_events
+from freight.storage.pg_leader import open_pg_leader
 from freight.storage.pg_sessions import open_pg_sessions
 from freight.storage.s3_blobs import MIN_PART_SIZE, S3Blobs
 
@@ -42,11 +45,14 @@ def node_name() -> str:
 
 
 async def open_fleet(config: ServerConfig) -> Backend:
+    """Connect this node to the fleet's database and bucket (raises what stops it)."""
     spec = parse_store(config.store)
     assert spec.kind == "s3" and config.db is not None
+    dsn, node = config.db, node_name()
     spool = (config.spool_dir or config.data_dir / "spool") / "freight-spool"
-    sessions = await open_pg_sessions(config.db)
-    try:
+    async with contextlib.AsyncExitStack() as opened:
+        sessions = await open_pg_sessions(dsn)
+        opened.push_async_callback(sessions.close)
         blobs = await S3Blobs.open(
             endpoint=config.s3_endpoint or f"https://s3.{config.s3_region}.amazonaws.com",
             access_key=os.environ.get("AWS_ACCESS_KEY_ID", ""),
@@ -57,12 +63,11 @@ async def open_fleet(config: ServerConfig) -> Backend:
             spool_dir=Path(spool),
             part_size=part_size_for(config.max_size, config.part_size),
         )
-        try:
-            claims = await open_pg_claims(config.db, node_name())
-        except BaseException:
-            await blobs.close()
-            raise
-    except BaseException:
-        await sessions.close()
-        raise
-    return Backend(sessions=sessions, blobs=blobs, claims=None)  # TEMP
+        opened.push_async_callback(blobs.close)
+        claims = await open_pg_claims(dsn, node)
+        opened.push_async_callback(claims.close)
+        events = await open_pg_events(dsn, node)
+        opened.push_async_callback(events.close)
+        leader = await open_pg_leader(dsn, "background-work")
+        opened.pop_all()  # from here on the backend closes them
+    return Backend(sessions, blobs, claims=claims, events=events, leadership=leader)
