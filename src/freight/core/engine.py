@@ -24,23 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 from freight.config import FsyncPolicy
 from freight.core.active import ActiveUploads, check_not_expired
-from freight.core.active_upload import ActiveUpload, persist, record
+from freight.core.active_upload import ActiveUpload, record
 from freight.core.admission import Admission
 from freight.core.blobs import BlobReader
 from freight.core.buffers import BufferPool, ReadBuffers
-from freight.core.claims import EVERYTHING, InProcessClaims
+from freight.core.claims import InProcessClaims
 from freight.core.concat import Concatenator
 from freight.core.events import EventHub, UploadEvent, UploadEventKind, log_fields
-from freight.core.hash_follower import HashFollower, check_expected, stop_hashing
+from freight.core.finishing import Finishing
+from freight.core.hash_follower import HashFollower, stop_hashing
 from freight.core.ports import Backend, ClaimRegistry, EventBus, HeldClaim, ListingKind, PageKey
-from freight.core.session import ConcatKind, UploadSession, UploadState, new_upload_id
+from freight.core.session import ConcatKind, UploadSession, new_upload_id
 from freight.core.sweeper import WORK_BATCH, Sweeper
 from freight.core.writer import RequestChecksum, UploadWriter
 from freight.core.writing import Writing
@@ -112,6 +112,7 @@ class UploadEngine:
         self.uploads = ActiveUploads(self.sessions, self.blobs, self.claims, self.hash_follower)
         self.concat = Concatenator(self)
         self.writing = Writing(self)
+        self.finishing = Finishing(self)
         self.sweeper = Sweeper(self, self.concat.assemble_or_refuse)
 
     @property
@@ -307,61 +308,8 @@ class UploadEngine:
     # finishing ---------------------------------------------------------------------------
 
     async def finish(self, upload_id: str, *, expected_sha256: str | None = None) -> UploadSession:
-        """Verify the upload is complete, finish its blob, settle its SHA-256 and record it
-        as finished (compare and set: of two finishing it, one records it)."""
-        active = await self.activate(upload_id)
-        session = active.session
-        if session.state is UploadState.FINISHED:
-            check_expected(session.sha256, expected_sha256)
-            return session
-        if not session.is_complete:
-            missing = session.received.missing(session.length or 0)
-            raise UploadIncomplete(
-                "the upload is missing bytes", missing=[list(gap) for gap in missing]
-            )
-        claim = await self.claims.claim(upload_id, 0, EVERYTHING)
-        try:
-            if active.part is not None:
-                active.part.close()
-                active.part = None
-            reads_back = self.hash_follower.read_back is not None
-            if not reads_back:
-                await self.blobs.finish(upload_id, session.length or 0)
-            digest = await self.hash_follower.final_digest(
-                active, expected_sha256, always=self.hash_uploads
-            )
-            if reads_back:  # hashed what was left from the part: finish it once it checks
-                await self.blobs.finish(upload_id, session.length or 0)
-            finished = dataclasses.replace(
-                session, sha256=digest, state=UploadState.FINISHED, finished=self.clock()
-            )
-            finished.expires = None
-            done = await self._record_finished(active, finished)
-            if not done:
-                session = await self.sessions.load(upload_id)  # another node finished it
-                check_expected(session.sha256, expected_sha256)
-                active.session = session
-                return session
-            # Only once the blob and its record exist does anyone see it as finished.
-            active.session = session = finished
-            self.publish(UploadEventKind.FINISHED, active)
-            log.info(
-                "upload finished",
-                extra=log_fields(upload_id=upload_id, size=finished.length, sha256=digest),
-            )
-        finally:
-            await self.claims.release(claim)
-            self.uploads.release(active)
-        if session.concat_kind is ConcatKind.PARTIAL:
-            self._spawn(self.concat.assemble_waiting_finals(session.id))
-        return session
-
-    async def _record_finished(self, active: ActiveUpload, finished: UploadSession) -> bool:
-        fields = ("state", "sha256", "finished", "expires", "hashed_offset", "hash_state")
-        changes = {name: getattr(finished, name) for name in fields}
-        return await persist(
-            self.sessions, active, expect=UploadState.RECEIVING, apply=False, **changes
-        )
+        """Turn a complete upload into a finished one (see :meth:`Finishing.finish`)."""
+        return await self.finishing.finish(upload_id, expected_sha256=expected_sha256)
 
     # deleting and expiry -----------------------------------------------------------------
 

@@ -212,7 +212,8 @@ async def serve(config: ServerConfig) -> None:
     scheme = "https" if tls is not None else "http"
     mount = config.base_path if config.base_path != "/" else ""
     where = f"{scheme}://{host}:{port}{mount}"
-    print(f"freight listening on {where} (data in {config.data_dir})", flush=True)
+    kept = f"data in {config.data_dir}" if config.store == "local" else f"store {config.store}"
+    print(f"freight listening on {where} ({kept})", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -14,6 +14,7 @@ from freight.errors import (
     OffsetMismatch,
     RangeNotSatisfiable,
     ResourcesExhausted,
+    StorageUnavailable,
     TooManyUploads,
     UnsupportedMediaType,
     UnsupportedVersion,
@@ -65,7 +66,7 @@ def error_response(request: web.Request, error: FreightError) -> web.Response:
         headers["Upload-Offset"] = str(error.offset)
     if isinstance(error, RangeNotSatisfiable):
         headers["Content-Range"] = unsatisfied_content_range(error.size)
-    if isinstance(error, UploadLocked | ResourcesExhausted):
+    if isinstance(error, UploadLocked | ResourcesExhausted | StorageUnavailable):
         headers["Retry-After"] = "1"
     elif isinstance(error, TooManyUploads):
         headers["Retry-After"] = str(RETRY_AFTER_CAP)
