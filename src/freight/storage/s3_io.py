@@ -4,18 +4,28 @@ finished objects, and the bridge from worker threads to the store's event loop."
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from freight.errors import FreightError, UploadNotFound
-from freight.storage.s3_state import client_error_code
 
-__all__ = ["LoopBridge", "S3Reader", "WindowReader", "s3_failure"]
+__all__ = ["LoopBridge", "S3Reader", "WindowReader", "client_error_code", "s3_failure"]
 
 T = TypeVar("T")
+
+
+def client_error_code(exc: BaseException) -> str | None:
+    """The S3 error code of a botocore ``ClientError`` (``None`` for anything else)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    return str(code) if code is not None else None
 
 
 def s3_failure(exc: BaseException) -> FreightError:
@@ -43,9 +53,15 @@ class LoopBridge:
         self._loop_thread = threading.get_ident()
 
     def run(self, make: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return self.wait(self.submit(make, *args))
+
+    def submit(self, make: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
+        """Start ``make(*args)`` on the loop; :meth:`wait` for its result."""
         if threading.get_ident() == self._loop_thread:
             raise RuntimeError("S3 writers and readers must be called from worker threads")
-        future = asyncio.run_coroutine_threadsafe(_as_coroutine(make, *args), self._loop)
+        return asyncio.run_coroutine_threadsafe(_as_coroutine(make, *args), self._loop)
+
+    def wait(self, future: Future[T]) -> T:
         try:
             return future.result(self._timeout)
         except TimeoutError as exc:
@@ -64,7 +80,8 @@ class WindowReader(io.RawIOBase):
 
     Reads go through ``os.preadv`` into the caller's buffer, so a part streams from the spool
     file in the HTTP client's small chunks (in its executor) and never sits in memory whole.
-    The descriptor stays the caller's.
+    The SHA-256 of the window is taken as it streams (no second pass over the bytes); a
+    retry seeks back to 0 and starts it again. The descriptor stays the caller's.
     """
 
     def __init__(self, fd: int, start: int, size: int) -> None:
@@ -73,6 +90,8 @@ class WindowReader(io.RawIOBase):
         self._start = start
         self._size = size
         self._pos = 0
+        self._hash = hashlib.sha256()
+        self._hashed = 0
 
     def readable(self) -> bool:
         return True
@@ -86,6 +105,8 @@ class WindowReader(io.RawIOBase):
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
         self._pos = max(0, base + offset)
+        if self._pos == 0:
+            self._hash, self._hashed = hashlib.sha256(), 0
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
@@ -99,8 +120,22 @@ class WindowReader(io.RawIOBase):
             # which the table never counts as received bytes.
             view[:want] = bytes(want)
             got = want
+        if self._pos == self._hashed:
+            self._hash.update(view[:got])
+            self._hashed += got
         self._pos += got
         return got
+
+    def sha256(self) -> bytes:
+        """The SHA-256 of the window (read again if the client skipped around in it)."""
+        if self._hashed == self._size:
+            return self._hash.digest()
+        digest = hashlib.sha256()
+        self.seek(0)
+        buffer = bytearray(1 << 20)
+        while got := self.readinto(buffer):
+            digest.update(memoryview(buffer)[:got])
+        return digest.digest()
 
     def __len__(self) -> int:
         return self._size - self._pos
