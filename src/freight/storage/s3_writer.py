@@ -56,6 +56,8 @@ class S3Writer:
         self._spool = spool
         self._multipart = table.upload
         self._part_size = table.part_size
+        # Parts uploaded whole when the writer opened: a rewrite carries the same bytes.
+        self._whole = {number - 1 for number in table.parts if table.has_whole(number)}
         self._lock = threading.Lock()
         # Absolute ranges per part index (0-based) written by this writer since its sync.
         self._dirty: dict[int, RangeSet] = {}
@@ -73,7 +75,9 @@ class S3Writer:
                 at = offset + done
                 index, within = divmod(at, size)
                 take = min(size - within, len(view) - done)
-                if self._spool.write(index, within, view[done : done + take], at):
+                if index not in self._whole and self._spool.write(
+                    index, within, view[done : done + take], at
+                ):
                     self._dirty.setdefault(index, RangeSet()).add(at, at + take)
                     if self._spool.start_ship(index, index * size, (index + 1) * size):
                         self._ship(index)
