@@ -1,6 +1,6 @@
 """The local spool of S3 blobs: one sparse file per part, shared by an upload's writers on
 this node and kept a while after the last one closes, so the next request of a sequential
-upload finds its part's earlier bytes here instead of downloading its fragments back."""
+upload finds its part's earlier bytes here instead of downloading its pieces back."""
 
 from __future__ import annotations
 
