@@ -123,7 +123,7 @@ async def freight(env: dict[str, str], source: Path, size: int, part: int) -> No
         secret_key=env["secret"],
         bucket=env["bucket"],
         spool_dir=spool,
-        table=await open_pg_part_table(env["dsn"]),
+        open_table=lambda: open_pg_part_table(env["dsn"]),
         max_size=4 << 30,
         part_size=part,
     )

@@ -22,14 +22,13 @@ async def open_store(
     seaweed: Seaweed, bucket: str, spool: Path, dsn: str, **options: Any
 ) -> S3Blobs:
     """A node: its own spool and database pool, the shared bucket and database."""
-    table = await open_pg_part_table(dsn)
     return await S3Blobs.open(
         endpoint=seaweed.endpoint,
         access_key=seaweed.access_key,
         secret_key=seaweed.secret_key,
         bucket=bucket,
         spool_dir=spool,
-        table=table,
+        open_table=lambda: open_pg_part_table(dsn),
         max_size=options.pop("max_size", TEST_MAX_SIZE),
         part_size=options.pop("part_size", TEST_PART_SIZE),
         **options,

@@ -58,12 +58,12 @@ async def read_all(store: BlobStore, upload_id: str, size: int, step: int = 1_00
 
 
 async def bucket_keys(store: S3Blobs) -> list[str]:
-    listing = await store.parts.client.list_objects_v2(Bucket=store.bucket)
+    listing = await store.call(store.parts.client.list_objects_v2(Bucket=store.bucket))
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
 async def open_uploads(store: S3Blobs) -> list[str]:
-    listing = await store.parts.client.list_multipart_uploads(Bucket=store.bucket)
+    listing = await store.call(store.parts.client.list_multipart_uploads(Bucket=store.bucket))
     return [u["Key"] for u in listing.get("Uploads", [])]
 
 
@@ -140,7 +140,7 @@ async def test_two_nodes_share_a_part_concurrently(
             write_pieces(s3_blobs, "shared", data, [(0, cut), (P, P + cut)]),
             write_pieces(node_b, "shared", data, [(cut, P), (P + cut, 2 * P)]),
         )
-        table = await s3_blobs.table.load("shared")
+        table = await s3_blobs.load_table("shared")
         assert table is not None
         covered = table.piece_ranges()
         for number in (1, 2):
@@ -303,7 +303,7 @@ async def test_next_request_on_the_same_node_completes_parts_from_its_spool(
     pieces = [key for key in await bucket_keys(s3_blobs) if ".piece." in key]
     assert pieces
     for key in pieces:
-        await s3_blobs.parts.client.delete_object(Bucket=s3_blobs.bucket, Key=key)
+        await s3_blobs.call(s3_blobs.parts.client.delete_object(Bucket=s3_blobs.bucket, Key=key))
     await write_pieces(s3_blobs, "seq", data, [(P // 2, len(data))])
     await s3_blobs.finish("seq", len(data))
     assert await read_all(s3_blobs, "seq", len(data)) == data

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
@@ -39,6 +40,12 @@ async def table_rows(dsn: str) -> int:
         return total
     finally:
         await connection.close()
+
+
+async def read_object(store: S3Blobs, key: str) -> bytes:
+    response = await store.parts.client.get_object(Bucket=store.bucket, Key=key)
+    async with response["Body"] as stream:
+        return bytes(await stream.read())
 
 
 async def test_concurrent_recorders_never_lose_rows(pg_dsn: str) -> None:
@@ -92,12 +99,12 @@ async def test_resent_parts_do_not_double_count(
             await asyncio.to_thread(writer.close)
     finally:
         await node_b.close()
-    table = await s3_blobs.table.load("twice")
+    table = await s3_blobs.load_table("twice")
     assert table is not None and sorted(table.parts) == [1, 2]
     for number, row in table.parts.items():
         assert row.sha256 == hashlib.sha256(data[(number - 1) * P : number * P]).digest()
-    listed = await s3_blobs.parts.client.list_parts(
-        Bucket=s3_bucket, Key="twice", UploadId=table.upload
+    listed = await s3_blobs.call(
+        s3_blobs.parts.client.list_parts(Bucket=s3_bucket, Key="twice", UploadId=table.upload)
     )
     # SeaweedFS lists every upload of a number (4 parts here); the table is what counts.
     assert sum(part["Size"] for part in listed["Parts"]) >= 2 * P
@@ -116,10 +123,10 @@ _NODE = textwrap.dedent(
     from freight.storage.s3_blobs import S3Blobs
 
     async def main(endpoint, key, secret, bucket, dsn, spool, size, synced):
-        table = await open_pg_part_table(dsn)
         store = await S3Blobs.open(
             endpoint=endpoint, access_key=key, secret_key=secret, bucket=bucket,
-            spool_dir=Path(spool), table=table, max_size=1 << 30, part_size=5 << 20,
+            spool_dir=Path(spool), open_table=lambda: open_pg_part_table(dsn),
+            max_size=1 << 30, part_size=5 << 20,
         )
         data = sys.stdin.buffer.read(int(size))
         writer = await store.open_writer("tail")
@@ -168,16 +175,15 @@ async def test_synced_tail_survives_a_killed_node(
     finally:
         node.send_signal(signal.SIGKILL)
         node.wait()
-    table = await s3_blobs.table.load("tail")
+    table = await s3_blobs.load_table("tail")
     assert table is not None
     assert table.has_whole(1)
     assert table.piece_ranges().covers(P, synced)
     piece = next(p for p in table.pieces if p.end == synced)
-    body = await s3_blobs.parts.client.get_object(
-        Bucket=s3_bucket, Key=s3_blobs.parts.piece_key("tail", piece.start, piece.end)
+    stored = await s3_blobs.call(
+        read_object(s3_blobs, s3_blobs.parts.piece_key("tail", piece.start, piece.end))
     )
-    async with body["Body"] as stream:
-        assert await stream.read() == data[piece.start : piece.end]
+    assert stored == data[piece.start : piece.end]
     assert piece.sha256 == hashlib.sha256(data[piece.start : piece.end]).digest()
 
     node_b = await open_store(seaweed, s3_bucket, tmp_path / "spool-b", pg_dsn)
@@ -201,7 +207,7 @@ async def test_delete_aborts_and_leaves_nothing(
     await write_pieces(s3_blobs, "gone", data, [(0, P + 10), (2 * P, 2 * P + 10)])
     assert any(".piece." in key for key in await bucket_keys(s3_blobs))
     if state == "no-table-row":  # a node died between creating the upload and its row
-        await s3_blobs.table.drop("gone")
+        await s3_blobs.call(s3_blobs.table.drop("gone"))
     assert await open_uploads(s3_blobs) == ["gone"]
     await s3_blobs.delete("gone")
     assert await bucket_keys(s3_blobs) == []
@@ -231,7 +237,7 @@ async def test_part_sized_chunks_go_straight_to_parts(
 
     await asyncio.gather(*(chunk(n) for n in (3, 0, 5, 1, 4)))
     await chunk(2)
-    table = await s3_blobs.table.load("chunks")
+    table = await s3_blobs.load_table("chunks")
     assert table is not None
     assert [n for n in sorted(table.parts) if table.has_whole(n)] == [1, 2, 3, 4, 5]
     # The short last chunk is the blob's tail: stored as a piece until finish.
@@ -261,12 +267,12 @@ async def test_parts_ship_while_writing_and_the_spool_stays_bounded(
     for start in range(0, count * P, MIB):
         await asyncio.to_thread(writer.write_at, start, seed)
         peak = max(peak, sum(f.stat().st_blocks * 512 for f in spool.iterdir()))
-    table = await s3_blobs.table.load("long")
+    table = await s3_blobs.load_table("long")
     assert table is not None and len(table.parts) >= count - 5  # recorded before any sync
     await asyncio.to_thread(writer.sync)
     await asyncio.to_thread(writer.close)
     assert peak <= 5 * P + MIB, f"spool peaked at {peak / P:.1f} parts"
-    table = await s3_blobs.table.load("long")
+    table = await s3_blobs.load_table("long")
     assert table is not None and len(table.parts) == count and not table.pieces
     await s3_blobs.finish("long", count * P)
     assert list((tmp_path / "spool-a").iterdir()) == []
@@ -295,3 +301,30 @@ async def test_a_part_size_too_small_for_the_largest_upload_is_refused(
         assert store.part_size == 10 * MIB
     finally:
         await store.close()
+
+
+async def test_writers_do_not_starve_the_store_of_threads(
+    seaweed: Seaweed, s3_bucket: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The engine runs writers in the loop's default executor. Syncs that fill it wait
+    for uploads, and the HTTP client reads request bodies in an executor too: if that were
+    the same one, nothing would ever move again."""
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=2)
+    loop.set_default_executor(executor)
+    store = await open_store(seaweed, s3_bucket, tmp_path / "spool", pg_dsn, call_timeout=20)
+    try:
+        data = os.urandom(P // 2)
+        names = ["busy0", "busy1"]
+        for name in names:
+            await store.create(name)
+        await asyncio.wait_for(
+            asyncio.gather(*(write_pieces(store, name, data, [(0, len(data))]) for name in names)),
+            60,
+        )
+        for name in names:
+            await store.finish(name, len(data))
+            assert await read_all(store, name, len(data)) == data
+    finally:
+        await store.close()
+        executor.shutdown(wait=False)

@@ -50,10 +50,11 @@ Considerations
   part are combined in any order.
 * Pieces of parts uploaded whole stay until ``finish`` or ``delete`` (another node may be
   reading them to assemble the same part).
-* The writer's methods are synchronous and run in worker threads; aiobotocore is async and
-  its client belongs to the loop that opened the store. Each S3 call from a worker is
-  handed to that loop (``run_coroutine_threadsafe``); a call from the loop's own thread is
-  refused rather than deadlocked.
+* The S3 client and the part table live on an event loop of the store's own, in its own
+  thread (:class:`~freight.storage.s3_io.StoreLoop`): the engine's async calls await it,
+  writers in worker threads wait for it (a wait from a thread running a loop is refused).
+  On the engine's loop, writers waiting in its executor could take every thread the HTTP
+  client needs to read request bodies from the spool, and nothing would move again.
 * Over plain HTTP, payload signing and default request checksums are off: hashing each
   part for the signature costs more CPU than the upload. The SHA-256 the table records is
   taken while the part streams out, in the same read.
@@ -64,30 +65,30 @@ Considerations
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
-import os
 import shutil
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from freight.core.blobs import BlobReader, BlobWriter
-from freight.core.rangeset import RangeSet
 from freight.errors import FreightError
 from freight.storage.s3_concat import concatenate
-from freight.storage.s3_io import LoopBridge, S3Reader, client_error_code, s3_failure
-from freight.storage.s3_parts import MISSING, S3Parts
+from freight.storage.s3_finish import finish_blob
+from freight.storage.s3_io import S3Reader, StoreLoop, s3_failure
+from freight.storage.s3_parts import S3Parts
 from freight.storage.s3_spool import SpoolCache
-from freight.storage.s3_table import BlobTable, PartRow, PartTable
+from freight.storage.s3_table import BlobTable, PartTable
 from freight.storage.s3_writer import FinishedWriter, S3Writer, WriterContext
 
 __all__ = ["MAX_PARTS", "MIN_PART_SIZE", "S3Blobs", "default_part_size"]
+
+T = TypeVar("T")
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
@@ -103,42 +104,45 @@ def default_part_size(max_size: int) -> int:
     return max(8 * _MIB, math.ceil(max_size / MAX_PARTS / _MIB) * _MIB)
 
 
+def checked_part_size(part_size: int | None, max_size: int) -> int:
+    part_size = part_size or default_part_size(max_size)
+    if part_size < MIN_PART_SIZE:
+        raise ValueError(f"part_size must be at least {MIN_PART_SIZE}")
+    if part_size * MAX_PARTS < max_size:
+        raise ValueError(f"{MAX_PARTS} parts of {part_size} bytes cannot hold {max_size}")
+    return part_size
+
+
 class S3Blobs:
     """The :class:`~freight.core.blobs.BlobStore` over one bucket and a part table (see
-    the module doc); it owns both and closes them."""
+    the module doc). Its S3 client and table live on a :class:`~freight.storage.s3_io.
+    StoreLoop` of their own; it owns all three and closes them."""
 
     def __init__(
         self,
+        store_loop: StoreLoop,
         client: Any,
         exit_stack: contextlib.AsyncExitStack,
         bucket: str,
         spool_dir: Path,
         table: PartTable,
         *,
-        max_size: int,
+        part_size: int,
         prefix: str = "",
-        part_size: int | None = None,
-        call_timeout: float = 600.0,
         spool_keep_bytes: int = DEFAULT_SPOOL_KEEP,
     ) -> None:
-        part_size = part_size or default_part_size(max_size)
-        if part_size < MIN_PART_SIZE:
-            raise ValueError(f"part_size must be at least {MIN_PART_SIZE}")
-        if part_size * MAX_PARTS < max_size:
-            raise ValueError(f"{MAX_PARTS} parts of {part_size} bytes cannot hold {max_size}")
+        self._loop = store_loop
         self._client = client
         self._stack = exit_stack
         self.bucket = bucket
         self.prefix = prefix
         self.part_size = part_size
-        self.max_size = max_size
         self.spool_dir = spool_dir
         self.table = table
         self.parts = S3Parts(client, bucket, prefix)
-        self.bridge = LoopBridge(asyncio.get_running_loop(), call_timeout)
         self.spools = SpoolCache(spool_dir, spool_keep_bytes)
         self._writers = WriterContext(
-            self.parts, table, self.bridge, self.spools.release, PARALLEL_PARTS
+            self.parts, table, store_loop, self.spools.release, PARALLEL_PARTS
         )
 
     @classmethod
@@ -150,14 +154,18 @@ class S3Blobs:
         secret_key: str,
         bucket: str,
         spool_dir: Path,
-        table: PartTable,
+        open_table: Callable[[], Awaitable[PartTable]],
         max_size: int,
         region: str = "us-east-1",
         prefix: str = "",
         part_size: int | None = None,
         max_connections: int = 16,
         spool_keep_bytes: int = DEFAULT_SPOOL_KEEP,
+        call_timeout: float = 600.0,
     ) -> S3Blobs:
+        """Open the store; ``open_table`` opens its part table (it runs on the store's
+        loop, where the table then lives)."""
+        part_size = checked_part_size(part_size, max_size)
         plain_http = endpoint.startswith("http://")
         config = AioConfig(
             signature_version="s3v4",
@@ -167,183 +175,127 @@ class S3Blobs:
             retries={"max_attempts": 4, "mode": "standard"},
             max_pool_connections=max_connections,
         )
-        stack = contextlib.AsyncExitStack()
-        stack.push_async_callback(table.close)
+        session = get_session().create_client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=config,
+        )
+
+        async def clients() -> tuple[Any, contextlib.AsyncExitStack, PartTable]:
+            async with contextlib.AsyncExitStack() as stack:
+                client = await stack.enter_async_context(session)
+                table = await open_table()
+                stack.push_async_callback(table.close)
+                return client, stack.pop_all(), table
+
+        store_loop = StoreLoop(call_timeout)
         try:
-            client = await stack.enter_async_context(
-                get_session().create_client(
-                    "s3",
-                    endpoint_url=endpoint,
-                    region_name=region,
-                    aws_access_key_id=access_key,
-                    aws_secret_access_key=secret_key,
-                    config=config,
-                )
-            )
-            shutil.rmtree(spool_dir, ignore_errors=True)
-            spool_dir.mkdir(parents=True, exist_ok=True)
-            return cls(
-                client,
-                stack,
-                bucket,
-                spool_dir,
-                table,
-                max_size=max_size,
-                prefix=prefix,
-                part_size=part_size,
-                spool_keep_bytes=spool_keep_bytes,
-            )
+            client, stack, table = await store_loop.call(clients())
         except BaseException:
-            await stack.aclose()
+            store_loop.stop()
             raise
+        shutil.rmtree(spool_dir, ignore_errors=True)
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            store_loop,
+            client,
+            stack,
+            bucket,
+            spool_dir,
+            table,
+            part_size=part_size,
+            prefix=prefix,
+            spool_keep_bytes=spool_keep_bytes,
+        )
+
+    async def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Await ``coroutine`` on the store's loop (where its client and table live)."""
+        try:
+            return await self._loop.call(coroutine)
+        except Exception as exc:
+            raise s3_failure(exc) from exc
+
+    async def load_table(self, upload_id: str) -> BlobTable | None:
+        """The blob's part table (for checks and diagnostics)."""
+        return await self.call(self.table.load(upload_id))
 
     # the port --------------------------------------------------------------------------
 
     async def create(self, upload_id: str) -> None:
-        key = self.parts.key(upload_id)
-        try:
-            created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
-            if not await self.table.create(upload_id, created["UploadId"], self.part_size):
-                await self.parts.abort(key, created["UploadId"])
-                raise FreightError("a blob with this id exists already")
-        except Exception as exc:
-            raise s3_failure(exc) from exc
+        await self.call(self._create(self.parts.key(upload_id), upload_id))
+
+    async def _create(self, key: str, upload_id: str) -> None:
+        created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        if not await self.table.create(upload_id, created["UploadId"], self.part_size):
+            await self.parts.abort(key, created["UploadId"])
+            raise FreightError("a blob with this id exists already")
 
     async def open_writer(self, upload_id: str) -> BlobWriter:
-        key = self.parts.key(upload_id)
-        try:
-            table = await self.table.load(upload_id)
-            if table is None:
-                # Finished in the store, maybe not yet in the record: the finish is redone.
-                await self._client.head_object(Bucket=self.bucket, Key=key)
-                return FinishedWriter()
-        except Exception as exc:
-            raise s3_failure(exc) from exc
+        table = await self.call(self._writer_table(self.parts.key(upload_id), upload_id))
+        if table is None:
+            return FinishedWriter()
         return S3Writer(self._writers, upload_id, self.spools.acquire(upload_id), table)
+
+    async def _writer_table(self, key: str, upload_id: str) -> BlobTable | None:
+        table = await self.table.load(upload_id)
+        if table is None:
+            # Finished in the store, maybe not yet in the record: the finish is redone.
+            await self._client.head_object(Bucket=self.bucket, Key=key)
+        return table
 
     async def open_reader(self, upload_id: str) -> BlobReader:
         key = self.parts.key(upload_id)
-        try:
-            head = await self._client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            raise s3_failure(exc) from exc
-        return S3Reader(self.bridge, self._client, self.bucket, key, int(head["ContentLength"]))
+        head = await self.call(self._client.head_object(Bucket=self.bucket, Key=key))
+        return S3Reader(self._loop, self._client, self.bucket, key, int(head["ContentLength"]))
 
     async def finish(self, upload_id: str, length: int) -> None:
-        try:
-            await self._finish(upload_id, length)
-        except Exception as exc:
-            raise s3_failure(exc) from exc
-        self.spools.forget(upload_id)
-
-    async def _finish(self, upload_id: str, length: int) -> None:
-        key = self.parts.key(upload_id)
-        table = await self.table.load(upload_id)
-        if table is None:
-            await self._check_finished(key, length)
-            return
-        if length == 0:
-            await self._client.put_object(Bucket=self.bucket, Key=key, Body=b"")
-            await self.parts.abort(key, table.upload)
-        else:
-            parts = await self._final_parts(upload_id, table, length)
-            try:
-                await self._client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=table.upload,
-                    MultipartUpload={"Parts": parts},
-                )
-            except Exception as exc:
-                if client_error_code(exc) not in MISSING:
-                    raise
-                await self._check_finished(key, length)  # a finish that was cut short
-        await self.parts.delete_keys(
-            [self.parts.piece_key(upload_id, p.start, p.end) for p in table.pieces]
+        self.parts.key(upload_id)
+        await self.call(
+            finish_blob(self.parts, self.table, self.spools, self.spool_dir, upload_id, length)
         )
-        await self.table.drop(upload_id)
-
-    async def _final_parts(
-        self, upload_id: str, table: BlobTable, length: int
-    ) -> list[dict[str, Any]]:
-        size = table.part_size
-        parts = []
-        for index in range(math.ceil(length / size)):
-            number = index + 1
-            want = min(size, length - index * size)
-            row = table.parts.get(number)
-            if row is None or row.size != want:
-                row = await self._last_part(upload_id, table, index, want)
-                await self.table.record(upload_id, parts=[row])
-            parts.append({"PartNumber": number, "ETag": row.etag})
-        return parts
-
-    async def _last_part(self, upload_id: str, table: BlobTable, index: int, size: int) -> PartRow:
-        """Upload part ``index`` of ``size`` bytes: from this node's spool when it has
-        them all, else assembled from pieces."""
-        start = index * table.part_size
-        spool = self.spools.peek(upload_id)
-        if spool is not None and spool.valid(index).covers(start, start + size):
-            fd = spool.dup(index)
-            try:
-                return await self.parts.upload_part(upload_id, table.upload, index + 1, fd, size)
-            finally:
-                os.close(fd)
-        if not table.piece_ranges().covers(start, start + size):
-            raise FreightError("the blob is incomplete: bytes are missing in the store")
-        path = self.spool_dir / f"{upload_id}.finish.{index}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            path.unlink()
-            wanted = RangeSet([(start, start + size)])
-            await self.parts.fetch_pieces(upload_id, table, fd, start, wanted)
-            return await self.parts.upload_part(upload_id, table.upload, index + 1, fd, size)
-        finally:
-            os.close(fd)
-
-    async def _check_finished(self, key: str, length: int) -> None:
-        head = await self._client.head_object(Bucket=self.bucket, Key=key)
-        if int(head["ContentLength"]) != length:
-            raise FreightError("the finished blob has another length")
+        self.spools.forget(upload_id)
 
     async def delete(self, upload_id: str) -> None:
-        key = self.parts.key(upload_id)
-        try:
-            table = await self.table.load(upload_id)
-            if table is not None:
-                await self.parts.abort(key, table.upload)
-            # An upload created just before a crash may have no table row.
-            listing = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-            for upload in listing.get("Uploads", []):
-                if upload["Key"] == key:
-                    await self.parts.abort(key, upload["UploadId"])
-            await self.table.drop(upload_id)
-            await self.parts.delete_prefixed(key + ".")
-            await self.parts.delete_keys([key])
-        except Exception as exc:
-            raise s3_failure(exc) from exc
+        await self.call(self._delete(self.parts.key(upload_id), upload_id))
         self.spools.forget(upload_id)
+
+    async def _delete(self, key: str, upload_id: str) -> None:
+        table = await self.table.load(upload_id)
+        if table is not None:
+            await self.parts.abort(key, table.upload)
+        # An upload created just before a crash may have no table row.
+        listing = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        for upload in listing.get("Uploads", []):
+            if upload["Key"] == key:
+                await self.parts.abort(key, upload["UploadId"])
+        await self.table.drop(upload_id)
+        await self.parts.delete_prefixed(key + ".")
+        await self.parts.delete_keys([key])
 
     async def free_bytes(self) -> int | None:
         return None
 
     async def probe(self) -> None:
-        try:
-            await self._client.head_bucket(Bucket=self.bucket)
-            await self.table.load("probe")
-        except Exception as exc:
-            raise s3_failure(exc) from exc
+        await self.call(self._probe())
+
+    async def _probe(self) -> None:
+        await self._client.head_bucket(Bucket=self.bucket)
+        await self.table.load("probe")
 
     async def close(self) -> None:
-        await self._stack.aclose()
+        try:
+            await self._loop.call(self._stack.aclose())
+        finally:
+            self._loop.stop()
 
     # abilities -------------------------------------------------------------------------
 
     async def concatenate(self, upload_id: str, part_ids: Sequence[str]) -> None:
-        try:
-            await concatenate(self.parts, self.table, self.spool_dir, upload_id, part_ids)
-        except Exception as exc:
-            raise s3_failure(exc) from exc
+        self.parts.key(upload_id)
+        await self.call(concatenate(self.parts, self.table, self.spool_dir, upload_id, part_ids))
 
     async def presign_download(
         self, upload_id: str, *, expires_in: int, filename: str | None
@@ -351,8 +303,8 @@ class S3Blobs:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.parts.key(upload_id)}
         if filename is not None:
             params["ResponseContentDisposition"] = _attachment(filename)
-        url: str = await self._client.generate_presigned_url(
-            "get_object", Params=params, ExpiresIn=expires_in
+        url: str = await self.call(
+            self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
         )
         return url
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 from freight._types import Buffer
 from freight.core.rangeset import RangeSet
 from freight.errors import FreightError, UploadNotFound
-from freight.storage.s3_io import LoopBridge
+from freight.storage.s3_io import StoreLoop
 from freight.storage.s3_parts import S3Parts
 from freight.storage.s3_spool import Spool
 from freight.storage.s3_table import BlobTable, PartRow, PartTable, PieceRow
@@ -32,7 +32,7 @@ class WriterContext:
 
     parts: S3Parts
     table: PartTable
-    bridge: LoopBridge
+    bridge: StoreLoop
     release: Callable[[str], None]
     # Part uploads one writer keeps in flight (each streams from its own spool file).
     parallel: int
