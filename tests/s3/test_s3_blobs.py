@@ -295,8 +295,8 @@ async def test_next_request_on_the_same_node_completes_parts_from_its_spool(
     s3_blobs: S3Blobs,
 ) -> None:
     """Sequential requests (one writer each) on one node: the part begun by the first is
-    completed from the spool, not by downloading the fragments the first one stored. The
-    fragments are removed behind the store's back to prove it."""
+    completed from the spool, not by downloading the pieces the first one stored. The
+    pieces are removed behind the store's back to prove it."""
     data = os.urandom(P + 1000)
     await s3_blobs.create("seq")
     await write_pieces(s3_blobs, "seq", data, [(0, P // 2)])

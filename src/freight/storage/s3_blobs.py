@@ -36,6 +36,11 @@ and does nothing. Then the pieces and the table go. ``delete`` (and so expiry) a
 multipart upload (also one a crash left without a table row), deletes every object under
 ``<id>.`` and drops the table.
 
+Concatenation (:class:`~freight.core.blobs.ServerConcat`) fills the target's parts of the
+same layout from finished blobs: a part inside one source is copied by the store
+(UploadPartCopy with a range), one spanning sources is assembled through the spool
+(:mod:`freight.storage.s3_concat`); the parts are recorded in the table like any other.
+
 Spool disk per upload and node: at most ``4 + 1`` whole parts for a sequential upload (the
 parts in flight and the one being filled) plus, for writes in any order, the parts begun
 and not complete here; a part's file goes once the part is uploaded, and the upload's
