@@ -41,11 +41,14 @@ same layout from finished blobs: a part inside one source is copied by the store
 (UploadPartCopy with a range), one spanning sources is assembled through the spool
 (:mod:`freight.storage.s3_concat`); the parts are recorded in the table like any other.
 
-Spool disk per upload and node: at most ``4 + 1`` whole parts for a sequential upload (the
-parts in flight and the one being filled) plus, for writes in any order, the parts begun
-and not complete here; a part's file goes once the part is uploaded, and the upload's
-directory at finish or delete. Idle spools stay for the next request of the upload, within
-``spool_keep_bytes`` (least recently used out).
+Spool disk per upload and node: the bytes its writers hold unsynced, plus at most 4
+parts in flight per writer, plus one synced partial part (the last written: a sequential
+upload's tail, which its next request completes here). After a sync every other partial
+part's file goes (its bytes are pieces now), as does a part's file once it is uploaded,
+and the upload's directory at finish or delete. So a sequential upload takes at most
+``5·P`` plus what the engine writes between syncs, whatever the blob's size. Idle spools
+stay for the next request of their upload within ``spool_keep_bytes`` (least recently
+used out).
 
 Considerations
 --------------

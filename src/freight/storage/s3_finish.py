@@ -96,8 +96,8 @@ class _Final:
         table, parts = self._table, self._parts
         start = index * table.part_size
         spool = self._spools.peek(self._id)
-        if spool is not None and spool.valid(index).covers(start, start + size):
-            fd = spool.dup(index)
+        fd = None if spool is None else spool.dup_if_covers(index, start, start + size)
+        if fd is not None:
             try:
                 return await parts.upload_part(self._id, table.upload, index + 1, fd, size)
             finally:

@@ -32,6 +32,8 @@ class Spool:
         # Parts this node uploaded whole (their files are gone) and ones on their way.
         self._uploaded: set[int] = set()
         self._shipping: set[int] = set()
+        # Writers holding unsynced bytes, per part: such a part's file must stay.
+        self._pending: dict[int, int] = {}
 
     def write(self, index: int, within: int, view: memoryview, start: int) -> bool:
         """Write ``view`` at ``within`` of part ``index`` (absolute offset ``start``);
@@ -70,6 +72,30 @@ class Spool:
             if uploaded:
                 self._uploaded.add(index)
                 self._drop(index)
+
+    def pend(self, index: int, change: int) -> None:
+        with self.lock:
+            count = self._pending.get(index, 0) + change
+            if count > 0:
+                self._pending[index] = count
+            else:
+                self._pending.pop(index, None)
+
+    def dup_if_covers(self, index: int, start: int, end: int) -> int | None:
+        """A descriptor of part ``index``'s file if it holds bytes ``[start, end)``."""
+        with self.lock:
+            valid = self._valid.get(index)
+            if valid is None or not valid.covers(start, end):
+                return None
+            return os.dup(self._fd(index))
+
+    def drop_partials(self, keep: int) -> None:
+        """Remove the files of parts other than ``keep`` that no writer has unsynced
+        bytes in and nobody is uploading (what they hold is stored as pieces)."""
+        with self.lock:
+            for index in list(self._fds):
+                if index != keep and index not in self._pending and index not in self._shipping:
+                    self._drop(index)
 
     def is_uploaded(self, index: int) -> bool:
         with self.lock:

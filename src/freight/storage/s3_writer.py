@@ -78,7 +78,11 @@ class S3Writer:
                 if index not in self._whole and self._spool.write(
                     index, within, view[done : done + take], at
                 ):
-                    self._dirty.setdefault(index, RangeSet()).add(at, at + take)
+                    dirty = self._dirty.get(index)
+                    if dirty is None:
+                        dirty = self._dirty[index] = RangeSet()
+                        self._spool.pend(index, 1)
+                    dirty.add(at, at + take)
                     if self._spool.start_ship(index, index * size, (index + 1) * size):
                         self._ship(index)
                 done += take
@@ -119,7 +123,17 @@ class S3Writer:
             if not self._dirty:
                 return
             self._ctx.bridge.run(self._sync)
-            self._dirty.clear()
+            last = max(self._dirty)
+            self._settle()
+            # Synced partial parts are pieces in the bucket now; the spool keeps the last
+            # (a sequential upload's tail, completed by its next request) and lets the
+            # rest go, so writes in any order cannot pile up partial parts on disk.
+            self._spool.drop_partials(keep=last)
+
+    def _settle(self) -> None:
+        for index in self._dirty:
+            self._spool.pend(index, -1)
+        self._dirty.clear()
 
     async def _sync(self) -> None:
         table = await self._ctx.table.load(self._id)
@@ -185,6 +199,7 @@ class S3Writer:
             # A failed upload was never recorded: its bytes are sent again.
             with contextlib.suppress(Exception):
                 self._drain()
+            self._settle()
         self._ctx.release(self._id)
 
 
