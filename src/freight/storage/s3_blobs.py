@@ -46,7 +46,7 @@ parts in flight per writer, plus one synced partial part (the last written: a se
 upload's tail, which its next request completes here). After a sync every other partial
 part's file goes (its bytes are pieces now), as does a part's file once it is uploaded,
 and the upload's directory at finish or delete. So a sequential upload takes at most
-``5·P`` plus what the engine writes between syncs, whatever the blob's size. Idle spools
+``5·P`` (4 in flight, 1 filling), whatever the blob's size and the sync interval. Idle spools
 stay for the next request of their upload within ``spool_keep_bytes`` (least recently
 used out).
 
