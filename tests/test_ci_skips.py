@@ -26,7 +26,9 @@ def test_known_defect():
 def _run(tmp_path: Path, ci: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_sample.py").write_text(SKIPPING_TEST)
     (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
-    env = {**os.environ, "CI": ci}
+    # The copied conftest imports the service fixtures from this tree's tests package.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "CI": ci, "PYTHONPATH": path}
     return subprocess.run(
         [
             sys.executable,

@@ -127,6 +127,37 @@ def normalise_base_path(value: str) -> str:
     return "/" + "".join(f"{part}/" for part in segments)
 
 
+MiB = 1024 * 1024
+# S3's limits: at most 10,000 parts of at least 5 MiB (the last may be shorter).
+MAX_PARTS = 10_000
+MIN_PART_SIZE = 5 * MiB
+# A fleet's part size when neither it nor the largest upload is given: 10,000 of them
+# hold 156 GiB.
+DEFAULT_PART_SIZE = 16 * MiB
+
+
+def fleet_limits(max_size: int | None, part_size: int | None) -> tuple[int, int]:
+    """A fleet's largest upload and part size: the part size given, else the least whole
+    MiB (at least 8 MiB) with which 10,000 parts hold ``max_size``; the largest upload
+    given, else what 10,000 parts hold. Raises ValueError if they do not fit together."""
+    if part_size is None:
+        if max_size is None:
+            part_size = DEFAULT_PART_SIZE
+        else:
+            part_size = max(8 * MiB, -(-max_size // MAX_PARTS // MiB) * MiB)
+            while part_size * MAX_PARTS < max_size:
+                part_size += MiB
+    if part_size < MIN_PART_SIZE:
+        raise ValueError(f"the part size must be at least {MIN_PART_SIZE} bytes (5 MiB)")
+    if max_size is None:
+        max_size = part_size * MAX_PARTS
+    if part_size * MAX_PARTS < max_size:
+        raise ValueError(
+            f"{MAX_PARTS} parts of {part_size} bytes cannot hold an upload of {max_size} bytes"
+        )
+    return max_size, part_size
+
+
 @dataclass(frozen=True)
 class StoreSpec:
     """A parsed ``--store``: ``local``, ``memory``, or ``s3`` with its bucket and prefix."""

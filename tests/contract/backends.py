@@ -74,7 +74,7 @@ async def _memory(place: Path) -> BlobStore:
 
 async def _s3(place: S3Place) -> BlobStore:
     # Each handle is a node of its own: its own client and its own spool directory.
-    return await open_store(place.seaweed, place.bucket, place.new_spool())
+    return await open_store(place.seaweed, place.bucket, place.new_spool(), place.dsn)
 
 
 SESSION_BACKENDS: dict[str, SessionBackend] = {

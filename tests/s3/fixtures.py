@@ -1,7 +1,9 @@
-"""A real SeaweedFS for the session, a fresh bucket per test, and the ``s3_blobs`` store.
+"""A real SeaweedFS for the session, a fresh bucket per test, and the ``s3_blobs`` store
+(its part table in the test's PostgreSQL database: the ``pg_dsn`` fixture).
 
-Another suite uses them by importing the fixtures it needs into its conftest::
+The root conftest imports them (and the PostgreSQL ones) for every suite::
 
+    from tests.pg.fixtures import pg_cluster, pg_dsn  # noqa: F401
     from tests.s3.fixtures import s3_blobs, s3_bucket, seaweed  # noqa: F401
 
 ``s3_place`` is a fresh bucket to open any number of stores on, one per simulated node.
@@ -18,7 +20,7 @@ import pytest
 
 from freight.storage.s3_blobs import S3Blobs
 from tests.s3.seaweed import Seaweed, start_seaweed, weed_binary
-from tests.s3.stores import open_store
+from tests.s3.stores import open_store, s3_client
 
 _buckets = itertools.count()
 
@@ -30,6 +32,7 @@ class S3Place:
     seaweed: Seaweed
     bucket: str
     root: Path
+    dsn: str  # the database of the part table
     _nodes: Iterator[int] = field(default_factory=itertools.count)
 
     def new_spool(self) -> Path:
@@ -49,17 +52,18 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
 
 
 @pytest.fixture
-async def s3_bucket(seaweed: Seaweed, tmp_path: Path) -> AsyncIterator[str]:
+async def s3_bucket(seaweed: Seaweed) -> AsyncIterator[str]:
     bucket = f"freight-test-{next(_buckets)}"
-    store = await open_store(seaweed, bucket, tmp_path / "bucket-admin")
-    await store.parts.client.create_bucket(Bucket=bucket)
-    await store.close()
+    async with s3_client(seaweed) as client:
+        await client.create_bucket(Bucket=bucket)
     yield bucket
 
 
 @pytest.fixture
-async def s3_blobs(seaweed: Seaweed, s3_bucket: str, tmp_path: Path) -> AsyncIterator[S3Blobs]:
-    store = await open_store(seaweed, s3_bucket, tmp_path / "spool-a")
+async def s3_blobs(
+    seaweed: Seaweed, s3_bucket: str, pg_dsn: str, tmp_path: Path
+) -> AsyncIterator[S3Blobs]:
+    store = await open_store(seaweed, s3_bucket, tmp_path / "spool-a", pg_dsn)
     try:
         yield store
     finally:
@@ -67,5 +71,5 @@ async def s3_blobs(seaweed: Seaweed, s3_bucket: str, tmp_path: Path) -> AsyncIte
 
 
 @pytest.fixture
-def s3_place(seaweed: Seaweed, s3_bucket: str, tmp_path: Path) -> S3Place:
-    return S3Place(seaweed, s3_bucket, tmp_path / "nodes")
+def s3_place(seaweed: Seaweed, s3_bucket: str, pg_dsn: str, tmp_path: Path) -> S3Place:
+    return S3Place(seaweed, s3_bucket, tmp_path / "nodes", pg_dsn)

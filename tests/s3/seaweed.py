@@ -68,7 +68,9 @@ class Seaweed:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                # It usually exits in about 2 s, but now and then lingers for many more;
+                # a test store has nothing worth a longer wait.
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

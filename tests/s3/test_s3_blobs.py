@@ -58,17 +58,17 @@ async def read_all(store: BlobStore, upload_id: str, size: int, step: int = 1_00
 
 
 async def bucket_keys(store: S3Blobs) -> list[str]:
-    listing = await store.parts.client.list_objects_v2(Bucket=store.bucket)
+    listing = await store.call(store.parts.client.list_objects_v2(Bucket=store.bucket))
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
 async def open_uploads(store: S3Blobs) -> list[str]:
-    listing = await store.parts.client.list_multipart_uploads(Bucket=store.bucket)
+    listing = await store.call(store.parts.client.list_multipart_uploads(Bucket=store.bucket))
     return [u["Key"] for u in listing.get("Uploads", [])]
 
 
 async def test_random_order_writes_continue_on_another_node(
-    s3_blobs: S3Blobs, seaweed: Seaweed, s3_bucket: str, tmp_path: Path
+    s3_blobs: S3Blobs, seaweed: Seaweed, s3_bucket: str, pg_dsn: str, tmp_path: Path
 ) -> None:
     rng = random.Random(7)
     size = 3 * P + P // 2 + 123
@@ -79,7 +79,7 @@ async def test_random_order_writes_continue_on_another_node(
     await s3_blobs.create("up1")
     await write_pieces(s3_blobs, "up1", data, pieces[:half])
 
-    node_b = await open_store(seaweed, s3_bucket, tmp_path / "spool-b")
+    node_b = await open_store(seaweed, s3_bucket, tmp_path / "spool-b", pg_dsn)
     try:
         await write_pieces(node_b, "up1", data, pieces[half:])
         await node_b.finish("up1", size)
@@ -101,7 +101,7 @@ async def test_random_order_writes_continue_on_another_node(
 
 
 async def test_synced_tail_survives_a_lost_node(
-    s3_blobs: S3Blobs, seaweed: Seaweed, s3_bucket: str, tmp_path: Path
+    s3_blobs: S3Blobs, seaweed: Seaweed, s3_bucket: str, pg_dsn: str, tmp_path: Path
 ) -> None:
     """Node A syncs a sequential upload mid-part and vanishes (spool and all); node B
     continues from the synced offset and finishes."""
@@ -117,7 +117,7 @@ async def test_synced_tail_survives_a_lost_node(
     await asyncio.to_thread(writer.write_at, synced, b"\xff" * 1000)
     await asyncio.to_thread(writer.close)
 
-    node_b = await open_store(seaweed, s3_bucket, tmp_path / "spool-b")
+    node_b = await open_store(seaweed, s3_bucket, tmp_path / "spool-b", pg_dsn)
     try:
         await write_pieces(node_b, "tail", data, [(synced, len(data))])
     finally:
@@ -127,24 +127,24 @@ async def test_synced_tail_survives_a_lost_node(
 
 
 async def test_two_nodes_share_a_part_concurrently(
-    s3_blobs: S3Blobs, seaweed: Seaweed, s3_bucket: str, tmp_path: Path
+    s3_blobs: S3Blobs, seaweed: Seaweed, s3_bucket: str, pg_dsn: str, tmp_path: Path
 ) -> None:
     """Two chunks of one part written and synced at the same time on two nodes: the
     conditional table update keeps both, and the part is uploaded whole by one of them."""
     data = os.urandom(2 * P)
     await s3_blobs.create("shared")
-    node_b = await open_store(seaweed, s3_bucket, tmp_path / "spool-b")
+    node_b = await open_store(seaweed, s3_bucket, tmp_path / "spool-b", pg_dsn)
     try:
         cut = P // 2 + 5
         await asyncio.gather(
             write_pieces(s3_blobs, "shared", data, [(0, cut), (P, P + cut)]),
             write_pieces(node_b, "shared", data, [(cut, P), (P + cut, 2 * P)]),
         )
-        table = await s3_blobs.parts.tables.load(s3_blobs.parts.state_key("shared"))
+        table = await s3_blobs.load_table("shared")
         assert table is not None
-        covered = table.fragment_ranges()
+        covered = table.piece_ranges()
         for number in (1, 2):
-            assert number in table.parts or covered.covers((number - 1) * P, number * P)
+            assert table.has_whole(number) or covered.covers((number - 1) * P, number * P)
     finally:
         await node_b.close()
     await s3_blobs.finish("shared", len(data))
@@ -179,7 +179,7 @@ async def test_delete_removes_everything(s3_blobs: S3Blobs, finished: bool) -> N
     data = os.urandom(2 * P + 10)
     await s3_blobs.create("gone")
     await write_pieces(s3_blobs, "gone", data, [(0, P + 10), (2 * P, 2 * P + 10)])
-    assert len(await bucket_keys(s3_blobs)) >= 3  # table and fragments
+    assert len(await bucket_keys(s3_blobs)) >= 2  # pieces
     if finished:
         await write_pieces(s3_blobs, "gone", data, [(P + 10, 2 * P)])
         await s3_blobs.finish("gone", len(data))
@@ -191,7 +191,7 @@ async def test_delete_removes_everything(s3_blobs: S3Blobs, finished: bool) -> N
         await s3_blobs.open_writer("gone")
 
 
-@pytest.mark.parametrize("bad", ["../x", "a/b", "", "x" * 129, "a.state", "ok\n", "é"])
+@pytest.mark.parametrize("bad", ["../x", "a/b", "", "x" * 129, "a.piece", "ok\n", "é"])
 async def test_hostile_ids_are_refused(s3_blobs: S3Blobs, bad: str) -> None:
     for call in (
         s3_blobs.create(bad),
@@ -270,23 +270,6 @@ async def test_large_blob_memory_and_spool_stay_bounded(s3_blobs: S3Blobs, tmp_p
     assert actual.digest() == expected.digest()
 
 
-async def test_part_table_update_is_compare_and_set(s3_blobs: S3Blobs) -> None:
-    """The store honours If-Match: a table read before another writer's change is not
-    saved over it (that writer's parts would be lost)."""
-    await s3_blobs.create("cas")
-    tables, key = s3_blobs.parts.tables, s3_blobs.parts.state_key("cas")
-    first, second = await tables.load(key), await tables.load(key)
-    assert first is not None and second is not None
-    first.add_frag(0, 10)
-    assert await tables.save(key, first)
-    second.add_frag(10, 20)
-    assert not await tables.save(key, second)
-    await tables.update(key, lambda table: table.add_frag(10, 20))
-    stored = await tables.load(key)
-    assert stored is not None and stored.frags == [(0, 10), (10, 20)]
-    assert not await tables.save(key, stored, create=True)
-
-
 @pytest.mark.parametrize(
     "sizes",
     [[P + 100, 3, 2 * P + 7], [1000, 0, 5, P // 2, P // 2], [P, P]],
@@ -312,24 +295,24 @@ async def test_next_request_on_the_same_node_completes_parts_from_its_spool(
     s3_blobs: S3Blobs,
 ) -> None:
     """Sequential requests (one writer each) on one node: the part begun by the first is
-    completed from the spool, not by downloading the fragments the first one stored. The
-    fragments are removed behind the store's back to prove it."""
+    completed from the spool, not by downloading the pieces the first one stored. The
+    pieces are removed behind the store's back to prove it."""
     data = os.urandom(P + 1000)
     await s3_blobs.create("seq")
     await write_pieces(s3_blobs, "seq", data, [(0, P // 2)])
-    frags = [key for key in await bucket_keys(s3_blobs) if ".frag." in key]
-    assert frags
-    for key in frags:
-        await s3_blobs.parts.client.delete_object(Bucket=s3_blobs.bucket, Key=key)
+    pieces = [key for key in await bucket_keys(s3_blobs) if ".piece." in key]
+    assert pieces
+    for key in pieces:
+        await s3_blobs.call(s3_blobs.parts.client.delete_object(Bucket=s3_blobs.bucket, Key=key))
     await write_pieces(s3_blobs, "seq", data, [(P // 2, len(data))])
     await s3_blobs.finish("seq", len(data))
     assert await read_all(s3_blobs, "seq", len(data)) == data
 
 
 async def test_idle_spools_are_kept_within_their_budget(
-    seaweed: Seaweed, s3_bucket: str, tmp_path: Path
+    seaweed: Seaweed, s3_bucket: str, pg_dsn: str, tmp_path: Path
 ) -> None:
-    store = await open_store(seaweed, s3_bucket, tmp_path / "spool", spool_keep_bytes=P)
+    store = await open_store(seaweed, s3_bucket, tmp_path / "spool", pg_dsn, spool_keep_bytes=P)
     try:
         for name in ("one", "two", "three"):
             await store.create(name)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from freight.config import ServerConfig, parse_store
+from freight.config import ServerConfig, fleet_limits, parse_store
 
 __all__ = ["check_store", "store_options"]
 
@@ -38,6 +38,13 @@ def check_store(settings: dict[str, Any]) -> None:
     fleet = parse_store(settings["store"]).kind == "s3"
     if fleet and not settings["db"]:
         raise click.UsageError("--store s3://... needs --db postgresql://... (sessions live there)")
+    if fleet:
+        try:
+            settings["max_size"], settings["part_size"] = fleet_limits(
+                settings["max_size"], settings["part_size"]
+            )
+        except ValueError as exc:
+            raise click.UsageError(f"--part-size and --max-size: {exc}") from None
     if not fleet:
         for name in ("db", "s3_endpoint", "part_size", "spool_dir"):
             if settings[name] is not None:

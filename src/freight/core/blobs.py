@@ -18,6 +18,10 @@ ability                       what it enables (and what happens without it)
 :class:`ServerConcat`         a final concatenation is assembled by the store itself
                               (without: copied through a reused buffer)
 :class:`Presigner`            a download may be redirected to a signed URL of the store
+:class:`PartSized`            the store keeps blobs in parts of a fixed size (S3 multipart):
+                              the chunk API's chunk size follows it, so a chunk is a part
+                              and parallel chunks go straight to their parts (without:
+                              the server's own chunk size)
 ============================  ==============================================================
 
 Writers and readers are synchronous: the engine calls them from worker threads with its own
@@ -36,6 +40,7 @@ __all__ = [
     "BlobReader",
     "BlobStore",
     "BlobWriter",
+    "PartSized",
     "PipeTarget",
     "Presigner",
     "ReadBack",
@@ -131,3 +136,11 @@ class Presigner(Protocol):
     async def presign_download(
         self, upload_id: str, *, expires_in: int, filename: str | None
     ) -> str: ...
+
+
+@runtime_checkable
+class PartSized(Protocol):
+    """A store that keeps a blob in parts of ``part_size`` bytes (the last may be shorter);
+    writes covering whole parts, at part boundaries, cost it least."""
+
+    part_size: int

@@ -13,30 +13,16 @@ import os
 import socket
 from pathlib import Path
 
-from freight.config import ServerConfig, parse_store
+from freight.config import ServerConfig, fleet_limits, parse_store
 from freight.core.ports import Backend
 from freight.storage.pg_claims import open_pg_claims
 from freight.storage.pg_events import open_pg_events
 from freight.storage.pg_leader import open_pg_leader
+from freight.storage.pg_parts import open_pg_part_table
 from freight.storage.pg_sessions import open_pg_sessions
-from freight.storage.s3_blobs import MIN_PART_SIZE, S3Blobs
+from freight.storage.s3_blobs import S3Blobs
 
-__all__ = ["open_fleet", "part_size_for"]
-
-MiB = 1024 * 1024
-DEFAULT_PART = 8 * MiB
-MAX_PARTS = 10_000
-
-
-def part_size_for(max_size: int | None, chosen: int | None) -> int:
-    """The part size: the one chosen, else the least whole MiB (at least 8 MiB) that lets
-    10,000 parts hold ``max_size``."""
-    if chosen is not None:
-        return max(chosen, MIN_PART_SIZE)
-    if max_size is None:
-        return DEFAULT_PART
-    needed = -(-max_size // MAX_PARTS)
-    return max(DEFAULT_PART, -(-needed // MiB) * MiB)
+__all__ = ["node_name", "open_fleet"]
 
 
 def node_name() -> str:
@@ -53,6 +39,7 @@ async def open_fleet(config: ServerConfig) -> Backend:
     async with contextlib.AsyncExitStack() as opened:
         sessions = await open_pg_sessions(dsn)
         opened.push_async_callback(sessions.close)
+        max_size, part_size = fleet_limits(config.max_size, config.part_size)
         blobs = await S3Blobs.open(
             endpoint=config.s3_endpoint or f"https://s3.{config.s3_region}.amazonaws.com",
             access_key=os.environ.get("AWS_ACCESS_KEY_ID", ""),
@@ -61,7 +48,9 @@ async def open_fleet(config: ServerConfig) -> Backend:
             prefix=spec.prefix,
             region=config.s3_region,
             spool_dir=Path(spool),
-            part_size=part_size_for(config.max_size, config.part_size),
+            open_table=lambda: open_pg_part_table(dsn),
+            max_size=max_size,
+            part_size=part_size,
         )
         opened.push_async_callback(blobs.close)
         claims = await open_pg_claims(dsn, node)

@@ -2,128 +2,157 @@
 
 Layout
 ------
-Under an optional key prefix, blob ``<id>`` uses these objects:
-
-* ``<id>``: the finished object. Until :meth:`S3Blobs.finish` it is an S3 multipart upload
-  of parts of a fixed size ``P`` (``part_size``, at least 5 MiB: S3's minimum for every
-  part but the last); part ``n`` holds bytes ``[(n-1)·P, n·P)``.
-* ``<id>.state``: the part table (JSON): the multipart upload's id, ``P``, every uploaded
-  part's number, ETag and size, and the byte ranges stored as fragments. Every change is a
-  conditional PUT (``If-Match``), so writers on several nodes never lose each other's
-  parts. It is ours and not ListParts because SeaweedFS keeps every version of a re-uploaded
-  part (ListParts overcounts) and omits part checksums.
-* ``<id>.frag.<start>-<end>``: bytes ``[start, end)`` of a part that was not complete when
-  they had to become durable (the tail of a tus upload, a chunk that covers part of a part).
+Under an optional key prefix, blob ``<id>`` is one S3 multipart upload of parts of a fixed
+size ``P`` (``part_size``: at least 5 MiB, S3's minimum for every part but the last; by
+default the smallest whole MiB, at least 8, with which 10,000 parts hold ``max_size``):
+part ``n`` holds bytes ``[(n-1)·P, n·P)``. Its *part table* (:mod:`freight.storage.
+s3_table`, in PostgreSQL: :mod:`freight.storage.pg_parts`) holds the multipart upload's
+id, ``P``, and each uploaded part's number, size, ETag and SHA-256; it is the only source
+of which bytes are stored, never ListParts (SeaweedFS lists every upload of a re-sent part
+number). Bytes of a part not complete when they must become durable (a tus upload's tail,
+a chunk covering part of a part) are stored as *pieces*, objects ``<id>.piece.<s>-<e>``
+named in the table too, as tusd does with its ``.part`` object.
 
 Writing
 -------
 ``write_at`` lands in a local spool: one sparse file per part touched, in a directory per
-upload under ``spool_dir`` (``pwrite`` at the offset within the part); a part's file is
-removed once the part is uploaded, so the disk it takes is bounded by the parts in flight,
-not by the blob's size. An upload's writers on one node share its spool, and it is kept a
-while after the last closes (``spool_keep_bytes`` of idle spools, least recently used out):
-the next request of a sequential upload completes its part from local bytes.
+upload under ``spool_dir``. A part complete in the spool is uploaded at once (UploadPart
+streamed from its file by descriptor and offset, at most 4 in flight per writer), recorded,
+and its file removed. So when the chunk size is the part size (:class:`~freight.core.
+blobs.PartSized`), each chunk goes straight to its part and nothing is sent twice.
 
-``sync`` then, for each part with new bytes: if every byte of the part is present (written
-here, or stored as fragments by any node, which it downloads into the spool file) it uploads
-the whole part with UploadPart, streamed from the spool file in the HTTP client's small
-reads; otherwise it stores the new ranges as fragment objects. Then it records the change in
-the part table. When ``sync`` returns, every byte written is in the bucket and named by the
-table, so another node can open a writer and continue from the offset the engine recorded.
+``sync`` waits for those uploads, then for each other part with new bytes: if every byte
+of the part is present (in the spool, or in pieces stored by any node, downloaded into the
+spool file) it uploads the part whole; otherwise it stores the new ranges as pieces; both
+concurrently, then recorded in one transaction. When ``sync`` returns, every byte written
+is in the bucket and named by the table, so another node (its own spool, the same table
+and bucket) continues exactly from the offset the engine then acknowledges.
 
-``finish(length)`` completes the multipart upload with parts ``1..⌈length/P⌉``: parts not
-uploaded whole (the short last part, or the only part of a blob smaller than ``P``) are
-assembled from their fragments first. A 0-byte blob is a plain empty PutObject. Finishing
-again finds the table gone and the object of the right length, and does nothing. Then the
-fragments and the table are deleted.
+``finish(length)`` is CompleteMultipartUpload with the table's ETags for parts
+``1..⌈length/P⌉``; a part not uploaded whole (the short last one) is uploaded first from
+the spool when this node has its bytes, else assembled from its pieces. A 0-byte blob is a
+plain empty PutObject. Finishing again finds no table and the object of the right length,
+and does nothing. Then the pieces and the table go. ``delete`` (and so expiry) aborts the
+multipart upload (also one a crash left without a table row), deletes every object under
+``<id>.`` and drops the table.
 
 Concatenation (:class:`~freight.core.blobs.ServerConcat`) fills the target's parts of the
-same fixed layout from finished blobs: a part inside one source is copied by the store
+same layout from finished blobs: a part inside one source is copied by the store
 (UploadPartCopy with a range), one spanning sources is assembled through the spool
-(:mod:`freight.storage.s3_concat`).
+(:mod:`freight.storage.s3_concat`); the parts are recorded in the table like any other.
+
+Spool disk per upload and node: the bytes its writers hold unsynced, plus at most 4
+parts in flight per writer, plus one synced partial part (the last written: a sequential
+upload's tail, which its next request completes here). After a sync every other partial
+part's file goes (its bytes are pieces now), as does a part's file once it is uploaded,
+and the upload's directory at finish or delete. So a sequential upload takes at most
+``5·P`` (4 in flight, 1 filling), whatever the blob's size and the sync interval. Idle spools
+stay for the next request of their upload within ``spool_keep_bytes`` (least recently
+used out).
 
 Considerations
 --------------
 * Bytes written at an offset twice are the same bytes (every protocol resends the file's
   own bytes, claims keep two writers off one range at a time, and the engine's SHA-256
-  catches the rest), so a part uploaded whole is never uploaded again, and fragments of
-  a part are combined in any order.
-* Fragments of parts uploaded whole stay until ``finish`` or ``delete`` (another node may
-  be reading them to assemble the same part); the bucket briefly holds those bytes twice.
-* Two nodes completing the same part at once upload the same bytes under the same number;
-  whichever ETag the table keeps names identical content.
-* The writer's methods are synchronous and run in worker threads; aiobotocore is async and
-  its client belongs to the loop that opened the store. Each S3 call from a worker is
-  handed to that loop (``run_coroutine_threadsafe``) and the worker waits; a call from the
-  loop's own thread is refused rather than deadlocked.
+  catches the rest), so a part uploaded whole is never uploaded again, and pieces of a
+  part are combined in any order.
+* Pieces of parts uploaded whole stay until ``finish`` or ``delete`` (another node may be
+  reading them to assemble the same part).
+* The S3 client and the part table live on an event loop of the store's own, in its own
+  thread (:class:`~freight.storage.s3_io.StoreLoop`): the engine's async calls await it,
+  writers in worker threads wait for it (a wait from a thread running a loop is refused).
+  On the engine's loop, writers waiting in its executor could take every thread the HTTP
+  client needs to read request bodies from the spool, and nothing would move again.
 * Over plain HTTP, payload signing and default request checksums are off: hashing each
-  part costs more CPU than the upload itself, and integrity is checked end to end by the
-  engine's SHA-256 of the finished blob.
+  part for the signature costs more CPU than the upload. The SHA-256 the table records is
+  taken while the part streams out, in the same read.
 * The spool directory belongs to one process: it is emptied on open. Losing a spool loses
   nothing recorded (synced bytes are in the bucket; unsynced ones were never recorded, so
-  they are sent again); without it a part is completed from its fragments, downloaded.
-* At most 10,000 parts: ``P`` bounds the blob size (16 MiB → 156 GiB).
+  they are sent again).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
+import math
 import secrets
 import shutil
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from freight.core.blobs import BlobReader, BlobWriter
-from freight.core.rangeset import RangeSet
 from freight.errors import FreightError, StorageUnavailable
 from freight.storage.s3_concat import concatenate
-from freight.storage.s3_io import LoopBridge, S3Reader, s3_failure
-from freight.storage.s3_parts import MISSING, S3Parts
+from freight.storage.s3_finish import finish_blob
+from freight.storage.s3_io import S3Reader, StoreLoop, client_error_code, s3_failure
+from freight.storage.s3_parts import S3Parts
 from freight.storage.s3_spool import SpoolCache
-from freight.storage.s3_state import PartTable, client_error_code
-from freight.storage.s3_writer import FinishedWriter, S3Writer
+from freight.storage.s3_table import BlobTable, PartTable
+from freight.storage.s3_writer import FinishedWriter, S3Writer, WriterContext
 
-__all__ = ["MIN_PART_SIZE", "S3Blobs"]
+__all__ = ["MAX_PARTS", "MIN_PART_SIZE", "S3Blobs", "default_part_size"]
+
+T = TypeVar("T")
 
 MIN_PART_SIZE = 5 * 1024 * 1024
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
+MAX_PARTS = 10_000
+_MIB = 1024 * 1024
 # Idle spools kept for the next request of their upload on this node (least recent out).
 DEFAULT_SPOOL_KEEP = 256 * 1024 * 1024
+PARALLEL_PARTS = 4
+
+
+def default_part_size(max_size: int) -> int:
+    """The smallest whole MiB, at least 8, with which ``MAX_PARTS`` parts hold
+    ``max_size`` bytes."""
+    return max(8 * _MIB, math.ceil(max_size / MAX_PARTS / _MIB) * _MIB)
+
+
+def checked_part_size(part_size: int | None, max_size: int) -> int:
+    part_size = part_size or default_part_size(max_size)
+    if part_size < MIN_PART_SIZE:
+        raise ValueError(f"part_size must be at least {MIN_PART_SIZE}")
+    if part_size * MAX_PARTS < max_size:
+        raise ValueError(f"{MAX_PARTS} parts of {part_size} bytes cannot hold {max_size}")
+    return part_size
 
 
 class S3Blobs:
-    """The :class:`~freight.core.blobs.BlobStore` over one bucket (see the module doc)."""
+    """The :class:`~freight.core.blobs.BlobStore` over one bucket and a part table (see
+    the module doc). Its S3 client and table live on a :class:`~freight.storage.s3_io.
+    StoreLoop` of their own; it owns all three and closes them."""
 
     def __init__(
         self,
+        store_loop: StoreLoop,
         client: Any,
         exit_stack: contextlib.AsyncExitStack,
         bucket: str,
         spool_dir: Path,
+        table: PartTable,
         *,
+        part_size: int,
         prefix: str = "",
-        part_size: int = DEFAULT_PART_SIZE,
-        call_timeout: float = 600.0,
         spool_keep_bytes: int = DEFAULT_SPOOL_KEEP,
     ) -> None:
-        if part_size < MIN_PART_SIZE:
-            raise ValueError(f"part_size must be at least {MIN_PART_SIZE}")
+        self._loop = store_loop
         self._client = client
         self._stack = exit_stack
         self.bucket = bucket
         self.prefix = prefix
         self.part_size = part_size
         self.spool_dir = spool_dir
+        self.table = table
         self.parts = S3Parts(client, bucket, prefix)
-        self.bridge = LoopBridge(asyncio.get_running_loop(), call_timeout)
         self.spools = SpoolCache(spool_dir, spool_keep_bytes)
+        self._writers = WriterContext(
+            self.parts, table, store_loop, self.spools.release, PARALLEL_PARTS
+        )
 
     @classmethod
     async def open(
@@ -134,12 +163,18 @@ class S3Blobs:
         secret_key: str,
         bucket: str,
         spool_dir: Path,
+        open_table: Callable[[], Awaitable[PartTable]],
+        max_size: int,
         region: str = "us-east-1",
         prefix: str = "",
-        part_size: int = DEFAULT_PART_SIZE,
+        part_size: int | None = None,
         max_connections: int = 16,
         spool_keep_bytes: int = DEFAULT_SPOOL_KEEP,
+        call_timeout: float = 600.0,
     ) -> S3Blobs:
+        """Open the store; ``open_table`` opens its part table (it runs on the store's
+        loop, where the table then lives)."""
+        part_size = checked_part_size(part_size, max_size)
         plain_http = endpoint.startswith("http://")
         config = AioConfig(
             signature_version="s3v4",
@@ -149,156 +184,116 @@ class S3Blobs:
             retries={"max_attempts": 4, "mode": "standard"},
             max_pool_connections=max_connections,
         )
-        stack = contextlib.AsyncExitStack()
-        client = await stack.enter_async_context(
-            get_session().create_client(
-                "s3",
-                endpoint_url=endpoint,
-                region_name=region,
-                aws_access_key_id=access_key,
-                aws_secret_access_key=secret_key,
-                config=config,
-            )
+        session = get_session().create_client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=config,
         )
+
+        async def clients() -> tuple[Any, contextlib.AsyncExitStack, PartTable]:
+            async with contextlib.AsyncExitStack() as stack:
+                client = await stack.enter_async_context(session)
+                table = await open_table()
+                stack.push_async_callback(table.close)
+                return client, stack.pop_all(), table
+
+        store_loop = StoreLoop(call_timeout)
+        try:
+            client, stack, table = await store_loop.call(clients())
+        except BaseException:
+            store_loop.stop()
+            raise
         shutil.rmtree(spool_dir, ignore_errors=True)
         spool_dir.mkdir(parents=True, exist_ok=True)
         return cls(
+            store_loop,
             client,
             stack,
             bucket,
             spool_dir,
-            prefix=prefix,
+            table,
             part_size=part_size,
+            prefix=prefix,
             spool_keep_bytes=spool_keep_bytes,
         )
+
+    async def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Await ``coroutine`` on the store's loop (where its client and table live)."""
+        try:
+            return await self._loop.call(coroutine)
+        except Exception as exc:
+            raise s3_failure(exc) from exc
+
+    async def load_table(self, upload_id: str) -> BlobTable | None:
+        """The blob's part table (for checks and diagnostics)."""
+        return await self.call(self.table.load(upload_id))
 
     # the port --------------------------------------------------------------------------
 
     async def create(self, upload_id: str) -> None:
-        key = self.parts.key(upload_id)
-        try:
-            created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
-            table = PartTable(created["UploadId"], self.part_size)
-            if not await self.parts.tables.save(
-                self.parts.state_key(upload_id), table, create=True
-            ):
-                raise FreightError("a blob with this id exists already")
-        except Exception as exc:
-            raise s3_failure(exc) from exc
+        await self.call(self._create(self.parts.key(upload_id), upload_id))
+
+    async def _create(self, key: str, upload_id: str) -> None:
+        created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        if not await self.table.create(upload_id, created["UploadId"], self.part_size):
+            await self.parts.abort(key, created["UploadId"])
+            raise FreightError("a blob with this id exists already")
 
     async def open_writer(self, upload_id: str) -> BlobWriter:
-        key = self.parts.key(upload_id)
-        try:
-            table = await self.parts.tables.load(self.parts.state_key(upload_id))
-            if table is None:
-                # Finished in the store, maybe not yet in the record: the finish is redone.
-                await self.parts.client.head_object(Bucket=self.bucket, Key=key)
-                return FinishedWriter()
-        except Exception as exc:
-            raise s3_failure(exc) from exc
-        spool = self.spools.acquire(upload_id)
-        return S3Writer(
-            self.parts, self.bridge, self.spools.release, upload_id, spool, table.part_size
-        )
+        table = await self.call(self._writer_table(self.parts.key(upload_id), upload_id))
+        if table is None:
+            return FinishedWriter()
+        return S3Writer(self._writers, upload_id, self.spools.acquire(upload_id), table)
+
+    async def _writer_table(self, key: str, upload_id: str) -> BlobTable | None:
+        table = await self.table.load(upload_id)
+        if table is None:
+            # Finished in the store, maybe not yet in the record: the finish is redone.
+            await self._client.head_object(Bucket=self.bucket, Key=key)
+        return table
 
     async def open_reader(self, upload_id: str) -> BlobReader:
         key = self.parts.key(upload_id)
-        try:
-            head = await self._client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            raise s3_failure(exc) from exc
-        return S3Reader(self.bridge, self._client, self.bucket, key, int(head["ContentLength"]))
+        head = await self.call(self._client.head_object(Bucket=self.bucket, Key=key))
+        return S3Reader(self._loop, self._client, self.bucket, key, int(head["ContentLength"]))
 
     async def finish(self, upload_id: str, length: int) -> None:
-        try:
-            await self._finish(upload_id, length)
-        except Exception as exc:
-            raise s3_failure(exc) from exc
+        self.parts.key(upload_id)
+        await self.call(
+            finish_blob(self.parts, self.table, self.spools, self.spool_dir, upload_id, length)
+        )
         self.spools.forget(upload_id)
-
-    async def _finish(self, upload_id: str, length: int) -> None:
-        key = self.parts.key(upload_id)
-        table = await self.parts.tables.load(self.parts.state_key(upload_id))
-        if table is None:
-            await self._check_finished(key, length)
-            return
-        if length == 0:
-            await self._client.put_object(Bucket=self.bucket, Key=key, Body=b"")
-            await self.parts.abort(key, table.upload)
-        else:
-            parts = await self._final_parts(upload_id, table, length)
-            try:
-                await self._client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=table.upload,
-                    MultipartUpload={"Parts": parts},
-                )
-            except Exception as exc:
-                if client_error_code(exc) not in MISSING:
-                    raise
-                await self._check_finished(key, length)  # a finish that was cut short
-        await self.parts.delete_prefixed(key + ".frag.")
-        await self.parts.delete_keys([self.parts.state_key(upload_id)])
-
-    async def _final_parts(
-        self, upload_id: str, table: PartTable, length: int
-    ) -> list[dict[str, Any]]:
-        size = table.part_size
-        parts = []
-        for index in range((length + size - 1) // size):
-            number = index + 1
-            want = min(size, length - index * size)
-            etag, got = table.parts.get(number, ("", 0))
-            if got != want:
-                etag = await self._assemble_part(upload_id, table, index, want)
-            parts.append({"PartNumber": number, "ETag": etag})
-        return parts
-
-    async def _assemble_part(self, upload_id: str, table: PartTable, index: int, size: int) -> str:
-        start = index * table.part_size
-        if not table.fragment_ranges().covers(start, start + size):
-            raise FreightError("the blob is incomplete: bytes are missing in the store")
-        path = self.spool_dir / f"{upload_id}.finish.{index}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            path.unlink()
-            await self.parts.fetch_fragments(
-                upload_id, table, fd, start, RangeSet([(start, start + size)])
-            )
-            return await self.parts.upload_part(upload_id, table, index + 1, fd, size)
-        finally:
-            os.close(fd)
-
-    async def _check_finished(self, key: str, length: int) -> None:
-        head = await self._client.head_object(Bucket=self.bucket, Key=key)
-        if int(head["ContentLength"]) != length:
-            raise FreightError("the finished blob has another length")
 
     async def delete(self, upload_id: str) -> None:
-        key = self.parts.key(upload_id)
-        try:
-            table = await self.parts.tables.load(self.parts.state_key(upload_id))
-            if table is not None:
-                await self.parts.abort(key, table.upload)
-            # An upload created just before a crash may have no table yet.
-            listing = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
-            for upload in listing.get("Uploads", []):
-                if upload["Key"] == key:
-                    await self.parts.abort(key, upload["UploadId"])
-            await self.parts.delete_prefixed(key + ".")
-            await self.parts.delete_keys([key])
-        except Exception as exc:
-            raise s3_failure(exc) from exc
+        await self.call(self._delete(self.parts.key(upload_id), upload_id))
         self.spools.forget(upload_id)
+
+    async def _delete(self, key: str, upload_id: str) -> None:
+        table = await self.table.load(upload_id)
+        if table is not None:
+            await self.parts.abort(key, table.upload)
+        # An upload created just before a crash may have no table row.
+        listing = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        for upload in listing.get("Uploads", []):
+            if upload["Key"] == key:
+                await self.parts.abort(key, upload["UploadId"])
+        await self.table.drop(upload_id)
+        await self.parts.delete_prefixed(key + ".")
+        await self.parts.delete_keys([key])
 
     async def free_bytes(self) -> int | None:
         return None
 
     async def probe(self) -> None:
+        await self.call(self._probe())
+
+    async def _probe(self) -> None:
         # The bucket (some stores create a missing one on the first PUT), then a write: a
         # bucket that answers but takes no writes (read-only credentials, a full cluster)
-        # is not ready. No upload id starts with a dot.
+        # is not ready. No upload id starts with a dot. Then the part table's database.
         key = f"{self.prefix}.ready-{secrets.token_hex(8)}"
         try:
             await self._client.head_bucket(Bucket=self.bucket)
@@ -307,17 +302,19 @@ class S3Blobs:
         except Exception as exc:
             reason = client_error_code(exc) or type(exc).__name__
             raise StorageUnavailable(f"the object store takes no writes: {reason}") from exc
+        await self.table.load("probe")
 
     async def close(self) -> None:
-        await self._stack.aclose()
+        try:
+            await self._loop.call(self._stack.aclose())
+        finally:
+            self._loop.stop()
 
     # abilities -------------------------------------------------------------------------
 
     async def concatenate(self, upload_id: str, part_ids: Sequence[str]) -> None:
-        try:
-            await concatenate(self.parts, self.spool_dir, upload_id, part_ids)
-        except Exception as exc:
-            raise s3_failure(exc) from exc
+        self.parts.key(upload_id)
+        await self.call(concatenate(self.parts, self.table, self.spool_dir, upload_id, part_ids))
 
     async def presign_download(
         self, upload_id: str, *, expires_in: int, filename: str | None
@@ -325,8 +322,8 @@ class S3Blobs:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.parts.key(upload_id)}
         if filename is not None:
             params["ResponseContentDisposition"] = _attachment(filename)
-        url: str = await self._client.generate_presigned_url(
-            "get_object", Params=params, ExpiresIn=expires_in
+        url: str = await self.call(
+            self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
         )
         return url
 

@@ -3,27 +3,31 @@
 Target part ``n`` covers bytes ``[(n-1)·P, n·P)`` of the concatenation. A part that lies
 inside one finished source is copied by the store itself (UploadPartCopy with a source
 range); a part that spans sources (small tus partials, a boundary) is assembled from
-ranged GETs into a spool file and uploaded, so at most one part is ever on local disk.
+ranged GETs into a spool file and uploaded; at most four parts are copied or assembled
+at once.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 from freight.errors import UploadNotFound
 from freight.storage.s3_parts import S3Parts
-from freight.storage.s3_state import PartTable
+from freight.storage.s3_table import BlobTable, PartRow, PartTable
+from freight.storage.s3_writer import bounded
+
+# Copies the store makes at once (each holds at most one assembled part on local disk).
+PARALLEL_COPIES = 4
 
 __all__ = ["concatenate"]
 
 
 async def concatenate(
-    parts: S3Parts, spool_dir: Path, upload_id: str, sources: Sequence[str]
+    parts: S3Parts, tables: PartTable, spool_dir: Path, upload_id: str, sources: Sequence[str]
 ) -> None:
-    state_key = parts.state_key(upload_id)
-    table = await parts.tables.load(state_key)
+    table = await tables.load(upload_id)
     if table is None:
         raise UploadNotFound("no such upload")
     spans: list[tuple[str, int, int]] = []  # source key, start in the result, size
@@ -36,7 +40,7 @@ async def concatenate(
             spans.append((key, total, size))
             total += size
     size = table.part_size
-    uploaded: dict[int, tuple[str, int]] = {}
+    jobs: list[Awaitable[PartRow]] = []
     for index in range((total + size - 1) // size):
         lo, hi = index * size, min(total, (index + 1) * size)
         pieces = [
@@ -45,20 +49,15 @@ async def concatenate(
             if start < hi and lo < start + length
         ]
         if len(pieces) == 1:
-            etag = await _copy_part(parts, upload_id, table, index + 1, pieces[0])
+            jobs.append(_copy_part(parts, upload_id, table, index + 1, pieces[0]))
         else:
-            etag = await _assemble(parts, spool_dir, upload_id, table, index + 1, pieces)
-        uploaded[index + 1] = (etag, hi - lo)
-
-    def record(fresh: PartTable) -> None:
-        fresh.parts.update(uploaded)
-
-    await parts.tables.update(state_key, record)
+            jobs.append(_assemble(parts, spool_dir, upload_id, table, index + 1, pieces))
+    await tables.record(upload_id, parts=await bounded(jobs, PARALLEL_COPIES))
 
 
 async def _copy_part(
-    parts: S3Parts, upload_id: str, table: PartTable, number: int, piece: tuple[str, int, int]
-) -> str:
+    parts: S3Parts, upload_id: str, table: BlobTable, number: int, piece: tuple[str, int, int]
+) -> PartRow:
     key, offset, length = piece
     response = await parts.client.upload_part_copy(
         Bucket=parts.bucket,
@@ -68,17 +67,19 @@ async def _copy_part(
         CopySource={"Bucket": parts.bucket, "Key": key},
         CopySourceRange=f"bytes={offset}-{offset + length - 1}",
     )
-    return str(response["CopyPartResult"]["ETag"])
+    # The store copied the bytes without freight seeing them: no checksum to record (the
+    # engine's SHA-256 of the whole blob still covers them).
+    return PartRow(number, length, str(response["CopyPartResult"]["ETag"]), b"")
 
 
 async def _assemble(
     parts: S3Parts,
     spool_dir: Path,
     upload_id: str,
-    table: PartTable,
+    table: BlobTable,
     number: int,
     pieces: list[tuple[str, int, int]],
-) -> str:
+) -> PartRow:
     path = spool_dir / f"{upload_id}.concat.{number}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -87,6 +88,6 @@ async def _assemble(
         for key, offset, length in pieces:
             await parts.download(key, offset, length, fd, at)
             at += length
-        return await parts.upload_part(upload_id, table, number, fd, at)
+        return await parts.upload_part(upload_id, table.upload, number, fd, at)
     finally:
         os.close(fd)

@@ -1,21 +1,31 @@
 """Small I/O pieces of the S3 blob store: a file window as a request body, a reader of
-finished objects, and the bridge from worker threads to the store's event loop."""
+finished objects, and the store's own event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from freight.errors import FreightError, UploadNotFound
-from freight.storage.s3_state import client_error_code
 
-__all__ = ["LoopBridge", "S3Reader", "WindowReader", "s3_failure"]
+__all__ = ["S3Reader", "StoreLoop", "WindowReader", "client_error_code", "s3_failure"]
 
 T = TypeVar("T")
+
+
+def client_error_code(exc: BaseException) -> str | None:
+    """The S3 error code of a botocore ``ClientError`` (``None`` for anything else)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    return str(code) if code is not None else None
 
 
 def s3_failure(exc: BaseException) -> FreightError:
@@ -28,24 +38,44 @@ def s3_failure(exc: BaseException) -> FreightError:
     return FreightError(f"the object store failed: {code or type(exc).__name__}")
 
 
-class LoopBridge:
-    """Runs coroutines on the store's event loop for callers in worker threads.
+class StoreLoop:
+    """An event loop in a thread of its own, where the store's clients live.
 
-    aiobotocore's client belongs to the loop that created it; the engine calls writers and
-    readers from worker threads. Each call is handed to that loop with
-    ``run_coroutine_threadsafe`` and the worker blocks on the result. Called on the loop's
-    own thread it would wait for itself forever, so that is refused.
+    The engine calls writers and readers from worker threads of its loop's default
+    executor, and they wait for uploads. aiohttp reads a request body from a file in the
+    default executor of *its* loop: on the engine's loop a few waiting writers would take
+    every thread those reads need, and nothing would move again. On this loop the reads
+    get an executor no writer ever waits in. Coroutines are handed over with
+    ``run_coroutine_threadsafe``: awaited from the engine's loop (:meth:`call`), or
+    waited for by a worker thread (:meth:`run`); a blocking wait from a thread running an
+    event loop is refused.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self._loop = loop
+    def __init__(self, timeout: float) -> None:
         self._timeout = timeout
-        self._loop_thread = threading.get_ident()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="freight-s3", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Await ``coroutine`` on the store's loop (from any other loop)."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        return await asyncio.wrap_future(future)
 
     def run(self, make: Callable[..., Awaitable[T]], *args: Any) -> T:
-        if threading.get_ident() == self._loop_thread:
+        return self.wait(self.submit(make, *args))
+
+    def submit(self, make: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
+        """Start ``make(*args)`` on the store's loop; :meth:`wait` for its result."""
+        if _in_event_loop():
             raise RuntimeError("S3 writers and readers must be called from worker threads")
-        future = asyncio.run_coroutine_threadsafe(_as_coroutine(make, *args), self._loop)
+        return asyncio.run_coroutine_threadsafe(_as_coroutine(make, *args), self.loop)
+
+    def wait(self, future: Future[T]) -> T:
         try:
             return future.result(self._timeout)
         except TimeoutError as exc:
@@ -53,6 +83,19 @@ class LoopBridge:
             raise FreightError("the object store did not answer in time") from exc
         except Exception as exc:
             raise s3_failure(exc) from exc
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def _as_coroutine(make: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -64,7 +107,8 @@ class WindowReader(io.RawIOBase):
 
     Reads go through ``os.preadv`` into the caller's buffer, so a part streams from the spool
     file in the HTTP client's small chunks (in its executor) and never sits in memory whole.
-    The descriptor stays the caller's.
+    The SHA-256 of the window is taken as it streams (no second pass over the bytes); a
+    retry seeks back to 0 and starts it again. The descriptor stays the caller's.
     """
 
     def __init__(self, fd: int, start: int, size: int) -> None:
@@ -73,6 +117,8 @@ class WindowReader(io.RawIOBase):
         self._start = start
         self._size = size
         self._pos = 0
+        self._hash = hashlib.sha256()
+        self._hashed = 0
 
     def readable(self) -> bool:
         return True
@@ -86,6 +132,8 @@ class WindowReader(io.RawIOBase):
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
         self._pos = max(0, base + offset)
+        if self._pos == 0:
+            self._hash, self._hashed = hashlib.sha256(), 0
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
@@ -99,8 +147,22 @@ class WindowReader(io.RawIOBase):
             # which the table never counts as received bytes.
             view[:want] = bytes(want)
             got = want
+        if self._pos == self._hashed:
+            self._hash.update(view[:got])
+            self._hashed += got
         self._pos += got
         return got
+
+    def sha256(self) -> bytes:
+        """The SHA-256 of the window (read again if the client skipped around in it)."""
+        if self._hashed == self._size:
+            return self._hash.digest()
+        digest = hashlib.sha256()
+        self.seek(0)
+        buffer = bytearray(1 << 20)
+        while got := self.readinto(buffer):
+            digest.update(memoryview(buffer)[:got])
+        return digest.digest()
 
     def __len__(self) -> int:
         return self._size - self._pos
@@ -109,7 +171,7 @@ class WindowReader(io.RawIOBase):
 class S3Reader:
     """A finished object read with ranged GETs into the caller's buffer."""
 
-    def __init__(self, bridge: LoopBridge, client: Any, bucket: str, key: str, size: int):
+    def __init__(self, bridge: StoreLoop, client: Any, bucket: str, key: str, size: int):
         self._bridge = bridge
         self._client = client
         self._bucket = bucket

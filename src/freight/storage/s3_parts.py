@@ -1,5 +1,5 @@
-"""The objects of S3 blobs: keys, the part table, parts and fragments (every call here
-runs on the store's event loop; see :mod:`freight.storage.s3_blobs` for the layout)."""
+"""The objects of S3 blobs: keys, parts and pieces (every call here runs on the store's
+event loop; see :mod:`freight.storage.s3_blobs` for the layout)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 from freight.core.rangeset import RangeSet
 from freight.errors import FreightError, UploadNotFound
-from freight.storage.s3_io import WindowReader
-from freight.storage.s3_state import PartTable, TableStore, client_error_code
+from freight.storage.s3_io import WindowReader, client_error_code
+from freight.storage.s3_table import BlobTable, PartRow, PieceRow
 
 __all__ = ["MISSING", "S3Parts"]
 
@@ -25,54 +25,54 @@ class S3Parts:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
-        self.tables = TableStore(client, bucket)
 
     def key(self, upload_id: str) -> str:
         if not _ID.fullmatch(upload_id):
             raise UploadNotFound("no such upload")
         return self.prefix + upload_id
 
-    def state_key(self, upload_id: str) -> str:
-        return self.key(upload_id) + ".state"
+    def piece_key(self, upload_id: str, start: int, end: int) -> str:
+        return f"{self.key(upload_id)}.piece.{start}-{end}"
 
-    def frag_key(self, upload_id: str, start: int, end: int) -> str:
-        return f"{self.key(upload_id)}.frag.{start}-{end}"
+    # parts and pieces ------------------------------------------------------------------
 
-    # parts and fragments ---------------------------------------------------------------
-
-    async def put_fragment(self, upload_id: str, fd: int, at: int, start: int, end: int) -> None:
+    async def put_piece(self, upload_id: str, fd: int, at: int, start: int, end: int) -> PieceRow:
+        """Store bytes ``[start, end)`` of the blob, found at ``at`` of ``fd``."""
+        body = WindowReader(fd, at, end - start)
         await self.client.put_object(
             Bucket=self.bucket,
-            Key=self.frag_key(upload_id, start, end),
-            Body=WindowReader(fd, at, end - start),
+            Key=self.piece_key(upload_id, start, end),
+            Body=body,
             ContentLength=end - start,
         )
+        return PieceRow(start, end, body.sha256())
 
     async def upload_part(
-        self, upload_id: str, table: PartTable, number: int, fd: int, size: int
-    ) -> str:
+        self, upload_id: str, multipart: str, number: int, fd: int, size: int
+    ) -> PartRow:
+        """Upload the first ``size`` bytes of ``fd`` as part ``number``."""
+        body = WindowReader(fd, 0, size)
         response = await self.client.upload_part(
             Bucket=self.bucket,
             Key=self.key(upload_id),
-            UploadId=table.upload,
+            UploadId=multipart,
             PartNumber=number,
-            Body=WindowReader(fd, 0, size),
+            Body=body,
             ContentLength=size,
         )
-        return str(response["ETag"])
+        return PartRow(number, size, str(response["ETag"]), body.sha256())
 
-    async def fetch_fragments(
-        self, upload_id: str, table: PartTable, fd: int, base: int, wanted: RangeSet
+    async def fetch_pieces(
+        self, upload_id: str, table: BlobTable, fd: int, base: int, wanted: RangeSet
     ) -> None:
-        """Download the ``wanted`` absolute ranges from fragments into ``fd`` (which holds
+        """Download the ``wanted`` absolute ranges from pieces into ``fd`` (which holds
         bytes from ``base``)."""
-        for start, end in table.frags:
+        for piece in table.pieces:
             for want_start, want_end in wanted:
-                lo, hi = max(start, want_start), min(end, want_end)
+                lo, hi = max(piece.start, want_start), min(piece.end, want_end)
                 if lo < hi:
-                    await self.download(
-                        self.frag_key(upload_id, start, end), lo - start, hi - lo, fd, lo - base
-                    )
+                    key = self.piece_key(upload_id, piece.start, piece.end)
+                    await self.download(key, lo - piece.start, hi - lo, fd, lo - base)
 
     async def download(self, key: str, offset: int, size: int, fd: int, at: int) -> None:
         response = await self.client.get_object(
@@ -82,7 +82,7 @@ class S3Parts:
             while size > 0:
                 chunk = await body.read(min(size, 1 << 20))
                 if not chunk:
-                    raise FreightError("a fragment of the blob is shorter than recorded")
+                    raise FreightError("a piece of the blob is shorter than recorded")
                 # Page-cache writes of at most 1 MiB: brief enough for the loop thread.
                 view = memoryview(chunk)
                 while view:

@@ -1,6 +1,6 @@
 """The local spool of S3 blobs: one sparse file per part, shared by an upload's writers on
 this node and kept a while after the last one closes, so the next request of a sequential
-upload finds its part's earlier bytes here instead of downloading its fragments back."""
+upload finds its part's earlier bytes here instead of downloading its pieces back."""
 
 from __future__ import annotations
 
@@ -29,10 +29,19 @@ class Spool:
         self.users = 0
         self._fds: dict[int, int] = {}
         self._valid: dict[int, RangeSet] = {}
+        # Parts this node uploaded whole (their files are gone) and ones on their way.
+        self._uploaded: set[int] = set()
+        self._shipping: set[int] = set()
+        # Writers holding unsynced bytes, per part: such a part's file must stay.
+        self._pending: dict[int, int] = {}
 
-    def write(self, index: int, within: int, view: memoryview, start: int) -> None:
-        """Write ``view`` at ``within`` of part ``index`` (absolute offset ``start``)."""
+    def write(self, index: int, within: int, view: memoryview, start: int) -> bool:
+        """Write ``view`` at ``within`` of part ``index`` (absolute offset ``start``);
+        ``False`` (nothing written) when the part is uploaded already: bytes written at
+        an offset again are the same bytes."""
         with self.lock:
+            if index in self._uploaded:
+                return False
             fd = self._fd(index)
             at = within
             try:
@@ -43,6 +52,54 @@ class Spool:
             except OSError as exc:
                 raise storage_os_error(exc) from exc
             self._valid.setdefault(index, RangeSet()).add(start, start + at - within)
+            return True
+
+    def start_ship(self, index: int, start: int, end: int) -> bool:
+        """Whether part ``index`` (bytes ``[start, end)``) is all here and nobody is
+        uploading it yet; if so the caller uploads it and calls :meth:`shipped`."""
+        with self.lock:
+            if index in self._uploaded or index in self._shipping:
+                return False
+            valid = self._valid.get(index)
+            if valid is None or not valid.covers(start, end):
+                return False
+            self._shipping.add(index)
+            return True
+
+    def shipped(self, index: int, uploaded: bool) -> None:
+        with self.lock:
+            self._shipping.discard(index)
+            if uploaded:
+                self._uploaded.add(index)
+                self._drop(index)
+
+    def pend(self, index: int, change: int) -> None:
+        with self.lock:
+            count = self._pending.get(index, 0) + change
+            if count > 0:
+                self._pending[index] = count
+            else:
+                self._pending.pop(index, None)
+
+    def dup_if_covers(self, index: int, start: int, end: int) -> int | None:
+        """A descriptor of part ``index``'s file if it holds bytes ``[start, end)``."""
+        with self.lock:
+            valid = self._valid.get(index)
+            if valid is None or not valid.covers(start, end):
+                return None
+            return os.dup(self._fd(index))
+
+    def drop_partials(self, keep: int) -> None:
+        """Remove the files of parts other than ``keep`` that no writer has unsynced
+        bytes in and nobody is uploading (what they hold is stored as pieces)."""
+        with self.lock:
+            for index in list(self._fds):
+                if index != keep and index not in self._pending and index not in self._shipping:
+                    self._drop(index)
+
+    def is_uploaded(self, index: int) -> bool:
+        with self.lock:
+            return index in self._uploaded
 
     def mark_valid(self, index: int, start: int, end: int) -> None:
         with self.lock:
@@ -57,13 +114,12 @@ class Spool:
         with self.lock:
             return os.dup(self._fd(index))
 
-    def drop(self, index: int) -> None:
-        with self.lock:
-            fd = self._fds.pop(index, None)
-            if fd is not None:
-                os.close(fd)
-            (self.path / str(index)).unlink(missing_ok=True)
-            self._valid.pop(index, None)
+    def _drop(self, index: int) -> None:
+        fd = self._fds.pop(index, None)
+        if fd is not None:
+            os.close(fd)
+        (self.path / str(index)).unlink(missing_ok=True)
+        self._valid.pop(index, None)
 
     def size(self) -> int:
         with self.lock:
@@ -114,6 +170,10 @@ class SpoolCache:
             if spool is not None:
                 spool.users -= 1
             self._trim()
+
+    def peek(self, upload_id: str) -> Spool | None:
+        with self._lock:
+            return self._spools.get(upload_id)
 
     def forget(self, upload_id: str) -> None:
         """The upload is finished or deleted: its spool is of no more use (writers still

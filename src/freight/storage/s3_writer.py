@@ -1,125 +1,222 @@
-"""The writer of one unfinished S3 blob: bytes land in the local spool and are made durable
-in the bucket by :meth:`S3Writer.sync` (see :mod:`freight.storage.s3_blobs` for the design)."""
+"""The writer of one unfinished S3 blob: bytes land in the local spool, a part is uploaded
+as soon as it is complete here, and :meth:`S3Writer.sync` makes the rest durable in the
+bucket (see :mod:`freight.storage.s3_blobs` for the design)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TypeVar
 
 from freight._types import Buffer
 from freight.core.rangeset import RangeSet
-from freight.errors import FreightError
-from freight.storage.s3_io import LoopBridge
+from freight.errors import FreightError, UploadNotFound
+from freight.storage.s3_io import StoreLoop
 from freight.storage.s3_parts import S3Parts
 from freight.storage.s3_spool import Spool
-from freight.storage.s3_state import PartTable
+from freight.storage.s3_table import BlobTable, PartRow, PartTable, PieceRow
 
-__all__ = ["FinishedWriter", "S3Writer"]
+__all__ = ["FinishedWriter", "S3Writer", "WriterContext", "bounded"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WriterContext:
+    """What every writer of one store shares."""
+
+    parts: S3Parts
+    table: PartTable
+    bridge: StoreLoop
+    release: Callable[[str], None]
+    # Part uploads one writer keeps in flight (each streams from its own spool file).
+    parallel: int
 
 
 class S3Writer:
-    """Writes at any offset into the upload's spool; ``sync`` uploads what is new.
+    """Writes at any offset into the upload's spool.
 
-    A part whose bytes are all here (in this node's spool, or stored as fragments by any
-    node) is uploaded whole; the new bytes of any other part are stored as fragment objects.
-    Either way they are in the bucket, recorded in the part table, when ``sync`` returns.
+    A part complete in this node's spool is uploaded at once, while writing goes on (at
+    most ``parallel`` in flight; one more waits), and recorded in the part table. ``sync``
+    waits for those, then for each other part with new bytes uploads it whole if it can be
+    completed (from the spool and pieces stored by any node), else stores its new ranges
+    as pieces; the parts and pieces are recorded in one transaction before it returns.
     """
 
     def __init__(
-        self,
-        parts: S3Parts,
-        bridge: LoopBridge,
-        release: Callable[[str], None],
-        upload_id: str,
-        spool: Spool,
-        part_size: int,
+        self, context: WriterContext, upload_id: str, spool: Spool, table: BlobTable
     ) -> None:
-        self._parts = parts
-        self._bridge = bridge
-        self._release = release
+        self._ctx = context
         self._id = upload_id
         self._spool = spool
-        self._part_size = part_size
+        self._multipart = table.upload
+        self._part_size = table.part_size
+        # Parts uploaded whole when the writer opened: a rewrite carries the same bytes.
+        self._whole = {number - 1 for number in table.parts if table.has_whole(number)}
         self._lock = threading.Lock()
         # Absolute ranges per part index (0-based) written by this writer since its sync.
         self._dirty: dict[int, RangeSet] = {}
+        self._inflight: list[Future[None]] = []
         self._closed = False
 
     def write_at(self, offset: int, data: Buffer) -> None:
         view = memoryview(data).cast("B")
+        size = self._part_size
         with self._lock:
             if self._closed:
                 raise FreightError("write to a closed blob writer")
             done = 0
             while done < len(view):
                 at = offset + done
-                index, within = divmod(at, self._part_size)
-                take = min(self._part_size - within, len(view) - done)
-                self._spool.write(index, within, view[done : done + take], at)
-                self._dirty.setdefault(index, RangeSet()).add(at, at + take)
+                index, within = divmod(at, size)
+                take = min(size - within, len(view) - done)
+                if index not in self._whole and self._spool.write(
+                    index, within, view[done : done + take], at
+                ):
+                    dirty = self._dirty.get(index)
+                    if dirty is None:
+                        dirty = self._dirty[index] = RangeSet()
+                        self._spool.pend(index, 1)
+                    dirty.add(at, at + take)
+                    if self._spool.start_ship(index, index * size, (index + 1) * size):
+                        self._ship(index)
                 done += take
+
+    def _ship(self, index: int) -> None:
+        while len(self._inflight) >= self._ctx.parallel:
+            self._ctx.bridge.wait(self._inflight.pop(0))
+        self._inflight.append(self._ctx.bridge.submit(self._upload_shipped, index))
+
+    async def _upload_shipped(self, index: int) -> None:
+        uploaded = False
+        fd = self._spool.dup(index)
+        try:
+            row = await self._ctx.parts.upload_part(
+                self._id, self._multipart, index + 1, fd, self._part_size
+            )
+            await self._ctx.table.record(self._id, parts=[row])
+            uploaded = True
+        finally:
+            os.close(fd)
+            self._spool.shipped(index, uploaded)
+
+    def _drain(self) -> None:
+        """Wait for every part upload in flight; raise the first failure."""
+        inflight, self._inflight = self._inflight, []
+        failure: Exception | None = None
+        for future in inflight:
+            try:
+                self._ctx.bridge.wait(future)
+            except Exception as exc:  # the rest are waited for first
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def sync(self) -> None:
         with self._lock:
+            self._drain()
             if not self._dirty:
                 return
-            self._bridge.run(self._sync)
-            self._dirty.clear()
+            self._ctx.bridge.run(self._sync)
+            last = max(self._dirty)
+            self._settle()
+            # Synced partial parts are pieces in the bucket now; the spool keeps the last
+            # (a sequential upload's tail, completed by its next request) and lets the
+            # rest go, so writes in any order cannot pile up partial parts on disk.
+            self._spool.drop_partials(keep=last)
+
+    def _settle(self) -> None:
+        for index in self._dirty:
+            self._spool.pend(index, -1)
+        self._dirty.clear()
 
     async def _sync(self) -> None:
-        parts = self._parts
-        table = await parts.tables.load(parts.state_key(self._id))
+        table = await self._ctx.table.load(self._id)
         if table is None:
-            raise FreightError("the blob's part table is gone (deleted or finished)")
-        uploaded: dict[int, tuple[str, int]] = {}
-        new_frags: list[tuple[int, int]] = []
-        stored = table.fragment_ranges()
+            raise UploadNotFound("the blob's part table is gone (deleted or finished)")
+        stored = table.piece_ranges()
+        wholes: list[Awaitable[PartRow]] = []
+        pieces: list[Awaitable[PieceRow]] = []
         for index, dirty in sorted(self._dirty.items()):
-            number = index + 1
-            if table.parts.get(number, ("", 0))[1] == self._part_size:
-                continue  # already uploaded whole; a rewrite carries the same bytes
+            if self._spool.is_uploaded(index) or table.has_whole(index + 1):
+                continue  # a rewrite carries the same bytes
             start = index * self._part_size
             have = self._spool.valid(index)
             for a, b in stored:
                 have.add(a, b)
-            fd = self._spool.dup(index)
-            try:
-                if have.covers(start, start + self._part_size):
-                    uploaded[number] = await self._upload_whole(index, table, fd)
-                else:
-                    for a, b in dirty:
-                        await parts.put_fragment(self._id, fd, a - start, a, b)
-                        new_frags.append((a, b))
-            finally:
-                os.close(fd)
+            if have.covers(start, start + self._part_size):
+                wholes.append(self._complete(index, table))
+            else:
+                pieces.extend(self._put_piece(index, a, b) for a, b in dirty)
+        parts = await bounded(wholes, self._ctx.parallel)
+        new_pieces = await bounded(pieces, self._ctx.parallel)
+        try:
+            await self._ctx.table.record(self._id, parts, new_pieces)
+        except UploadNotFound:
+            # Deleted meanwhile: what was just stored would outlive it.
+            keys = [self._ctx.parts.piece_key(self._id, p.start, p.end) for p in new_pieces]
+            await self._ctx.parts.delete_keys(keys)
+            raise
+        for row in parts:
+            self._spool.shipped(row.number - 1, True)
 
-        def merge(fresh: PartTable) -> None:
-            fresh.parts.update(uploaded)
-            for a, b in new_frags:
-                fresh.add_frag(a, b)
+    async def _put_piece(self, index: int, start: int, end: int) -> PieceRow:
+        fd = self._spool.dup(index)
+        try:
+            return await self._ctx.parts.put_piece(
+                self._id, fd, start - index * self._part_size, start, end
+            )
+        finally:
+            os.close(fd)
 
-        await parts.tables.update(parts.state_key(self._id), merge)
-        for number in uploaded:
-            self._spool.drop(number - 1)
-
-    async def _upload_whole(self, index: int, table: PartTable, fd: int) -> tuple[str, int]:
+    async def _complete(self, index: int, table: BlobTable) -> PartRow:
+        """Upload part ``index`` whole, its missing bytes fetched from pieces first."""
         start = index * self._part_size
         end = start + self._part_size
         missing = RangeSet([(start, end)])
         for a, b in self._spool.valid(index):
             missing = _subtract(missing, a, b)
-        await self._parts.fetch_fragments(self._id, table, fd, start, missing)
-        self._spool.mark_valid(index, start, end)
-        etag = await self._parts.upload_part(self._id, table, index + 1, fd, self._part_size)
-        return etag, self._part_size
+        fd = self._spool.dup(index)
+        try:
+            await self._ctx.parts.fetch_pieces(self._id, table, fd, start, missing)
+            self._spool.mark_valid(index, start, end)
+            return await self._ctx.parts.upload_part(
+                self._id, self._multipart, index + 1, fd, self._part_size
+            )
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._release(self._id)
+            # A failed upload was never recorded: its bytes are sent again.
+            with contextlib.suppress(Exception):
+                self._drain()
+            self._settle()
+        self._ctx.release(self._id)
+
+
+async def bounded(jobs: Sequence[Awaitable[T]], limit: int) -> list[T]:
+    """Await ``jobs`` with at most ``limit`` running; every one ends before the first
+    failure is raised."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Awaitable[T]) -> T:
+        async with gate:
+            return await job
+
+    results = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [result for result in results if not isinstance(result, BaseException)]
 
 
 class FinishedWriter:
