@@ -39,6 +39,7 @@ from freight.server.logs import (
     TrustedProxies,
     configure_logging,
 )
+from freight.server.memory import limit_heap_arenas
 from freight.server.metrics import (
     METRICS,
     metrics_middleware,
@@ -301,4 +302,5 @@ def run_server(config: ServerConfig) -> None:
     Raises :class:`StartupError` when the server cannot start as configured.
     """
     configure_logging(config.log_level, config.log_format)
+    limit_heap_arenas()
     asyncio.run(serve(config))

@@ -48,6 +48,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from freight.core import UploadEngine, UploadSession, UploadWriter
+from freight.core.blobs import PartSized
 from freight.core.writer import RequestChecksum
 from freight.errors import (
     BadRequest,
@@ -187,8 +188,13 @@ async def _read_json(request: web.Request) -> object:
 async def create_upload(request: web.Request) -> web.Response:
     request[PROTOCOL_KEY] = "chunks"
     wanted = parse_create_request(await _read_json(request))
-    chunk_size = POLICY.choose(wanted.size, wanted.chunk_size)
-    session = await request.app[ENGINE].create(
+    engine = request.app[ENGINE]
+    if isinstance(engine.blobs, PartSized):
+        # A chunk is one of the store's parts: parallel chunks go straight to parts.
+        chunk_size = engine.blobs.part_size
+    else:
+        chunk_size = POLICY.choose(wanted.size, wanted.chunk_size)
+    session = await engine.create(
         length=wanted.size,
         metadata={"filename": wanted.name},
         client=request_client(request),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from pathlib import Path
 
 from freight.config import ServerConfig, fleet_limits, parse_store
 from freight.core.ports import Backend
@@ -35,7 +34,7 @@ async def open_fleet(config: ServerConfig) -> Backend:
     spec = parse_store(config.store)
     assert spec.kind == "s3" and config.db is not None
     dsn, node = config.db, node_name()
-    spool = (config.spool_dir or config.data_dir / "spool") / "freight-spool"
+    staging = config.spool_dir or config.data_dir / "spool"
     async with contextlib.AsyncExitStack() as opened:
         sessions = await open_pg_sessions(dsn)
         opened.push_async_callback(sessions.close)
@@ -47,7 +46,8 @@ async def open_fleet(config: ServerConfig) -> Backend:
             bucket=spec.bucket,
             prefix=spec.prefix,
             region=config.s3_region,
-            spool_dir=Path(spool),
+            spool_dir=staging / "freight-spool",
+            botocore_data=staging / "botocore-data",
             open_table=lambda: open_pg_part_table(dsn),
             max_size=max_size,
             part_size=part_size,

@@ -73,6 +73,7 @@ Considerations
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import secrets
@@ -90,6 +91,7 @@ from freight.errors import FreightError, StorageUnavailable
 from freight.storage.s3_concat import concatenate
 from freight.storage.s3_finish import finish_blob
 from freight.storage.s3_io import S3Reader, StoreLoop, client_error_code, s3_failure
+from freight.storage.s3_models import lean_data_path
 from freight.storage.s3_parts import S3Parts
 from freight.storage.s3_spool import SpoolCache
 from freight.storage.s3_table import BlobTable, PartTable
@@ -171,9 +173,12 @@ class S3Blobs:
         max_connections: int = 16,
         spool_keep_bytes: int = DEFAULT_SPOOL_KEEP,
         call_timeout: float = 600.0,
+        botocore_data: Path | None = None,
     ) -> S3Blobs:
         """Open the store; ``open_table`` opens its part table (it runs on the store's
-        loop, where the table then lives)."""
+        loop, where the table then lives). ``botocore_data`` is where the lean copies of
+        botocore's data are kept (:mod:`.s3_models`: an S3 client then costs 3 MiB of
+        memory instead of 14); without it the client loads botocore's own."""
         part_size = checked_part_size(part_size, max_size)
         plain_http = endpoint.startswith("http://")
         config = AioConfig(
@@ -184,7 +189,12 @@ class S3Blobs:
             retries={"max_attempts": 4, "mode": "standard"},
             max_pool_connections=max_connections,
         )
-        session = get_session().create_client(
+        botocore_session = get_session()
+        if botocore_data is not None:
+            lean = await asyncio.to_thread(lean_data_path, botocore_data)
+            if lean is not None:
+                botocore_session.get_component("data_loader").search_paths.insert(0, str(lean))
+        session = botocore_session.create_client(
             "s3",
             endpoint_url=endpoint,
             region_name=region,

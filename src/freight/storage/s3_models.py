@@ -47,6 +47,8 @@ OPERATIONS = (
     "UploadPart",
     "UploadPartCopy",
 )
+# Bumped whenever what the lean copies hold changes, so older copies are not reused.
+_FORMAT = 2
 _DROPPED_KEYS = frozenset({"documentation", "documentationUrl", "examples"})
 
 
@@ -55,7 +57,7 @@ def lean_data_path(cache_root: Path) -> Path | None:
     None if it cannot be made (the client then loads botocore's own data)."""
     import botocore
 
-    target = cache_root / f"botocore-{botocore.__version__}"
+    target = cache_root / f"botocore-{botocore.__version__}-lean{_FORMAT}"
     if (target / "done").exists():
         return target
     try:
@@ -112,8 +114,13 @@ def _lean_model(model: dict[str, Any]) -> dict[str, Any]:
                 reach(operation[key]["shape"])
         for error in operation.get("errors", ()):
             reach(error["shape"])
-    lean = {**model, "operations": operations, "shapes": {n: shapes[n] for n in kept}}
-    return _undocumented(lean)  # type: ignore[no-any-return]
+    # Documentation goes from operations and shapes only: botocore reads it elsewhere (the
+    # client context parameters).
+    return {
+        **model,
+        "operations": _undocumented(operations),
+        "shapes": _undocumented({n: shapes[n] for n in kept}),
+    }
 
 
 def _undocumented(value: Any) -> Any:
