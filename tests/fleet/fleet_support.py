@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from tests.chaos.proxy import LinkProxy
 from tests.integration.helpers import PatternStream
 
-__all__ = ["Background", "Balancer", "RawReply", "ResumingClient", "wait_for"]
+__all__ = ["Background", "Balancer", "LinkLost", "RawReply", "ResumingClient", "wait_for"]
 
 PARTIAL = "application/partial-upload"
 OFFSET_STREAM = "application/offset+octet-stream"

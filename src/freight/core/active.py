@@ -33,8 +33,11 @@ class ActiveUploads:
         blobs: BlobStore,
         claims: ClaimRegistry,
         hashing: HashFollower,
+        *,
+        idle_cache: int = IDLE_CACHE,
     ) -> None:
         self.sessions = sessions
+        self.idle_cache = idle_cache
         self.blobs = blobs
         self.claims = claims
         self.hashing = hashing
@@ -94,7 +97,7 @@ class ActiveUploads:
             active.part.close()
             active.part = None
         idle = [key for key in self.by_id if not self.claims.held_here(key)]
-        for key in idle[: max(0, len(idle) - IDLE_CACHE)]:
+        for key in idle[: max(0, len(idle) - self.idle_cache)]:
             del self.by_id[key]
 
     def overlay(self, stored: Iterable[UploadSession]) -> list[UploadSession]:
