@@ -19,10 +19,13 @@ from tests.fleet.conftest import PART_SIZE, Fleet, MiB
 from tests.fleet.fleet_support import Background, Balancer, ResumingClient, wait_for
 from tests.integration.helpers import PatternStream, download
 
-SIZE = 24 * MiB + 321
+SIZE = 20 * MiB + 321
+# Off the part boundaries, far enough past one that the node has recorded that part by then
+# (it records at least once a part): what is sent again is the bytes since, at most.
+CUT_AT = 2 * PART_SIZE + 7 * MiB // 2
 # Room for what is not file bytes: request heads, WebSocket and TCP frame headers.
 FRAMING = 256 * 1024
-RATE = 8 * MiB  # per link, so the cut lands while bytes flow
+RATE = 6 * MiB  # per link, so the cut lands while bytes flow
 PATIENT = RetryPolicy(attempts=20, initial_delay=0.1, max_delay=0.5)
 TCP_LINE = re.compile(r"tcp listening on tcp://[^\s]+:(\d+)")
 
@@ -82,7 +85,7 @@ def test_a_cut_upload_resumes_through_another_node_sending_at_most_one_part_twic
             path = source.write_to(tmp_path / "cut.bin")
             url = f"tcp://127.0.0.1:{balancer.port}" if tcp else balancer.url
             client = Background(library_upload(protocol, path, url, tmp_path / "state"))
-        wait_for(lambda: balancer.sent >= SIZE // 2, 30, "half the file sent to node A")
+        wait_for(lambda: balancer.sent >= CUT_AT, 30, "bytes sent to node A")
         at_cut = balancer.switch(port_b)
         started = time.monotonic()
         result = client.join(90)
