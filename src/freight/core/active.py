@@ -3,7 +3,9 @@
 An upload takes memory only once a request touches it: :meth:`ActiveUploads.activate`
 loads it (restoring its running hash), and once nobody claims it any more its blob writer
 is closed and the longest idle beyond :data:`IDLE_CACHE` are dropped. What is in memory is
-newer than the repository, so listings show it instead of the stored record.
+newer than the repository, so listings show it instead of the stored record. Where other
+nodes write the same uploads (``idle_cache=0``) an upload is kept only while written here:
+an idle copy would go stale as soon as another node takes the upload on.
 """
 
 from __future__ import annotations
