@@ -4,7 +4,7 @@ An upload takes memory only once a request touches it: :meth:`ActiveUploads.acti
 loads it (restoring its running hash), and once nobody claims it any more its blob writer
 is closed and the longest idle beyond :data:`IDLE_CACHE` are dropped. What is in memory is
 newer than the repository, so listings show it instead of the stored record. Where other
-nodes write the same uploads (``idle_cache=0``) an upload is kept only while written here:
+nodes write the same uploads (``keep_idle=False``) an upload is kept only while written here:
 an idle copy would go stale as soon as another node takes the upload on.
 """
 
@@ -36,10 +36,10 @@ class ActiveUploads:
         claims: ClaimRegistry,
         hashing: HashFollower,
         *,
-        idle_cache: int = IDLE_CACHE,
+        keep_idle: bool = True,
     ) -> None:
         self.sessions = sessions
-        self.idle_cache = idle_cache
+        self.idle_cache = IDLE_CACHE if keep_idle else 0
         self.blobs = blobs
         self.claims = claims
         self.hashing = hashing

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 from freight.config import FsyncPolicy
-from freight.core.active import IDLE_CACHE, ActiveUploads, check_not_expired
+from freight.core.active import ActiveUploads, check_not_expired
 from freight.core.active_upload import ActiveUpload, persist, record
 from freight.core.admission import Admission
 from freight.core.blobs import BlobReader
@@ -111,9 +111,9 @@ class UploadEngine:
         )
         # Other nodes change what this one last saw of an upload nobody here writes: in a
         # fleet (claims shared through the backend) only uploads written here stay in memory.
-        idle_cache = 0 if backend.claims is not None else IDLE_CACHE
+        shared = backend.claims is not None
         self.uploads = ActiveUploads(
-            self.sessions, self.blobs, self.claims, self.hash_follower, idle_cache=idle_cache
+            self.sessions, self.blobs, self.claims, self.hash_follower, keep_idle=not shared
         )
         self.concat = Concatenator(self)
         self.writing = Writing(self)
