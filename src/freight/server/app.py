@@ -144,7 +144,7 @@ def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
     engine = UploadEngine(
         backend,
         fsync=config.fsync,
-        sync_every=sync_window(config),
+        sync_every=sync_window(config, backend),
         expire_after=config.expire_after,
         expire_unstarted=config.expire_unstarted,
         max_size=config.max_size,

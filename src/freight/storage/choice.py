@@ -43,7 +43,7 @@ async def open_backend(config: ServerConfig) -> Backend:
     return open_embedded(config)
 
 
-def sync_window(config: ServerConfig) -> int:
+def sync_window(config: ServerConfig, backend: Backend) -> int:
     """Bytes a writer takes between two records of its progress (``--sync-every``).
 
     In a fleet a client cut off from one node resumes through another from the last
@@ -52,6 +52,7 @@ def sync_window(config: ServerConfig) -> int:
     """
     if parse_store(config.store).kind != "s3":
         return config.sync_every
-    from freight.storage.fleet import part_size_for  # needs the "scale" extra
+    from freight.storage.s3_blobs import S3Blobs  # needs the "scale" extra
 
-    return min(config.sync_every, part_size_for(config.max_size, config.part_size))
+    assert isinstance(backend.blobs, S3Blobs)
+    return min(config.sync_every, backend.blobs.part_size)
