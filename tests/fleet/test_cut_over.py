@@ -40,11 +40,11 @@ def tcp_port(node: ServerProcess) -> int:
 
 
 def library_upload(
-    protocol: str, path: Path, url: str, state: Path
+    protocol: str, path: Path, url: str, state: Path, parallel: int = 4
 ) -> Callable[[], Coroutine[Any, Any, UploadResult]]:
     def start() -> Coroutine[Any, Any, UploadResult]:
         return UPLOADERS[protocol](
-            path, url, parallel=4, retry=PATIENT, resume_store=ResumeStore(state)
+            path, url, parallel=parallel, retry=PATIENT, resume_store=ResumeStore(state)
         )
 
     return start
