@@ -137,7 +137,8 @@ def _options(function: F) -> F:
             type=click.IntRange(min=1),
             default=DEFAULTS.sync_every,
             show_default=True,
-            help="With --fsync batch, bytes a long request may write between syncs.",
+            help="With --fsync batch, bytes a long request may write between syncs (at most"
+            " one part with an s3:// store: a client resumes through another node from there).",
         ),
         click.option(
             "--expire-after",

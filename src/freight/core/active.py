@@ -3,7 +3,9 @@
 An upload takes memory only once a request touches it: :meth:`ActiveUploads.activate`
 loads it (restoring its running hash), and once nobody claims it any more its blob writer
 is closed and the longest idle beyond :data:`IDLE_CACHE` are dropped. What is in memory is
-newer than the repository, so listings show it instead of the stored record.
+newer than the repository, so listings show it instead of the stored record. Where other
+nodes write the same uploads (``keep_idle=False``) an upload is kept only while written here:
+an idle copy would go stale as soon as another node takes the upload on.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ class ActiveUploads:
         blobs: BlobStore,
         claims: ClaimRegistry,
         hashing: HashFollower,
+        *,
+        keep_idle: bool = True,
     ) -> None:
         self.sessions = sessions
+        self.idle_cache = IDLE_CACHE if keep_idle else 0
         self.blobs = blobs
         self.claims = claims
         self.hashing = hashing
@@ -94,7 +99,7 @@ class ActiveUploads:
             active.part.close()
             active.part = None
         idle = [key for key in self.by_id if not self.claims.held_here(key)]
-        for key in idle[: max(0, len(idle) - IDLE_CACHE)]:
+        for key in idle[: max(0, len(idle) - self.idle_cache)]:
             del self.by_id[key]
 
     def overlay(self, stored: Iterable[UploadSession]) -> list[UploadSession]:

@@ -109,7 +109,12 @@ class UploadEngine:
         self.hash_follower = HashFollower(
             self.sessions, self.blobs, ReadBuffers(), self._spawn, enabled=hash_uploads
         )
-        self.uploads = ActiveUploads(self.sessions, self.blobs, self.claims, self.hash_follower)
+        # Other nodes change what this one last saw of an upload nobody here writes: in a
+        # fleet (claims shared through the backend) only uploads written here stay in memory.
+        shared = backend.claims is not None
+        self.uploads = ActiveUploads(
+            self.sessions, self.blobs, self.claims, self.hash_follower, keep_idle=not shared
+        )
         self.concat = Concatenator(self)
         self.writing = Writing(self)
         self.finishing = Finishing(self)

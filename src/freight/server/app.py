@@ -62,7 +62,7 @@ from freight.server.tcp import TcpServer, start_tcp_server
 from freight.server.tls import CertificateReloader
 from freight.server.tus import handle_tus
 from freight.server.ws import add_ws_routes
-from freight.storage.choice import open_backend, open_embedded
+from freight.storage.choice import open_backend, open_embedded, sync_window
 
 __all__ = ["create_app", "run_server"]
 
@@ -145,7 +145,7 @@ def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
     engine = UploadEngine(
         backend,
         fsync=config.fsync,
-        sync_every=config.sync_every,
+        sync_every=sync_window(config, backend),
         expire_after=config.expire_after,
         expire_unstarted=config.expire_unstarted,
         max_size=config.max_size,

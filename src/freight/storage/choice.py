@@ -15,7 +15,7 @@ from freight.storage.local import open_local
 from freight.storage.local_sessions import SqliteSessions
 from freight.storage.memory import MemoryBlobs
 
-__all__ = ["open_backend", "open_embedded"]
+__all__ = ["open_backend", "open_embedded", "sync_window"]
 
 _MEMORY_DB = "memory-store.db"
 
@@ -41,3 +41,18 @@ async def open_backend(config: ServerConfig) -> Backend:
 
         return await open_fleet(config)
     return open_embedded(config)
+
+
+def sync_window(config: ServerConfig, backend: Backend) -> int:
+    """Bytes a writer takes between two records of its progress (``--sync-every``).
+
+    In a fleet a client cut off from one node resumes through another from the last
+    record, so everything received since is sent again: a fleet records at least once a
+    part (what it ships to the bucket anyway), never a window of many parts.
+    """
+    if parse_store(config.store).kind != "s3":
+        return config.sync_every
+    from freight.storage.s3_blobs import S3Blobs  # needs the "scale" extra
+
+    assert isinstance(backend.blobs, S3Blobs)
+    return min(config.sync_every, backend.blobs.part_size)
