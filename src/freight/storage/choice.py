@@ -10,6 +10,7 @@ is a fleet's backend (:mod:`freight.storage.fleet`).
 from __future__ import annotations
 
 from freight.config import FsyncPolicy, ServerConfig, parse_store
+from freight.core.blobs import PartSized
 from freight.core.ports import Backend
 from freight.storage.local import open_local
 from freight.storage.local_sessions import SqliteSessions
@@ -46,13 +47,10 @@ async def open_backend(config: ServerConfig) -> Backend:
 def sync_window(config: ServerConfig, backend: Backend) -> int:
     """Bytes a writer takes between two records of its progress (``--sync-every``).
 
-    In a fleet a client cut off from one node resumes through another from the last
-    record, so everything received since is sent again: a fleet records at least once a
-    part (what it ships to the bucket anyway), never a window of many parts.
+    Where the store keeps parts (a fleet's bucket), a client cut off from one node resumes
+    through another from the last record, so everything received since would be sent
+    again: such a store records at least once a part (what it ships anyway).
     """
-    if parse_store(config.store).kind != "s3":
-        return config.sync_every
-    from freight.storage.s3_blobs import S3Blobs  # needs the "scale" extra
-
-    assert isinstance(backend.blobs, S3Blobs)
-    return min(config.sync_every, backend.blobs.part_size)
+    if isinstance(backend.blobs, PartSized):
+        return min(config.sync_every, backend.blobs.part_size)
+    return config.sync_every
