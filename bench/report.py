@@ -275,8 +275,8 @@ def render_markdown(results: Results, chart: str | None) -> str:
         f"{results.runs} round(s)",
         "",
         f"Run {when} on " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + ".",
-        "Regenerate with `make bench` (about 6 minutes; `make bench BENCH_ARGS=--large` for "
-        "4 GiB).",
+        "Regenerate with `make bench` (about 9 minutes; `make bench BENCH_ARGS=--large` for "
+        "4 GiB; `make bench-s3` for the S3 section alone).",
         "",
     ]
     if chart:
@@ -356,7 +356,7 @@ def _s3_section(results: Results) -> list[str]:
         [
             t.name,
             t.client,
-            _fmt(results.throughput(t.name)),
+            _fmt(results.throughput(t.name), 3),  # SeaweedFS keeps these near 0.1
             _fmt(results.cpu_per_gib(t.name)),
             _fmt(results.client_cpu_per_gib(t.name)),
             _fmt(results.store_cpu_per_gib(t.name)),

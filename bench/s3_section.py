@@ -133,16 +133,16 @@ def direct_upload(endpoint: str, bucket: str, source: Source, options: S3Options
 
 def _find_object(endpoint: str, bucket: str, before: dict[str, int], source: Source) -> str:
     """The key of the new object holding the source's bytes; waits a little for it."""
-    s3 = s3_client
     deadline = time.monotonic() + VISIBLE_WITHIN
     while True:
-        after = s3.list_objects(endpoint, bucket)
-        fresh = [k for k, size in after.items() if k not in before and size == source.size]
-        for key in fresh:
-            digest = s3.object_sha256(endpoint, bucket, key)
+        after = s3_client.list_objects(endpoint, bucket)
+        fresh = sorted(k for k, size in after.items() if k not in before and size == source.size)
+        digests = {key: s3_client.object_sha256(endpoint, bucket, key) for key in fresh}
+        for key, digest in digests.items():
             if digest == source.sha256:
-                return str(key)
-            raise ClientError(f"object {key} has SHA-256 {digest}, not the source's")
+                return key
+        if digests:
+            raise ClientError(f"no new object has the source's SHA-256: {digests}")
         if time.monotonic() > deadline:
             raise ClientError(f"no new object of {source.size} B in bucket {bucket}")
         time.sleep(0.5)
