@@ -392,7 +392,7 @@ def run_bench(options: Options) -> Results:
         if "cgroup" in options.sections:
             bench.cgroup_uploads(stack, source)
         if "s3" in options.sections:
-            s3_options = S3Options(options.runs, part_size=options.s3_part_size)
+            s3_options = S3Options(options.runs, part_size=options.s3_part_size, only=options.only)
             run_s3_section(results, work, source, s3_options, log)
     results.machine["load average"] += f" at the start, {_load()} at the end"
     results.notes.extend(report.method_notes(options.smoke))

@@ -4,7 +4,8 @@ One SeaweedFS (``weed mini``) and one PostgreSQL are started for the section, wi
 per target, and then:
 
 - **freight node**: ``freight serve --store s3://BUCKET/bench --db ... --part-size P``
-  receiving one tus PATCH of the whole file from curl (its spool is its data directory);
+  receiving one tus PATCH of the whole file from curl (its spool is its data directory),
+  and the same file by ``freight send --protocol chunks --parallel 4`` (a chunk is a part);
 - **direct**: the same bytes sent straight to the store by ``python -m bench.s3_client put``,
   an aiobotocore multipart upload of P-byte parts, a few in flight: the ceiling;
 - **@tus/server + @tus/s3-store** (``bench/node/tus_s3_server.mjs``, P-byte parts staged in
@@ -57,6 +58,7 @@ from bench.suite import Source, delete_from_freight, transfer_timeout
 __all__ = [
     "DIRECT",
     "FREIGHT",
+    "FREIGHT_CHUNKS",
     "SECTION",
     "TARGETS",
     "TUS_S3",
@@ -66,9 +68,10 @@ __all__ = [
 
 SECTION = "s3"
 FREIGHT = "S3: freight tus PATCH"
+FREIGHT_CHUNKS = "S3: freight chunks x4"
 DIRECT = "S3: direct aiobotocore multipart"
 TUS_S3 = "S3: @tus/server + s3-store PATCH"
-TARGETS = (FREIGHT, DIRECT, TUS_S3)
+TARGETS = (FREIGHT, FREIGHT_CHUNKS, DIRECT, TUS_S3)
 BUCKETS = {FREIGHT: "bench-freight", DIRECT: "bench-direct", TUS_S3: "bench-tus"}
 KEYS = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
 # How long a finished object may take to appear after the client's last answer.
@@ -82,6 +85,10 @@ class S3Options:
     runs: int
     part_size: int = 8 * MiB
     concurrency: int = 4  # the direct uploader's parts in flight
+    only: tuple[str, ...] = ()  # targets whose names hold one of these (all when empty)
+
+    def wanted(self, name: str) -> bool:
+        return not self.only or any(part in name for part in self.only)
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,8 @@ def measure_s3_upload(run: int, row: Row, store: Peer, source: Source) -> Sample
         location = transfer.location
         end, store_end = snapshot(watched.pid), snapshot(store.pid)
         client_end = children_cpu_seconds()
+        if transfer.sha256 and transfer.sha256 != source.sha256:
+            raise ClientError(f"the client reported SHA-256 {transfer.sha256}")
         _find_object(store.url, row.bucket, before, source)
         return Sample(
             name,
@@ -207,12 +216,16 @@ def _rows(
             work, "batch", name="freight-s3", tcp=False, extra_args=fleet, env=KEYS
         )
     except Unavailable as exc:
-        skipped[FREIGHT] = str(exc)
+        skipped[FREIGHT] = skipped[FREIGHT_CHUNKS] = str(exc)
     else:
         stack.callback(node.stop)
         log(f"started freight-s3 at {node.url}")
         send = functools.partial(clients.curl_tus, f"{node.url}/files/", source.path, timeout)
         target = Target(FREIGHT, "s3", node.name, syncs=node.syncs, client=client)
+        rows.append(Row(target, BUCKETS[FREIGHT], send, node, node.store_dir / "spool"))
+        send = functools.partial(clients.freight_send, node.url, source.path, "chunks", 4, timeout)
+        chunks = "freight send --protocol chunks --parallel 4"
+        target = Target(FREIGHT_CHUNKS, "s3", node.name, syncs=node.syncs, client=chunks)
         rows.append(Row(target, BUCKETS[FREIGHT], send, node, node.store_dir / "spool"))
     parts = f"{options.part_size // MiB} MiB parts, {options.concurrency} in flight"
     direct = Target(DIRECT, "s3", "seaweedfs", client=f"bench.s3_client put ({parts})")
@@ -252,6 +265,7 @@ def run_s3_section(
         for name, reason in skipped.items():
             results.skipped[name] = reason
             log(f"skipped {name}: {reason}")
+        rows = [row for row in rows if options.wanted(row.target.name)]
         for row in rows:
             results.add_target(row.target)
         for run in range(1, options.runs + 1):
