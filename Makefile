@@ -41,7 +41,7 @@ help:
 	@echo "make typecheck  mypy (strict, src/freight)"
 	@echo "make bench      benchmark against nginx, @tus/server, tuspyserver (~10 min; BENCH_ARGS=--large)"
 	@echo "                BASELINE=<rev>: the current tree beside git revision <rev> (~4 min)"
-	@echo "make bench-s3   only its S3 section: 1 GiB into SeaweedFS via freight, aiobotocore, @tus/s3-store (~3 min)"
+	@echo "make bench-s3   only its S3 section: 1 GiB into SeaweedFS via freight, aiobotocore, @tus/s3-store (~5 min)"
 	@echo "make chaos      kills, cut and stalled links, a full disk, 128 transfers (~2 min; root)"
 	@echo "make clean      remove caches and build output (keeps .venv and $(DATA_DIR))"
 	@echo "make distclean  clean, and remove .venv and tests/interop/node_modules"

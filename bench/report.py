@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.measure import GiB, MiB, Spread
+from bench.measure import GiB, MiB, Spread, spread
 from bench.model import Results
 from bench.s3_section import DIRECT, FREIGHT, SECTION, TUS_S3
 
@@ -342,6 +342,17 @@ def _hashing_section(results: Results) -> list[str]:
     return lines + _table(["target", "GiB/s", "of the SHA-256 ceiling"], rows) + [""]
 
 
+def _paired_ratios(results: Results, name: str, other: str) -> Spread | None:
+    """``name`` over ``other`` within each round: what the machine's load did to both."""
+    theirs = {s.run: s.gib_per_s for s in results.samples_of(other)}
+    ratios = [
+        ours / their
+        for s in results.samples_of(name)
+        if (ours := s.gib_per_s) is not None and (their := theirs.get(s.run))
+    ]
+    return spread(ratios)
+
+
 def _s3_section(results: Results) -> list[str]:
     """The uploads into SeaweedFS: freight node, direct multipart, @tus/server + s3-store."""
     lines = ["## Into S3: one SeaweedFS behind each (same run)", ""]
@@ -369,8 +380,9 @@ def _s3_section(results: Results) -> list[str]:
     for other, wanted in ((DIRECT, S3_DIRECT_GOAL), (TUS_S3, S3_TUS_GOAL)):
         ratio = _ratio(results, FREIGHT, other)
         if ratio is not None:
-            lines.append(f"- freight / {other.removeprefix('S3: ')}: {ratio:.2f}x "
-                         f"(target >= {wanted}x)")  # fmt: skip
+            paired = _fmt(_paired_ratios(results, FREIGHT, other))
+            lines.append(f"- freight / {other.removeprefix('S3: ')}: {ratio:.2f}x of the "
+                         f"medians, {paired} round by round (target >= {wanted}x)")  # fmt: skip
     lines.append(
         "- SeaweedFS's own CPU per GiB bounds every row on this machine: client, server and "
         "store share its cores (direct has no server: its server CPU is '-')."
