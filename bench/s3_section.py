@@ -199,6 +199,17 @@ def measure_s3_upload(run: int, row: Row, store: Peer, source: Source) -> Sample
         s3.delete_objects(store.url, row.bucket, sorted(left))
 
 
+def start_freight_node(stack: ExitStack, work: Path, endpoint: str, options: S3Options) -> Peer:
+    """A freight node on its own PostgreSQL, storing into the freight bucket."""
+    pg = start_postgres()
+    stack.callback(pg.stop)
+    fleet = (f"--store=s3://{BUCKETS[FREIGHT]}/bench", f"--s3-endpoint={endpoint}")
+    fleet += (f"--db={pg.dsn}", f"--part-size={options.part_size}")
+    node = start_freight(work, "batch", name="freight-s3", tcp=False, extra_args=fleet, env=KEYS)
+    stack.callback(node.stop)
+    return node
+
+
 def _rows(
     stack: ExitStack, work: Path, store: Peer, source: Source, options: S3Options, log: Log
 ) -> tuple[list[Row], dict[str, str]]:
@@ -207,18 +218,11 @@ def _rows(
     skipped: dict[str, str] = {}
     timeout = transfer_timeout(source.size)
     client = "curl POST + PATCH -T"
-    pg = start_postgres()
-    stack.callback(pg.stop)
-    fleet = (f"--store=s3://{BUCKETS[FREIGHT]}/bench", f"--s3-endpoint={store.url}")
-    fleet += (f"--db={pg.dsn}", f"--part-size={options.part_size}")
     try:
-        node = start_freight(
-            work, "batch", name="freight-s3", tcp=False, extra_args=fleet, env=KEYS
-        )
+        node = start_freight_node(stack, work, store.url, options)
     except Unavailable as exc:
         skipped[FREIGHT] = skipped[FREIGHT_CHUNKS] = str(exc)
     else:
-        stack.callback(node.stop)
         log(f"started freight-s3 at {node.url}")
         send = functools.partial(clients.curl_tus, f"{node.url}/files/", source.path, timeout)
         target = Target(FREIGHT, "s3", node.name, syncs=node.syncs, client=client)
