@@ -15,11 +15,12 @@ Every round runs each target once (rounds interleaved). Per upload: the page-cac
 in SeaweedFS's directory and in the server's staging directory, the server's and SeaweedFS's
 CPU seconds and the server's peak RSS around the timed transfer, then the new object of the
 file's size is read back from the bucket and its SHA-256 compared with the source's, and
-everything the upload left in the bucket is deleted.
+everything the upload left in the bucket is deleted, and SeaweedFS vacuumed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -52,7 +53,7 @@ from bench.peers import (
     start_freight,
     wait_ready,
 )
-from bench.s3_services import ACCESS_KEY, SECRET_KEY, start_postgres, start_seaweed
+from bench.s3_services import ACCESS_KEY, SECRET_KEY, Seaweed, start_postgres, start_seaweed
 from bench.suite import Source, delete_from_freight, transfer_timeout
 
 __all__ = [
@@ -155,7 +156,7 @@ def _find_object(endpoint: str, bucket: str, before: dict[str, int], source: Sou
         time.sleep(0.5)
 
 
-def measure_s3_upload(run: int, row: Row, store: Peer, source: Source) -> Sample:
+def measure_s3_upload(run: int, row: Row, store: Seaweed, source: Source) -> Sample:
     """One timed upload of ``row``; the module doc says what is measured around it."""
     s3, name = s3_client, row.target.name
     before = s3.list_objects(store.url, row.bucket)
@@ -197,6 +198,8 @@ def measure_s3_upload(run: int, row: Row, store: Peer, source: Source) -> Sample
             delete_from_freight(row.server, location)
         left = set(s3.list_objects(store.url, row.bucket)) - set(before)
         s3.delete_objects(store.url, row.bucket, sorted(left))
+        with contextlib.suppress(OSError):
+            store.vacuum()
 
 
 def start_freight_node(stack: ExitStack, work: Path, endpoint: str, options: S3Options) -> Peer:

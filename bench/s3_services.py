@@ -4,7 +4,9 @@
   python) in a fresh directory (``mini`` saves its flags in ``mini.options`` and would
   reload them), every port chosen free and passed explicitly, bound to 127.0.0.1, telemetry,
   WebDAV, the admin UI and the Iceberg/Lance gateways off. It is a :class:`~bench.peers.Peer`
-  so its CPU and memory are read like a server's.
+  so its CPU and memory are read like a server's. Deleted objects keep their space in its
+  volumes until a vacuum: :meth:`Seaweed.vacuum` after every upload keeps the disk it takes
+  to about one upload, and starts every upload on the same empty volumes.
 - PostgreSQL: ``initdb`` + ``pg_ctl`` on 127.0.0.1 at a free port, ``fsync=off``; as root
   every server command runs as the ``postgres`` user in a directory that user owns (it
   refuses to run as root).
@@ -35,6 +37,7 @@ __all__ = [
     "ACCESS_KEY",
     "SECRET_KEY",
     "Postgres",
+    "Seaweed",
     "start_postgres",
     "start_seaweed",
     "weed_binary",
@@ -89,7 +92,20 @@ def _s3_answers(endpoint: str) -> bool:
         return False
 
 
-def start_seaweed(work: Path) -> Peer:
+@dataclass
+class Seaweed(Peer):
+    """A running ``weed mini``: ``url`` is its S3 endpoint, ``master_url`` its master's."""
+
+    master_url: str = ""
+
+    def vacuum(self, timeout: float = 300.0) -> None:
+        """Reclaim the space of deleted objects now (the master answers when it is done)."""
+        url = f"{self.master_url}/vol/vacuum?garbageThreshold=0.0001"
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            reply.read()
+
+
+def start_seaweed(work: Path) -> Seaweed:
     """``weed mini`` on loopback; the peer's ``url`` is its S3 endpoint."""
     binary = weed_binary()
     if binary is None:
@@ -111,7 +127,8 @@ def start_seaweed(work: Path) -> Peer:
     command += ["-master.telemetry=false", f"-s3.config={config}"]
     process, log = launch(command, directory, cwd=directory)
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    peer = Peer("seaweedfs", process, endpoint, data, log)
+    master = f"http://127.0.0.1:{ports['master.port']}"
+    peer = Seaweed("seaweedfs", process, endpoint, data, log, master_url=master)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if not peer.alive():
