@@ -29,7 +29,7 @@ BENCH_ARGS ?=
 BASELINE ?=
 BENCH_APT := nginx-light iperf3
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-.PHONY: bench
+.PHONY: bench bench-s3
 
 # make chaos: the chaos suite in full (not part of make test, which runs its short form).
 .PHONY: chaos
@@ -41,6 +41,7 @@ help:
 	@echo "make typecheck  mypy (strict, src/freight)"
 	@echo "make bench      benchmark against nginx, @tus/server, tuspyserver (~10 min; BENCH_ARGS=--large)"
 	@echo "                BASELINE=<rev>: the current tree beside git revision <rev> (~4 min)"
+	@echo "make bench-s3   only its S3 section: 1 GiB into SeaweedFS via freight, aiobotocore, @tus/s3-store (~5 min)"
 	@echo "make chaos      kills, cut and stalled links, a full disk, 128 transfers (~2 min; root)"
 	@echo "make clean      remove caches and build output (keeps .venv and $(DATA_DIR))"
 	@echo "make distclean  clean, and remove .venv and tests/interop/node_modules"
@@ -85,6 +86,10 @@ bench: $(VENV)/.stamp-bench
 			|| echo "make bench: could not install $(BENCH_APT); those targets will be skipped"
 	fi
 	$(BIN)/python -m bench.run $(if $(BASELINE),--baseline '$(BASELINE)') $(BENCH_ARGS)
+
+# make bench-s3: only the S3 section of make bench (SeaweedFS and PostgreSQL, no Debian peers).
+bench-s3: $(VENV)/.stamp-bench
+	$(BIN)/python -m bench.run --section s3 $(BENCH_ARGS)
 
 chaos: $(VENV)/.stamp-test
 	FREIGHT_CHAOS=full $(BIN)/python -m pytest -p no:cacheprovider -q -rxX --durations=10 \

@@ -54,6 +54,7 @@ class Transfer:
     size: int
     location: str = ""
     sha256: str = ""
+    cpu_seconds: float | None = None  # the client's own count, where it gives one
 
 
 def _run(command: list[str], timeout: float, env: dict[str, str] | None = None) -> str:

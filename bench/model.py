@@ -40,6 +40,8 @@ class Sample:
     ok: bool = True
     error: str = ""
     client_cpu_seconds: float | None = None
+    # The object store's CPU seconds (the S3 section's SeaweedFS), where there is one.
+    store_cpu_seconds: float | None = None
 
     @property
     def gib_per_s(self) -> float | None:
@@ -58,6 +60,12 @@ class Sample:
         if not self.ok or self.client_cpu_seconds is None or not self.size:
             return None
         return self.client_cpu_seconds / (self.size / GiB)
+
+    @property
+    def store_cpu_per_gib(self) -> float | None:
+        if not self.ok or self.store_cpu_seconds is None or not self.size:
+            return None
+        return self.store_cpu_seconds / (self.size / GiB)
 
 
 @dataclass
@@ -94,6 +102,10 @@ class Results:
     def client_cpu_per_gib(self, name: str) -> Spread | None:
         samples = self.samples_of(name)
         return spread([v for s in samples if (v := s.client_cpu_per_gib) is not None])
+
+    def store_cpu_per_gib(self, name: str) -> Spread | None:
+        samples = self.samples_of(name)
+        return spread([v for s in samples if (v := s.store_cpu_per_gib) is not None])
 
     def peak_rss_mib(self, name: str) -> Spread | None:
         values = [s.peak_rss_kib / 1024 for s in self.samples_of(name) if s.peak_rss_kib]

@@ -37,11 +37,14 @@ __all__ = [
     "ensure_node_modules",
     "free_port",
     "freight_features",
+    "launch",
+    "node_for_tus",
     "start_freight",
     "start_http_server",
     "start_nginx",
     "start_node_tus",
     "start_tuspyserver",
+    "wait_ready",
     "which",
 ]
 
@@ -120,7 +123,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _launch(
+def launch(
     command: Sequence[str],
     directory: Path,
     *,
@@ -148,7 +151,7 @@ def _launch(
     return process, log_path
 
 
-def _wait_ready(peer: Peer, probe_url: str | None, port: int, timeout: float) -> Peer:
+def wait_ready(peer: Peer, probe_url: str | None, port: int, timeout: float) -> Peer:
     """Wait until ``port`` accepts connections (and ``probe_url`` answers, if given)."""
     deadline = time.monotonic() + timeout
     last_error = "no attempt"
@@ -224,9 +227,9 @@ def start_nginx(work: Path) -> Peer:
     check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
     if check.returncode != 0:
         raise Unavailable(f"nginx rejected its config: {check.stderr.strip()}")
-    process, log = _launch(command, directory)
+    process, log = launch(command, directory)
     peer = Peer("nginx", process, f"http://127.0.0.1:{port}", store, log)
-    return _wait_ready(peer, None, port, START_TIMEOUT)
+    return wait_ready(peer, None, port, START_TIMEOUT)
 
 
 # --- Node.js: @tus/server with @tus/file-store ---------------------------------------------
@@ -258,7 +261,8 @@ def ensure_node_modules(timeout: float = 300.0) -> None:
     NODE_STAMP.touch()
 
 
-def start_node_tus(work: Path) -> Peer:
+def node_for_tus() -> str:
+    """The ``node`` binary, once bench/node's packages are installed for it."""
     node = which("node")
     if node is None:
         raise Unavailable("Node.js is not installed")
@@ -267,14 +271,19 @@ def start_node_tus(work: Path) -> Peer:
         found = ".".join(map(str, version))
         raise Unavailable(f"@tus/server 2 needs Node.js >= 20.19, this is {found}")
     ensure_node_modules()
+    return node
+
+
+def start_node_tus(work: Path) -> Peer:
+    node = node_for_tus()
     directory = work / "node-tus"
     store = directory / "store"
     store.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [node, str(NODE_DIR / "tus_server.mjs"), str(port), str(store)]
-    process, log = _launch(command, directory)
+    process, log = launch(command, directory)
     peer = Peer("@tus/server", process, f"http://127.0.0.1:{port}/files", store, log)
-    return _wait_ready(peer, None, port, START_TIMEOUT)
+    return wait_ready(peer, None, port, START_TIMEOUT)
 
 
 # --- Python: tuspyserver under uvicorn, and http.server -------------------------------------
@@ -301,9 +310,9 @@ def start_tuspyserver(work: Path) -> Peer:
     if not _missing_modules("httptools"):
         command += ["--http", "httptools"]
     env = {"FREIGHT_BENCH_TUS_DIR": str(store)}
-    process, log = _launch(command, directory, env=env, cwd=BENCH_DIR.parent)
+    process, log = launch(command, directory, env=env, cwd=BENCH_DIR.parent)
     peer = Peer("tuspyserver", process, f"http://127.0.0.1:{port}/files", store, log)
-    return _wait_ready(peer, None, port, START_TIMEOUT)
+    return wait_ready(peer, None, port, START_TIMEOUT)
 
 
 def start_http_server(work: Path) -> Peer:
@@ -314,9 +323,9 @@ def start_http_server(work: Path) -> Peer:
     port = free_port()
     command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
     command += ["--directory", str(store)]
-    process, log = _launch(command, directory)
+    process, log = launch(command, directory)
     peer = Peer("http.server", process, f"http://127.0.0.1:{port}", store, log)
-    return _wait_ready(peer, None, port, START_TIMEOUT)
+    return wait_ready(peer, None, port, START_TIMEOUT)
 
 
 # --- freight -------------------------------------------------------------------------------
@@ -362,6 +371,7 @@ def start_freight(
     cgroup_procs: Path | None = None,
     extra_args: tuple[str, ...] = (),
     src: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Peer:
     """freight serving from this checkout, or from the sources under ``src`` when given."""
     name = name or f"freight-{fsync}"
@@ -375,10 +385,10 @@ def start_freight(
         tcp_port = free_port()
         command += ["--tcp-port", str(tcp_port)]
         tcp_url = f"tcp://127.0.0.1:{tcp_port}"
-    env = {"PYTHONUNBUFFERED": "1"}
+    environment = {"PYTHONUNBUFFERED": "1", **(env or {})}
     if src is not None:
-        env.update(python_env(src))
-    process, log = _launch(command, directory, env=env, cgroup_procs=cgroup_procs)
+        environment.update(python_env(src))
+    process, log = launch(command, directory, env=environment, cgroup_procs=cgroup_procs)
     url = f"http://127.0.0.1:{port}"
     peer = Peer(name, process, url, store, log, syncs=SYNCS[fsync], tcp_url=tcp_url)
-    return _wait_ready(peer, f"{url}/health", port, START_TIMEOUT)
+    return wait_ready(peer, f"{url}/health", port, START_TIMEOUT)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.measure import GiB, MiB, Spread
+from bench.measure import GiB, MiB, Spread, spread
 from bench.model import Results
+from bench.s3_section import DIRECT, FREIGHT, SECTION, TUS_S3
 
 __all__ = ["Goal", "evaluate_goals", "method_notes", "render_markdown", "write"]
 
@@ -20,6 +21,8 @@ TUS_NEVER = "freight tus PATCH [never]"
 SHA256_CEILING = "sha-256 one core"
 TUS_NO_SHA256 = "freight tus PATCH [never, --no-sha256]"
 PEER_TUS = ("@tus/server PATCH", "tuspyserver PATCH")
+S3_DIRECT_GOAL = 0.8
+S3_TUS_GOAL = 1.2
 RSS_LIMIT_MIB = 64.0
 FLAT_MIB = 4.0
 
@@ -55,6 +58,19 @@ def method_notes(smoke: bool) -> list[str]:
         "same filesystem as the root (a PUT is a rename). tuspyserver: its default "
         "filesystem store under uvicorn (uvloop + httptools when installed). @tus/server "
         "2.4 with @tus/file-store 2.1 as in its README.",
+        "S3 section: one SeaweedFS (`weed mini`, loopback) and one PostgreSQL (fsync=off) for "
+        "the section, a bucket per target, the same part size for all three. freight: "
+        "`freight serve --store s3://... --db ... --part-size P` (its default --fsync batch: "
+        "parts go to the bucket every 64 MiB and at the end of the request), by tus PATCH "
+        "and by `freight send --protocol chunks --parallel 4`. Direct: "
+        "`python -m bench.s3_client put`, an aiobotocore multipart upload with a few parts in "
+        "flight; its time and CPU are its own, from CreateMultipartUpload to "
+        "CompleteMultipartUpload. @tus/server 2.4 with @tus/s3-store 2.0 (parts staged in "
+        "its TMPDIR, no object tags). freight and aiobotocore sign no payload and send no "
+        "default checksums over plain HTTP; the AWS SDK under @tus/s3-store is set the same "
+        "way. A tus upload is complete when the PATCH is answered; each upload's object is "
+        "then read back from the bucket and its SHA-256 compared with the source's. "
+        "SeaweedFS CPU is its whole process tree's, per GiB, during the timed transfer.",
     ]
     if smoke:
         notes.insert(0, "SMOKE RUN: tiny files and one round; figures mean nothing.")
@@ -130,6 +146,16 @@ def evaluate_goals(results: Results) -> list[Goal]:
                 )
             )
     goals.extend(_memory_goals(results))
+    goals += [
+        _goal_ratio(
+            results, f"S3: freight >= {S3_DIRECT_GOAL}x direct multipart", FREIGHT, DIRECT,
+            S3_DIRECT_GOAL,
+        ),
+        _goal_ratio(
+            results, f"S3: freight >= {S3_TUS_GOAL}x @tus/server + s3-store", FREIGHT, TUS_S3,
+            S3_TUS_GOAL,
+        ),
+    ]  # fmt: skip
     return goals
 
 
@@ -250,8 +276,8 @@ def render_markdown(results: Results, chart: str | None) -> str:
         f"{results.runs} round(s)",
         "",
         f"Run {when} on " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + ".",
-        "Regenerate with `make bench` (about 6 minutes; `make bench BENCH_ARGS=--large` for "
-        "4 GiB).",
+        "Regenerate with `make bench` (about 9 minutes; `make bench BENCH_ARGS=--large` for "
+        "4 GiB; `make bench-s3` for the S3 section alone).",
         "",
     ]
     if chart:
@@ -282,7 +308,7 @@ def render_markdown(results: Results, chart: str | None) -> str:
         ),
         "",
     ]
-    lines += _hashing_section(results)
+    lines += _hashing_section(results) + _s3_section(results)
     lines += _memory_section(results) + _cgroup_section(results)
     if results.skipped:
         lines += ["## Skipped", ""]
@@ -315,6 +341,54 @@ def _hashing_section(results: Results) -> list[str]:
         "",
     ]
     return lines + _table(["target", "GiB/s", "of the SHA-256 ceiling"], rows) + [""]
+
+
+def _paired_ratios(results: Results, name: str, other: str) -> Spread | None:
+    """``name`` over ``other`` within each round: what the machine's load did to both."""
+    theirs = {s.run: s.gib_per_s for s in results.samples_of(other)}
+    ratios = [
+        ours / their
+        for s in results.samples_of(name)
+        if (ours := s.gib_per_s) is not None and (their := theirs.get(s.run))
+    ]
+    return spread(ratios)
+
+
+def _s3_section(results: Results) -> list[str]:
+    """The uploads into SeaweedFS: freight node, direct multipart, @tus/server + s3-store."""
+    lines = ["## Into S3: one SeaweedFS behind each (same run)", ""]
+    if SECTION in results.skipped:
+        return [*lines, f"Not run: {results.skipped[SECTION]}", ""]
+    targets = [t for t in results.targets if t.kind == "s3"]
+    if not targets:
+        return []
+    header = ["target", "client", "GiB/s median (min-max)", "server CPU s/GiB"]
+    header += ["client CPU s/GiB", "SeaweedFS CPU s/GiB", "server peak RSS MiB", "intact"]
+    rows = [
+        [
+            t.name,
+            t.client,
+            _fmt(results.throughput(t.name), 3),  # SeaweedFS keeps these near 0.1
+            _fmt(results.cpu_per_gib(t.name)),
+            _fmt(results.client_cpu_per_gib(t.name)),
+            _fmt(results.store_cpu_per_gib(t.name)),
+            _fmt(results.peak_rss_mib(t.name), 1),
+            _ok(results, t.name),
+        ]
+        for t in targets
+    ]
+    lines += [*_table(header, rows), ""]
+    for other, wanted in ((DIRECT, S3_DIRECT_GOAL), (TUS_S3, S3_TUS_GOAL)):
+        ratio = _ratio(results, FREIGHT, other)
+        if ratio is not None:
+            paired = _fmt(_paired_ratios(results, FREIGHT, other))
+            lines.append(f"- freight / {other.removeprefix('S3: ')}: {ratio:.2f}x of the "
+                         f"medians, {paired} round by round (target >= {wanted}x)")  # fmt: skip
+    lines.append(
+        "- SeaweedFS's own CPU per GiB bounds every row on this machine: client, server and "
+        "store share its cores (direct has no server: its server CPU is '-')."
+    )
+    return [*lines, ""]
 
 
 def _memory_section(results: Results) -> list[str]:
@@ -385,7 +459,7 @@ def write_chart(results: Results, path: Path) -> bool:
             continue
         family = (
             "ceiling"
-            if target.kind == "ceiling"
+            if target.kind == "ceiling" or target.name == DIRECT
             else ("freight" if target.server.startswith("freight") else "peer")
         )
         names.append(f"{target.name} ({target.kind})" if target.kind != "ceiling" else target.name)

@@ -1,13 +1,15 @@
 """``make bench``: freight beside nginx, @tus/server, tuspyserver and the machine's limits.
 
-Usage: ``python -m bench.run [--smoke] [--large] [--runs N] [--out-dir DIR]``;
-``python -m bench.run --baseline REV`` compares the current tree with commit REV instead
-(:mod:`bench.baseline`).
+Usage: ``python -m bench.run [--smoke] [--large] [--runs N] [--out-dir DIR]
+[--section transfers|memory|cgroup|s3]``; ``python -m bench.run --baseline REV`` compares
+the current tree with commit REV instead (:mod:`bench.baseline`).
 
 Every target runs ``--runs`` times, interleaved (round 1 of every target, then round 2, ...),
 and is reported as the median with min-max. Then freight's memory is measured against file
 size and concurrency, and a freight server inside a 128 MiB memory cgroup receives the file
-through every protocol. ``--smoke`` does all of it with tiny files and one round, to prove
+through every protocol. Last, the S3 section (:mod:`bench.s3_section`) sends the file into
+one SeaweedFS through a freight node, straight with aiobotocore, and through @tus/server
+with @tus/s3-store. ``--smoke`` does all of it with tiny files and one round, to prove
 the benchmark still works (``tests/test_bench_smoke.py``). Writes ``results.json``,
 ``latest.md`` and ``latest.png`` into the output directory (``bench/results``).
 """
@@ -54,6 +56,7 @@ from bench.peers import (
     which,
 )
 from bench.plans import FREIGHT_PROTOCOLS, FSYNC_POLICIES, NO_SHA256_PEER, Planner
+from bench.s3_section import S3Options, run_s3_section
 from bench.suite import (
     Source,
     concurrent_peak_rss,
@@ -64,6 +67,7 @@ from bench.worktree import TreeError
 
 __all__ = ["CONCURRENT_UPLOADS", "Options", "main", "run_bench"]
 
+SECTIONS = ("transfers", "memory", "cgroup", "s3")
 CGROUP_LIMIT = 128 * MiB
 CONCURRENT_UPLOADS = 16
 # The peers' versions mean nothing to a comparison of freight with itself.
@@ -79,8 +83,9 @@ class Options:
     work_dir: Path = BENCH_DIR / ".scratch"
     keep: bool = False
     only: tuple[str, ...] = ()
-    sections: tuple[str, ...] = ("transfers", "memory", "cgroup")
+    sections: tuple[str, ...] = SECTIONS
     size_override: int | None = None
+    s3_part_size: int = 8 * MiB
     baseline: str | None = None
 
     @property
@@ -386,6 +391,9 @@ def run_bench(options: Options) -> Results:
             bench.memory_scaling(stack, source)
         if "cgroup" in options.sections:
             bench.cgroup_uploads(stack, source)
+        if "s3" in options.sections:
+            s3_options = S3Options(options.runs, part_size=options.s3_part_size, only=options.only)
+            run_s3_section(results, work, source, s3_options, log)
     results.machine["load average"] += f" at the start, {_load()} at the end"
     results.notes.extend(report.method_notes(options.smoke))
     options.out_dir.mkdir(parents=True, exist_ok=True)
@@ -413,14 +421,19 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--section",
         action="append",
-        choices=["transfers", "memory", "cgroup"],
+        choices=SECTIONS,
         help="run only these sections (default: all)",
+    )
+    parser.add_argument(
+        "--s3-part-mib", type=int, default=8, help="S3 part size of the s3 section (MiB, >= 5)"
     )
     args = parser.parse_args(argv)
     default_runs = baseline.DEFAULT_RUNS if args.baseline else 3
     runs = args.runs if args.runs is not None else (1 if args.smoke else default_runs)
     if runs < 1:
         parser.error("--runs must be at least 1")
+    if args.s3_part_mib < 5:
+        parser.error("--s3-part-mib must be at least 5 (S3's smallest part)")
     return Options(
         smoke=args.smoke,
         large=args.large,
@@ -429,8 +442,9 @@ def parse_args(argv: list[str] | None) -> Options:
         work_dir=args.work_dir,
         keep=args.keep,
         only=tuple(args.only),
-        sections=tuple(args.section or ("transfers", "memory", "cgroup")),
+        sections=tuple(args.section or SECTIONS),
         size_override=args.size_mib * MiB if args.size_mib else None,
+        s3_part_size=args.s3_part_mib * MiB,
         baseline=args.baseline,
     )
 

@@ -1,7 +1,9 @@
 """``make bench`` cannot rot: its ``--smoke`` mode runs the same code with tiny files.
 
 One smoke run (about 30-40 s) starts every server, moves a 1 MiB file through every path
-once, measures the ceilings, memory and the cgroup test, and writes the report. Each target
+once, measures the ceilings, memory and the cgroup test, and writes the report. The S3
+section has a smoke run of its own (about 20 s): an 11 MiB file in 5 MiB parts, so every
+target sends several parts into SeaweedFS. Each target
 is then its own test: it passes when its file arrived intact, and is skipped, with the
 harness's reason, when its server or tool cannot be installed here (CI installs them all:
 nginx-light and iperf3 from Debian, @tus/server from npm, tuspyserver from PyPI).
@@ -17,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import baseline, run
+from bench import baseline, run, s3_section
 from bench.model import Results
 from bench.plans import target_names
+from bench.suite import Source
 from bench.worktree import TreeError
 
 pytestmark = pytest.mark.timeout(300)
@@ -28,7 +31,9 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Results, Path]:
     out = tmp_path_factory.mktemp("bench")
-    code = run.main(["--smoke", "--out-dir", str(out), "--work-dir", str(out / "work")])
+    sections = [arg for name in ("transfers", "memory", "cgroup") for arg in ("--section", name)]
+    argv = ["--smoke", *sections, "--out-dir", str(out), "--work-dir", str(out / "work")]
+    code = run.main(argv)
     return code, Results.load(out / "results.json"), out
 
 
@@ -90,6 +95,73 @@ def test_the_report_has_every_section(smoke: tuple[int, Results, Path]) -> None:
     if importlib.util.find_spec("matplotlib") is None:
         pytest.skip("matplotlib is not installed, so no chart")
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG")
+
+
+# --- the S3 section: freight node, direct multipart, @tus/server + s3-store ---------------
+
+
+@pytest.fixture(scope="module")
+def s3_smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Results, Path]:
+    out = tmp_path_factory.mktemp("bench-s3")
+    leftovers = _leftover_clusters()
+    argv = ["--smoke", "--section", "s3", "--size-mib", "11", "--s3-part-mib", "5"]
+    code = run.main([*argv, "--out-dir", str(out), "--work-dir", str(out / "work")])
+    assert _leftover_clusters() == leftovers  # PostgreSQL's directory is gone too
+    return code, Results.load(out / "results.json"), out
+
+
+def _leftover_clusters() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("freight-bench-pg-*"))
+
+
+def _skip_if_not_run(results: Results, *names: str) -> None:
+    for name in (s3_section.SECTION, *names):
+        if name in results.skipped:
+            pytest.skip(results.skipped[name])
+
+
+def test_the_s3_section_runs_and_cleans_up(s3_smoke: tuple[int, Results, Path]) -> None:
+    code, results, out = s3_smoke
+    _skip_if_not_run(results)
+    assert code == 0
+    assert [s for s in results.samples if not s.ok] == []
+    assert list((out / "work").iterdir()) == []
+    text = (out / "latest.md").read_text()
+    assert "## Into S3" in text
+    assert "| S3: freight >= 0.8x direct multipart |" in text
+    assert "| S3: freight >= 1.2x @tus/server + s3-store |" in text
+
+
+@pytest.mark.parametrize("name", s3_section.TARGETS)
+def test_every_s3_target_lands_the_file_intact(
+    s3_smoke: tuple[int, Results, Path], name: str
+) -> None:
+    _, results, _ = s3_smoke
+    _skip_if_not_run(results, name)
+    [sample] = results.samples_of(name)
+    assert sample.ok, sample.error
+    assert sample.size == 11 * 1024 * 1024
+    assert sample.seconds is not None and sample.seconds > 0
+    assert sample.store_cpu_seconds is not None and sample.store_cpu_seconds > 0
+    assert sample.client_cpu_seconds is not None and sample.client_cpu_seconds > 0
+    if name != s3_section.DIRECT:  # a server between client and store
+        assert sample.cpu_seconds is not None and sample.cpu_seconds > 0
+        assert sample.peak_rss_kib
+
+
+def test_the_s3_section_fails_an_upload_whose_object_differs(tmp_path: Path) -> None:
+    """The read-back check is real: a source whose recorded SHA-256 is wrong fails each row."""
+    path = tmp_path / "source.bin"
+    path.write_bytes(b"freight" * 1000)
+    source = Source(path, path.stat().st_size, "0" * 64)
+    results = Results(mode="smoke", size=source.size, runs=1)
+    work = tmp_path / "work"
+    s3_section.run_s3_section(results, work, source, s3_section.S3Options(runs=1), lambda _: None)
+    _skip_if_not_run(results)
+    assert len(results.samples) == len(s3_section.TARGETS) - len(results.skipped)
+    for sample in results.samples:
+        assert not sample.ok
+        assert "SHA-256" in sample.error
 
 
 # --- make bench BASELINE=<rev>: an older commit served beside the current tree ------------
