@@ -340,7 +340,7 @@ class FreightFeatures:
 
 
 def freight_features() -> FreightFeatures:
-    from freight.cli.main import serve
+    from freight.cli.serve import serve
     from freight.client.protocols import UPLOADERS
 
     return FreightFeatures(

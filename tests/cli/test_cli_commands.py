@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -15,11 +17,18 @@ from freight.cli.main import cli
 CLIENT_COMMANDS = ["send", "get", "ls", "rm"]
 
 
+def commands() -> dict[str, click.Command]:
+    """Every command of the group (each imported on demand)."""
+    assert isinstance(cli, click.Group)
+    with click.Context(cli) as ctx:
+        found = {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}
+    return {name: command for name, command in found.items() if command is not None}
+
+
 def test_every_command_has_help_text() -> None:
     runner = CliRunner()
-    assert isinstance(cli, click.Group)
-    assert set(CLIENT_COMMANDS) | {"serve"} <= set(cli.commands)
-    for name, command in cli.commands.items():
+    assert set(CLIENT_COMMANDS) | {"serve"} <= set(commands())
+    for name, command in commands().items():
         result = runner.invoke(cli, [name, "--help"])
         assert result.exit_code == 0, result.output
         assert command.help and command.help.strip(), name
@@ -28,11 +37,31 @@ def test_every_command_has_help_text() -> None:
 
 @pytest.mark.parametrize("name", CLIENT_COMMANDS)
 def test_client_commands_share_token_and_json(name: str) -> None:
-    command = cli.commands[name]
+    command = commands()[name]
     options = {opt for param in command.params for opt in getattr(param, "opts", [])}
     assert {"--token", "--json", "--retries"} <= options
     token = next(p for p in command.params if p.name == "token")
     assert isinstance(token, click.Option) and token.envvar == "FREIGHT_TOKEN"
+
+
+def test_the_server_loads_no_client_and_a_client_no_server() -> None:
+    """Commands are imported when they run: a server process does not carry the client
+    library and its terminal rendering (5 MiB), nor a client the server."""
+    probe = (
+        "import sys, click\n"
+        "from freight.cli.main import cli\n"
+        "cli.get_command(click.Context(cli), sys.argv[1])\n"
+        "names = {m.split('.')[1] for m in sys.modules if m.startswith('freight.')}\n"
+        "print(*sorted(names | ({'rich'} & set(sys.modules))))"
+    )
+    loaded = {}
+    for name in ("serve", "send"):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, name], capture_output=True, text=True, check=True
+        )
+        loaded[name] = set(done.stdout.split())
+    assert "client" not in loaded["serve"] and "rich" not in loaded["serve"]
+    assert "server" not in loaded["send"] and "storage" not in loaded["send"]
 
 
 def _closed_port() -> int:
