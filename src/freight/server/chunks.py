@@ -9,17 +9,24 @@ chunks are missing, and completes it with the SHA-256 it expects.
   server picks the chunk size (:class:`ChunkPolicy`); the client must use the one it is given.
 * ``PUT /api/uploads/{id}/chunks/{n}``: the raw bytes of chunk ``n`` (0-based), written
   in place at ``n * chunk_size`` of the upload's single part file: no chunk files and no
-  merge. A chunk counts whole or not at all; one already received is drained unwritten
-  and answered 200 with ``duplicate: true``. ``Content-Digest`` (RFC 9530, sha-256 or
-  sha-512) is checked before the chunk is acknowledged.
+  merge. One already received is drained unwritten and answered 200 with
+  ``duplicate: true``. ``Content-Digest`` (RFC 9530, sha-256 or sha-512) is checked
+  before the chunk is acknowledged.
+* A PUT that is cut keeps what arrived of its body (as tus does): it shows in
+  ``missing_bytes`` like a partly sent chunk, and the rest can follow as a piece. A PUT
+  with a ``Content-Digest`` counts whole or not at all instead, since part of a body
+  cannot be checked against it.
+* A whole chunk PUT of a chunk partly received (a cut retried whole, by a client that does
+  not send pieces) is taken: the body's bytes the server holds already are read and
+  dropped, not compared or rewritten (the whole-file SHA-256 at ``complete`` vouches for
+  them; a ``Content-Digest`` still covers the whole body), and the rest is written.
 * Pieces, for links that drop connections more often than a chunk takes to send: the same
   PUT with ``Content-Range: bytes first-last/<chunk length>`` (offsets counted from the
-  chunk's first byte) carries part of a chunk. A piece counts whole or not at all, like a
-  chunk; one already received is a 200 duplicate; ``Content-Digest`` then covers the
-  piece. A piece must start where the chunk's received bytes end (409
-  ``ERR_PIECE_OFFSET`` with ``chunk_offset`` otherwise; the rule keeps each chunk's
-  received bytes one run) and be at least ``min_piece_size`` bytes unless it ends the
-  chunk. A chunk counts as received once all its bytes are.
+  chunk's first byte) carries part of a chunk. One already received is a 200 duplicate;
+  ``Content-Digest`` then covers the piece. A piece must start where the chunk's received
+  bytes end (409 ``ERR_PIECE_OFFSET`` with ``chunk_offset`` otherwise; the rule keeps each
+  chunk's received bytes one run) and be at least ``min_piece_size`` bytes unless it ends
+  the chunk. A chunk counts as received once all its bytes are.
 * ``GET /api/uploads/{id}``: progress; ``missing`` lists *half-open* chunk ranges
   ``[first, end)``, so ``[[0, 2], [5, 6]]`` means chunks 0, 1 and 5; ``missing_bytes``
   lists the half-open byte ranges (file offsets) still missing from chunks partly received
@@ -103,6 +110,10 @@ MAX_JSON_BODY = 64 * 1024
 _FORM_TYPES = ("multipart/", "application/x-www-form-urlencoded")
 # Progress changes with every chunk: never let a cache answer for the server.
 _NO_STORE = {"Cache-Control": "no-store"}
+# How often a chunk PUT looks again when bytes it was to write got recorded meanwhile.
+_LOOKS = 3
+# Bytes of an already received prefix read (and dropped) at a time.
+_SKIP_READ = 256 * 1024
 
 WIRE_BYTES: web.AppKey[dict[str, int]] = web.AppKey("freight.chunk_wire_bytes")
 """Every chunk body byte received per upload since start-up, duplicates included."""
@@ -292,16 +303,22 @@ async def _put_chunk(request: web.Request) -> tuple[web.Response, bool]:
     _check_body_headers(request, piece)
     checksum = chunk_checksum(request.headers.get("Content-Digest"))
     counter = _WireCounter(request.app, upload_id)
-    duplicate = session.is_finished or layout.check_piece(piece, session.received)
-    if not duplicate:
+    kept = None if session.is_finished else layout.check_piece(piece, session.received)
+    for look in range(1, _LOOKS + 1):
+        if kept is None:
+            break
         try:
-            session = await _write_chunk(request, engine, piece, checksum, counter)
+            session = await _write_chunk(request, engine, piece, kept, checksum, counter)
+            break
         except RangeAlreadyReceived:
-            # Another request stored these bytes between our look and our claim.
-            session = await engine.get(upload_id)
-            if not layout.check_piece(piece, session.received):
+            # Another request recorded some of these bytes between our look and our claim
+            # (a cut one keeping what it got, or a twin of this one): look again, as long
+            # as none of the body was read.
+            if counter.count or look == _LOOKS:
                 raise
-            duplicate = True
+            session = await engine.get(upload_id)
+            kept = layout.check_piece(piece, session.received)
+    duplicate = kept is None
     if duplicate:
         await _drain(request, piece.length, counter)
     body = {
@@ -330,14 +347,17 @@ def _check_body_headers(request: web.Request, piece: Piece) -> None:
 
 
 class _WireCounter:
-    """Counts body bytes as they arrive, for ``wire_bytes`` and the metrics."""
+    """Counts body bytes as they arrive, for ``wire_bytes``, the metrics and ``count``
+    (this request's)."""
 
     def __init__(self, app: web.Application, upload_id: str) -> None:
         self._totals = app[WIRE_BYTES]
         self._metric = app[METRICS].chunk_body_bytes
         self._upload_id = upload_id
+        self.count = 0
 
     def add(self, count: int) -> None:
+        self.count += count
         self._totals[self._upload_id] = self._totals.get(self._upload_id, 0) + count
         self._metric.inc(count)
 
@@ -346,24 +366,59 @@ async def _write_chunk(
     request: web.Request,
     engine: UploadEngine,
     piece: Piece,
+    kept: int,
     checksum: RequestChecksum | None,
     counter: _WireCounter,
 ) -> UploadSession:
-    start, end = piece.start, piece.end
+    """Write ``piece`` but its first ``kept`` bytes (received already: read and dropped).
+
+    What arrives before a cut is kept, as tus keeps it, so the chunk's retry sends only the
+    rest; a body of the wrong length keeps nothing, nor does one with a ``Content-Digest``
+    unless all of it matches. The written bytes start where the chunk's received run ends,
+    so they extend it.
+    """
+    start, end = piece.start + kept, piece.end
     upload_id = request.match_info["upload_id"]
-    # A chunk (or piece) counts whole or not at all: bytes kept from the middle of one would
-    # split the chunk's received run, and its retry would no longer fit what is missing.
     async with engine.writer(
         upload_id,
         start,
         end=end,
         sequential=False,
         checksum=checksum,
-        all_or_nothing=True,
         interrupt=interrupter(request),
     ) as writer:
-        await _stream(request, writer, end, counter)
-        return await writer.commit(expected_end=end)
+        try:
+            if kept:
+                await _skip(request, kept, counter, checksum)
+            await _stream(request, writer, end, counter, kept)
+            return await writer.commit(expected_end=end)
+        except LengthMismatch:
+            # A body that ended (or ran on) cleanly at the wrong length was not cut: it is a
+            # malformed request, and none of it counts.
+            writer.yield_from(start)
+            raise
+
+
+async def _skip(
+    request: web.Request, count: int, counter: _WireCounter, checksum: RequestChecksum | None
+) -> None:
+    """Read and drop the body's first ``count`` bytes; a digest of the body still covers them."""
+    left = count
+    while left:
+        data = await _read_up_to(request, min(left, _SKIP_READ), count - left)
+        if not data:
+            raise LengthMismatch(f"the body has {count - left} bytes; {count} were expected")
+        counter.add(len(data))
+        if checksum is not None:
+            checksum.hasher.update(data)
+        left -= len(data)
+
+
+async def _read_up_to(request: web.Request, size: int, position: int) -> bytes:
+    try:
+        return await request.content.read(size)
+    except (ConnectionError, HttpProcessingError) as exc:
+        raise ClientDisconnected(f"the body ended early at byte {position}: {exc}") from exc
 
 
 async def _next_piece(request: web.Request, position: int) -> bytes:
@@ -374,10 +429,10 @@ async def _next_piece(request: web.Request, position: int) -> bytes:
 
 
 async def _stream(
-    request: web.Request, writer: UploadWriter, end: int, counter: _WireCounter
+    request: web.Request, writer: UploadWriter, end: int, counter: _WireCounter, skipped: int
 ) -> None:
     try:
-        await stream_body(request, writer, counter.add)
+        await stream_body(request, writer, counter.add, skipped=skipped)
     except UploadTooLarge as exc:
         raise LengthMismatch(f"the body runs past its end at byte {end}") from exc
 
