@@ -20,6 +20,9 @@ chunks are missing, and completes it with the SHA-256 it expects.
   not send pieces) is taken: the body's bytes the server holds already are read and
   dropped, not compared or rewritten (the whole-file SHA-256 at ``complete`` vouches for
   them; a ``Content-Digest`` still covers the whole body), and the rest is written.
+* ``Expect: 100-continue`` is answered once the body is wanted, not at once: a duplicate,
+  a refused piece, or a chunk whose bytes a cut request (perhaps on another node) turns out
+  to have kept meanwhile, is answered before any of the body is sent.
 * Pieces, for links that drop connections more often than a chunk takes to send: the same
   PUT with ``Content-Range: bytes first-last/<chunk length>`` (offsets counted from the
   chunk's first byte) carries part of a chunk. One already received is a 200 duplicate;
@@ -51,7 +54,7 @@ import json
 import math
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from freight.core import UploadEngine, UploadSession, UploadWriter
@@ -114,6 +117,9 @@ _NO_STORE = {"Cache-Control": "no-store"}
 _LOOKS = 3
 # Bytes of an already received prefix read (and dropped) at a time.
 _SKIP_READ = 256 * 1024
+
+_CONTINUE_LATER: web.RequestKey[bool] = web.RequestKey("freight.chunk_continue_later", bool)
+"""Set while a request that sent ``Expect: 100-continue`` has not been asked for its body."""
 
 WIRE_BYTES: web.AppKey[dict[str, int]] = web.AppKey("freight.chunk_wire_bytes")
 """Every chunk body byte received per upload since start-up, duplicates included."""
@@ -289,8 +295,33 @@ async def put_chunk(request: web.Request) -> web.Response:
     except FreightError:
         requests.labels("rejected").inc()
         raise
+    finally:
+        if request.get(_CONTINUE_LATER):
+            # Answered before the body was asked for: the client sends none of it, so the
+            # connection cannot carry another request.
+            request.protocol.close()
     requests.labels("duplicate" if duplicate else "stored").inc()
     return response
+
+
+async def _expect_when_ready(request: web.Request) -> None:
+    """``Expect: 100-continue`` on a chunk PUT: the ``100 Continue`` goes out only once the
+    body is wanted (:func:`_continue`), after the claim is taken, so a duplicate, or bytes a
+    cut request turns out to have kept, are answered before any of the body is sent."""
+    expect = request.headers.get("Expect", "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    request[_CONTINUE_LATER] = True
+
+
+async def _continue(request: web.Request) -> None:
+    """Ask for the body, if the client waits to be asked."""
+    if request.get(_CONTINUE_LATER):
+        request[_CONTINUE_LATER] = False
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
 
 
 async def _put_chunk(request: web.Request) -> tuple[web.Response, bool]:
@@ -319,7 +350,7 @@ async def _put_chunk(request: web.Request) -> tuple[web.Response, bool]:
             session = await engine.get(upload_id)
             kept = layout.check_piece(piece, session.received)
     duplicate = kept is None
-    if duplicate:
+    if duplicate and not request.get(_CONTINUE_LATER):
         await _drain(request, piece.length, counter)
     body = {
         "n": n,
@@ -388,6 +419,7 @@ async def _write_chunk(
         interrupt=interrupter(request),
     ) as writer:
         try:
+            await _continue(request)
             if kept:
                 await _skip(request, kept, counter, checksum)
             await _stream(request, writer, end, counter, kept)
@@ -458,7 +490,9 @@ def add_chunk_api(app: web.Application) -> None:
     router.add_get(API_PREFIX, list_uploads)
     router.add_get(API_PREFIX + "/{upload_id}", get_upload)
     router.add_delete(API_PREFIX + "/{upload_id}", delete_upload)
-    router.add_put(API_PREFIX + "/{upload_id}/chunks/{n}", put_chunk)
+    router.add_put(
+        API_PREFIX + "/{upload_id}/chunks/{n}", put_chunk, expect_handler=_expect_when_ready
+    )
     router.add_post(API_PREFIX + "/{upload_id}/complete", complete_upload)
     add_event_routes(app)
     add_openapi_route(app, POLICY)
