@@ -163,3 +163,47 @@ async def test_a_cut_piece_of_the_last_chunk_then_a_short_rest(
     status, answer = await api.put(upload_id, 1, chunk[sent:], piece_headers(sent, CHUNK - 1))
     assert status == 200 and answer["chunk_complete"] is True, answer
     await finish(api, upload_id, data, skip=(1,))
+
+
+async def expect_put(
+    api: ChunkApi, upload_id: str, n: int, body: bytes, **headers: str
+) -> tuple[bytes, int]:
+    """PUT with ``Expect: 100-continue`` on a raw socket, sending the body only if asked:
+    the server's first answer line, and how many body bytes went out."""
+    host, port = api.live.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    lines = [f"PUT {UPLOADS}/{upload_id}/chunks/{n} HTTP/1.1", f"Host: {host}"]
+    lines += [f"Content-Length: {len(body)}", "Content-Type: application/octet-stream"]
+    lines += ["Expect: 100-continue"]
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    first = await asyncio.wait_for(reader.readline(), 10)
+    sent = 0
+    if b" 100 " in first:
+        await reader.readline()  # the blank line ending the interim answer
+        writer.write(body)
+        sent = len(body)
+        first = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    return first, sent
+
+
+async def test_expect_continue_asks_for_no_body_it_does_not_want(
+    api: ChunkApi, upload: tuple[str, bytes]
+) -> None:
+    """The ``100 Continue`` comes once the server wants the body: a duplicate and a refused
+    piece are answered before any of it is sent."""
+    upload_id, data = upload
+    chunk = data[:CHUNK]
+    first, sent = await expect_put(api, upload_id, 0, chunk)
+    assert first.startswith(b"HTTP/1.1 200") and sent == CHUNK
+    first, sent = await expect_put(api, upload_id, 0, chunk)
+    assert first.startswith(b"HTTP/1.1 200") and sent == 0  # a duplicate
+    await cut_put(api, upload_id, 1, data[CHUNK : 2 * CHUNK], CUT)
+    assert (await settled(api, upload_id))["received_bytes"] == CHUNK + CUT
+    wrong = piece_headers(0, CHUNK - 1)
+    first, sent = await expect_put(api, upload_id, 1, data[CHUNK : 2 * CHUNK], **wrong)
+    assert first.startswith(b"HTTP/1.1 409") and sent == 0
+    state = await api.state(upload_id)
+    assert state["wire_bytes"] == CHUNK + CUT  # each body byte that was sent, once
+    assert state["missing_bytes"] == [[CHUNK + CUT, 2 * CHUNK]]

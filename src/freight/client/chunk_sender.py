@@ -5,7 +5,9 @@ hands each to a sender with its digest and, when they fit :data:`HELD_CHUNKS_BUD
 bytes. Each chunk is PUT whole or, on a link that keeps losing whole pieces, in smaller
 pieces (``Content-Range``, sized by :class:`~freight.client.chunk_status.PieceSizer`), each
 acknowledged on its own. Each chunk retries on its own with backoff; a chunk that keeps
-failing stops the others. The bytes acknowledged and those in flight make the progress.
+failing stops the others. After a lost PUT the chunk goes on from where the server's status
+says its bytes end (a cut PUT keeps what arrived). The bytes acknowledged and those in
+flight make the progress.
 """
 
 from __future__ import annotations
