@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -21,6 +22,9 @@ from cli_support import (
     sha256_of,
     start_cli,
 )
+
+from freight.client import RetryPolicy
+from freight.client.chunks import upload_chunks
 
 Proxy = Callable[[int], ChaosProxy]
 CHUNKS = ("--protocol", "chunks", "--parallel", "4")
@@ -105,7 +109,7 @@ def test_send_chunks_resumes_after_the_client_is_killed(
     before = _status(freight_server.url, upload_id)
     received = before["received_bytes"]
     assert 0 < received < size, before
-    assert received % (10 * MiB) == 0  # whole chunks only: a cut chunk counts for nothing
+    assert before["missing_bytes"], before  # the chunks cut short kept what arrived
 
     proxy.reset()
     result = json_output(run_cli("send", str(source), proxy.url, *CHUNKS, "--json", env=env))
@@ -113,7 +117,7 @@ def test_send_chunks_resumes_after_the_client_is_killed(
     assert result["resumed_from"] == received
     after = _status(freight_server.url, upload_id)
     assert after["state"] == "finished" and after["sha256"] == digest
-    # Only the missing chunks were sent, each exactly once.
+    # Only the missing bytes were sent, each exactly once.
     assert after["wire_bytes"] - wire_before == size - received
     assert proxy.counted["up"] <= size - received + OVERHEAD
     assert not json.loads((state_dir / "uploads.json").read_text())["entries"]
@@ -137,3 +141,29 @@ def test_send_chunks_of_an_empty_file(
     source.write_bytes(b"")
     sent = json_output(run_cli("send", str(source), freight_server.url, *CHUNKS, "--json", env=env))
     assert sent["size"] == 0 and sent["sha256"] == sha256_of(source) and sent["verified"]
+
+
+def test_a_chunk_cut_midway_goes_on_from_where_the_server_kept_it(
+    freight_server: Any, chaos_proxy: Proxy, tmp_path: Path
+) -> None:
+    """A cut PUT keeps what reached the server; the client asks before it resends and sends
+    only the rest, so the server reads each byte once and the link carries at most what
+    was in flight at the cut again (less than a chunk)."""
+    size = 40 * MiB + 7
+    source = tmp_path / "cut.bin"
+    digest = make_file(source, size)
+    proxy = chaos_proxy(freight_server.port)
+    cut = 14 * MiB + 12345  # inside the second round of chunks, off every boundary
+    proxy.reset(up=_Rule(cut_after=cut))
+    retry = RetryPolicy(attempts=5, initial_delay=0.05, max_delay=0.2)
+    upload = upload_chunks(source, proxy.url, parallel=4, retry=retry)
+    result = asyncio.run(asyncio.wait_for(upload, 120))
+    assert result.sha256 == digest and result.verified
+    assert proxy.rules["up"].cut_after is None, "the link was never cut"
+    upload_id = result.url.rsplit("/", 1)[1]
+    state = _status(freight_server.url, upload_id)
+    assert state["chunk_size"] == 10 * MiB
+    again = proxy.counted["up"] - size
+    print(f"\nsent again through the proxy: {again} bytes; server read {state['wire_bytes']}")
+    assert state["wire_bytes"] == size  # nothing the server had was sent to it again
+    assert again <= 10 * MiB + OVERHEAD

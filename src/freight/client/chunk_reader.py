@@ -27,9 +27,10 @@ class Chunk:
     digest: bytes | None
     buffer: bytearray | None
 
-    def content_range(self, start: int, end: int) -> str | None:
-        """The ``Content-Range`` of a piece; None for the whole chunk (any server takes it)."""
-        if (start, end) == (self.start, self.end):
+    def content_range(self, start: int, end: int, *, always: bool = False) -> str | None:
+        """The ``Content-Range`` of a piece; None for the whole chunk (any server takes it)
+        unless ``always``."""
+        if (start, end) == (self.start, self.end) and not always:
             return None
         return f"bytes {start - self.start}-{end - 1 - self.start}/{self.end - self.start}"
 

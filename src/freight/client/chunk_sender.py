@@ -5,13 +5,16 @@ hands each to a sender with its digest and, when they fit :data:`HELD_CHUNKS_BUD
 bytes. Each chunk is PUT whole or, on a link that keeps losing whole pieces, in smaller
 pieces (``Content-Range``, sized by :class:`~freight.client.chunk_status.PieceSizer`), each
 acknowledged on its own. Each chunk retries on its own with backoff; a chunk that keeps
-failing stops the others. The bytes acknowledged and those in flight make the progress.
+failing stops the others. After a lost PUT the chunk goes on from where the server's status
+says its bytes end (a cut PUT keeps what arrived). The bytes acknowledged and those in
+flight make the progress.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +22,13 @@ import aiohttp
 from yarl import URL
 
 from freight.client.chunk_reader import Chunk, ChunkReader
-from freight.client.chunk_status import PieceSizer, Remote, count_field, json_object
+from freight.client.chunk_status import (
+    PieceSizer,
+    Remote,
+    count_field,
+    json_object,
+    status_remote,
+)
 from freight.client.errors import ProtocolViolation, ServerError
 from freight.client.filebody import BufferBody, FileBody
 from freight.client.hashing import SplitHasher
@@ -34,6 +43,8 @@ from freight.client.http import (
 from freight.client.upload import ProgressCallback
 
 __all__ = ["HELD_CHUNKS_BUDGET", "ChunkSender", "UploadGone"]
+
+log = logging.getLogger(__name__)
 
 # Chunks are held in memory (read once) only while ``parallel + 1`` of them fit in this;
 # otherwise (the server's default 10 MiB chunks, many streams) each is read twice and
@@ -140,6 +151,9 @@ class ChunkSender:
         url = remote.url / "chunks" / str(chunk.n)
         budget = RetryBudget(self.policy, self.on_retry)
         clean = True
+        # The last attempt was lost on the way, or answered as a duplicate: the server may
+        # hold more of the chunk than this client knows.
+        after_cut = False
         losses = 0  # whole pieces of this chunk lost in a row
         cap = chunk.end - chunk.start  # this chunk's largest piece until one gets through
         for span_start, span_end in chunk.spans:
@@ -148,7 +162,9 @@ class ChunkSender:
                 end = min(span_end, position + min(self.pieces.size, cap))
                 sent = [0]  # bytes of this attempt handed to the connection
                 try:
-                    await self._put(url, chunk, position, end, sent)
+                    duplicate = await self._put(
+                        url, chunk, position, end, sent, after_cut=after_cut
+                    )
                 except _PieceOffset as exc:
                     # An attempt whose answer was lost got through, or the server lacks bytes
                     # it had: go on from where its bytes end.
@@ -167,19 +183,48 @@ class ChunkSender:
                         raise UploadGone() from exc
                     if not _chunk_retryable(exc):
                         raise
-                    if not isinstance(exc, ServerError):  # the link lost the piece
+                    lost_link = after_cut = not isinstance(exc, ServerError)
+                    if lost_link:  # the link lost the piece
                         losses += 1
                         cap = self.pieces.lost(end - position, sent[0], losses)
                         if cap < end - position:
                             losses = 0
                             budget.progressed()  # smaller pieces: a new try, not a repeat
                     await budget.failed(f"chunk {chunk.n}: {describe_error(exc)}")
+                    if lost_link and sent[0] and not self.reader.chunk_digests:
+                        # The server keeps what arrived of a cut request without a digest:
+                        # send only what the chunk still lacks.
+                        kept = await self._kept_end(remote, chunk, position, span_end)
+                        if kept > position:
+                            losses, cap = 0, chunk.end - chunk.start
+                            self._acknowledge(kept - position, budget)
+                            position = kept
                 else:
+                    after_cut = duplicate
                     losses, cap = 0, chunk.end - chunk.start
                     self.pieces.got_through(end - position)
                     self._acknowledge(end - position, budget)
                     position = end
         return clean
+
+    async def _kept_end(self, remote: Remote, chunk: Chunk, position: int, span_end: int) -> int:
+        """Where the server's bytes of ``chunk`` end, from ``position`` (what it had
+        acknowledged) up to ``span_end``: its status after a cut. ``position`` when the
+        status cannot be had; the next attempt then learns it the slow way."""
+        try:
+            async with asyncio.timeout(self.stall_timeout):
+                async with self.session.get(remote.url) as resp:
+                    if resp.status != 200:
+                        await resp.read()
+                        return position
+                    status = status_remote(await json_object(resp), remote.url, self.size)
+        except (TimeoutError, aiohttp.ClientError, ProtocolViolation) as exc:
+            log.info("chunk %d: no status after a cut: %s", chunk.n, describe_error(exc))
+            return position
+        if status is None or status.chunk_size != remote.chunk_size:
+            return position
+        kept = _received_end(status, chunk)
+        return position if kept is None else min(max(kept, position), span_end)
 
     def _acknowledge(self, count: int, budget: RetryBudget) -> None:
         self.acknowledged += count
@@ -187,9 +232,16 @@ class ChunkSender:
         self.budget.progressed()
         self.report()
 
-    async def _put(self, url: URL, chunk: Chunk, start: int, end: int, sent: list[int]) -> None:
+    async def _put(
+        self, url: URL, chunk: Chunk, start: int, end: int, sent: list[int], *, after_cut: bool
+    ) -> bool:
         """PUT bytes ``[start, end)`` of ``chunk`` (all of it, or a piece); ``sent[0]``
-        follows how many went out."""
+        follows how many went out. Returns whether the server had them all already.
+
+        ``after_cut``: the previous attempt was lost, and the server may still be recording
+        what it kept of it (the status asked since may be too early). This one then waits for
+        ``100 Continue`` before sending its body, and names its range even for a whole chunk:
+        a server that finds more bytes kept says where they end (409) before any is sent."""
         loop = asyncio.get_running_loop()
         n = chunk.n
         # As for tus: give up on a link where neither reading nor writing has moved lately.
@@ -204,7 +256,8 @@ class ChunkSender:
                 "Content-Type": "application/octet-stream",
                 "Content-Length": str(end - start),
             }
-            content_range = chunk.content_range(start, end)
+            ranged = after_cut and self.pieces.takes_pieces
+            content_range = chunk.content_range(start, end, always=ranged)
             if content_range is not None:
                 headers["Content-Range"] = content_range
             digest = await self.reader.digest_of(chunk, start, end)
@@ -217,12 +270,14 @@ class ChunkSender:
             else:
                 body = FileBody(self.path, start, end, chunk_size=self.read_size, on_read=moved)
             try:
-                async with self.session.put(url, data=body, headers=headers) as resp:
+                put = self.session.put(url, data=body, headers=headers, expect100=after_cut)
+                async with put as resp:
                     if resp.status == 409:
                         raise await _conflict(resp, chunk)
                     if resp.status != 200:
                         raise await server_error(resp, f"sending chunk {n}")
-                    await resp.read()
+                    answer = await json_object(resp)
+                return answer.get("duplicate") is True
             except Exception:
                 if body.error is not None:
                     raise body.error from None  # a local read failure, not a network one
@@ -262,6 +317,19 @@ async def _conflict(resp: aiohttp.ClientResponse, chunk: Chunk) -> Exception:
         http_status=409,
         server_code=str(data.get("code")),
     )
+
+
+def _received_end(status: Remote, chunk: Chunk) -> int | None:
+    """Where the server's received run of ``chunk`` (from its first byte) ends, by its
+    status; None if the status does not say."""
+    if not any(first <= chunk.n < end for first, end in status.missing):
+        return chunk.end
+    lacking = [start for start, end in status.missing_bytes if chunk.start <= start < chunk.end]
+    if not lacking:
+        return chunk.start  # missing whole
+    if len(lacking) > 1:
+        return None  # not one run from the chunk's first byte: not this server's rule
+    return lacking[0]
 
 
 def _chunk_retryable(exc: BaseException) -> bool:

@@ -99,6 +99,7 @@ class PieceSizer:
         # A server without pieces takes whole chunks only: the floor is then the chunk.
         wanted = chunk_size if server_minimum is None else max(MIN_PIECE, server_minimum)
         self.floor = min(chunk_size, wanted)
+        self.takes_pieces = server_minimum is not None
         self._through = 0  # pieces in a row that got through
         self._losses = 0  # at this size
         self._lost_bytes = 0  # sent at this size, then lost

@@ -2,9 +2,12 @@
 
 One upload is: find the server's upload (a remembered URL and ``GET``, or a new ``POST``),
 ask which chunks are missing, PUT only those, ``parallel`` at a time, then ``complete`` with
-the SHA-256 computed locally; the server refuses a file whose hash differs. The server
-counts a chunk whole or not at all, so after any interruption the missing list is exact and
-nothing it acknowledged is sent again.
+the SHA-256 computed locally; the server refuses a file whose hash differs. The server keeps
+what reached it of a cut PUT (one without a digest), so after a lost PUT the client asks the
+status and sends only what that chunk still lacks, as a piece that waits for
+``100 Continue``: a server still recording the cut request's bytes (another node, perhaps)
+then says where they end before any byte is sent. Nothing acknowledged is sent again, and of
+what a cut loses only what was in flight past the server's last byte.
 
 A link that drops connections more often than a chunk takes to send would lose every
 chunk. So a chunk whose whole pieces are lost twice in a row is sent in pieces half as large

@@ -188,8 +188,15 @@ class Writing:
         if rewrites is not None:
             check_writable(active.session, rewrites, sequential)
             check_offset(active.session, rewrites)
-        if await self._host.claims.take_over(active.session.id, start, end, rewrites):
-            return await self._host.activate(active.session.id)  # it may have been dropped
+        upload_id = active.session.id
+        if not await self._host.claims.take_over(upload_id, start, end, rewrites):
+            return active
+        active = await self._host.activate(upload_id)  # it may have been dropped
+        # What the requests let go of kept was recorded as they left, perhaps by another
+        # node: this node's copy of the session learns of it only from the repository.
+        stored = await self._host.sessions.load(upload_id)
+        for have_start, have_end in stored.received:
+            active.session.received.add(have_start, have_end)
         return active
 
 

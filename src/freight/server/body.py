@@ -88,9 +88,14 @@ def close_after_response(request: web.Request) -> bool:
 
 
 async def stream_body(
-    request: web.Request, writer: UploadWriter, on_bytes: Counter | None = None
+    request: web.Request,
+    writer: UploadWriter,
+    on_bytes: Counter | None = None,
+    *,
+    skipped: int = 0,
 ) -> None:
     """Feed the whole body to ``writer``; ``on_bytes`` counts bytes as they arrive.
+    ``skipped``: the caller read (and dropped) the body's first bytes already.
 
     A body that stalls (see :mod:`freight.server.stall`) raises :class:`Stalled` with its
     connection closed; what the writer made durable is kept.
@@ -103,9 +108,9 @@ async def stream_body(
     async with watch_progress(
         request.transport, Direction.RECEIVE, settings.idle_timeout, settings.min_rate
     ):
-        unread = _unread_length(request, writer)
+        unread = _unread_length(request, writer) - skipped
         if unread >= DIRECT_MIN and _can_take_transport(request):
-            await _read_directly(request, writer, count)
+            await _read_directly(request, writer, count, skipped)
         else:
             await _read_stream(request, writer, count)
 
@@ -148,10 +153,13 @@ async def _read_stream(request: web.Request, writer: UploadWriter, count: Counte
         await writer.write(chunk)
 
 
-async def _read_directly(request: web.Request, writer: UploadWriter, count: Counter) -> None:
+async def _read_directly(
+    request: web.Request, writer: UploadWriter, count: Counter, skipped: int
+) -> None:
     content = request.content
-    length = content_length(request)
-    assert length is not None
+    declared = content_length(request)
+    assert declared is not None
+    length = declared - skipped
     end = writer.start + length
     if writer.limit is not None and end > writer.limit:
         raise UploadTooLarge(f"the body runs past byte {writer.limit}, where this upload ends")

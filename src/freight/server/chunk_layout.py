@@ -5,10 +5,11 @@ Nothing here does I/O: it sizes chunks (:class:`ChunkPolicy`), maps chunk number
 is missing, and validates request bodies and headers.
 
 Pieces keep the received ranges few: a piece must start where its chunk's received bytes
-end (:meth:`ChunkLayout.check_piece`), so a chunk only ever holds one received run from its
-first byte, and an upload never holds more runs than it has chunks, whatever a client
-sends. A piece is also at least :attr:`ChunkPolicy.min_piece` bytes unless it ends its
-chunk, so a chunk costs a bounded number of requests (each one a durable commit).
+end, and a whole chunk is written from there (:meth:`ChunkLayout.check_piece`), so a chunk
+only ever holds one received run from its first byte, and an upload never holds more runs
+than it has chunks, whatever a client sends. A piece is also at least
+:attr:`ChunkPolicy.min_piece` bytes unless it ends its chunk, so a chunk costs a bounded
+number of requests (each one a durable commit).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class Piece:
     end: int
     chunk_start: int
     chunk_end: int
+    ranged: bool = False  # named by a Content-Range, even if it spans the chunk
 
     @property
     def length(self) -> int:
@@ -144,16 +146,23 @@ class ChunkLayout:
             )
         if wanted.stop < length and wanted.length < min_piece:
             raise BadRequest(f"a piece is at least {min_piece} bytes, unless it ends its chunk")
-        return Piece(n, start + wanted.start, start + wanted.stop, start, end)
+        return Piece(n, start + wanted.start, start + wanted.stop, start, end, ranged=True)
 
     @staticmethod
-    def check_piece(piece: Piece, received: RangeSet) -> bool:
-        """Whether ``piece`` is a duplicate (all of it received). Otherwise it must start
-        where the chunk's received bytes end, or :class:`PieceOffsetMismatch` is raised:
-        that keeps every chunk's received bytes one run from its first byte."""
+    def check_piece(piece: Piece, received: RangeSet) -> int | None:
+        """How many of ``piece``'s first bytes are received already; None for a duplicate
+        (all of it received).
+
+        Only a whole chunk (no ``Content-Range``) may start inside the chunk's received
+        bytes (a cut request kept them): those bytes are read and dropped, the rest written
+        from where they end. A piece must start where the chunk's received bytes end, or
+        :class:`PieceOffsetMismatch` is raised. Either way every chunk's received bytes
+        stay one run from its first byte."""
         if received.covers(piece.start, piece.end):
-            return True
+            return None
         next_byte = min(received.end_of_run_from(piece.chunk_start), piece.chunk_end)
+        if not piece.ranged:
+            return next_byte - piece.start
         if piece.start != next_byte:
             offset = next_byte - piece.chunk_start
             raise PieceOffsetMismatch(
@@ -161,7 +170,7 @@ class ChunkLayout:
                 f"send the chunk from byte {offset} (chunk_offset)",
                 chunk_offset=offset,
             )
-        return False
+        return 0
 
     def missing(self, received: RangeSet) -> list[list[int]]:
         """Half-open ranges ``[first, end)`` of chunks with any byte not received."""

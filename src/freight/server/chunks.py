@@ -9,17 +9,27 @@ chunks are missing, and completes it with the SHA-256 it expects.
   server picks the chunk size (:class:`ChunkPolicy`); the client must use the one it is given.
 * ``PUT /api/uploads/{id}/chunks/{n}``: the raw bytes of chunk ``n`` (0-based), written
   in place at ``n * chunk_size`` of the upload's single part file: no chunk files and no
-  merge. A chunk counts whole or not at all; one already received is drained unwritten
-  and answered 200 with ``duplicate: true``. ``Content-Digest`` (RFC 9530, sha-256 or
-  sha-512) is checked before the chunk is acknowledged.
+  merge. One already received is drained unwritten and answered 200 with
+  ``duplicate: true``. ``Content-Digest`` (RFC 9530, sha-256 or sha-512) is checked
+  before the chunk is acknowledged.
+* A PUT that is cut keeps what arrived of its body (as tus does): it shows in
+  ``missing_bytes`` like a partly sent chunk, and the rest can follow as a piece. A PUT
+  with a ``Content-Digest`` counts whole or not at all instead, since part of a body
+  cannot be checked against it.
+* A whole chunk PUT of a chunk partly received (a cut retried whole, by a client that does
+  not send pieces) is taken: the body's bytes the server holds already are read and
+  dropped, not compared or rewritten (the whole-file SHA-256 at ``complete`` vouches for
+  them; a ``Content-Digest`` still covers the whole body), and the rest is written.
+* ``Expect: 100-continue`` is answered once the body is wanted, not at once: a duplicate,
+  a refused piece, or a chunk whose bytes a cut request (perhaps on another node) turns out
+  to have kept meanwhile, is answered before any of the body is sent.
 * Pieces, for links that drop connections more often than a chunk takes to send: the same
   PUT with ``Content-Range: bytes first-last/<chunk length>`` (offsets counted from the
-  chunk's first byte) carries part of a chunk. A piece counts whole or not at all, like a
-  chunk; one already received is a 200 duplicate; ``Content-Digest`` then covers the
-  piece. A piece must start where the chunk's received bytes end (409
-  ``ERR_PIECE_OFFSET`` with ``chunk_offset`` otherwise; the rule keeps each chunk's
-  received bytes one run) and be at least ``min_piece_size`` bytes unless it ends the
-  chunk. A chunk counts as received once all its bytes are.
+  chunk's first byte) carries part of a chunk. One already received is a 200 duplicate;
+  ``Content-Digest`` then covers the piece. A piece must start where the chunk's received
+  bytes end (409 ``ERR_PIECE_OFFSET`` with ``chunk_offset`` otherwise; the rule keeps each
+  chunk's received bytes one run) and be at least ``min_piece_size`` bytes unless it ends
+  the chunk. A chunk counts as received once all its bytes are.
 * ``GET /api/uploads/{id}``: progress; ``missing`` lists *half-open* chunk ranges
   ``[first, end)``, so ``[[0, 2], [5, 6]]`` means chunks 0, 1 and 5; ``missing_bytes``
   lists the half-open byte ranges (file offsets) still missing from chunks partly received
@@ -33,7 +43,8 @@ JSON, field or header, a body of the wrong length or a piece too short; 404 unkn
 409 completing with chunks missing (``missing`` and ``missing_bytes`` in the body), aborting
 a finished upload, or a piece that does not follow its chunk's received bytes; 410 expired;
 413 over ``--max-size``; 415 a form-encoded chunk; 416 a chunk number past the last chunk,
-or a piece past its chunk's end (``Content-Range: bytes */<chunk length>``); 422 a
+or a piece past its chunk's end (``Content-Range: bytes */<chunk length>``); 417 an
+``Expect`` other than ``100-continue``; 422 a
 ``Content-Digest`` or expected SHA-256 that does not match (the data is kept); 423 the same
 chunk is being written by another request right now; 507 not enough disk.
 """
@@ -45,42 +56,29 @@ import math
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
-from freight.core import UploadEngine, UploadSession, UploadWriter
+from freight.core import UploadSession
 from freight.core.blobs import PartSized
-from freight.core.writer import RequestChecksum
-from freight.errors import (
-    BadRequest,
-    ClientDisconnected,
-    FreightError,
-    LengthMismatch,
-    RangeAlreadyReceived,
-    UnsupportedMediaType,
-    UploadCompleted,
-    UploadIncomplete,
-    UploadTooLarge,
-)
+from freight.errors import BadRequest, UploadCompleted, UploadIncomplete
 from freight.protocol.metadata import safe_filename
-from freight.server.body import content_length, interrupter, stream_body
+from freight.server.body import content_length
 from freight.server.chunk_layout import (
     API_PREFIX,
     POLICY,
     ChunkLayout,
     ChunkPolicy,
     CreateRequest,
-    Piece,
     chunk_checksum,
     layout_of,
-    parse_chunk_number,
     parse_complete_request,
     parse_create_request,
     require_layout,
 )
+from freight.server.chunk_put import WIRE_BYTES, expect_when_ready, put_chunk
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.events import add_event_routes
 from freight.server.logs import request_client
-from freight.server.metrics import METRICS, add_metrics
+from freight.server.metrics import add_metrics
 from freight.server.openapi import add_openapi_route
 from freight.server.paging import next_cursor, parse_page_request
 from freight.server.state import ENGINE, SETTINGS
@@ -99,13 +97,8 @@ __all__ = [
 ]
 
 MAX_JSON_BODY = 64 * 1024
-# A chunk sent as a form would have its multipart framing written into the file.
-_FORM_TYPES = ("multipart/", "application/x-www-form-urlencoded")
 # Progress changes with every chunk: never let a cache answer for the server.
 _NO_STORE = {"Cache-Control": "no-store"}
-
-WIRE_BYTES: web.AppKey[dict[str, int]] = web.AppKey("freight.chunk_wire_bytes")
-"""Every chunk body byte received per upload since start-up, duplicates included."""
 
 
 # responses ------------------------------------------------------------------------------
@@ -270,130 +263,6 @@ async def complete_upload(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-async def put_chunk(request: web.Request) -> web.Response:
-    request[PROTOCOL_KEY] = "chunks"
-    requests = request.app[METRICS].chunk_requests
-    try:
-        response, duplicate = await _put_chunk(request)
-    except FreightError:
-        requests.labels("rejected").inc()
-        raise
-    requests.labels("duplicate" if duplicate else "stored").inc()
-    return response
-
-
-async def _put_chunk(request: web.Request) -> tuple[web.Response, bool]:
-    engine = request.app[ENGINE]
-    upload_id = request.match_info["upload_id"]
-    session = await engine.get(upload_id)
-    layout = require_layout(session)
-    n = parse_chunk_number(request.match_info["n"])
-    piece = layout.piece(n, request.headers.get("Content-Range"), POLICY.min_piece)
-    _check_body_headers(request, piece)
-    checksum = chunk_checksum(request.headers.get("Content-Digest"))
-    counter = _WireCounter(request.app, upload_id)
-    duplicate = session.is_finished or layout.check_piece(piece, session.received)
-    if not duplicate:
-        try:
-            session = await _write_chunk(request, engine, piece, checksum, counter)
-        except RangeAlreadyReceived:
-            # Another request stored these bytes between our look and our claim.
-            session = await engine.get(upload_id)
-            if not layout.check_piece(piece, session.received):
-                raise
-            duplicate = True
-    if duplicate:
-        await _drain(request, piece.length, counter)
-    body = {
-        "n": n,
-        "duplicate": duplicate,
-        "chunk_complete": session.is_finished
-        or session.received.covers(piece.chunk_start, piece.chunk_end),
-        "received_bytes": session.received.total(),
-        "size": session.length,
-        "wire_bytes": request.app[WIRE_BYTES].get(upload_id, 0),
-    }
-    return web.json_response(body), duplicate
-
-
-def _check_body_headers(request: web.Request, piece: Piece) -> None:
-    """Refuse what the headers already show is wrong, before reading any of the body."""
-    content_type = request.headers.get("Content-Type", "").strip().lower()
-    if content_type.startswith(_FORM_TYPES):
-        raise UnsupportedMediaType("send the chunk as the raw body (application/octet-stream)")
-    declared = content_length(request)
-    if declared is not None and declared != piece.length:
-        raise LengthMismatch(
-            f"{piece.describe()} is {piece.length} bytes, not {declared}",
-            chunk_length=piece.length,
-        )
-
-
-class _WireCounter:
-    """Counts body bytes as they arrive, for ``wire_bytes`` and the metrics."""
-
-    def __init__(self, app: web.Application, upload_id: str) -> None:
-        self._totals = app[WIRE_BYTES]
-        self._metric = app[METRICS].chunk_body_bytes
-        self._upload_id = upload_id
-
-    def add(self, count: int) -> None:
-        self._totals[self._upload_id] = self._totals.get(self._upload_id, 0) + count
-        self._metric.inc(count)
-
-
-async def _write_chunk(
-    request: web.Request,
-    engine: UploadEngine,
-    piece: Piece,
-    checksum: RequestChecksum | None,
-    counter: _WireCounter,
-) -> UploadSession:
-    start, end = piece.start, piece.end
-    upload_id = request.match_info["upload_id"]
-    # A chunk (or piece) counts whole or not at all: bytes kept from the middle of one would
-    # split the chunk's received run, and its retry would no longer fit what is missing.
-    async with engine.writer(
-        upload_id,
-        start,
-        end=end,
-        sequential=False,
-        checksum=checksum,
-        all_or_nothing=True,
-        interrupt=interrupter(request),
-    ) as writer:
-        await _stream(request, writer, end, counter)
-        return await writer.commit(expected_end=end)
-
-
-async def _next_piece(request: web.Request, position: int) -> bytes:
-    try:
-        return await request.content.readany()
-    except (ConnectionError, HttpProcessingError) as exc:
-        raise ClientDisconnected(f"the body ended early at byte {position}: {exc}") from exc
-
-
-async def _stream(
-    request: web.Request, writer: UploadWriter, end: int, counter: _WireCounter
-) -> None:
-    try:
-        await stream_body(request, writer, counter.add)
-    except UploadTooLarge as exc:
-        raise LengthMismatch(f"the body runs past its end at byte {end}") from exc
-
-
-async def _drain(request: web.Request, length: int, counter: _WireCounter) -> None:
-    """Read a duplicate chunk's body without keeping it, checking only its length."""
-    got = 0
-    while piece := await _next_piece(request, got):
-        counter.add(len(piece))
-        got += len(piece)
-        if got > length:
-            raise LengthMismatch(f"the body has more than the {length} bytes expected")
-    if got != length:
-        raise LengthMismatch(f"the body has {got} bytes; {length} were expected")
-
-
 def add_chunk_api(app: web.Application) -> None:
     """Register the chunk API, live events, metrics and the OpenAPI document on ``app``."""
     app[WIRE_BYTES] = {}
@@ -403,7 +272,9 @@ def add_chunk_api(app: web.Application) -> None:
     router.add_get(API_PREFIX, list_uploads)
     router.add_get(API_PREFIX + "/{upload_id}", get_upload)
     router.add_delete(API_PREFIX + "/{upload_id}", delete_upload)
-    router.add_put(API_PREFIX + "/{upload_id}/chunks/{n}", put_chunk)
+    router.add_put(
+        API_PREFIX + "/{upload_id}/chunks/{n}", put_chunk, expect_handler=expect_when_ready
+    )
     router.add_post(API_PREFIX + "/{upload_id}/complete", complete_upload)
     add_event_routes(app)
     add_openapi_route(app, POLICY)

@@ -83,11 +83,13 @@ def chunk_paths() -> Json:
                 "summary": "Send chunk n, or a piece of it (any order, several chunks at once)",
                 "description": (
                     "The body is the chunk's raw bytes: chunk_size bytes, fewer for the last. "
-                    "A chunk counts whole or not at all. Resending one already received is "
-                    "answered 200 with duplicate=true, and it is not written again. With "
-                    "Content-Range the body is a piece of the chunk, which also counts whole "
-                    "or not at all; a piece starts where the chunk's received bytes end "
-                    "(missing_bytes), and the chunk counts as received once all its bytes are."
+                    "A request cut midway keeps what arrived (missing_bytes shows the rest), "
+                    "unless it carries a Content-Digest. Resending one already received is "
+                    "answered 200 with duplicate=true, and it is not written again; a whole "
+                    "chunk resent after a cut is written from where its kept bytes end. With "
+                    "Content-Range the body is a piece of the chunk; a piece starts where the "
+                    "chunk's received bytes end (missing_bytes), and the chunk counts as "
+                    "received once all its bytes are."
                 ),
                 "parameters": [
                     param(
