@@ -153,11 +153,11 @@ async def test_a_failed_attempt_is_sent_again_from_the_same_bytes(
     put = freight.client.chunk_sender.ChunkSender._put
     failed: list[int] = []
 
-    async def flaky_put(upload: Any, url: Any, chunk: Any, *piece: Any) -> None:
+    async def flaky_put(upload: Any, url: Any, chunk: Any, *piece: Any, **options: Any) -> None:
         if chunk.n == 1 and not failed:
             failed.append(chunk.n)
             raise aiohttp.ServerDisconnectedError()
-        await put(upload, url, chunk, *piece)
+        await put(upload, url, chunk, *piece, **options)
 
     monkeypatch.setattr(freight.client.chunk_sender.ChunkSender, "_put", flaky_put)
     reads = _Reads(monkeypatch)
