@@ -24,6 +24,7 @@ __all__ = [
     "OffsetMismatch",
     "PieceOffsetMismatch",
     "PreconditionFailed",
+    "QuotaExceeded",
     "RangeAlreadyReceived",
     "RangeNotSatisfiable",
     "ResourcesExhausted",
@@ -42,6 +43,7 @@ __all__ = [
     "UploadLocked",
     "UploadNotFound",
     "UploadTooLarge",
+    "UserExists",
     "storage_os_error",
 ]
 
@@ -174,6 +176,18 @@ class UnsupportedVersion(PreconditionFailed):
 class UploadTooLarge(FreightError):
     code = "ERR_TOO_LARGE"
     status = 413
+
+
+class QuotaExceeded(FreightError):
+    """The upload would take its owner over their byte or file quota."""
+
+    code = "ERR_QUOTA_EXCEEDED"
+    status = 413
+
+
+class UserExists(FreightError):
+    code = "ERR_USER_EXISTS"
+    status = 409
 
 
 class UnsupportedMediaType(FreightError):

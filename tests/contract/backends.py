@@ -23,8 +23,11 @@ from freight.core.blobs import (
     ServerConcat,
 )
 from freight.core.ports import SessionRepository
+from freight.core.users import UserRepository
 from freight.storage import LocalBlobs, MemoryBlobs, SqliteSessions
+from freight.storage.local_users import SqliteUsers
 from freight.storage.pg_sessions import open_pg_sessions
+from freight.storage.pg_users import open_pg_users
 from tests.s3.fixtures import S3Place
 from tests.s3.stores import open_store
 
@@ -46,6 +49,14 @@ class SessionBackend:
 
 
 @dataclass(frozen=True)
+class UserBackend:
+    """Users kept beside a session backend: ``open`` gives both, on one database."""
+
+    place: str
+    open: Callable[[Any], Awaitable[tuple[UserRepository, SessionRepository]]]
+
+
+@dataclass(frozen=True)
 class BlobBackend:
     place: str
     open: Callable[[Any], Awaitable[BlobStore]]
@@ -64,6 +75,15 @@ async def _postgresql(dsn: str) -> SessionRepository:
     return await open_pg_sessions(dsn)
 
 
+async def _sqlite_users(place: Path) -> tuple[UserRepository, SessionRepository]:
+    place.mkdir(parents=True, exist_ok=True)
+    return SqliteUsers(place / "freight.db"), SqliteSessions(place / "freight.db")
+
+
+async def _postgresql_users(dsn: str) -> tuple[UserRepository, SessionRepository]:
+    return await open_pg_users(dsn), await open_pg_sessions(dsn)
+
+
 async def _local(place: Path) -> BlobStore:
     return LocalBlobs(place, 1024 * 1024)
 
@@ -80,6 +100,10 @@ async def _s3(place: S3Place) -> BlobStore:
 SESSION_BACKENDS: dict[str, SessionBackend] = {
     "sqlite": SessionBackend(place="tmp_place", open=_sqlite),
     "postgresql": SessionBackend(place="pg_dsn", open=_postgresql),
+}
+USER_BACKENDS: dict[str, UserBackend] = {
+    "sqlite": UserBackend(place="tmp_place", open=_sqlite_users),
+    "postgresql": UserBackend(place="pg_dsn", open=_postgresql_users),
 }
 BLOB_BACKENDS: dict[str, BlobBackend] = {
     "local": BlobBackend(

@@ -97,7 +97,10 @@ class Concatenator:
         self._lock = asyncio.Lock()
 
     async def create_final(
-        self, part_ids: Sequence[str], metadata: Mapping[str, str | None]
+        self,
+        part_ids: Sequence[str],
+        metadata: Mapping[str, str | None],
+        owner: str | None = None,
     ) -> UploadSession:
         """Create a final concatenation; it is assembled once every part is finished.
 
@@ -129,6 +132,7 @@ class Concatenator:
                 state=UploadState.ASSEMBLING,
                 concat_kind=ConcatKind.FINAL,
                 concat_parts=tuple(part_ids),
+                owner=owner,
             )
             # Parts first: one owned by a final that never came to be is free again.
             for part in parts:

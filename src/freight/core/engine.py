@@ -140,12 +140,14 @@ class UploadEngine:
         client: str | None = None,
         chunk_size: int | None = None,
         declared_sha256: str | None = None,
+        owner: str | None = None,
     ) -> UploadSession:
         """Start an upload; ``length=None`` defers the length.
 
         ``client`` (the peer's address) is held to the per-client caps. ``chunk_size`` and
         ``declared_sha256`` are the creating protocol's own state, kept beside (never in)
-        the client's ``metadata``; finishing checks a declared SHA-256. The new upload
+        the client's ``metadata``; finishing checks a declared SHA-256. ``owner`` is kept
+        as given (who may see the upload is the transport's business). The new upload
         takes no memory and no disk space until bytes arrive, and expires after
         :attr:`expire_unstarted` unless they do.
         """
@@ -162,6 +164,7 @@ class UploadEngine:
             client=client,
             chunk_size=chunk_size,
             declared_sha256=declared_sha256.lower() if declared_sha256 else None,
+            owner=owner,
         )
         async with self.admitting:
             await self.admit(session.length or 0, session.client, new=True)
@@ -182,10 +185,13 @@ class UploadEngine:
         await self.admission.check(self.sessions, self.blobs, self.clock(), needed, client, new=new)
 
     async def create_final(
-        self, part_ids: Sequence[str], metadata: Mapping[str, str | None]
+        self,
+        part_ids: Sequence[str],
+        metadata: Mapping[str, str | None],
+        owner: str | None = None,
     ) -> UploadSession:
         """Create a final concatenation (see :mod:`freight.core.concat`)."""
-        return await self.concat.create_final(part_ids, metadata)
+        return await self.concat.create_final(part_ids, metadata, owner)
 
     async def check_size(self, length: int) -> None:
         await self.admission.check_size(self.blobs, length)
@@ -204,10 +210,11 @@ class UploadEngine:
         return self.uploads.overlay(stored)
 
     async def list_page(
-        self, kind: ListingKind, after: PageKey | None, limit: int
+        self, kind: ListingKind, after: PageKey | None, limit: int, owner: str | None = None
     ) -> tuple[list[UploadSession], bool]:
-        """Up to ``limit`` sessions of a listing after ``after``, and whether more follow."""
-        stored = await self.sessions.list_page(kind, after, limit + 1, self.clock())
+        """Up to ``limit`` sessions of a listing after ``after`` (``owner``'s only, if
+        given), and whether more follow."""
+        stored = await self.sessions.list_page(kind, after, limit + 1, self.clock(), owner)
         page = self.uploads.overlay(stored)
         return page[:limit], len(page) > limit
 

@@ -119,9 +119,15 @@ class SessionRepository(Protocol):
         """Every record: for tests and small tools; listings go by :meth:`list_page`."""
 
     async def list_page(
-        self, kind: ListingKind, after: PageKey | None, limit: int, now: float
+        self,
+        kind: ListingKind,
+        after: PageKey | None,
+        limit: int,
+        now: float,
+        owner: str | None = None,
     ) -> list[UploadSession]:
-        """Up to ``limit`` sessions of a listing in creation order, after ``after``."""
+        """Up to ``limit`` sessions of a listing in creation order, after ``after``;
+        ``owner``'s only if given."""
 
     async def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
         """Unexpired unfinished uploads (only ``client``'s if given) and what they need."""

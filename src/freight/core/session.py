@@ -66,6 +66,9 @@ class UploadSession:
     chunk_size: int | None = None
     # The SHA-256 (lowercase hex) a client declared at creation; finishing checks it.
     declared_sha256: str | None = None
+    # The user whose token created it (None: the server's admin, or an older version's
+    # upload): it exists only for that user and admins.
+    owner: str | None = None
 
     @property
     def offset(self) -> int:

@@ -4,7 +4,8 @@ Besides the session itself a row keeps ``received_bytes`` (what its received ran
 to) and ``client`` (the address that created it), so what unfinished uploads still need, in
 all and per client, is one indexed aggregate instead of a scan of every session in Python.
 ``chunk_size`` and ``declared_sha256`` are the creating protocol's own state, kept out of
-the client's ``metadata`` column.
+the client's ``metadata`` column; ``owner`` is the user who created it (users and tokens
+live in the same file, :mod:`freight.storage.local_users`).
 
 A write the disk has no room for (``SQLITE_FULL``) first spends the space reserve it is
 given (:class:`~freight.storage.local_files.SpaceReserve`) and tries once more; after that
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     received_bytes INTEGER NOT NULL DEFAULT 0,
     used_by TEXT,
     chunk_size INTEGER,
-    declared_sha256 TEXT
+    declared_sha256 TEXT,
+    owner TEXT
 );
 """
 # Created after the columns a database from an older version lacks were added.
@@ -61,6 +63,7 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS uploads_state ON uploads (state, expires);
 CREATE INDEX IF NOT EXISTS uploads_listing ON uploads (state, created, id);
 CREATE INDEX IF NOT EXISTS uploads_client ON uploads (client, state);
+CREATE INDEX IF NOT EXISTS uploads_owner ON uploads (owner, state, created, id);
 """
 _ADDED_COLUMNS = {
     "client": "TEXT",
@@ -68,6 +71,8 @@ _ADDED_COLUMNS = {
     "used_by": "TEXT",  # a partial upload: the final concatenation it belongs to
     "chunk_size": "INTEGER",
     "declared_sha256": "TEXT",
+    # The user who created it; older versions' uploads have none (admins see them).
+    "owner": "TEXT",
 }
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM uploads"
@@ -262,11 +267,19 @@ class SessionTable:
         return UnfinishedTotals(count=int(count), pending_bytes=int(pending))
 
     def page(
-        self, kind: ListingKind, after: PageKey | None, limit: int, now: float
+        self,
+        kind: ListingKind,
+        after: PageKey | None,
+        limit: int,
+        now: float,
+        owner: str | None = None,
     ) -> list[UploadSession]:
         """Up to ``limit`` sessions of a listing, ordered by creation, after ``after``."""
         sql = f"{_SELECT} WHERE {_LISTINGS[kind]}"
         parameters: dict[str, Any] = {"now": now, "limit": limit}
+        if owner is not None:
+            sql += " AND owner = :owner"
+            parameters["owner"] = owner
         if after is not None:
             sql += " AND (created, id) > (:created, :id)"
             parameters.update(created=after[0], id=after[1])

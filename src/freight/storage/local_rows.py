@@ -36,6 +36,7 @@ COLUMNS = (
     "used_by",
     "chunk_size",
     "declared_sha256",
+    "owner",
 )
 UPDATABLE: frozenset[str] = frozenset(
     ("length", "expires", "state", "hashed_offset", "hash_state", "sha256", "finished", "used_by")
@@ -71,6 +72,7 @@ def to_row(session: UploadSession) -> tuple[Any, ...]:
         session.used_by,
         session.chunk_size,
         session.declared_sha256,
+        session.owner,
     )
 
 
@@ -94,6 +96,7 @@ def from_row(row: tuple[Any, ...]) -> UploadSession:
         used_by=values["used_by"],
         chunk_size=values["chunk_size"],
         declared_sha256=values["declared_sha256"],
+        owner=values["owner"],
     )
 
 

@@ -95,9 +95,14 @@ class SqliteSessions:
         return await asyncio.to_thread(self.table.all)
 
     async def list_page(
-        self, kind: ListingKind, after: PageKey | None, limit: int, now: float
+        self,
+        kind: ListingKind,
+        after: PageKey | None,
+        limit: int,
+        now: float,
+        owner: str | None = None,
     ) -> list[UploadSession]:
-        return await asyncio.to_thread(self.table.page, kind, after, limit, now)
+        return await asyncio.to_thread(self.table.page, kind, after, limit, now, owner)
 
     async def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
         return await asyncio.to_thread(self.table.unfinished_totals, now, client)

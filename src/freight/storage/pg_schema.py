@@ -111,8 +111,14 @@ _V1 = (
     " OR state = 'assembling'",
 )
 
+# Each upload's owner: the user who created it (none for older uploads: admins see them).
+_V2 = (
+    "ALTER TABLE freight_uploads ADD COLUMN owner text",
+    "CREATE INDEX freight_uploads_owner ON freight_uploads (owner, state, created, id)",
+)
+
 # Migration n (1-based) takes the schema from version n - 1 to n.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -51,6 +51,7 @@ _COLUMNS: Final = (
     "used_by",
     "chunk_size",
     "declared_sha256",
+    "owner",
 )
 _SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM freight_uploads"
 _INSERT: Final = (
@@ -202,7 +203,12 @@ class PgSessions:
         return [_from_row(row) for row in rows]
 
     async def list_page(
-        self, kind: ListingKind, after: PageKey | None, limit: int, now: float
+        self,
+        kind: ListingKind,
+        after: PageKey | None,
+        limit: int,
+        now: float,
+        owner: str | None = None,
     ) -> list[UploadSession]:
         arguments: list[Any] = []
 
@@ -213,6 +219,8 @@ class PgSessions:
         sql = f"{_SELECT} WHERE {_LISTINGS[kind]}"
         if kind == "uploads":
             sql += f" AND (expires IS NULL OR expires >= {argument(now)})"
+        if owner is not None:
+            sql += f" AND owner = {argument(owner)}"
         if after is not None:
             sql += f" AND (created, id) > ({argument(after[0])}, {argument(after[1])})"
         sql += f" ORDER BY created, id LIMIT {argument(limit)}"
@@ -289,6 +297,7 @@ def _to_values(session: UploadSession) -> dict[str, Any]:
         "used_by": session.used_by,
         "chunk_size": session.chunk_size,
         "declared_sha256": session.declared_sha256,
+        "owner": session.owner,
     }
 
 
@@ -324,4 +333,5 @@ def _from_row(row: asyncpg.Record) -> UploadSession:
         used_by=row["used_by"],
         chunk_size=row["chunk_size"],
         declared_sha256=row["declared_sha256"],
+        owner=row["owner"],
     )
