@@ -57,6 +57,7 @@ class UploadEvent:
     transferred: int
     at: float
     sha256: str | None = None
+    owner: str | None = None  # who may see it (see UploadSession.owner)
 
     @classmethod
     def of(
@@ -73,6 +74,7 @@ class UploadEvent:
             transferred=max(moved, received),
             at=at,
             sha256=session.sha256,
+            owner=session.owner,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +87,7 @@ class UploadEvent:
             "transferred_bytes": self.transferred,
             "at": self.at,
             "sha256": self.sha256,
+            "owner": self.owner,
         }
 
     @classmethod
@@ -100,6 +103,7 @@ class UploadEvent:
                 transferred=int(data["transferred_bytes"]),
                 at=float(data["at"]),
                 sha256=_optional(data.get("sha256"), str),
+                owner=_optional(data.get("owner"), str),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an upload event: {exc}") from exc

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from freight.core import UploadSession
 from freight.server.paging import next_cursor, parse_page_request
+from freight.server.principals import listing_owner, principal_of
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = ["add_api_routes"]
@@ -29,7 +30,8 @@ async def health(request: web.Request) -> web.Response:
 async def list_files(request: web.Request) -> web.Response:
     """One page of finished files, oldest first; ``next_cursor`` asks for the next page."""
     wanted = parse_page_request(request.query)
-    page, more = await request.app[ENGINE].list_page("files", wanted.after, wanted.limit)
+    owner = listing_owner(principal_of(request))
+    page, more = await request.app[ENGINE].list_page("files", wanted.after, wanted.limit, owner)
     files = [file_entry(request, s) for s in page]
     return web.json_response({"files": files, "next_cursor": next_cursor(page, more)})
 

@@ -19,6 +19,7 @@ from freight.core import UploadEngine
 from freight.core.pipes import splicing_available
 from freight.core.ports import Backend
 from freight.errors import FreightError
+from freight.server.account import add_account_routes
 from freight.server.api import add_api_routes, health
 from freight.server.chunks import add_chunk_api
 from freight.server.connections import (
@@ -54,6 +55,7 @@ from freight.server.middleware import (
 )
 from freight.server.origins import ORIGIN_POLICY, OriginPolicy
 from freight.server.page import add_page_routes
+from freight.server.principals import GATE, Gate
 from freight.server.ready import add_ready_route
 from freight.server.shutdown import request_grace, shut_down, stop_transfers
 from freight.server.splice import Splicers
@@ -63,6 +65,7 @@ from freight.server.tls import CertificateReloader
 from freight.server.tus import handle_tus
 from freight.server.ws import add_ws_routes
 from freight.storage.choice import open_backend, open_embedded, sync_window
+from freight.storage.users import open_users
 
 __all__ = ["create_app", "run_server"]
 
@@ -119,6 +122,7 @@ def _mounted(app: web.Application, config: ServerConfig) -> web.Application:
     root[ENGINE] = app[ENGINE]
     root[SETTINGS] = config
     root[METRICS] = app[METRICS]  # the raw TCP listener counts its bytes through the root
+    root[GATE] = app[GATE]  # and checks its HELLO's token through it
 
     async def to_mount(request: web.Request) -> web.StreamResponse:
         raise web.HTTPPermanentRedirect(config.base_path)
@@ -138,7 +142,7 @@ def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
             error_middleware,
             dispatch_middleware,
             origin_middleware,
-            auth_middleware(config.token),
+            auth_middleware(),
         ],
         client_max_size=CLIENT_MAX_SIZE,
     )
@@ -157,6 +161,7 @@ def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
     )
     app[ENGINE] = engine
     app[SETTINGS] = config
+    app[GATE] = Gate(config.token)
     if splicing_available():
         app[SPLICERS] = Splicers()
     # Routes are registered from the mount point; _mounted puts the prefix before them all.
@@ -172,11 +177,23 @@ def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
     add_chunk_api(app)
     add_page_routes(app)
     add_ready_route(app)
+    add_account_routes(app)
+    app.cleanup_ctx.append(_users_lifecycle)
     app.cleanup_ctx.append(_engine_lifecycle)
     # Before aiohttp waits for running requests: an upload request ends only when its
     # client is done, so it is stopped at its last durable point instead.
     app.on_shutdown.append(stop_transfers)
     return app
+
+
+async def _users_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Open the user store beside the engine's session records (it may be remote)."""
+    gate = app[GATE]
+    if gate.users is None:
+        gate.users = await open_users(app[SETTINGS], app[ENGINE].sessions)
+    yield
+    if gate.users is not None:
+        await gate.users.close()
 
 
 async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -285,6 +302,7 @@ async def _start_tcp(app: web.Application, config: ServerConfig) -> TcpServer | 
             config,
             on_received=received_counter(app, "tcp"),
             on_sent=sent_counter(app, "tcp"),
+            gate=app[GATE],
         ),
         None,
         config.host,

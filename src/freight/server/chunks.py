@@ -81,6 +81,7 @@ from freight.server.logs import request_client
 from freight.server.metrics import add_metrics
 from freight.server.openapi import add_openapi_route
 from freight.server.paging import next_cursor, parse_page_request
+from freight.server.principals import GATE, listing_owner, principal_of
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = [
@@ -187,13 +188,16 @@ async def create_upload(request: web.Request) -> web.Response:
         chunk_size = engine.blobs.part_size
     else:
         chunk_size = POLICY.choose(wanted.size, wanted.chunk_size)
-    session = await engine.create(
-        length=wanted.size,
-        metadata={"filename": wanted.name},
-        client=request_client(request),
-        chunk_size=chunk_size,
-        declared_sha256=wanted.sha256,
-    )
+    principal = principal_of(request)
+    async with request.app[GATE].creating(principal, wanted.size):
+        session = await engine.create(
+            length=wanted.size,
+            metadata={"filename": wanted.name},
+            client=request_client(request),
+            chunk_size=chunk_size,
+            declared_sha256=wanted.sha256,
+            owner=principal.owner,
+        )
     upload_url = f"{API_PREFIX}/{session.id}"
     body = {
         "id": session.id,
@@ -211,7 +215,8 @@ async def create_upload(request: web.Request) -> web.Response:
 async def list_uploads(request: web.Request) -> web.Response:
     request[PROTOCOL_KEY] = "chunks"
     wanted = parse_page_request(request.query)
-    page, more = await request.app[ENGINE].list_page("uploads", wanted.after, wanted.limit)
+    owner = listing_owner(principal_of(request))
+    page, more = await request.app[ENGINE].list_page("uploads", wanted.after, wanted.limit, owner)
     body = {
         "uploads": [upload_status(request.app, session) for session in page],
         "next_cursor": next_cursor(page, more),

@@ -39,7 +39,9 @@ from typing import Any
 from aiohttp import web
 
 from freight.core.events import UploadEvent, Watcher
+from freight.core.users import Principal
 from freight.protocol.metadata import safe_filename
+from freight.server.principals import principal_of
 from freight.server.state import ENGINE
 
 __all__ = ["KEEPALIVE_SECONDS", "STOPPING", "add_event_routes", "format_event", "snapshot_entry"]
@@ -64,6 +66,7 @@ def snapshot_entry(event: UploadEvent) -> dict[str, Any]:
 
 def _event_data(event: UploadEvent) -> dict[str, Any]:
     data = event.to_dict()
+    del data["owner"]  # for the server's filtering (and other nodes); not the stream's
     # Names come from clients: show them as the rest of the API does.
     data["name"] = safe_filename(event.name, "") or None
     if event.size is not None:
@@ -79,14 +82,16 @@ def _encoded(event: UploadEvent) -> bytes:
     return format_event(event.kind.value, _event_data(event))
 
 
-def _snapshot(watcher: Watcher) -> bytes:
-    uploads = [snapshot_entry(event) for event in watcher.snapshot(SNAPSHOT_LIMIT)]
-    return format_event("snapshot", {"uploads": uploads})
+def _snapshot(watcher: Watcher, principal: Principal) -> bytes:
+    """Uploads in progress that ``principal`` may see (a user sees only their own)."""
+    seen = (e for e in watcher.snapshot(SNAPSHOT_LIMIT) if principal.may_see(e.owner))
+    return format_event("snapshot", {"uploads": [snapshot_entry(event) for event in seen]})
 
 
 async def events_endpoint(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     stopping = request.app[STOPPING]
+    principal = principal_of(request)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -99,17 +104,17 @@ async def events_endpoint(request: web.Request) -> web.StreamResponse:
     # A client that went away shows up as a failed write: end quietly.
     with contextlib.suppress(ConnectionError), engine.events.watch() as watcher:
         await response.write(f"retry: {RECONNECT_MILLISECONDS}\n\n".encode())
-        await response.write(_snapshot(watcher))
+        await response.write(_snapshot(watcher, principal))
         while not stopping.is_set():
             await watcher.wait(KEEPALIVE_SECONDS)
             if stopping.is_set():
                 break
             if watcher.behind:  # it missed how some upload ended: start again
-                await response.write(_snapshot(watcher))
+                await response.write(_snapshot(watcher, principal))
                 continue
             # One write per wake: a slow client holds this task in ``write`` (bounded by
             # the transport's buffer) while the hub coalesces what it has not seen yet.
-            events = watcher.take()
+            events = [e for e in watcher.take() if principal.may_see(e.owner)]
             await response.write(b"".join(map(_encoded, events)) or b": keepalive\n\n")
         await response.write_eof()
     return response

@@ -38,6 +38,7 @@ from freight.protocol.metadata import parse_upload_metadata
 from freight.server.body import check_fits, content_length, has_body, interrupter, stream_body
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.logs import request_client
+from freight.server.principals import GATE, principal_of
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = ["handle_ietf"]
@@ -74,11 +75,14 @@ def options(request: web.Request, version: int) -> web.Response:
 async def create(request: web.Request, req: ietf.IetfRequest) -> web.Response:
     engine = request.app[ENGINE]
     check_max_size(request, engine.max_size)
-    session = await engine.create(
-        length=req.length,
-        metadata=creation_metadata(request.headers),
-        client=request_client(request),
-    )
+    principal = principal_of(request)
+    async with request.app[GATE].creating(principal, req.length):
+        session = await engine.create(
+            length=req.length,
+            metadata=creation_metadata(request.headers),
+            client=request_client(request),
+            owner=principal.owner,
+        )
     location = f"{request.app[SETTINGS].files_path}{session.id}"
     limit = upload_limit(engine, req.version, session)
     if has_body(request):

@@ -2,8 +2,11 @@
 server that wants a bearer token.
 
 A link is ``/files/<id>?expires=<unix seconds>&sig=<hex>`` where ``sig`` is
-HMAC-SHA256(token, "<id>:<expires>"). It opens GET and HEAD of that one file until it
-expires, and nothing else; changing the token revokes every link at once.
+HMAC-SHA256(key, "<id>:<expires>"), the key being the server's ``--token`` or, on a server
+with users and no token, a random key kept in the user store (the same on every node). It
+opens GET and HEAD of that one file until it expires, and nothing else; changing the token
+revokes every link at once. Only who may see a file can make a link to it (the
+ownership check runs before :func:`create_link`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,17 @@ from aiohttp import web
 
 from freight.errors import UploadIncomplete
 from freight.server.dispatch import DOWNLOAD_ROUTE, resolve
+from freight.server.principals import GATE
 from freight.server.state import ENGINE, SETTINGS
 
-__all__ = ["LINK_LIFETIME", "add_link_routes", "link_allows", "signature"]
+__all__ = [
+    "LINK_LIFETIME",
+    "LINK_ROUTE",
+    "add_link_routes",
+    "link_allows",
+    "may_be_link",
+    "signature",
+]
 
 LINK_LIFETIME = 3600
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -27,12 +38,21 @@ _SIG = re.compile(r"[0-9a-f]{64}")
 _EXPIRES = re.compile(r"[0-9]{1,12}")  # ASCII digits only, and far fewer than int() refuses
 
 
-def signature(token: str, upload_id: str, expires: int) -> str:
+LINK_ROUTE = "api:link"
+
+
+def signature(key: str | bytes, upload_id: str, expires: int) -> str:
     message = f"{upload_id}:{expires}".encode()
-    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+    secret = key.encode() if isinstance(key, str) else key
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def link_allows(request: web.Request, token: str) -> bool:
+def may_be_link(request: web.Request) -> bool:
+    """Whether the request carries a link's signature at all (no key is looked up else)."""
+    return "sig" in request.query
+
+
+def link_allows(request: web.Request, key: str | bytes) -> bool:
     """True for a download (GET, or a HEAD that is no tus or IETF request) of the one file a
     valid, unexpired signature names.
 
@@ -51,7 +71,7 @@ def link_allows(request: web.Request, token: str) -> bool:
     expires = int(expires_text)
     if expires < time.time():
         return False
-    return hmac.compare_digest(sig, signature(token, upload_id, expires))
+    return hmac.compare_digest(sig, signature(key, upload_id, expires))
 
 
 async def create_link(request: web.Request) -> web.Response:
@@ -61,12 +81,13 @@ async def create_link(request: web.Request) -> web.Response:
         raise UploadIncomplete("only finished files can be linked")
     settings = request.app[SETTINGS]
     url = f"{settings.files_path}{upload_id}"
-    if settings.token is None:
+    key = await request.app[GATE].link_key()
+    if key is None:
         return web.json_response({"url": url, "expires": None})
     expires = int(time.time()) + LINK_LIFETIME
-    sig = signature(settings.token, upload_id, expires)
+    sig = signature(key, upload_id, expires)
     return web.json_response({"url": f"{url}?expires={expires}&sig={sig}", "expires": expires})
 
 
 def add_link_routes(app: web.Application) -> None:
-    app.router.add_post("/api/files/{upload_id}/link", create_link)
+    app.router.add_post("/api/files/{upload_id}/link", create_link, name=LINK_ROUTE)

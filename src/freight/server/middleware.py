@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from freight.errors import FreightError, Unauthorized, UploadForbidden
+from freight.core.users import Principal
+from freight.errors import FreightError, UploadForbidden
 from freight.protocol import ietf
 from freight.protocol.tus import TUS_HEADERS
 from freight.server.body import close_after_response
+from freight.server.dispatch import resolve
 from freight.server.errors import error_response, internal_error_response
-from freight.server.links import link_allows
+from freight.server.links import LINK_ROUTE, link_allows, may_be_link
 from freight.server.origins import origin_listed, origin_permitted
-from freight.server.state import SETTINGS
+from freight.server.principals import GATE, LINK_PRINCIPAL, PRINCIPAL, check_owner
+from freight.server.state import ENGINE, SETTINGS
 
 __all__ = [
     "auth_middleware",
@@ -88,23 +90,55 @@ def header_bytes(value: str) -> bytes | None:
         return None
 
 
-def auth_middleware(token: str | None) -> Middleware:
-    expected = header_bytes(f"Bearer {token}") if token else None
+def bearer(request: web.Request) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` header, as the bytes that came."""
+    given = header_bytes(request.headers.get("Authorization", ""))
+    if given is None or not given.startswith(b"Bearer "):
+        return None
+    return given[len(b"Bearer ") :]
+
+
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_READ_ONLY = "this token is read-only: it may not create, change or delete uploads"
+
+
+def auth_middleware() -> Middleware:
+    """Resolve who the request acts for (:mod:`.principals`), then hold it to that: a
+    read-only token writes nothing, and an upload id only reaches the handler if the
+    principal may see that upload (404 otherwise, as for an id that does not exist)."""
 
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is None or _is_preflight(request) or _checks_itself(request):
+        if _is_preflight(request) or _checks_itself(request) or _is_public_route(request):
             return await handler(request)
-        if _is_public_route(request):
-            return await handler(request)
-        if token is not None and link_allows(request, token):
-            return await handler(request)
-        given = header_bytes(request.headers.get("Authorization", ""))
-        if given is None or not hmac.compare_digest(given, expected):
-            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        gate = request.app[GATE]
+        if may_be_link(request):
+            key = await gate.link_key()
+            if key is not None and link_allows(request, key):
+                request[PRINCIPAL] = LINK_PRINCIPAL
+                return await handler(request)
+        principal = await gate.identify(bearer(request))
+        request[PRINCIPAL] = principal
+        if principal.read_only and _writes(request):
+            raise UploadForbidden(_READ_ONLY)
+        await _check_named_upload(request, principal)
         return await handler(request)
 
     return check_token
+
+
+def _writes(request: web.Request) -> bool:
+    # Making a signed link changes nothing: a read-only token may share what it can read.
+    return resolve(request).method in _WRITES and request.match_info.route.name != LINK_ROUTE
+
+
+async def _check_named_upload(request: web.Request, principal: Principal) -> None:
+    upload_id = request.match_info.get("upload_id")
+    if upload_id is None or principal.admin:
+        return
+    # The stored record, not the engine's view: an expired upload of someone else's must
+    # answer 404 too, never 410. Owners never change, so the record is never stale.
+    check_owner(principal, await request.app[ENGINE].sessions.load(upload_id))
 
 
 @web.middleware

@@ -42,12 +42,37 @@ def _readiness(status: str) -> Json:
     }
 
 
+_NULLABLE_COUNT = {"type": ["integer", "null"], "minimum": 0}
+_AMOUNTS = {
+    "type": ["object", "null"],
+    "properties": {"bytes": _NULLABLE_COUNT, "files": _NULLABLE_COUNT},
+}
+_ME = {
+    "type": "object",
+    "required": ["user", "admin", "read_only", "usage", "quota"],
+    "properties": {
+        "user": {"type": ["string", "null"]},
+        "admin": {"type": "boolean"},
+        "read_only": {"type": "boolean"},
+        "usage": _AMOUNTS,
+        "quota": _AMOUNTS,
+    },
+}
+
+
 def service_paths() -> Json:
     sse = (
         "Server-Sent Events: snapshot (Snapshot), then created/progress/finished/deleted "
         "(UploadEvent), `: keepalive` comments."
     )
     return {
+        "/api/me": {
+            "get": {
+                "summary": "Who the token stands for, and their usage against quota",
+                "description": "`user` null: the server's own token (admin, no quota).",
+                "responses": {"200": json_body("The caller.", _ME)},
+            }
+        },
         "/health": {
             "get": {
                 "summary": "Liveness (never needs the token)",

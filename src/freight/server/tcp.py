@@ -36,6 +36,7 @@ from freight.config import ServerConfig
 from freight.core import UploadEngine
 from freight.core.pipes import splicing_available
 from freight.server.connections import pending_cap
+from freight.server.principals import Gate
 from freight.server.splice import Splicers
 from freight.server.tcp_connection import ByteCounter, ConnectionPlumbing, TcpSettings
 from freight.server.tcp_handlers import TcpConnection, error_frame
@@ -59,9 +60,13 @@ class TcpServer:
         *,
         on_received: ByteCounter = _ignore,
         on_sent: ByteCounter = _ignore,
+        gate: Gate | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings or TcpSettings()
+        # Who a HELLO's token stands for: the HTTP application's gate, so users, tokens and
+        # quotas are the same on both listeners.
+        self.gate = gate or Gate(self.settings.token)
         self.on_received = on_received  # upload bytes, counted a window at a time
         self.on_sent = on_sent  # download bytes
         self._server: asyncio.Server | None = None
@@ -126,6 +131,7 @@ async def start_tcp_server(
     *,
     on_received: ByteCounter = _ignore,
     on_sent: ByteCounter = _ignore,
+    gate: Gate | None = None,
 ) -> TcpServer:
     """Start the TCP listener ``config`` asks for, sharing the HTTP app's engine."""
     assert config.tcp_port is not None
@@ -135,6 +141,6 @@ async def start_tcp_server(
         handshake_timeout=config.header_timeout,
         max_pending=pending_cap(config.max_pending),
     )
-    server = TcpServer(engine, settings, on_received=on_received, on_sent=on_sent)
+    server = TcpServer(engine, settings, on_received=on_received, on_sent=on_sent, gate=gate)
     await server.start(config.host, config.tcp_port)
     return server

@@ -17,6 +17,7 @@ from typing import Protocol, cast
 
 from freight._types import Buffer
 from freight.core import UploadEngine
+from freight.core.users import ADMIN
 from freight.errors import ClientDisconnected, FreightError
 from freight.protocol.frame_decoder import FrameDecoder
 from freight.protocol.frame_rules import (
@@ -28,6 +29,7 @@ from freight.protocol.frame_rules import (
 )
 from freight.protocol.frame_types import ControlFrame, ErrorFrame, Frame
 from freight.server.ingest import WriterFeed
+from freight.server.principals import Gate
 from freight.server.splice import SocketSplice, Splicers
 
 MiB = 1024 * 1024
@@ -60,6 +62,7 @@ class ConnectionHost(Protocol):
 
     engine: UploadEngine
     settings: TcpSettings
+    gate: Gate
     splicers: Splicers | None
     on_received: ByteCounter
     on_sent: ByteCounter
@@ -78,6 +81,7 @@ class ConnectionPlumbing(asyncio.BufferedProtocol):
         self._server = server
         self._engine = server.engine
         self._settings = server.settings
+        self._principal = ADMIN  # replaced by what HELLO's token stands for
         self._decoder = FrameDecoder(CLIENT_FRAMES, max_data=self._settings.max_data)
         self._buffer = bytearray(_SMALL_BUFFER)
         self._header_buffer = bytearray(_DATA_HEADER_SIZE)

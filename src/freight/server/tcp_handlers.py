@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from typing import IO
 
@@ -47,6 +46,7 @@ from freight.protocol.frame_types import (
 )
 from freight.server.download import STREAM_BUFFER
 from freight.server.ingest import WriterFeed
+from freight.server.principals import check_owner
 from freight.server.splice import open_splice
 from freight.server.tcp_connection import ConnectionPlumbing
 
@@ -113,9 +113,10 @@ class TcpConnection(ConnectionPlumbing):
                 f"protocol version {hello.version} is not supported; this server speaks {VERSION}",
                 version=VERSION,
             )
-        token = self._settings.token
-        if token is not None and not hmac.compare_digest(hello.token, token.encode()):
-            raise Unauthorized("missing or wrong token")
+        try:
+            self._principal = await self._server.gate.identify(hello.token or None)
+        except Unauthorized:
+            raise Unauthorized("missing or wrong token") from None
         self._send(Welcome(self._settings.window, self._settings.max_data))
         self._in_sync = True
 
@@ -141,17 +142,21 @@ class TcpConnection(ConnectionPlumbing):
     # uploads ------------------------------------------------------------------------------
 
     async def _put(self, put: Put) -> None:
-        session = await self._engine.create(
-            length=put.size,
-            metadata={"filename": put.name or None},
-            client=self._peer_address(),
-            # Kept for a later RESUME, and checked if the upload is finished without one.
-            declared_sha256=put.sha256.hex() if put.sha256 is not None else None,
-        )
+        async with self._server.gate.creating(self._principal, put.size):
+            session = await self._engine.create(
+                length=put.size,
+                metadata={"filename": put.name or None},
+                client=self._peer_address(),
+                # Kept for a later RESUME, and checked if the upload is finished without one.
+                declared_sha256=put.sha256.hex() if put.sha256 is not None else None,
+                owner=self._principal.owner,
+            )
         await self._receive(session, put.sha256)
 
     async def _resume(self, resume: Resume) -> None:
-        session = await self._engine.get(resume.upload_id)
+        session = await self._owned(resume.upload_id)
+        if self._principal.read_only:
+            raise UploadForbidden("this token is read-only: it may not upload")
         if session.is_finished:
             self._send(_finished(session))
             return
@@ -287,8 +292,14 @@ class TcpConnection(ConnectionPlumbing):
 
     # downloads ----------------------------------------------------------------------------
 
+    async def _owned(self, upload_id: str) -> UploadSession:
+        """The upload, if this connection's principal may see it (404 as unknown else)."""
+        if not self._principal.admin:
+            check_owner(self._principal, await self._engine.sessions.load(upload_id))
+        return await self._engine.get(upload_id)
+
     async def _get(self, get: Get) -> None:
-        session = await self._engine.get(get.upload_id)
+        session = await self._owned(get.upload_id)
         if not session.is_finished:
             raise UploadIncomplete("the upload is not finished yet")
         size = session.length or 0

@@ -19,6 +19,7 @@ from freight.protocol.metadata import build_upload_metadata
 from freight.server.body import check_fits, has_body, interrupter, stream_body
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.logs import request_client
+from freight.server.principals import GATE, principal_of
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = ["EXTENSIONS", "OVERRIDABLE_METHODS", "effective_method", "handle_tus"]
@@ -110,16 +111,23 @@ async def create(request: web.Request) -> web.Response:
     creation = tus.parse_creation_headers(
         request.headers, settings.max_size, base_path=settings.files_path
     )
+    principal = principal_of(request)
     if creation.concat is not None and creation.concat.kind == "final":
-        session = await engine.create_final(creation.concat.part_ids, creation.metadata)
+        # Its parts leave the owner's count as it enters it: no quota to check.
+        await request.app[GATE].may_use(principal, creation.concat.part_ids, engine.sessions)
+        session = await engine.create_final(
+            creation.concat.part_ids, creation.metadata, principal.owner
+        )
     else:
         kind = ConcatKind.PARTIAL if creation.concat is not None else None
-        session = await engine.create(
-            length=creation.length,
-            metadata=creation.metadata,
-            concat_kind=kind,
-            client=request_client(request),
-        )
+        async with request.app[GATE].creating(principal, creation.length):
+            session = await engine.create(
+                length=creation.length,
+                metadata=creation.metadata,
+                concat_kind=kind,
+                client=request_client(request),
+                owner=principal.owner,
+            )
         if has_body(request):
             session = await write_body(request, engine, session, 0)
         elif session.length == 0:

@@ -34,19 +34,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from freight.core import UploadEngine, UploadSession, UploadWriter
+from freight.core.users import Principal
 from freight.errors import (
     BadRequest,
     ChecksumMismatch,
     ClientDisconnected,
     FreightError,
     Unauthorized,
+    UploadForbidden,
 )
 from freight.protocol.ws_message_types import (
     Done,
@@ -64,6 +65,7 @@ from freight.protocol.ws_rules import CLOSE_NORMAL, ReceiveWindow, close_code_fo
 from freight.server.body import interrupter
 from freight.server.logs import request_client
 from freight.server.metrics import received_counter
+from freight.server.principals import GATE, check_owner
 from freight.server.state import ENGINE, SETTINGS
 from freight.server.ws_admission import (
     PENDING,
@@ -129,9 +131,10 @@ def ws_going_away(app: web.Application) -> None:
 
 
 async def ws_endpoint(request: web.Request) -> web.StreamResponse:
-    token = request.app[SETTINGS].token
+    gate = request.app[GATE]
     settings = request.app[WS_SETTINGS]
-    header_proved = check_handshake(request, token)
+    proved = await check_handshake(request, gate)
+    header_proved = proved is not None
     socket = UploadSocket(
         max_frame=settings.max_frame,
         compress=False,  # deflating file bytes costs CPU and opens the door to zip bombs
@@ -140,14 +143,13 @@ async def ws_endpoint(request: web.Request) -> web.StreamResponse:
         autoclose=False,  # a client's close is answered once its bytes are recorded
     )
     if not socket.can_prepare(request).ok:
-        raise not_an_upgrade(token, header_proved)
+        raise await not_an_upgrade(gate, header_proved)
     ticket = None if header_proved else request.app[PENDING].admit(settings.max_pending)
     try:
         await socket.prepare(request)
         # Reading binary frames needs aiohttp's heartbeat told the client is alive.
         receiver = Receiver.take_over(request, alive_every=settings.heartbeat / 4)
-        unproven = None if header_proved else token
-        connection = _Connection(request, socket, settings, unproven, receiver, ticket)
+        connection = _Connection(request, socket, settings, proved, receiver, ticket)
         live = request.app[_LIVE]
         live.add(connection)
         try:
@@ -176,7 +178,7 @@ class _Connection:
         request: web.Request,
         socket: UploadSocket,
         settings: WsSettings,
-        token: str | None,
+        principal: Principal | None,
         receiver: Receiver | None,
         pending: PendingTicket | None,
     ) -> None:
@@ -185,7 +187,8 @@ class _Connection:
         self.files_path = request.app[SETTINGS].files_path
         self.socket = socket
         self.settings = settings
-        self.token = token  # still to be proven by the first message, if not None
+        self.gate = request.app[GATE]
+        self.principal = principal  # None: still to be proven by the first message
         self.receiver = receiver  # None: every frame comes through aiohttp
         self.pending = pending  # released once the opening message proved the client
         self.loop = asyncio.get_running_loop()
@@ -255,27 +258,37 @@ class _Connection:
         message = parse_client_message(msg.data)
         if isinstance(message, Done):
             raise UnexpectedMessage('a connection opens with "start" or "resume"')
-        if self.token is not None:
-            given = (message.token or "").encode()
-            if not hmac.compare_digest(given, self.token.encode()):
-                raise Unauthorized("a valid token is required (header or first message)")
+        if self.principal is None:
+            given = (message.token or "").encode("utf-8", "surrogateescape") or None
+            try:
+                self.principal = await self.gate.identify(given)
+            except Unauthorized:
+                raise Unauthorized("a valid token is required (header or first message)") from None
         if self.pending is not None:
             self.pending.release()
         self.opened = True
         return message
 
     async def _open(self, opening: Start | Resume) -> UploadSession:
+        principal = self.principal
+        assert principal is not None  # proven by the opening
         if isinstance(opening, Resume):
+            if not principal.admin:
+                check_owner(principal, await self.engine.sessions.load(opening.id))
+            if principal.read_only:
+                raise UploadForbidden("this token is read-only: it may not upload")
             session = await self.engine.get(opening.id)
             if session.length is None:
                 raise BadRequest("this upload has no declared length; WebSocket uploads need one")
             return session
-        return await self.engine.create(
-            length=opening.size,
-            metadata={"filename": opening.name},
-            declared_sha256=opening.sha256,  # kept for a resume on another connection
-            client=request_client(self.request),
-        )
+        async with self.gate.creating(principal, opening.size):
+            return await self.engine.create(
+                length=opening.size,
+                metadata={"filename": opening.name},
+                declared_sha256=opening.sha256,  # kept for a resume on another connection
+                client=request_client(self.request),
+                owner=principal.owner,
+            )
 
     def _window(self, opening: Start | Resume, session: UploadSession) -> ReceiveWindow:
         max_frame = min(opening.max_frame or self.settings.max_frame, self.settings.max_frame)

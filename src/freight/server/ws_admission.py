@@ -1,8 +1,8 @@
 """Who may open a WebSocket upload at ``/api/ws``: what is decided before the upgrade.
 
-- A wrong ``Authorization`` header: 401. A server without a token refuses a browser from
-  another origin: 403.
-- A request that is not a WebSocket upgrade: 401 when the server has a token and the
+- A wrong ``Authorization`` header: 401 (a user's token counts as well as the server's:
+  :mod:`.principals`). An upgrade without the header from a browser of another origin: 403.
+- A request that is not a WebSocket upgrade: 401 when the server wants a token and the
   request brought no valid header (as everywhere else in the API), otherwise 400.
 - An upgrade without the header (browsers cannot set one) proves the token in its first
   message. Until its opening message arrives a connection is *pending*: at most
@@ -14,34 +14,35 @@
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
+from freight.core.users import Principal
 from freight.errors import BadRequest, FreightError, ServerBusy, Unauthorized, UploadForbidden
 from freight.server.origins import origin_permitted
+from freight.server.principals import Gate
 
 __all__ = ["PENDING", "PendingConnections", "PendingTicket", "check_handshake", "not_an_upgrade"]
 
 _NEEDS_HEADER = "a valid 'Authorization: Bearer <token>' header is required"
 
 
-def check_handshake(request: web.Request, token: str | None) -> bool:
-    """Refuse before the upgrade what can be refused; True if a header proved the token."""
+async def check_handshake(request: web.Request, gate: Gate) -> Principal | None:
+    """Refuse before the upgrade what can be refused; the principal a header proved, or
+    None when the first message is to prove it."""
     header = request.headers.get("Authorization")
-    if token is not None and header is not None:
+    if header is not None:
         given = header.encode("utf-8", "surrogateescape")  # aiohttp keeps odd bytes that way
-        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        if not given.startswith(b"Bearer "):
             raise Unauthorized(_NEEDS_HEADER)
-        return True
+        return await gate.identify(given[len(b"Bearer ") :])
     if not origin_permitted(request):
         raise UploadForbidden("WebSocket uploads from another origin need the server's token")
-    return False
+    return None
 
 
-def not_an_upgrade(token: str | None, header_proved: bool) -> FreightError:
+async def not_an_upgrade(gate: Gate, header_proved: bool) -> FreightError:
     """The error for a request to the WebSocket endpoint that is no WebSocket handshake."""
-    if token is not None and not header_proved:
+    if not header_proved and await gate.wants_token():
         return Unauthorized(_NEEDS_HEADER)
     return BadRequest("this endpoint takes only a WebSocket upgrade (RFC 6455)")
 
