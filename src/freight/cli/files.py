@@ -20,7 +20,9 @@ from freight.cli.render import (
     stderr_console,
     visible,
 )
+from freight.cli.users_render import usage_line
 from freight.client import RemoteFile, delete_file, list_files
+from freight.client.account import fetch_account
 
 __all__ = ["ls", "rm"]
 
@@ -51,6 +53,9 @@ def ls(server_url: str, token: str | None, retries: int, as_json: bool) -> None:
         print_json({"files": [_file_json(item) for item in files]})
     else:
         print_files_table(files)
+        account = run_command(fetch_account(server_url, token=token))
+        if account is not None:
+            click.echo(usage_line(account))
 
 
 @click.command()

@@ -20,6 +20,7 @@ COMMANDS = {
     "ls": "freight.cli.files:ls",
     "rm": "freight.cli.files:rm",
     "serve": "freight.cli.serve:serve",
+    "user": "freight.cli.users:user",
 }
 
 
