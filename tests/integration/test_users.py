@@ -279,6 +279,10 @@ async def test_quota_refusals_in_every_protocol(
         assert parse_error(client.expect(ERROR))[0] == "ERR_QUOTA_EXCEEDED"
     finally:
         client.close()
+    # a deferred length would escape the quota until declared: refused for a quota'd user
+    deferred = household.headers("quota", **TUS, **{"Upload-Defer-Length": "1"})
+    async with http.post(f"{base}/files/", headers=deferred) as resp:
+        assert resp.status == 413 and b"declare" in await resp.read()
     # what fits still goes in: 400 more is exactly the quota
     assert (await tus_create(http, household, "quota", 400)).status == 201
     async with http.get(f"{base}/api/me", headers=household.headers("quota")) as resp:

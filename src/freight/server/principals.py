@@ -128,7 +128,7 @@ class Gate:
             return
         lock = self._creating.setdefault(name, asyncio.Lock())
         async with lock:
-            await self._check_quota(name, length or 0)
+            await self._check_quota(name, length)
             yield
 
     async def may_use(
@@ -142,7 +142,7 @@ class Gate:
             for upload_id in upload_ids:
                 check_owner(principal, await sessions.load(upload_id))
 
-    async def _check_quota(self, name: str, length: int) -> None:
+    async def _check_quota(self, name: str, length: int | None) -> None:
         assert self.users is not None
         user = await self.users.get_user(name)
         if user is None:
@@ -157,7 +157,15 @@ class Gate:
                 used_files=usage.files,
                 file_quota=user.file_quota,
             )
-        if user.byte_quota is not None and usage.bytes + length > user.byte_quota:
+        if user.byte_quota is None:
+            return
+        if length is None:
+            # A deferred length would be counted only once declared, after its bytes came.
+            raise QuotaExceeded(
+                f"user {name!r} has a byte quota: declare the upload's length when creating it",
+                byte_quota=user.byte_quota,
+            )
+        if usage.bytes + length > user.byte_quota:
             raise QuotaExceeded(
                 f"{length} more bytes would take user {name!r} over their quota"
                 f" ({usage.bytes} of {user.byte_quota} bytes used)",

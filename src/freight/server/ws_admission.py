@@ -30,7 +30,8 @@ async def check_handshake(request: web.Request, gate: Gate) -> Principal | None:
     """Refuse before the upgrade what can be refused; the principal a header proved, or
     None when the first message is to prove it."""
     header = request.headers.get("Authorization")
-    if header is not None:
+    # On an open server a header proves nothing: the origin policy decides, as without one.
+    if header is not None and await gate.wants_token():
         given = header.encode("utf-8", "surrogateescape")  # aiohttp keeps odd bytes that way
         if not given.startswith(b"Bearer "):
             raise Unauthorized(_NEEDS_HEADER)
