@@ -310,9 +310,20 @@ async def test_rotation_and_revocation_take_effect_at_once(
 
     first = household.new_token("bob")
     assert await status(first) == 200
+    finished = await tus_upload(http, household, "bob", b"bob's tcp file")
+    connected = RawClient(household.tcp_port)  # a TCP connection opened before the rotation
+    connected.hello(first.encode())
+    connected.send(GET, struct.pack(">QQ", 0, 0) + finished.encode())
+    frame_type, body = connected.frame()
+    assert frame_type != ERROR, parse_error(body)
     rotated = household.new_token("bob", "--rotate")
     assert await status(first) == 401
     assert await status(rotated) == 200
+    try:  # its next request is refused too
+        connected.send(GET, struct.pack(">QQ", 0, 0) + finished.encode())
+        assert parse_error(connected.expect(ERROR))[0] == "ERR_UNAUTHORIZED"
+    finally:
+        connected.close()
     listing = freight_cli(household.data_dir, "user", "token", "bob", "--list")
     assert len(listing.splitlines()) == 1  # every other token of bob's is gone
     token_id = listing.split()[0]

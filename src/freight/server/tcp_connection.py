@@ -82,6 +82,7 @@ class ConnectionPlumbing(asyncio.BufferedProtocol):
         self._engine = server.engine
         self._settings = server.settings
         self._principal = ADMIN  # replaced by what HELLO's token stands for
+        self._credential: bytes | None = None  # HELLO's token
         self._decoder = FrameDecoder(CLIENT_FRAMES, max_data=self._settings.max_data)
         self._buffer = bytearray(_SMALL_BUFFER)
         self._header_buffer = bytearray(_DATA_HEADER_SIZE)

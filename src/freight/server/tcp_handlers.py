@@ -113,18 +113,25 @@ class TcpConnection(ConnectionPlumbing):
                 f"protocol version {hello.version} is not supported; this server speaks {VERSION}",
                 version=VERSION,
             )
-        try:
-            self._principal = await self._server.gate.identify(hello.token or None)
-        except Unauthorized:
-            raise Unauthorized("missing or wrong token") from None
+        self._credential = hello.token or None
+        await self._identify()
         self._send(Welcome(self._settings.window, self._settings.max_data))
         self._in_sync = True
+
+    async def _identify(self) -> None:
+        """Who HELLO's token stands for, asked again before every request: a token revoked
+        while the connection is open ends it at its next request."""
+        try:
+            self._principal = await self._server.gate.identify(self._credential)
+        except Unauthorized:
+            raise Unauthorized("missing or wrong token") from None
 
     async def _serve_request(self) -> None:
         try:
             request = await self._next_frame()
         except ClientDisconnected:
             raise _Closed from None  # a client leaving between requests is the normal end
+        await self._identify()
         try:
             if isinstance(request, Put):
                 await self._put(request)
