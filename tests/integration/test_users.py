@@ -165,6 +165,13 @@ async def test_another_users_upload_answers_404_on_every_http_route(
             headers = household.headers("alice", **extra)
             async with http.request(method, base + path, headers=headers, data=body) as resp:
                 assert resp.status == 404, (method, path, extra, resp.status)
+    # Word for word what an id nobody has gets: no oracle in the message either.
+    bodies = []
+    for upload_id in (finished, MISSING):
+        url = f"{base}/api/uploads/{upload_id}"
+        async with http.get(url, headers=household.headers("alice")) as resp:
+            bodies.append(await resp.read())
+    assert bodies[0] == bodies[1]
     # Nothing was changed: bob still has both.
     assert finished in await listed(http, household, "bob", "files")
     assert unfinished["id"] in await listed(http, household, "bob", "uploads")

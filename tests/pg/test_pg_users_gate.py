@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from freight.core.users import User, issue_token
-from freight.errors import Unauthorized
-from freight.server.principals import Gate
+from freight.core.session import UploadSession, new_upload_id
+from freight.core.users import Principal, User, issue_token
+from freight.errors import Unauthorized, UploadNotFound
+from freight.server.principals import Gate, check_visible
+from freight.storage.pg_sessions import open_pg_sessions
 from freight.storage.pg_users import open_pg_users
 
 
@@ -27,3 +29,20 @@ async def test_a_token_revoked_through_one_node_is_refused_by_the_other(pg_dsn: 
     finally:
         await first.close()
         await second.close()
+
+
+async def test_another_users_upload_and_a_missing_one_read_the_same(pg_dsn: str) -> None:
+    sessions = await open_pg_sessions(pg_dsn)
+    try:
+        theirs = UploadSession(new_upload_id(), 5, {}, 1.0, None, owner="bob")
+        await sessions.create(theirs)
+        alice = Principal("alice", admin=False)
+        messages = []
+        for upload_id in (theirs.id, new_upload_id()):
+            with pytest.raises(UploadNotFound) as refused:
+                await check_visible(alice, sessions, upload_id)
+            messages.append(refused.value.to_dict())
+        assert messages[0] == messages[1]
+        await check_visible(Principal("bob", admin=False), sessions, theirs.id)
+    finally:
+        await sessions.close()

@@ -16,7 +16,7 @@ from freight.server.dispatch import resolve
 from freight.server.errors import error_response, internal_error_response
 from freight.server.links import LINK_ROUTE, link_allows, may_be_link
 from freight.server.origins import origin_listed, origin_permitted
-from freight.server.principals import GATE, LINK_PRINCIPAL, PRINCIPAL, check_owner
+from freight.server.principals import GATE, LINK_PRINCIPAL, PRINCIPAL, check_visible
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = [
@@ -134,11 +134,8 @@ def _writes(request: web.Request) -> bool:
 
 async def _check_named_upload(request: web.Request, principal: Principal) -> None:
     upload_id = request.match_info.get("upload_id")
-    if upload_id is None or principal.admin:
-        return
-    # The stored record, not the engine's view: an expired upload of someone else's must
-    # answer 404 too, never 410. Owners never change, so the record is never stale.
-    check_owner(principal, await request.app[ENGINE].sessions.load(upload_id))
+    if upload_id is not None:
+        await check_visible(principal, request.app[ENGINE].sessions, upload_id)
 
 
 @web.middleware

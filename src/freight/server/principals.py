@@ -39,6 +39,7 @@ __all__ = [
     "PRINCIPAL",
     "Gate",
     "check_owner",
+    "check_visible",
     "listing_owner",
     "principal_of",
 ]
@@ -138,9 +139,8 @@ class Gate:
         concatenation's parts), as if they did not exist."""
         if principal.read_only:
             raise UploadForbidden(_READ_ONLY)
-        if not principal.admin:
-            for upload_id in upload_ids:
-                check_owner(principal, await sessions.load(upload_id))
+        for upload_id in upload_ids:
+            await check_visible(principal, sessions, upload_id)
 
     async def _check_quota(self, name: str, length: int | None) -> None:
         assert self.users is not None
@@ -179,11 +179,30 @@ def listing_owner(principal: Principal) -> str | None:
     return None if principal.admin else principal.name
 
 
+_NOT_FOUND = "no such upload"
+
+
 def check_owner(principal: Principal, session: UploadSession) -> UploadSession:
     """``session`` if ``principal`` may see it; otherwise it does not exist for them."""
     if not principal.may_see(session.owner):
-        raise UploadNotFound("no such upload")
+        raise UploadNotFound(_NOT_FOUND)
     return session
+
+
+async def check_visible(principal: Principal, sessions: SessionRepository, upload_id: str) -> None:
+    """Raise UploadNotFound unless ``principal`` may see upload ``upload_id``; the error is
+    the same, word for word, for an id nobody has and one of another user's.
+
+    Reads the stored record, not the engine's view: another user's expired upload must be
+    404 too, never 410. Owners never change, so the record is never stale for this.
+    """
+    if principal.admin:
+        return
+    try:
+        session = await sessions.load(upload_id)
+    except UploadNotFound:
+        raise UploadNotFound(_NOT_FOUND) from None
+    check_owner(principal, session)
 
 
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("freight.principal")

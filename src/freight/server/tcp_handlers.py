@@ -46,7 +46,7 @@ from freight.protocol.frame_types import (
 )
 from freight.server.download import STREAM_BUFFER
 from freight.server.ingest import WriterFeed
-from freight.server.principals import check_owner
+from freight.server.principals import check_visible
 from freight.server.splice import open_splice
 from freight.server.tcp_connection import ConnectionPlumbing
 
@@ -301,8 +301,7 @@ class TcpConnection(ConnectionPlumbing):
 
     async def _owned(self, upload_id: str) -> UploadSession:
         """The upload, if this connection's principal may see it (404 as unknown else)."""
-        if not self._principal.admin:
-            check_owner(self._principal, await self._engine.sessions.load(upload_id))
+        await check_visible(self._principal, self._engine.sessions, upload_id)
         return await self._engine.get(upload_id)
 
     async def _get(self, get: Get) -> None:

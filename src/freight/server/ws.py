@@ -65,7 +65,7 @@ from freight.protocol.ws_rules import CLOSE_NORMAL, ReceiveWindow, close_code_fo
 from freight.server.body import interrupter
 from freight.server.logs import request_client
 from freight.server.metrics import received_counter
-from freight.server.principals import GATE, check_owner
+from freight.server.principals import GATE, check_visible
 from freight.server.state import ENGINE, SETTINGS
 from freight.server.ws_admission import (
     PENDING,
@@ -273,8 +273,7 @@ class _Connection:
         principal = self.principal
         assert principal is not None  # proven by the opening
         if isinstance(opening, Resume):
-            if not principal.admin:
-                check_owner(principal, await self.engine.sessions.load(opening.id))
+            await check_visible(principal, self.engine.sessions, opening.id)
             if principal.read_only:
                 raise UploadForbidden("this token is read-only: it may not upload")
             session = await self.engine.get(opening.id)
