@@ -38,6 +38,7 @@ class Receiver:
         self.received: list[Received] = []
         self.port = 0
         self.delay = 0.0  # seconds before answering (a slow receiver)
+        self.holding = False  # answer nothing until this is cleared (a hung receiver)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -59,6 +60,7 @@ class Receiver:
         self._call(self._stop())
 
     def close(self) -> None:
+        self.holding = False
         self.stop()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -101,6 +103,8 @@ class Receiver:
             self.received.append(got)
         if self.delay:
             await asyncio.sleep(self.delay)
+        while self.holding:
+            await asyncio.sleep(0.02)
         return web.json_response(decide(got.event, body))
 
     def events(self, event: str) -> list[Received]:

@@ -152,3 +152,20 @@ async def test_delete_and_expiry_write_their_entries(
     assert await engine.sweep_expired() == 1
     events = {(entry["event"], entry["id"]) for entry in await pending(engine)}
     assert events == {("post-terminate", deleted.id), ("post-expire", expired.id)}
+
+
+async def test_post_receive_is_throttled_per_upload(
+    open_engine: Callable[..., UploadEngine], hooks: RecordingHooks
+) -> None:
+    now = [1000.0]
+    engine = open_engine(hooks=hooks, hook_progress_interval=5.0, clock=lambda: now[0])
+    first = await engine.create(length=30, metadata={})
+    second = await engine.create(length=30, metadata={})
+    for offset in (0, 10):
+        await write(engine, first.id, b"a" * 10, offset)
+        await write(engine, second.id, b"b" * 10, offset)
+        now[0] += 1.0
+    now[0] += 5.0
+    await write(engine, first.id, b"a" * 10, 20)  # a record after the interval: told again
+    told = [upload_id for event, upload_id in hooks.told if event is HookEvent.POST_RECEIVE]
+    assert sorted(told) == sorted([first.id, second.id, first.id])

@@ -23,7 +23,7 @@ __all__ = ["BATCH", "POLL", "OutboxWorker", "backoff"]
 
 log = logging.getLogger("freight.server.hooks")
 
-BATCH = 16  # entries leased and delivered at once
+BATCH = 16  # entries being delivered at once, at most
 POLL = 1.0  # seconds between looks at the outbox when nothing wakes the worker
 # Failures of the outbox itself (its database away) are logged at most this often.
 _LOG_EVERY = 30.0
@@ -52,20 +52,36 @@ class OutboxWorker:
         self._retry_max = retry_max
         self._clock = clock
         self._logged = -_LOG_EVERY
+        self._failure_logged = -_LOG_EVERY
+        self._failed = 0
 
     async def run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                taken = await self._outbox.take_due(self._clock(), BATCH, self._lease)
-            except FreightError as exc:
-                self._complain("cannot read the hook outbox: %s", exc)
-                taken = []
-            if taken:
-                await asyncio.gather(*(self._settle(entry) for entry in taken))
-            if len(taken) < BATCH:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), POLL)
+        """Deliver until cancelled: up to :data:`BATCH` entries at once, each on its own, so
+        one slow receiver's answer holds back no other entry."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self._wake.clear()
+                room = BATCH - len(in_flight)
+                taken = await self._take(room) if room > 0 else []
+                for entry in taken:
+                    task = asyncio.ensure_future(self._settle(entry))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    task.add_done_callback(lambda _: self._wake.set())  # room again
+                if len(taken) < room or room == 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), POLL)
+        finally:
+            for task in in_flight:
+                task.cancel()  # their leases run out: they are taken again
+
+    async def _take(self, limit: int) -> list[OutboxEntry]:
+        try:
+            return await self._outbox.take_due(self._clock(), limit, self._lease)
+        except FreightError as exc:
+            self._complain("cannot read the hook outbox: %s", exc)
+            return []
 
     async def _settle(self, entry: OutboxEntry) -> None:
         error = await self._deliver(entry)
@@ -78,8 +94,17 @@ class OutboxWorker:
         except FreightError as exc:  # the lease runs out: it is taken again
             self._complain("cannot settle a hook event: %s", exc)
             return
-        if entry.attempts == 0:
-            log.warning("the %s hook %s failed; retrying: %s", entry.event, entry.key, error)
+        self._failed += 1
+        now = self._clock()
+        if now - self._failure_logged >= _LOG_EVERY:  # a receiver down: one line a while
+            self._failure_logged = now
+            log.warning(
+                "%d hook deliveries failed (retried until delivered); last %s: %s",
+                self._failed,
+                entry.key,
+                error,
+            )
+            self._failed = 0
 
     def _complain(self, message: str, exc: FreightError) -> None:
         now = self._clock()
