@@ -136,3 +136,23 @@ def test_signatures_verify_and_catch_tampering() -> None:
     assert not verify(SECRET, str(now + 1), signature, body, now=now, tolerance=300)
     assert not verify(SECRET, str(now), signature, body, now=now + 301, tolerance=300)
     assert not verify(SECRET, "soon", signature, body, now=now, tolerance=300)
+
+
+async def test_pre_finish_refusal_in_the_chunk_api(receiver: Receiver, start_app: Any) -> None:
+    app = await start_app(hook_url=receiver.url)
+    data = b"v" * 100
+    async with app.http.post(
+        f"{app.url}/api/uploads", json={"name": "virus.txt", "size": len(data)}
+    ) as created:
+        assert created.status == 201
+        upload_id = (await created.json())["id"]
+    async with app.http.put(f"{app.url}/api/uploads/{upload_id}/chunks/0", data=data) as put:
+        assert put.status == 200, await put.text()
+    async with app.http.post(f"{app.url}/api/uploads/{upload_id}/complete", json={}) as done:
+        assert done.status == 422
+        body = await done.json()
+        assert body["code"] == "ERR_HOOK_REJECTED" and body["message"] == "infected"
+    async with app.http.get(f"{app.url}/api/uploads/{upload_id}") as status:
+        assert status.status == 404
+    async with app.http.get(f"{app.url}/files/{upload_id}") as download:
+        assert download.status == 404

@@ -208,6 +208,8 @@ class HookDispatcher:
     def start(self, outbox: HookOutbox) -> None:
         """Start sending: the best-effort queue, and the worker delivering ``outbox``."""
         self.outbox_store = outbox
+        if self.settings.url and not self.settings.secret:
+            log.warning("--hook-url without --hook-secret: webhook bodies are not signed")
         worker = OutboxWorker(
             outbox,
             self.deliver,
