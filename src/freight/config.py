@@ -96,6 +96,20 @@ class ServerConfig:
     log_format: str = "text"
     trusted_proxies: tuple[str, ...] = ()
 
+    # Hooks (docs/hooks.md): a webhook URL and/or a command; the events sent (empty: all);
+    # the HMAC-SHA256 key that signs webhook bodies; how long a blocking hook (pre-*) may
+    # take, and whether one that fails lets the upload through (fail open) or refuses it;
+    # post-receive at most once per interval per upload; the longest wait between retries of
+    # a durable event.
+    hook_url: str | None = None
+    hook_cmd: str | None = None
+    hooks: tuple[str, ...] = ()
+    hook_secret: str | None = None
+    hook_timeout: float = 10.0
+    hook_fail_open: bool = False
+    hook_progress_interval: float = 5.0
+    hook_retry_max: float = 300.0
+
     # How long SIGTERM may take, all in: uploads stop at their last durable point at once,
     # other requests get what is left of it, then the process exits.
     shutdown_timeout: float = 10.0

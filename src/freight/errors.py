@@ -17,6 +17,8 @@ __all__ = [
     "ClientDisconnected",
     "ConcatenationError",
     "FreightError",
+    "HookRejected",
+    "HookUnavailable",
     "InsufficientStorage",
     "InvalidHeader",
     "LengthMismatch",
@@ -276,4 +278,26 @@ class ServerBusy(FreightError):
     """The server holds as many of these connections as it allows; retry later."""
 
     code = "ERR_SERVER_BUSY"
+    status = 503
+
+
+class HookRejected(FreightError):
+    """A blocking hook (``pre-create``, ``pre-finish``) refused the upload; the status and
+    message are the hook's own (a 4xx status; 400 when it gave none)."""
+
+    code = "ERR_HOOK_REJECTED"
+    status = 400
+
+    def __init__(self, message: str, status: int = 400, **details: Any) -> None:
+        super().__init__(message, **details)
+        if 400 <= status <= 499:
+            # Per instance: the hook chooses it (the class's is only the default).
+            setattr(self, "status", status)  # noqa: B010
+
+
+class HookUnavailable(FreightError):
+    """A blocking hook did not answer in time or failed, and the failure policy is to refuse
+    (``--hook-fail-open`` not set). Retry later."""
+
+    code = "ERR_HOOK_UNAVAILABLE"
     status = 503

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
+from freight.cli.hook_options import hook_options
 from freight.cli.settings import (
     ServeCommand,
     StartupFailed,
@@ -319,6 +320,7 @@ def _options(function: F) -> F:
 @click.command(cls=ServeCommand)
 @_options
 @store_options
+@hook_options
 @click.pass_context
 def serve(ctx: click.Context, /, print_config: bool, **settings: Any) -> None:
     """Run the freight server.

@@ -30,7 +30,7 @@ __all__ = [
 ENV_PREFIX = "FREIGHT_"
 # Options that say how to run this command rather than what the server is.
 _NOT_SETTINGS = frozenset({"config", "print_config"})
-_SECRETS = frozenset({"token", "db"})  # a DSN may carry a password
+_SECRETS = frozenset({"token", "db", "hook_secret"})  # a DSN may carry a password
 
 
 class StartupFailed(click.ClickException):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from freight.core.blobs import BlobWriter
 from freight.core.hashing import StatefulSha256
 from freight.core.inline_hash import InlineHash
-from freight.core.ports import HeldClaim, SessionField, SessionRepository
+from freight.core.ports import HeldClaim, OutboxEntry, SessionField, SessionRepository
 from freight.core.session import UploadSession, UploadState
 from freight.core.writer import UploadWriter
 
@@ -39,6 +40,7 @@ class ActiveUpload:
     inline: InlineHash | None = None  # hashing bytes as writers pass them (no read-back)
     forgotten: bool = False  # deleted: background work must not save it again
     hash_moved: asyncio.Event = field(default_factory=asyncio.Event)  # set at each hash step
+    hook_told: float = 0.0  # when a post-receive hook last went out for it
 
     @property
     def hash_is_free(self) -> bool:
@@ -80,13 +82,14 @@ async def persist(
     *,
     expect: UploadState | None = None,
     apply: bool = True,
+    outbox: Sequence[OutboxEntry] = (),
     **changes: Any,
 ) -> bool:
     """Write ``changes`` (session fields and their new values) to the repository.
 
     Writes of one upload go in order. ``apply`` makes the changes in memory too, once
     saved; with ``expect``, only if the stored state still is ``expect`` (returns whether
-    it was).
+    it was). ``outbox`` entries are written in the same transaction, if it changed.
     """
     unknown = set(changes) - _FIELDS
     if unknown:
@@ -94,7 +97,7 @@ async def persist(
     fields = cast(list[SessionField], list(changes))
     async with active.save_lock:
         snapshot = dataclasses.replace(active.session, **changes)
-        if not await sessions.update(snapshot, fields, expect=expect):
+        if not await sessions.update(snapshot, fields, expect=expect, outbox=outbox):
             return False
         if apply:
             for name, value in changes.items():

@@ -28,6 +28,8 @@ from freight.core.session import ConcatKind, UploadSession, UploadState, new_upl
 from freight.errors import (
     ConcatenationError,
     FreightError,
+    HookRejected,
+    HookUnavailable,
     InsufficientStorage,
     UploadExpired,
     UploadNotFound,
@@ -197,6 +199,8 @@ class Concatenator:
             await self._host.delete(final_id)  # its parts are free again
         except InsufficientStorage as exc:
             log.warning("final upload %s waits for disk space: %s", final_id, exc)
+        except (HookRejected, HookUnavailable) as exc:  # refused: terminated; else: retried
+            log.warning("final upload %s: %s", final_id, exc)
 
     async def _assemble(self, final_id: str) -> None:
         """Copy the finished parts, in order, into the final upload and finish it."""

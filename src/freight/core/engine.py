@@ -39,7 +39,16 @@ from freight.core.concat import Concatenator
 from freight.core.events import EventHub, UploadEvent, UploadEventKind, log_fields
 from freight.core.finishing import Finishing
 from freight.core.hash_follower import HashFollower, stop_hashing
-from freight.core.ports import Backend, ClaimRegistry, EventBus, HeldClaim, ListingKind, PageKey
+from freight.core.hooks import HookEvent, Hooks, NoHooks
+from freight.core.ports import (
+    Backend,
+    ClaimRegistry,
+    EventBus,
+    HeldClaim,
+    ListingKind,
+    OutboxEntry,
+    PageKey,
+)
 from freight.core.session import ConcatKind, UploadSession, new_upload_id
 from freight.core.sweeper import WORK_BATCH, Sweeper
 from freight.core.writer import RequestChecksum, UploadWriter
@@ -68,9 +77,14 @@ class UploadEngine:
         max_unfinished_per_client: int | None = None,
         client_space_share: float = 1.0,
         hash_uploads: bool = True,
+        hooks: Hooks | None = None,
+        hook_progress_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.backend = backend
+        # Where hook events go (core/hooks.py); post-receive at most this often per upload.
+        self.hooks: Hooks = hooks or NoHooks()
+        self.hook_progress_interval = hook_progress_interval
         self.sessions = backend.sessions
         self.blobs = backend.blobs
         self.claims: ClaimRegistry = claims or backend.claims or InProcessClaims()
@@ -166,10 +180,14 @@ class UploadEngine:
             declared_sha256=declared_sha256.lower() if declared_sha256 else None,
             owner=owner,
         )
+        if self.hooks.wants(HookEvent.PRE_CREATE):  # outside the admission lock: it may wait
+            verdict = await self.hooks.ask(HookEvent.PRE_CREATE, session)
+            session.metadata.update(verdict.metadata)
         async with self.admitting:
             await self.admit(session.length or 0, session.client, new=True)
             await self.store_new(session)
         self._publish_session(UploadEventKind.CREATED, session, 0)
+        self.hooks.tell(HookEvent.POST_CREATE, session)
         return session
 
     async def store_new(self, session: UploadSession) -> None:
@@ -287,7 +305,16 @@ class UploadEngine:
         expires = self.clock() + self.expire_after
         await record(self.sessions, active, start, end, expires, fence)
         self.publish(UploadEventKind.PROGRESS, active)
+        self._tell_progress(active)
         await self.hash_follower.after_record(active)
+
+    def _tell_progress(self, active: ActiveUpload) -> None:
+        if not self.hooks.wants(HookEvent.POST_RECEIVE):
+            return
+        now = self.clock()
+        if now - active.hook_told >= self.hook_progress_interval:
+            active.hook_told = now
+            self.hooks.tell(HookEvent.POST_RECEIVE, active.session)
 
     async def hashed(self, upload_id: str) -> UploadSession:
         """The session once the running hash covers every byte of its contiguous prefix."""
@@ -325,7 +352,8 @@ class UploadEngine:
 
     # deleting and expiry -----------------------------------------------------------------
 
-    async def delete(self, upload_id: str) -> None:
+    async def delete(self, upload_id: str, *, reason: str | None = None) -> None:
+        """Terminate the upload (a ``post-terminate`` hook, with ``reason`` if given)."""
         if await self.claims.held(upload_id):
             raise UploadLocked("the upload is being written; try again when that ends")
         active = self.uploads.get(upload_id)
@@ -334,13 +362,17 @@ class UploadEngine:
         else:
             session = active.session
             await stop_hashing(active)
-        await self.drop_stored(upload_id)
+        outbox = self.hooks.outbox(HookEvent.POST_TERMINATE, session, self.clock(), reason)
+        await self.drop_stored(upload_id, outbox)
         self.forget(session)
         log.info("upload deleted", extra=log_fields(upload_id=upload_id, size=session.length))
 
-    async def drop_stored(self, upload_id: str) -> None:
-        """The record first (nobody finds the upload any more), then the bytes."""
-        await self.sessions.delete(upload_id)
+    async def drop_stored(self, upload_id: str, outbox: Sequence[OutboxEntry] = ()) -> None:
+        """The record first (nobody finds the upload any more), then the bytes; ``outbox``
+        entries are written with the record's deletion."""
+        await self.sessions.delete(upload_id, outbox=outbox)
+        if outbox:
+            self.hooks.outbox_written()
         await self.blobs.delete(upload_id)
 
     def forget(self, session: UploadSession) -> None:

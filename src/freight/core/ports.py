@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
@@ -33,8 +33,10 @@ __all__ = [
     "ClaimRegistry",
     "EventBus",
     "HeldClaim",
+    "HookOutbox",
     "Leadership",
     "ListingKind",
+    "OutboxEntry",
     "PageKey",
     "SessionField",
     "SessionRepository",
@@ -61,6 +63,26 @@ SessionField: TypeAlias = Literal[
 ]
 """The fields :meth:`SessionRepository.update` may change. ``received`` is not one of them:
 it only grows, through :meth:`SessionRepository.record_received`."""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A hook event that must reach its receiver (at least once), stored in the same
+    transaction as the change it reports.
+
+    ``key`` is its idempotency key, the same for every delivery attempt of the event (an
+    entry with a key already waiting is not added twice); ``payload`` is the JSON body the
+    receiver gets. ``attempts`` and ``due`` are the delivery worker's: how often it failed
+    so far, and when it may try again (seconds since the epoch).
+    """
+
+    key: str
+    event: str
+    upload_id: str
+    payload: str
+    created: float
+    attempts: int = 0
+    due: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,15 +127,18 @@ class SessionRepository(Protocol):
         fields: Collection[SessionField],
         *,
         expect: UploadState | None = None,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> bool:
         """Write ``fields`` of ``session`` to its record, nothing else.
 
         With ``expect``, only if the stored state is still ``expect`` (compare and set);
         returns whether the record changed. A record that is gone raises UploadNotFound.
+        ``outbox`` entries are added in the same transaction, only if the record changed.
         """
 
-    async def delete(self, upload_id: str) -> None:
-        """Forget the record; unknown ids are not an error."""
+    async def delete(self, upload_id: str, *, outbox: Sequence[OutboxEntry] = ()) -> None:
+        """Forget the record; unknown ids are not an error. ``outbox`` entries are added
+        in the same transaction, only if a record was there to delete."""
 
     async def list_all(self) -> list[UploadSession]:
         """Every record: for tests and small tools; listings go by :meth:`list_page`."""
@@ -139,6 +164,29 @@ class SessionRepository(Protocol):
         """Unfinished uploads whose ``expires`` is before ``now``."""
 
     async def close(self) -> None: ...
+
+
+class HookOutbox(Protocol):
+    """The hook events waiting for delivery (:class:`OutboxEntry`), kept beside the session
+    records so an entry is written in the same transaction as the change it reports.
+
+    Several delivery workers (nodes of a fleet) may share it: :meth:`take_due` leases what it
+    returns, so one entry is delivered by one worker at a time; a lease that runs out (its
+    worker died) lets another worker take the entry.
+    """
+
+    async def take_due(self, now: float, limit: int, lease: float) -> list[OutboxEntry]:
+        """Up to ``limit`` entries due by ``now`` and not leased, oldest first, leased to the
+        caller until ``now + lease``."""
+
+    async def delivered(self, key: str) -> None:
+        """Remove the entry: its receiver has it."""
+
+    async def retry_later(self, key: str, due: float, error: str) -> None:
+        """The delivery failed: count the attempt, release the lease, try again at ``due``."""
+
+    async def outbox_depth(self) -> int:
+        """Entries waiting for delivery."""
 
 
 class HeldClaim(Protocol):

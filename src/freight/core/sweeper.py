@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from freight.core.active import ActiveUploads
 from freight.core.events import log_fields
 from freight.core.hash_follower import stop_hashing
-from freight.core.ports import ClaimRegistry, Leadership, SessionRepository
+from freight.core.hooks import HookEvent, Hooks
+from freight.core.ports import ClaimRegistry, Leadership, OutboxEntry, SessionRepository
 from freight.core.session import UploadSession, UploadState
 from freight.errors import FreightError, UploadNotFound
 
@@ -50,6 +51,9 @@ class SweeperHost(Protocol):
     @property
     def uploads(self) -> ActiveUploads: ...
 
+    @property
+    def hooks(self) -> Hooks: ...
+
     async def get(self, upload_id: str) -> UploadSession: ...
 
     async def finish(
@@ -58,7 +62,7 @@ class SweeperHost(Protocol):
 
     def forget(self, session: UploadSession) -> None: ...
 
-    async def drop_stored(self, upload_id: str) -> None: ...
+    async def drop_stored(self, upload_id: str, outbox: Sequence[OutboxEntry] = ()) -> None: ...
 
 
 class Sweeper:
@@ -82,7 +86,10 @@ class Sweeper:
                 continue
             if active is not None:
                 await stop_hashing(active)
-            await host.drop_stored(upload_id)
+            # The post-expire hook is written with the record's deletion: it is not lost.
+            await host.drop_stored(
+                upload_id, host.hooks.outbox(HookEvent.POST_EXPIRE, session, host.clock())
+            )
             host.forget(session)
             removed += 1
             received = session.received.total()

@@ -10,14 +10,14 @@ import signal
 import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from aiohttp import web
 
 from freight.config import ServerConfig, StartupError
 from freight.core import UploadEngine
 from freight.core.pipes import splicing_available
-from freight.core.ports import Backend
+from freight.core.ports import Backend, HookOutbox
 from freight.errors import FreightError
 from freight.server.account import add_account_routes
 from freight.server.api import add_api_routes, health
@@ -31,6 +31,8 @@ from freight.server.connections import (
 )
 from freight.server.dispatch import DOWNLOAD_ROUTE, dispatch_middleware, resolve
 from freight.server.download import file_response
+from freight.server.hooks import HOOKS, HookDispatcher, HookSettings
+from freight.server.hooks.context import hook_context_middleware
 from freight.server.ietf import handle_ietf
 from freight.server.links import add_link_routes
 from freight.server.logs import (
@@ -135,6 +137,8 @@ def _mounted(app: web.Application, config: ServerConfig) -> web.Application:
 
 
 def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
+    hook_settings = HookSettings.from_config(config)
+    hooks = HookDispatcher(hook_settings) if hook_settings is not None else None
     app = web.Application(
         middlewares=[
             metrics_middleware,
@@ -143,6 +147,7 @@ def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
             dispatch_middleware,
             origin_middleware,
             auth_middleware(),
+            *([hook_context_middleware] if hooks is not None else []),
         ],
         client_max_size=CLIENT_MAX_SIZE,
     )
@@ -158,8 +163,12 @@ def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
         max_unfinished_per_client=config.max_unfinished_per_client,
         client_space_share=config.client_space_share,
         hash_uploads=config.sha256,
+        hooks=hooks,
+        hook_progress_interval=config.hook_progress_interval,
     )
     app[ENGINE] = engine
+    if hooks is not None:
+        app[HOOKS] = hooks
     app[SETTINGS] = config
     app[GATE] = Gate(config.token)
     if splicing_available():
@@ -175,6 +184,8 @@ def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
     add_link_routes(app)
     add_ws_routes(app)
     add_chunk_api(app)
+    if hooks is not None:
+        hooks.observer = app[METRICS]
     add_page_routes(app)
     add_ready_route(app)
     add_account_routes(app)
@@ -198,12 +209,18 @@ async def _users_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     engine = app[ENGINE]
+    hooks = app.get(HOOKS)
+    if hooks is not None:
+        # Both session repositories keep the outbox beside the records (HookOutbox).
+        hooks.start(cast(HookOutbox, engine.sessions))
     await engine.resume_interrupted_work()
     sweeper = asyncio.ensure_future(engine.run_sweeper(app[SETTINGS].sweep_interval))
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await sweeper
+    if hooks is not None:
+        await hooks.close()  # what it did not deliver stays in the outbox
     await engine.close()
     if SPLICERS in app:
         app[SPLICERS].shutdown()

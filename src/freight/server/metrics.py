@@ -28,6 +28,11 @@ Where the numbers come from:
   ``freight_uploads_in_progress`` is their sum, as before. Read when scraped.
 * ``freight_disk_free_bytes`` and ``freight_disk_reserve_bytes``: the data directory's
   filesystem, read when scraped; creations stop when the first nears the second.
+* ``freight_hook_deliveries_total{event,target}``, ``freight_hook_failures_total{event,
+  target}``, ``freight_hook_dropped_total{event}`` and
+  ``freight_hook_duration_seconds{event}``: counted by the hook dispatcher
+  (:mod:`freight.server.hooks`) per delivery; ``freight_hook_outbox_depth``: durable hook
+  events not delivered yet, read when scraped.
 * ``process_*``: prometheus_client's process collector (CPU, memory, descriptors).
 
 Like every endpoint except ``/health`` and ``/ready``, ``/metrics`` needs the bearer token
@@ -57,6 +62,7 @@ from freight.core import UploadEngine
 from freight.core.events import UploadEventKind
 from freight.core.ports import EventBus
 from freight.server.errors import PROTOCOL_KEY
+from freight.server.hooks import HOOKS
 from freight.server.state import ENGINE, SETTINGS
 
 __all__ = [
@@ -168,6 +174,36 @@ class ServerMetrics:
             "Free bytes new uploads leave (--disk-reserve).",
             registry=registry,
         )
+        self.hook_deliveries = Counter(
+            "freight_hook_deliveries",
+            "Hook events a target took, by event and target (webhook, command).",
+            ["event", "target"],
+            registry=registry,
+        )
+        self.hook_failures = Counter(
+            "freight_hook_failures",
+            "Hook deliveries that failed (no answer, an error status; retried if durable).",
+            ["event", "target"],
+            registry=registry,
+        )
+        self.hook_dropped_events = Counter(
+            "freight_hook_dropped",
+            "Best-effort hook events (post-create, post-receive) dropped: the queue was full.",
+            ["event"],
+            registry=registry,
+        )
+        self.hook_duration = Histogram(
+            "freight_hook_duration_seconds",
+            "Time one hook delivery took, by event.",
+            ["event"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.hook_outbox_depth = Gauge(
+            "freight_hook_outbox_depth",
+            "Durable hook events (post-finish, post-terminate, post-expire) not delivered yet.",
+            registry=registry,
+        )
         registry.register(_EngineCollector(engine))
         ProcessCollector(registry=registry)
 
@@ -177,6 +213,14 @@ class ServerMetrics:
 
     def sent(self, protocol: str) -> Callable[[float], None]:
         return self.bytes_sent.labels(protocol).inc
+
+    def hook_sent(self, event: str, target: str, ok: bool, seconds: float) -> None:
+        """One hook delivery (called by :class:`~freight.server.hooks.HookDispatcher`)."""
+        (self.hook_deliveries if ok else self.hook_failures).labels(event, target).inc()
+        self.hook_duration.labels(event).observe(seconds)
+
+    def hook_dropped(self, event: str) -> None:
+        self.hook_dropped_events.labels(event).inc()
 
     async def follow(self, hub: EventBus) -> None:
         """Count uploads appearing, finishing and going away, until cancelled."""
@@ -252,6 +296,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     if free is not None:
         metrics.disk_free.set(free)
     metrics.disk_reserve.set(request.app[SETTINGS].disk_reserve)
+    hooks = request.app.get(HOOKS)
+    if hooks is not None and hooks.outbox_store is not None:
+        metrics.hook_outbox_depth.set(await hooks.outbox_store.outbox_depth())
     # CONTENT_TYPE_LATEST carries a charset, which aiohttp only accepts as a raw header.
     return web.Response(
         body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}

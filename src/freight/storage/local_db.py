@@ -18,11 +18,12 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from freight.core.ports import ListingKind, PageKey, SessionField, UnfinishedTotals
+import freight.storage.local_outbox as outbox_rows
+from freight.core.ports import ListingKind, OutboxEntry, PageKey, SessionField, UnfinishedTotals
 from freight.core.rangeset import RangeSet
 from freight.core.session import UploadSession, UploadState
 from freight.errors import FreightError, InsufficientStorage, UploadNotFound
@@ -95,6 +96,7 @@ class SessionTable:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
+        self._db.executescript(outbox_rows.OUTBOX_SCHEMA)
         self._migrate()
         self._db.executescript(_INDEXES)
 
@@ -207,9 +209,11 @@ class SessionTable:
         session: UploadSession,
         fields: Collection[SessionField],
         expect: UploadState | None,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> bool:
         """Write only ``fields`` of ``session``; with ``expect``, only while the row's state
-        is still ``expect``. Returns whether the row changed; a missing row is not found."""
+        is still ``expect``. Returns whether the row changed; a missing row is not found.
+        ``outbox`` entries are added in the same transaction when the row changed."""
         values = update_values(session, fields)
         assignments = ", ".join(f"{name} = ?" for name in values) or "state = state"
         sql = f"UPDATE uploads SET {assignments} WHERE id = ?"
@@ -220,6 +224,7 @@ class SessionTable:
 
         def write(db: sqlite3.Connection) -> bool:
             if db.execute(sql, parameters).rowcount:
+                outbox_rows.add_entries(db, outbox)
                 return True
             if db.execute("SELECT 1 FROM uploads WHERE id = ?", (session.id,)).fetchone():
                 return False
@@ -227,8 +232,31 @@ class SessionTable:
 
         return self._transaction(write)
 
-    def remove(self, upload_id: str) -> None:
-        self._write("DELETE FROM uploads WHERE id = ?", (upload_id,))
+    def remove(self, upload_id: str, outbox: Sequence[OutboxEntry] = ()) -> None:
+        """Delete the row; ``outbox`` entries are added in the same transaction if it was
+        there."""
+
+        def delete(db: sqlite3.Connection) -> None:
+            if db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)).rowcount:
+                outbox_rows.add_entries(db, outbox)
+
+        self._transaction(delete)
+
+    def take_due(self, now: float, limit: int, lease: float) -> list[OutboxEntry]:
+        return self._transaction(lambda db: outbox_rows.take_due(db, now, limit, lease))
+
+    def outbox_delivered(self, key: str) -> None:
+        self._transaction(lambda db: outbox_rows.forget(db, key))
+
+    def outbox_retry(self, key: str, due: float, error: str) -> None:
+        self._transaction(lambda db: outbox_rows.postpone(db, key, due, error))
+
+    def outbox_depth(self) -> int:
+        with self._lock:
+            try:
+                return outbox_rows.depth(self._db)
+            except sqlite3.Error as exc:
+                raise FreightError(f"metadata store failure: {exc}") from exc
 
     def _query(self, sql: str, parameters: tuple[Any, ...] | dict[str, Any] = ()) -> list[Any]:
         with self._lock:

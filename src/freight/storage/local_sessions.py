@@ -13,6 +13,9 @@ Considerations:
   set): a stale copy of a session never undoes what another request recorded.
 * With ``durable`` the database runs ``synchronous=FULL``: a committed record survives a
   power cut, and it is only written after the bytes it describes were synced.
+* ``update`` and ``delete`` add the hook outbox entries they carry in their own transaction
+  (:mod:`~freight.storage.local_outbox`); the same object is the
+  :class:`~freight.core.ports.HookOutbox` the delivery worker reads.
 * When the disk is full, ``on_full`` is asked to free room (the blob store's space reserve)
   and the write is tried once more; then it is :class:`~freight.errors.InsufficientStorage`.
 """
@@ -20,10 +23,17 @@ Considerations:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from freight.core.ports import HeldClaim, ListingKind, PageKey, SessionField, UnfinishedTotals
+from freight.core.ports import (
+    HeldClaim,
+    ListingKind,
+    OutboxEntry,
+    PageKey,
+    SessionField,
+    UnfinishedTotals,
+)
 from freight.core.rangeset import RangeSet
 from freight.core.session import UploadSession, UploadState
 from freight.errors import UploadNotFound
@@ -83,13 +93,28 @@ class SqliteSessions:
         fields: Collection[SessionField],
         *,
         expect: UploadState | None = None,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> bool:
         _checked(session.id)
-        return await asyncio.to_thread(self.table.update, session, fields, expect)
+        return await asyncio.to_thread(self.table.update, session, fields, expect, outbox)
 
-    async def delete(self, upload_id: str) -> None:
+    async def delete(self, upload_id: str, *, outbox: Sequence[OutboxEntry] = ()) -> None:
         if is_upload_id(upload_id):
-            await asyncio.to_thread(self.table.remove, upload_id)
+            await asyncio.to_thread(self.table.remove, upload_id, outbox)
+
+    # the hook outbox (HookOutbox) ---------------------------------------------------------
+
+    async def take_due(self, now: float, limit: int, lease: float) -> list[OutboxEntry]:
+        return await asyncio.to_thread(self.table.take_due, now, limit, lease)
+
+    async def delivered(self, key: str) -> None:
+        await asyncio.to_thread(self.table.outbox_delivered, key)
+
+    async def retry_later(self, key: str, due: float, error: str) -> None:
+        await asyncio.to_thread(self.table.outbox_retry, key, due, error)
+
+    async def outbox_depth(self) -> int:
+        return await asyncio.to_thread(self.table.outbox_depth)
 
     async def list_all(self) -> list[UploadSession]:
         return await asyncio.to_thread(self.table.all)

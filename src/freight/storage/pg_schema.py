@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from freight.errors import FreightError
+from freight.storage.pg_outbox import OUTBOX_MIGRATION
 
 if TYPE_CHECKING:
     import asyncpg
@@ -118,7 +119,8 @@ _V2 = (
 )
 
 # Migration n (1-based) takes the schema from version n - 1 to n.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# Version 3: the hook outbox (:mod:`freight.storage.pg_outbox`).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, OUTBOX_MIGRATION)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

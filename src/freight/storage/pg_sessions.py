@@ -12,6 +12,8 @@ Every change is one statement on one row:
 * :meth:`PgSessions.update` writes only the named columns, and with ``expect`` adds
   ``AND state = ...``: compare and set, with whether it matched and whether the row exists
   answered by the same statement.
+* Both carry hook outbox entries (:mod:`freight.storage.pg_outbox`), added in the same
+  transaction when the statement changed the record.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from typing import Any, Final
 
 import asyncpg
 
-from freight.core.ports import HeldClaim, ListingKind, PageKey, SessionField, UnfinishedTotals
+import freight.storage.pg_outbox as pg_outbox
+from freight.core.ports import (
+    HeldClaim,
+    ListingKind,
+    OutboxEntry,
+    PageKey,
+    SessionField,
+    UnfinishedTotals,
+)
 from freight.core.rangeset import RangeSet
 from freight.core.session import ConcatKind, UploadSession, UploadState
 from freight.errors import FreightError, UploadLocked, UploadNotFound
@@ -165,6 +175,7 @@ class PgSessions:
         fields: Collection[SessionField],
         *,
         expect: UploadState | None = None,
+        outbox: Sequence[OutboxEntry] = (),
     ) -> bool:
         names = sorted(set(fields))
         unknown = [name for name in names if name not in _UPDATABLE]
@@ -187,16 +198,53 @@ class PgSessions:
             f"WITH changed AS ({change}) SELECT EXISTS (SELECT 1 FROM changed) AS changed,"
             " EXISTS (SELECT 1 FROM freight_uploads WHERE id = $1) AS present"
         )
-        rows = await self._fetch("updating an upload", sql, *arguments)
+        rows = await self._changing("updating an upload", outbox, sql, *arguments)
         changed, present = bool(rows[0]["changed"]), bool(rows[0]["present"])
         if not (changed or present):
             raise UploadNotFound(f"upload {session.id!r} not found")
         return changed
 
-    async def delete(self, upload_id: str) -> None:
-        await self._fetch(
-            "deleting an upload", "DELETE FROM freight_uploads WHERE id = $1", upload_id
+    async def delete(self, upload_id: str, *, outbox: Sequence[OutboxEntry] = ()) -> None:
+        await self._changing(
+            "deleting an upload",
+            outbox,
+            "WITH changed AS (DELETE FROM freight_uploads WHERE id = $1 RETURNING 1)"
+            " SELECT EXISTS (SELECT 1 FROM changed) AS changed",
+            upload_id,
         )
+
+    async def _changing(
+        self, what: str, outbox: Sequence[OutboxEntry], sql: str, *args: Any
+    ) -> list[asyncpg.Record]:
+        """Run ``sql`` (whose one row says whether it ``changed`` the record) and, in the
+        same transaction when it did, add ``outbox``."""
+        if not outbox:
+            return await self._fetch(what, sql, *args)
+        with translate(what):
+            async with (
+                self._pool.acquire(timeout=self._acquire_timeout) as connection,
+                connection.transaction(),
+            ):
+                rows = await connection.fetch(sql, *args)
+                if rows[0]["changed"]:
+                    await pg_outbox.add_entries(connection, outbox)
+                return rows
+
+    # the hook outbox (HookOutbox) ---------------------------------------------------------
+
+    async def take_due(self, now: float, limit: int, lease: float) -> list[OutboxEntry]:
+        rows = await self._fetch("taking hook events", pg_outbox.TAKE_DUE, now, limit, lease)
+        return pg_outbox.entries(rows)
+
+    async def delivered(self, key: str) -> None:
+        await self._fetch("settling a hook event", pg_outbox.FORGET, key)
+
+    async def retry_later(self, key: str, due: float, error: str) -> None:
+        await self._fetch("postponing a hook event", pg_outbox.POSTPONE, key, due, error[:500])
+
+    async def outbox_depth(self) -> int:
+        rows = await self._fetch("counting hook events", pg_outbox.DEPTH)
+        return int(rows[0][0])
 
     async def list_all(self) -> list[UploadSession]:
         rows = await self._fetch("listing uploads", f"{_SELECT} ORDER BY created, id")
