@@ -38,6 +38,7 @@ from freight.client.http import (
     server_error,
 )
 from freight.client.partfile import PartFile, local_name, named_target
+from freight.client.rate import pace
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
 from freight.client.upload import ProgressCallback
 from freight.client.urls import file_id_from_url, parse_http_url
@@ -355,6 +356,7 @@ async def _collect_batch(content: aiohttp.StreamReader, writer: PartWriter, size
                     return False
                 if writer.received + len(chunk) > size:
                     raise ProtocolViolation("the server sent more bytes than it announced")
+                await pace(len(chunk))  # --limit-rate
                 if writer.append(chunk):
                     return True
                 if patience.when() is None:

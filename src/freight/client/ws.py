@@ -37,6 +37,7 @@ from freight.client.http import (
     is_retryable,
     open_session,
 )
+from freight.client.rate import pace
 from freight.client.resume_store import ResumeStore, UploadKey
 from freight.client.upload import ProgressCallback, UploadResult, display_name, local_file
 from freight.client.urls import file_id_from_url, server_root
@@ -336,6 +337,7 @@ class _WsUpload:
                 for start in range(0, len(view), frame):
                     data = view[start : start + frame]
                     await window.room_until(position + len(data))
+                    await pace(len(data))  # --limit-rate
                     # aiohttp takes any bytes-like object at runtime; its hint says bytes.
                     await ws.send_bytes(data)  # type: ignore[arg-type]
                     window.moved()

@@ -99,6 +99,12 @@ class SqliteSessions:
     ) -> list[UploadSession]:
         return await asyncio.to_thread(self.table.page, kind, after, limit, now)
 
+    async def find_finished(
+        self, size: int, sha256: str | None, owner: str | None = None
+    ) -> UploadSession | None:
+        del owner  # uploads have no owner column yet: every finished file is a candidate
+        return await asyncio.to_thread(self.table.find_finished, size, sha256)
+
     async def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
         return await asyncio.to_thread(self.table.unfinished_totals, now, client)
 

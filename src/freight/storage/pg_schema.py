@@ -111,8 +111,14 @@ _V1 = (
     " OR state = 'assembling'",
 )
 
+# find_finished: is there a finished file of this size (and SHA-256)?
+_V2_DIGEST_INDEX = (
+    "CREATE INDEX freight_uploads_digest ON freight_uploads (length, sha256)"
+    " WHERE state = 'finished'",
+)
+
 # Migration n (1-based) takes the schema from version n - 1 to n.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2_DIGEST_INDEX)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

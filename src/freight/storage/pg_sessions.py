@@ -219,6 +219,19 @@ class PgSessions:
         rows = await self._fetch("listing uploads", sql, *arguments)
         return [_from_row(row) for row in rows]
 
+    async def find_finished(
+        self, size: int, sha256: str | None, owner: str | None = None
+    ) -> UploadSession | None:
+        del owner  # uploads have no owner column yet: every finished file is a candidate
+        sql = f"{_SELECT} WHERE {_LISTINGS['files']} AND length = $1"
+        arguments: list[Any] = [size]
+        if sha256 is not None:
+            sql += " AND sha256 = $2"
+            arguments.append(sha256)
+        sql += " ORDER BY created, id LIMIT 1"
+        rows = await self._fetch("finding a file by size and digest", sql, *arguments)
+        return _from_row(rows[0]) if rows else None
+
     async def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
         sql = (
             "SELECT count(*) AS count,"
