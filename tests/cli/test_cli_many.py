@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import MiB, json_output, make_file, run_cli, sha256_of
+from cli_support import MiB, json_output, make_file, run_cli, sha256_of, tcp_url
 
 
 def _stored(server_url: str) -> list[dict[str, Any]]:
@@ -200,17 +200,9 @@ def test_send_to_a_tcp_url_picks_the_tcp_protocol(
     server_factory: Any, tmp_path: Path, env: dict[str, str]
 ) -> None:
     server = server_factory(data_dir=tmp_path / "data", args=["--tcp-port", "0"]).start()
-    deadline = time.monotonic() + 20
-    port = None
-    while port is None:
-        assert time.monotonic() < deadline
-        for line in list(server.output_tail):
-            if "tcp://" in line:
-                port = int(line.split("tcp://", 1)[1].split(":", 1)[1].split()[0].rstrip("/"))
-        time.sleep(0.02)
     path = tmp_path / "t.bin"
     digest = make_file(path, 100_000)
-    report = json_output(run_cli("send", str(path), f"tcp://127.0.0.1:{port}", "--json", env=env))
+    report = json_output(run_cli("send", str(path), tcp_url(server), "--json", env=env))
     assert report["sha256"] == digest and report["verified"]
 
 

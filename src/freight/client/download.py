@@ -356,8 +356,10 @@ async def _collect_batch(content: aiohttp.StreamReader, writer: PartWriter, size
                     return False
                 if writer.received + len(chunk) > size:
                     raise ProtocolViolation("the server sent more bytes than it announced")
-                await pace(len(chunk))  # --limit-rate
-                if writer.append(chunk):
+                full = writer.append(chunk)
+                # --limit-rate; after the append: a pause cut short by `patience` loses nothing.
+                await pace(len(chunk))
+                if full:
                     return True
                 if patience.when() is None:
                     patience.reschedule(loop.time() + STALE_AFTER)
