@@ -185,8 +185,9 @@ class TransferBar:
         if self._progress is not None:
             self._progress.stop()
 
-    def start(self, total: int, done: int = 0, description: str | None = None) -> None:
-        """(Re)start the bar at ``done`` of ``total`` bytes; the jump does not count as speed."""
+    def start(self, total: int | None, done: int = 0, description: str | None = None) -> None:
+        """(Re)start the bar at ``done`` of ``total`` bytes (None: unknown, as for a stream);
+        the jump does not count as speed."""
         self.total = total
         self._description = visible(description or self._description)
         if self._progress is None:
@@ -199,7 +200,7 @@ class TransferBar:
         if self._progress is None:
             return
         if self._task is None:
-            self.start(self.total or 0, done)
+            self.start(self.total, done)
         else:
             self._progress.update(self._task, completed=done, retrying=False)
 
@@ -220,10 +221,12 @@ def print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-def print_lines(lines: Iterable[tuple[str, str]], headline: Text | None = None) -> None:
-    """``label: value`` lines on stdout, labels aligned."""
+def print_lines(
+    lines: Iterable[tuple[str, str]], headline: Text | None = None, *, to_stderr: bool = False
+) -> None:
+    """``label: value`` lines on stdout (stderr when stdout carries a file), labels aligned."""
     pairs = list(lines)
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, stderr=to_stderr)
     if headline is not None:
         console.print(headline)
     width = max((len(label) for label, _ in pairs), default=0)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,6 +26,7 @@ from freight.cli.transfer import report_upload
 from freight.client import ResumeStore
 from freight.client.batch import Outcome, SendItem, collect_files, send_files
 from freight.client.protocols import DEFAULT_PROTOCOL, UPLOADERS
+from freight.client.stdin_upload import upload_stream
 
 __all__ = ["send"]
 
@@ -61,6 +64,10 @@ __all__ = ["send"]
 )
 @click.option("-f", "--force", is_flag=True, help="Send even the files the server has already.")
 @click.option(
+    "--name",
+    help="The file name to give what is read from stdin (PATH -).",
+)
+@click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
     default=None,
@@ -83,6 +90,7 @@ def send(
     transfers: int,
     exclude: tuple[str, ...],
     force: bool,
+    name: str | None,
     chunk_size: int | None,
     token: str | None,
     retries: int,
@@ -98,12 +106,32 @@ def send(
     and SHA-256) is skipped unless --force (not over tcp://, which has no such question).
     Interrupted? Run the same command again: each file resumes where the server's durable
     copy ends. Exits non-zero if any file failed.
+
+    PATH - reads the file from stdin (give it a --name): `tar c dir | freight send - URL
+    --name dir.tar`. Its length is declared at its end (tus Upload-Defer-Length).
     """
     tcp = server_url.strip().lower().startswith("tcp://")
     if protocol is None:
         protocol = "tcp" if tcp else DEFAULT_PROTOCOL
     # The question "do you have it?" is asked over HTTP, which a tcp:// URL does not name.
     force = force or tcp
+    if "-" in paths:
+        _send_stdin(
+            paths,
+            server_url,
+            protocol,
+            name,
+            quiet,
+            as_json,
+            {
+                "token": token,
+                "retry": retry_policy(retries),
+                "timeouts": timeouts(stall_timeout),
+            },
+        )
+        return
+    if name is not None:
+        raise click.UsageError("--name is for a stream (send - URL --name NAME)")
     extra: dict[str, int] = {}
     if chunk_size is not None:
         if protocol != "chunks":
@@ -200,6 +228,37 @@ def _send_single(
     line, _ = outcome_line(outcome)
     print_lines([("URL", existing.url), ("SHA-256", existing.sha256 or "-")], None)
     click.echo(line, err=True)
+
+
+def _send_stdin(
+    paths: tuple[str, ...],
+    server_url: str,
+    protocol: str,
+    name: str | None,
+    quiet: bool,
+    as_json: bool,
+    options: dict[str, Any],
+) -> None:
+    if len(paths) != 1:
+        raise click.UsageError("- (stdin) is sent on its own, without other paths")
+    if not name:
+        raise click.UsageError("a stream has no name: give one with --name")
+    if protocol != "tus":
+        raise click.UsageError("a stream of unknown length is sent over tus only")
+    started = time.monotonic()
+    with TransferBar(name, enabled=not quiet) as bar:
+        result = run_command(
+            upload_stream(
+                sys.stdin.fileno(),
+                server_url,
+                name,
+                progress=bar.update,
+                on_start=lambda size, offset: bar.start(None, offset),
+                on_retry=bar.retrying,
+                **options,
+            )
+        )
+    report_upload(result, time.monotonic() - started, as_json)
 
 
 def _problem(path: str, why: str) -> Outcome:

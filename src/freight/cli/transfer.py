@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from freight.client import (
     download_file,
 )
 from freight.client.files import resolve_file_url
+from freight.client.stream_download import download_to_stream
 from freight.client.tcp import download_tcp
 
 __all__ = ["get", "report_upload"]
@@ -47,7 +49,8 @@ __all__ = ["get", "report_upload"]
     "-o",
     "--output",
     type=click.Path(path_type=Path),
-    help="File to write, or a directory to put it in. Default: the name the server gives.",
+    help="File to write, or a directory to put it in, or - for stdout. Default: the name "
+    "the server gives.",
 )
 @click.option("-f", "--force", is_flag=True, help="Replace an existing file of the same name.")
 @token_option
@@ -77,6 +80,9 @@ def get(
     resumes it, unless the file changed. An existing part file that is a link, a special
     file or another user's is never written through.
     """
+    to_stdout = output is not None and str(output) == "-"
+    if to_stdout and as_json:
+        raise click.UsageError("-o - writes the file to stdout: there is no room for --json")
     started = time.monotonic()
     with TransferBar(url.rstrip("/").rsplit("/", 1)[-1], enabled=not quiet) as bar:
 
@@ -85,7 +91,9 @@ def get(
 
         # tcp:// URLs go to freight's raw TCP protocol (docs/protocol.md); the rest is HTTP.
         tcp = url.strip().lower().startswith("tcp://")
-        downloader = download_tcp if tcp else _download_http
+        if to_stdout and tcp:
+            raise click.UsageError("-o - is for http(s) URLs")
+        downloader = _download_stdout if to_stdout else download_tcp if tcp else _download_http
         result = run_command(
             downloader(
                 url,
@@ -100,7 +108,7 @@ def get(
                 timeouts=timeouts(stall_timeout),
             )
         )
-    _report_download(result, time.monotonic() - started, as_json)
+    _report_download(result, time.monotonic() - started, as_json, to_stderr=to_stdout)
 
 
 async def _download_http(url: str, output: Path | None, **options: Any) -> DownloadResult:
@@ -109,6 +117,15 @@ async def _download_http(url: str, output: Path | None, **options: Any) -> Downl
         url, token=options["token"], retry=options["retry"], timeouts=options["timeouts"]
     )
     return await download_file(whole, output, **options)
+
+
+async def _download_stdout(url: str, output: Path | None, **options: Any) -> DownloadResult:
+    whole = await resolve_file_url(
+        url, token=options["token"], retry=options["retry"], timeouts=options["timeouts"]
+    )
+    for unused in ("overwrite", "resume_store"):  # nothing to replace, nothing to resume
+        options.pop(unused)
+    return await download_to_stream(whole, sys.stdout.fileno(), **options)
 
 
 def _rate(size: int, seconds: float) -> str:
@@ -140,7 +157,9 @@ def report_upload(result: UploadResult, seconds: float, as_json: bool) -> None:
     print_lines([("URL", result.url), ("SHA-256", result.sha256)], headline)
 
 
-def _report_download(result: DownloadResult, seconds: float, as_json: bool) -> None:
+def _report_download(
+    result: DownloadResult, seconds: float, as_json: bool, *, to_stderr: bool = False
+) -> None:
     if as_json:
         print_json(
             {
@@ -158,13 +177,13 @@ def _report_download(result: DownloadResult, seconds: float, as_json: bool) -> N
     received = result.size - result.resumed_from
     headline = Text.assemble(
         ("Saved ", "green"),
-        (visible(str(result.path)), "bold green"),
+        (visible("stdout" if to_stderr else str(result.path)), "bold green"),
         f" ({human_size(result.size)}) in {seconds:.1f} s, {_rate(received, seconds)}",
         (f", resumed at {human_size(result.resumed_from)}" if result.resumed_from else ""),
         (", restarted because the file changed on the server" if result.restarted else ""),
         _verification(result.verified, "the server's"),
     )
-    print_lines([("SHA-256", result.sha256)], headline)
+    print_lines([("SHA-256", result.sha256)], headline, to_stderr=to_stderr)
 
 
 def _verification(verified: bool, whose: str) -> Text:
