@@ -327,6 +327,7 @@ class _Download:
         self._report(position)
 
     def _started(self, offset: int) -> None:
+        self.budget.answered()
         self.position = offset
         if self.on_start is not None and self.size is not None:
             self.on_start(DownloadInfo(self.target, self.size, offset))

@@ -302,6 +302,7 @@ class _TcpDownload:
             self._report(position)
 
     def _started(self, size: int, offset: int) -> None:
+        self.budget.answered()
         if self.on_start is not None:
             self.on_start(DownloadInfo(self.target, size, offset))
         self._report(offset)

@@ -218,6 +218,7 @@ class _Upload:
             if not location:
                 raise ProtocolViolation("the server created an upload but sent no Location")
             url = str(resp.url.join(URL(location)))
+        self.budget.answered()
         self.acknowledged = 0
         self.head_digest = None
         if self.store is not None:
@@ -227,6 +228,7 @@ class _Upload:
     async def _head(self, url: str) -> int | None:
         """The server's durable offset for ``url``; None if that upload is gone or not ours."""
         async with self.session.head(url, headers={"Tus-Resumable": TUS_VERSION}) as resp:
+            self.budget.answered()
             if resp.status in (404, 410):
                 return None
             if resp.status not in (200, 204):

@@ -279,6 +279,7 @@ class _WsUpload:
 
     async def _exchange(self, ws: aiohttp.ClientWebSocketResponse, ready: Ready) -> Finished:
         """Send data and ``done`` while reading credit; returns the server's ``finished``."""
+        self.budget.answered()  # the server is there: a later outage gets the whole budget
         window = SendWindow(ready.offset + ready.credit)
         reader = asyncio.ensure_future(self._read_replies(ws, window))
         sender = asyncio.ensure_future(self._send_data(ws, ready, window))
