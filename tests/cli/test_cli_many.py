@@ -91,7 +91,7 @@ def test_a_failed_file_makes_the_exit_status_non_zero(
     make_file(tmp_path / "good.bin", 1000)
     done = run_cli("send", "good.bin", "missing.bin", freight_server.url, env=env, cwd=tmp_path)
     assert done.returncode == 1, done
-    assert "Failed missing.bin: missing.bin: no such file" in done.stderr
+    assert "Failed missing.bin: no such file" in done.stderr
     assert "1 sent" in done.stdout and "1 failed" in done.stdout
     assert len(_stored(freight_server.url)) == 1
 

@@ -198,7 +198,7 @@ def _send_single(
     force: bool,
     quiet: bool,
     as_json: bool,
-    options: dict[str, object],
+    options: dict[str, Any],
 ) -> None:
     started = time.monotonic()
     with TransferBar(item.path.name, enabled=not quiet) as bar:
@@ -210,7 +210,7 @@ def _send_single(
                 SingleView(bar),
                 force=force,
                 resume_store=ResumeStore(),
-                **options,  # type: ignore[arg-type]
+                **options,
             )
         )
     seconds = time.monotonic() - started
@@ -262,7 +262,7 @@ def _send_stdin(
 
 
 def _problem(path: str, why: str) -> Outcome:
-    return Outcome(SendItem(Path(path), path, 0), "failed", error=f"{path}: {why}")
+    return Outcome(SendItem(Path(path), path, 0), "failed", error=why)
 
 
 def _outcome_json(outcome: Outcome) -> dict[str, object]:

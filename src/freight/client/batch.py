@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import aiohttp
+
 from freight.client.errors import ClientError
 from freight.client.files import RemoteFile, find_stored
 from freight.client.hashing import hash_file, known_digest
@@ -204,7 +206,7 @@ async def _send_one(
     uploader: Uploader,
     watcher: BatchWatcher,
     *,
-    lookups: Any,
+    lookups: aiohttp.ClientSession,
     force: bool,
     options: dict[str, Any],
 ) -> Outcome:
@@ -241,7 +243,7 @@ async def _send_one(
 
 
 async def _stored_copy(
-    item: SendItem, server_url: str, session: Any, policy: RetryPolicy | None
+    item: SendItem, server_url: str, session: aiohttp.ClientSession, policy: RetryPolicy | None
 ) -> tuple[RemoteFile | None, bytes | None]:
     """The server's copy of ``item`` if it has one; else None and the file's digest if it
     had to be hashed to tell (the server holds another file of that size)."""
