@@ -57,7 +57,8 @@ def retries_option(default: int) -> Callable[[F], F]:
             default=default,
             show_default=True,
             help="Consecutive failed attempts to retry (with exponential backoff) before "
-            "giving up; any progress resets the count.",
+            "giving up; any progress resets the count. A server that never answered is "
+            "given up on after about 10 s.",
         )(function)
 
     return decorate
