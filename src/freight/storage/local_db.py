@@ -265,7 +265,10 @@ class SessionTable:
     def find_finished(self, size: int, sha256: str | None) -> UploadSession | None:
         """The oldest listed file of ``size`` bytes with this SHA-256 (any with None), by
         the ``uploads_digest`` index."""
-        sql = f"{_SELECT} WHERE {_LISTINGS['files']} AND length = :size"
+        # Named: without statistics SQLite would take the listing index for its order and
+        # read every finished file.
+        select = _SELECT.replace(" FROM uploads", " FROM uploads INDEXED BY uploads_digest")
+        sql = f"{select} WHERE {_LISTINGS['files']} AND length = :size"
         if sha256 is not None:
             sql += " AND sha256 = :sha256"
         sql += " ORDER BY created, id LIMIT 1"
