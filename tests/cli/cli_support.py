@@ -16,6 +16,7 @@ import resource
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,3 +308,45 @@ class FakeFileServer:
 def _range_start(value: str | None) -> int | None:
     match = re.fullmatch(r"bytes=(\d+)-", value or "")
     return int(match.group(1)) if match else None
+
+
+def tcp_url(server: Any, timeout: float = 20) -> str:
+    """``tcp://127.0.0.1:PORT`` of a server started with ``--tcp-port 0``, from its output."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(server.output_tail):
+            if match := re.search(r"tcp://[\w.]+:(\d+)", line):
+                return f"tcp://127.0.0.1:{match.group(1)}"
+        time.sleep(0.02)
+    raise AssertionError(f"no TCP address in the server's output: {list(server.output_tail)}")
+
+
+def io_of(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> tuple[int, float, subprocess.CompletedProcess[str]]:
+    """Run ``freight`` in a process that reports, as it exits, the bytes it read through
+    read calls (``rchar``: files and sockets, page cache or not) and its CPU seconds."""
+    probe = (
+        "import atexit, os, sys\n"
+        "def report():\n"
+        "    io = dict(l.split(': ') for l in open('/proc/self/io').read().splitlines())\n"
+        "    cpu = os.times()\n"
+        "    sys.stderr.write(f\"\\nIO_PROBE {io['rchar']} {cpu.user + cpu.system}\\n\")\n"
+        "atexit.register(report)\n"
+        "sys.argv = ['freight', *sys.argv[1:]]\n"
+        "from freight.cli.main import main\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    match = re.search(r"IO_PROBE (\d+) ([\d.]+)", done.stderr)
+    assert match, done
+    stderr = done.stderr[: match.start()]
+    completed = subprocess.CompletedProcess(done.args, done.returncode, done.stdout, stderr)
+    return int(match.group(1)), float(match.group(2)), completed

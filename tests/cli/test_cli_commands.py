@@ -113,7 +113,8 @@ def test_retries_are_announced_then_given_up(tmp_path: Path, env: dict[str, str]
     ("args", "fragment"),
     [
         (["send", "{dir}/missing.bin", "http://127.0.0.1:1"], "no such file"),
-        (["send", "{dir}", "http://127.0.0.1:1"], "not a file"),
+        (["send", "{dir}", "http://127.0.0.1:1"], "nothing to send"),
+        (["send", "/dev/null", "http://127.0.0.1:1"], "not a file"),
         (["ls", "not a url"], "not an http(s) URL"),
         (["rm", "http://127.0.0.1:1/"], "name the file to delete"),
         (["ls", "http://127.0.0.1:1", "--token", "two words"], "token"),

@@ -339,3 +339,40 @@ async def test_expired_ids(sessions: SessionRepository) -> None:
     assert sorted(await sessions.expired_ids(500.0)) == sorted([old.id, used_part.id])
     assert sorted(await sessions.expired_ids(5000.0)) == sorted([old.id, fresh.id, used_part.id])
     assert await sessions.expired_ids(1.0) == []
+
+
+async def test_find_finished_by_size_and_digest(sessions: SessionRepository) -> None:
+    digest, other = "ab" * 32, "cd" * 32
+    finished = {"state": UploadState.FINISHED, "expires": None}
+    newer = session_of(10, created=5.0, sha256=digest, **finished)
+    older = session_of(10, created=2.0, sha256=digest, **finished)
+    for session in (
+        newer,
+        older,
+        session_of(11, created=1.0, sha256=digest, **finished),  # another size
+        session_of(10, created=1.0, sha256=other, **finished),  # another digest
+        # a part of a concatenation is not a listed file; an unfinished upload is not a file
+        session_of(10, created=1.0, sha256=digest, concat_kind=ConcatKind.PARTIAL, **finished),
+        session_of(10, created=1.0, sha256=digest),
+    ):
+        await sessions.create(session)
+    found = await sessions.find_finished(10, digest)
+    assert found is not None and found.id == older.id
+    assert await sessions.find_finished(10, digest, owner=None) == found
+    assert await sessions.find_finished(12, digest) is None
+    assert await sessions.find_finished(10, "ef" * 32) is None
+    any_digest = await sessions.find_finished(11, None)
+    assert any_digest is not None and any_digest.length == 11
+
+
+async def test_find_finished_sees_only_the_owner_s_files(sessions: SessionRepository) -> None:
+    digest = "ab" * 32
+    finished = {"state": UploadState.FINISHED, "expires": None, "sha256": digest}
+    alices = session_of(10, created=2.0, owner="alice", **finished)
+    await sessions.create(session_of(10, created=1.0, owner="bob", **finished))
+    await sessions.create(alices)
+    found = await sessions.find_finished(10, digest, owner="alice")
+    assert found is not None and found.id == alices.id
+    assert await sessions.find_finished(10, digest, owner="carol") is None
+    anyone = await sessions.find_finished(10, digest)
+    assert anyone is not None and anyone.owner == "bob"

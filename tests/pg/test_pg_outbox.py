@@ -1,5 +1,5 @@
 """The hook outbox in PostgreSQL: a node taking entries never waits for, nor takes, the rows
-another node is taking at that moment; and the outbox arrives with schema version 2."""
+another node is taking at that moment; and the outbox table arrives with the current schema."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import asyncpg
 
 from freight.core.ports import OutboxEntry
+from freight.storage.pg_schema import SCHEMA_VERSION
 from freight.storage.pg_sessions import PgSessions
 from tests.pg.test_pg_sessions import session
 
@@ -32,7 +33,9 @@ async def test_taking_skips_rows_another_node_holds(pg_sessions: PgSessions, pg_
     assert [e.key for e in await pg_sessions.take_due(100.0, 10, lease=30.0)] == ["k0", "k1"]
 
 
-async def test_the_outbox_table_is_migration_two(pg_sessions: PgSessions, pg_dsn: str) -> None:
+async def test_the_outbox_table_is_in_the_current_schema(
+    pg_sessions: PgSessions, pg_dsn: str
+) -> None:
     connection = await asyncpg.connect(pg_dsn)
     try:
         version = await connection.fetchval(
@@ -44,5 +47,5 @@ async def test_the_outbox_table_is_migration_two(pg_sessions: PgSessions, pg_dsn
         )
     finally:
         await connection.close()
-    assert version == 2
+    assert version == SCHEMA_VERSION
     assert [c["column_name"] for c in columns][:3] == ["key", "event", "upload_id"]

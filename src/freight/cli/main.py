@@ -15,7 +15,7 @@ __all__ = ["cli", "main"]
 
 # Command name -> "module:attribute" of its click command, in the order help lists them.
 COMMANDS = {
-    "send": "freight.cli.transfer:send",
+    "send": "freight.cli.send:send",
     "get": "freight.cli.transfer:get",
     "ls": "freight.cli.files:ls",
     "rm": "freight.cli.files:rm",

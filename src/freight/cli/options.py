@@ -11,10 +11,12 @@ import click
 
 from freight.client import ClientError, RetryPolicy, Timeouts
 from freight.client.http import tls_verify, verifying
+from freight.client.rate import RateLimit, limiting, parse_rate
 
 __all__ = [
     "json_option",
     "quiet_option",
+    "rate_option",
     "retries_option",
     "retry_policy",
     "stall_option",
@@ -55,7 +57,8 @@ def retries_option(default: int) -> Callable[[F], F]:
             default=default,
             show_default=True,
             help="Consecutive failed attempts to retry (with exponential backoff) before "
-            "giving up; any progress resets the count.",
+            "giving up; any progress resets the count. A server that never answered is "
+            "given up on after about 10 s.",
         )(function)
 
     return decorate
@@ -108,4 +111,27 @@ def tls_options(function: F) -> F:
         help="Trust https servers whose certificate this CA (PEM) signed, instead of the "
         "system's CAs.",
     )(decorated)
+    return cast(F, decorated)
+
+
+def rate_option(function: F) -> F:
+    """``--limit-rate``: one token bucket for every byte the command moves."""
+
+    @functools.wraps(function)
+    def run(*args: Any, limit_rate: str | None, **kwargs: Any) -> Any:
+        limit = None
+        if limit_rate is not None:
+            try:
+                limit = RateLimit(parse_rate(limit_rate))
+            except ClientError as exc:
+                raise click.BadParameter(exc.message, param_hint="--limit-rate") from None
+        with limiting(limit):
+            return function(*args, **kwargs)
+
+    decorated = click.option(
+        "--limit-rate",
+        metavar="RATE",
+        help="Move at most RATE bytes per second in all (10M, 512K, 1.5MiB; K, M, G are "
+        "binary), over every file and stream of the command.",
+    )(run)
     return cast(F, decorated)

@@ -19,26 +19,25 @@ from typing import IO, Any, TypeVar
 import aiohttp
 import click
 from rich.console import Console
-from rich.filesize import decimal
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     TaskID,
     TaskProgressColumn,
     TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
 
+from freight.cli.columns import EtaColumn, SizeColumn, SpeedColumn, human_size
 from freight.client import RemoteFile, RetryNotice
+from freight.client.files import short_ids
 from freight.client.http import describe_error
 from freight.errors import FreightError
 
 __all__ = [
     "CommandError",
+    "CommandInterrupted",
     "TransferBar",
     "human_size",
     "print_error",
@@ -52,7 +51,7 @@ __all__ = [
 
 T = TypeVar("T")
 INTERRUPTED_EXIT = 130  # what a shell reports for SIGINT
-_TABLE_WITH_IDS = 120  # terminal columns needed for an id column beside the rest
+_TABLE_WITH_TIMES = 100  # terminal columns for a creation time beside the rest
 _TABLE_WITH_DIGESTS = 160  # ... and for whole SHA-256s
 _SHORT_DIGEST = 12
 
@@ -102,6 +101,21 @@ class CommandError(click.ClickException):
         print_error(self.message)
 
 
+class CommandInterrupted(click.ClickException):
+    """Ctrl-C: said once the progress display is gone, so on a line of its own."""
+
+    exit_code = INTERRUPTED_EXIT
+
+    def __init__(self) -> None:
+        super().__init__("Interrupted. Run the same command again to resume.")
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        console = stderr_console()
+        if console.is_terminal:
+            console.file.write("\n")  # the terminal's ^C is left on the line it was typed on
+        console.print(Text(self.message, style="yellow"))
+
+
 def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a client coroutine, turning every expected failure into a :class:`CommandError`.
 
@@ -113,10 +127,7 @@ def run_command(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coroutine)
     except KeyboardInterrupt:
-        stderr_console().print(
-            Text("Interrupted. Run the same command again to resume.", style="yellow")
-        )
-        raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
+        raise CommandInterrupted from None
     except FreightError as exc:
         raise CommandError(exc.message) from None
     except aiohttp.ClientError as exc:  # before OSError: some are (a TLS refusal is)
@@ -157,9 +168,9 @@ class TransferBar:
                 TextColumn("{task.description}", markup=False, style="bold"),
                 BarColumn(),
                 TaskProgressColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
+                SizeColumn(),
+                SpeedColumn(),
+                EtaColumn(),
                 console=self._console,
             )
             self._progress.start()
@@ -174,8 +185,9 @@ class TransferBar:
         if self._progress is not None:
             self._progress.stop()
 
-    def start(self, total: int, done: int = 0, description: str | None = None) -> None:
-        """(Re)start the bar at ``done`` of ``total`` bytes; the jump does not count as speed."""
+    def start(self, total: int | None, done: int = 0, description: str | None = None) -> None:
+        """(Re)start the bar at ``done`` of ``total`` bytes (None: unknown, as for a stream);
+        the jump does not count as speed."""
         self.total = total
         self._description = visible(description or self._description)
         if self._progress is None:
@@ -188,33 +200,33 @@ class TransferBar:
         if self._progress is None:
             return
         if self._task is None:
-            self.start(self.total or 0, done)
+            self.start(self.total, done)
         else:
-            self._progress.update(self._task, completed=done)
+            self._progress.update(self._task, completed=done, retrying=False)
 
     def note(self, message: str, style: str = "yellow") -> None:
         console = self._progress.console if self._progress is not None else self._console
         console.print(Text(one_line(message), style=style))
 
     def retrying(self, notice: RetryNotice) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, retrying=True)
         self.note(
             f"{notice.reason}; retrying in {notice.delay:.1f} s "
             f"(attempt {notice.attempt} of {notice.attempts})"
         )
 
 
-def human_size(size: int) -> str:
-    return decimal(size)
-
-
 def print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-def print_lines(lines: Iterable[tuple[str, str]], headline: Text | None = None) -> None:
-    """``label: value`` lines on stdout, labels aligned."""
+def print_lines(
+    lines: Iterable[tuple[str, str]], headline: Text | None = None, *, to_stderr: bool = False
+) -> None:
+    """``label: value`` lines on stdout (stderr when stdout carries a file), labels aligned."""
     pairs = list(lines)
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, stderr=to_stderr)
     if headline is not None:
         console.print(headline)
     width = max((len(label) for label, _ in pairs), default=0)
@@ -225,29 +237,33 @@ def print_lines(lines: Iterable[tuple[str, str]], headline: Text | None = None) 
 def print_files_table(files: list[RemoteFile]) -> None:
     """A table of stored files, fitted to the terminal.
 
-    Narrow terminals get shortened SHA-256s and no id column (``--json`` has everything).
+    The id column holds each id's shortest unique prefix (``get`` and ``rm`` take it), at
+    every width and when piped; narrower terminals get shortened SHA-256s, then no creation
+    time (``--json`` has everything).
     """
     console = Console(highlight=False)
     if not files:
         console.print("No files stored.")
         return
-    show_ids = console.width >= _TABLE_WITH_IDS
     full_digest = console.width >= _TABLE_WITH_DIGESTS
+    show_times = console.width >= _TABLE_WITH_TIMES
+    prefixes = short_ids([item.id for item in files])
     table = Table(show_edge=False, header_style="bold")
+    # Ids are what `get` and `rm` take: never cut or fold them.
+    width = max(len(visible(prefix)) for prefix in prefixes.values())
+    table.add_column("ID", no_wrap=True, min_width=width)
     table.add_column("Name", overflow="fold")
     table.add_column("Size", justify="right", no_wrap=True)
     table.add_column("SHA-256", no_wrap=True)
-    table.add_column("Created", no_wrap=True)
-    if show_ids:
-        # Ids are what `freight rm` takes: never cut or fold them.
-        table.add_column("ID", no_wrap=True, min_width=max(len(visible(item.id)) for item in files))
+    if show_times:
+        table.add_column("Created", no_wrap=True)
     for item in files:
         digest = item.sha256 or "-"
         if not full_digest and len(digest) > _SHORT_DIGEST:
             digest = digest[:_SHORT_DIGEST] + "…"
         created = item.created.astimezone().strftime("%Y-%m-%d %H:%M") if item.created else "-"
         # Text cells, not strings: a string cell would be read as rich markup.
-        cells = [visible(item.name), human_size(item.size), visible(digest), created]
-        cells += [visible(item.id)] if show_ids else []
+        cells = [prefixes[item.id], visible(item.name), human_size(item.size), visible(digest)]
+        cells = [visible(cells[0]), *cells[1:]] + ([created] if show_times else [])
         table.add_row(*(Text(cell) for cell in cells))
     console.print(table)

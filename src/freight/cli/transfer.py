@@ -1,16 +1,20 @@
-"""``freight send`` and ``freight get``: resumable transfers with a progress bar."""
+"""``freight get`` (and the result lines of ``freight send``): resumable transfers."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.text import Text
 
+from freight.cli.columns import human_size
 from freight.cli.options import (
     json_option,
     quiet_option,
+    rate_option,
     retries_option,
     retry_policy,
     stall_option,
@@ -20,7 +24,6 @@ from freight.cli.options import (
 )
 from freight.cli.render import (
     TransferBar,
-    human_size,
     print_json,
     print_lines,
     run_command,
@@ -33,85 +36,11 @@ from freight.client import (
     UploadResult,
     download_file,
 )
-from freight.client.protocols import DEFAULT_PROTOCOL, UPLOADERS
+from freight.client.files import resolve_file_url
+from freight.client.stream_download import download_to_stream
 from freight.client.tcp import download_tcp
 
-__all__ = ["get", "send"]
-
-
-@click.command()
-# Not exists=True: a missing file is reported like every other failure, in one red line.
-@click.argument("file", type=click.Path(path_type=Path))
-@click.argument("server_url", metavar="URL")
-@click.option(
-    "--protocol",
-    type=click.Choice(sorted(UPLOADERS)),
-    default=DEFAULT_PROTOCOL,
-    show_default=True,
-    help="How to upload: tus (one resumable stream) or another protocol the server speaks.",
-)
-@click.option(
-    "--parallel",
-    type=click.IntRange(1, 32),
-    default=4,
-    show_default=True,
-    help="Streams at once, for protocols that can use several.",
-)
-@click.option(
-    "--chunk-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Bytes per chunk to ask the server for (--protocol chunks only; the server clamps "
-    "it to its limits, 256 KiB to 64 MiB by default). Smaller chunks cross a link that "
-    "drops connections more often than a whole chunk takes to send.",
-)
-@token_option
-@tls_options
-@retries_option(10)
-@stall_option
-@json_option
-@quiet_option
-def send(
-    file: Path,
-    server_url: str,
-    protocol: str,
-    parallel: int,
-    chunk_size: int | None,
-    token: str | None,
-    retries: int,
-    stall_timeout: float,
-    as_json: bool,
-    quiet: bool,
-) -> None:
-    """Upload FILE to the server at URL.
-
-    URL is the server (http://host:port) or its tus endpoint (http://host:port/files/).
-    Interrupted? Run the same command again: it resumes where the server's durable copy
-    ends. Prints the file's URL and SHA-256, checked against the server's.
-    """
-    extra: dict[str, int] = {}
-    if chunk_size is not None:
-        if protocol != "chunks":
-            raise click.UsageError("--chunk-size applies to --protocol chunks only")
-        extra["requested_chunk_size"] = chunk_size
-    started = time.monotonic()
-    with TransferBar(file.name, enabled=not quiet) as bar:
-        result = run_command(
-            UPLOADERS[protocol](
-                file,
-                server_url,
-                parallel=parallel,
-                token=token,
-                progress=bar.update,
-                on_start=bar.start,
-                resume_store=ResumeStore(),
-                retry=retry_policy(retries),
-                on_retry=bar.retrying,
-                timeouts=timeouts(stall_timeout),
-                **extra,
-            )
-        )
-    _report_upload(result, time.monotonic() - started, as_json)
+__all__ = ["get", "report_upload"]
 
 
 @click.command()
@@ -120,11 +49,13 @@ def send(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
-    help="File to write, or a directory to put it in. Default: the name the server gives.",
+    help="File to write, or a directory to put it in, or - for stdout. Default: the name "
+    "the server gives.",
 )
 @click.option("-f", "--force", is_flag=True, help="Replace an existing file of the same name.")
 @token_option
 @tls_options
+@rate_option
 @retries_option(10)
 @stall_option
 @json_option
@@ -142,12 +73,16 @@ def get(
     """Download the file at URL.
 
     URL is a file's address on a server: http://host:port/files/ID, or tcp://host:port/ID
-    for a server's raw TCP port (freight serve --tcp-port).
+    for a server's raw TCP port (freight serve --tcp-port). ID may be the start of a
+    stored file's id, as 'freight ls' shows it.
     Writes a hidden .OUTPUT.<hash>.freight-part beside OUTPUT and renames it once its
     SHA-256 matches the server's; running the same command again after an interruption
     resumes it, unless the file changed. An existing part file that is a link, a special
     file or another user's is never written through.
     """
+    to_stdout = output is not None and str(output) == "-"
+    if to_stdout and as_json:
+        raise click.UsageError("-o - writes the file to stdout: there is no room for --json")
     started = time.monotonic()
     with TransferBar(url.rstrip("/").rsplit("/", 1)[-1], enabled=not quiet) as bar:
 
@@ -155,7 +90,10 @@ def get(
             bar.start(info.size, info.resumed_from, description=info.path.name)
 
         # tcp:// URLs go to freight's raw TCP protocol (docs/protocol.md); the rest is HTTP.
-        downloader = download_tcp if url.strip().lower().startswith("tcp://") else download_file
+        tcp = url.strip().lower().startswith("tcp://")
+        if to_stdout and tcp:
+            raise click.UsageError("-o - is for http(s) URLs")
+        downloader = _download_stdout if to_stdout else download_tcp if tcp else _download_http
         result = run_command(
             downloader(
                 url,
@@ -170,14 +108,31 @@ def get(
                 timeouts=timeouts(stall_timeout),
             )
         )
-    _report_download(result, time.monotonic() - started, as_json)
+    _report_download(result, time.monotonic() - started, as_json, to_stderr=to_stdout)
+
+
+async def _download_http(url: str, output: Path | None, **options: Any) -> DownloadResult:
+    # A short id is completed first; a URL naming no file (the server root) is refused.
+    whole = await resolve_file_url(
+        url, token=options["token"], retry=options["retry"], timeouts=options["timeouts"]
+    )
+    return await download_file(whole, output, **options)
+
+
+async def _download_stdout(url: str, output: Path | None, **options: Any) -> DownloadResult:
+    whole = await resolve_file_url(
+        url, token=options["token"], retry=options["retry"], timeouts=options["timeouts"]
+    )
+    for unused in ("overwrite", "resume_store"):  # nothing to replace, nothing to resume
+        options.pop(unused)
+    return await download_to_stream(whole, sys.stdout.fileno(), **options)
 
 
 def _rate(size: int, seconds: float) -> str:
     return f"{human_size(int(size / seconds))}/s" if seconds > 0 else "-"
 
 
-def _report_upload(result: UploadResult, seconds: float, as_json: bool) -> None:
+def report_upload(result: UploadResult, seconds: float, as_json: bool) -> None:
     if as_json:
         print_json(
             {
@@ -202,7 +157,9 @@ def _report_upload(result: UploadResult, seconds: float, as_json: bool) -> None:
     print_lines([("URL", result.url), ("SHA-256", result.sha256)], headline)
 
 
-def _report_download(result: DownloadResult, seconds: float, as_json: bool) -> None:
+def _report_download(
+    result: DownloadResult, seconds: float, as_json: bool, *, to_stderr: bool = False
+) -> None:
     if as_json:
         print_json(
             {
@@ -220,13 +177,13 @@ def _report_download(result: DownloadResult, seconds: float, as_json: bool) -> N
     received = result.size - result.resumed_from
     headline = Text.assemble(
         ("Saved ", "green"),
-        (visible(str(result.path)), "bold green"),
+        (visible("stdout" if to_stderr else str(result.path)), "bold green"),
         f" ({human_size(result.size)}) in {seconds:.1f} s, {_rate(received, seconds)}",
         (f", resumed at {human_size(result.resumed_from)}" if result.resumed_from else ""),
         (", restarted because the file changed on the server" if result.restarted else ""),
         _verification(result.verified, "the server's"),
     )
-    print_lines([("SHA-256", result.sha256)], headline)
+    print_lines([("SHA-256", result.sha256)], headline, to_stderr=to_stderr)
 
 
 def _verification(verified: bool, whose: str) -> Text:

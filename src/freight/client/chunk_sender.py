@@ -149,7 +149,8 @@ class ChunkSender:
         """PUT one chunk, in pieces if need be, until the server has it; True if no attempt
         failed."""
         url = remote.url / "chunks" / str(chunk.n)
-        budget = RetryBudget(self.policy, self.on_retry)
+        # The upload exists by now: a server gone quiet gets the whole budget.
+        budget = RetryBudget(self.policy, self.on_retry, answered=True)
         clean = True
         # The last attempt was lost on the way, or answered as a duplicate: the server may
         # hold more of the chunk than this client knows.

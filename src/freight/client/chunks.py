@@ -233,6 +233,7 @@ class _ChunkUpload:
             if resp.status != 201:
                 raise await server_error(resp, "creating the upload")
             remote = created_remote(await json_object(resp), self.endpoint, self.size)
+        self.budget.answered()
         if self.store is not None:
             self.store.put_upload(self.key, str(remote.url))
         self.sender.acknowledged = 0
@@ -241,6 +242,7 @@ class _ChunkUpload:
     async def _status(self, url: URL) -> Remote | None:
         """The upload at ``url``; None if it is gone or is not this file's chunk upload."""
         async with self.session.get(url) as resp:
+            self.budget.answered()
             if resp.status in (404, 410):
                 return None
             if resp.status != 200:

@@ -38,6 +38,7 @@ from freight.client.http import (
     server_error,
 )
 from freight.client.partfile import PartFile, local_name, named_target
+from freight.client.rate import pace
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
 from freight.client.upload import ProgressCallback
 from freight.client.urls import file_id_from_url, parse_http_url
@@ -326,6 +327,7 @@ class _Download:
         self._report(position)
 
     def _started(self, offset: int) -> None:
+        self.budget.answered()
         self.position = offset
         if self.on_start is not None and self.size is not None:
             self.on_start(DownloadInfo(self.target, self.size, offset))
@@ -355,7 +357,10 @@ async def _collect_batch(content: aiohttp.StreamReader, writer: PartWriter, size
                     return False
                 if writer.received + len(chunk) > size:
                     raise ProtocolViolation("the server sent more bytes than it announced")
-                if writer.append(chunk):
+                full = writer.append(chunk)
+                # --limit-rate; after the append: a pause cut short by `patience` loses nothing.
+                await pace(len(chunk))
+                if full:
                     return True
                 if patience.when() is None:
                     patience.reschedule(loop.time() + STALE_AFTER)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from freight.client.errors import LocalFileChanged
 from freight.client.hashing import SplitHasher
+from freight.client.rate import pace
 
 __all__ = ["BufferBody", "FileBody"]
 
@@ -74,6 +75,7 @@ class FileBody:
         self._ahead = self._start_read(self._position) if self._position < self._end else None
         if self._on_read is not None:
             self._on_read(self._position)
+        await pace(len(chunk))  # --limit-rate
         return chunk
 
     def close(self) -> None:
@@ -136,6 +138,7 @@ class BufferBody:
             raise StopAsyncIteration
         piece = self._data[self._taken : self._taken + self._piece_size]
         self._taken += len(piece)
+        await pace(len(piece))  # --limit-rate
         return piece
 
     def close(self) -> None:

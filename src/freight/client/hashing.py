@@ -15,6 +15,10 @@ Rules, all under one lock:
   chunk fed); the disk reader stops when it reaches it;
 - :meth:`SplitHasher.finish` reads whatever is still missing up to the total size.
 hashlib releases the GIL on large buffers, so the reader really runs beside the transfer.
+
+A file hashed before it is sent (to ask the server whether it has it already) is not hashed
+again: inside :func:`known_digest`, a hasher of that file answers with the digest given,
+reads nothing and ignores what is fed (the server's digest is still checked against it).
 """
 
 from __future__ import annotations
@@ -23,12 +27,41 @@ import asyncio
 import contextlib
 import hashlib
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from freight.client.errors import LocalFileChanged
 from freight.client.http import CHUNK_SIZE
 
-__all__ = ["SplitHasher"]
+__all__ = ["SplitHasher", "hash_file", "known_digest"]
+
+# (path, size, digest) of a file hashed already, for the hashers made in this context.
+_KNOWN: ContextVar[tuple[Path, int, bytes] | None] = ContextVar("freight_known", default=None)
+
+
+@contextlib.contextmanager
+def known_digest(path: Path, size: int, digest: bytes) -> Iterator[None]:
+    """Hashers of ``path`` made in this block (this task and those it starts) answer with
+    ``digest`` for its first ``size`` bytes instead of hashing them again."""
+    reset = _KNOWN.set((Path(path), size, digest))
+    try:
+        yield
+    finally:
+        _KNOWN.reset(reset)
+
+
+def hash_file(path: Path, chunk_size: int = CHUNK_SIZE) -> tuple[int, bytes]:
+    """(size, SHA-256) of ``path``, read once through one reused buffer (blocking)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    size = 0
+    with path.open("rb", buffering=0) as file:
+        while count := file.readinto(buffer):
+            digest.update(view[:count])
+            size += count
+    return size, digest.digest()
 
 
 class SplitHasher:
@@ -43,6 +76,10 @@ class SplitHasher:
         self._frontier = prefix
         self._cancelled = False
         self._reader: asyncio.Future[None] | None = None
+        known = _KNOWN.get()
+        self._known = known if known is not None and known[0] == Path(path) else None
+        if self._known is not None:
+            self._hashed = self._frontier = self._known[1]
 
     @property
     def hashed(self) -> int:
@@ -55,6 +92,8 @@ class SplitHasher:
         the frontier: the prefix at first. Call it again after feeds that came too early
         (past a gap) to catch up in the background; a no-op while a reader is running, after
         one failed (:meth:`finish` raises its error) or when nothing is missing."""
+        if self._known is not None:
+            return
         reader = self._reader
         if reader is not None and (
             not reader.done() or reader.cancelled() or reader.exception() is not None
@@ -67,6 +106,8 @@ class SplitHasher:
 
     def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Offer bytes found at ``offset``; they are on disk too. Thread-safe."""
+        if self._known is not None:
+            return
         view = memoryview(data)
         with self._lock:
             end = offset + view.nbytes
@@ -77,6 +118,12 @@ class SplitHasher:
 
     async def finish(self, total: int) -> bytes:
         """The raw digest of bytes [0, total), reading from disk whatever was not fed."""
+        if self._known is not None:
+            if total != self._known[1]:
+                raise LocalFileChanged(
+                    f"{self._path} holds {self._known[1]} bytes where {total} were expected"
+                )
+            return self._known[2]
         with self._lock:
             self._frontier = max(self._frontier, total)
         if self._reader is not None:

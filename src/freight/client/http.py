@@ -4,7 +4,9 @@ Retry policy: connection failures, timeouts, cut-short bodies and the statuses t
 "try again later" (408, 423, 429, 502, 503, 504) are retried with exponential backoff and
 jitter. The budget counts *consecutive* failures: an attempt that moved the transfer forward
 resets it, so a long transfer over a flaky link is not abandoned after ten hiccups spread
-over hours, while a dead server is given up on after ``attempts`` tries.
+over hours, while a dead server is given up on after ``attempts`` tries. A server that
+never answered at all (nothing reached yet) is given up on sooner, after
+``unreached_deadline`` seconds: a typo in a URL should not cost two minutes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import random
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -93,6 +96,7 @@ class RetryPolicy:
     initial_delay: float = 0.5
     max_delay: float = 30.0
     multiplier: float = 2.0
+    unreached_deadline: float = 10.0  # seconds of retrying before any answer came
 
     def delay(self, failure: int) -> float:
         """Seconds to wait before retry number ``failure`` (1-based), with jitter."""
@@ -124,30 +128,50 @@ class RetryBudget:
     moves the transfer on.
     """
 
-    def __init__(self, policy: RetryPolicy, on_retry: RetryCallback | None = None) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        on_retry: RetryCallback | None = None,
+        *,
+        answered: bool = False,
+    ) -> None:
         self._policy = policy
         self._on_retry = on_retry
         self._failures = 0
         self._furthest = -1
+        self._answered = answered
+        self._started = time.monotonic()
 
     def progressed(self) -> None:
         """The operation moved forward: the next failure starts a fresh count."""
         self._failures = 0
+        self._answered = True
+
+    def answered(self) -> None:
+        """The server answered: it exists, so it gets the whole budget from now on."""
+        self._answered = True
 
     def reached(self, position: int) -> None:
         """The durable position is ``position``: progress if it is the furthest seen yet."""
+        self._answered = True
         if position > self._furthest:
             if self._furthest >= 0:
                 self._failures = 0
             self._furthest = position
 
-    async def failed(self, reason: str) -> None:
-        """Wait before the next attempt, or raise :class:`ConnectionFailed` if none is left."""
+    async def failed(self, reason: str, cause: BaseException | None = None) -> None:
+        """Wait before the next attempt, or raise :class:`ConnectionFailed` if none is left.
+        A ``cause`` that is the server's answer (an error status) shows the server is there."""
+        if isinstance(cause, ServerError):
+            self._answered = True
         self._failures += 1
         if self._failures > self._policy.attempts:
             tries = self._failures
             raise ConnectionFailed(f"{reason} (gave up after {tries} attempts)")
         delay = self._policy.delay(self._failures)
+        waited = time.monotonic() - self._started
+        if not self._answered and waited + delay > self._policy.unreached_deadline:
+            raise ConnectionFailed(f"{reason} (no answer for {waited:.0f} s; gave up)")
         if self._on_retry is not None:
             self._on_retry(RetryNotice(self._failures, self._policy.attempts, delay, reason))
         await asyncio.sleep(delay)
@@ -168,7 +192,7 @@ async def retrying(
         except Exception as exc:
             if not transient(exc):
                 raise
-            await budget.failed(describe_error(exc))
+            await budget.failed(describe_error(exc), exc)
 
 
 def is_retryable(exc: BaseException) -> bool:

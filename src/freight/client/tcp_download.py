@@ -28,6 +28,7 @@ from freight.client.errors import ClientError, ProtocolViolation
 from freight.client.hashing import SplitHasher
 from freight.client.http import CHUNK_SIZE, RetryBudget, RetryCallback, RetryPolicy, Timeouts
 from freight.client.partfile import PartFile, local_name, named_target
+from freight.client.rate import pace
 from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
 from freight.client.tcp_link import (
     NO_DIGEST,
@@ -261,6 +262,7 @@ class _TcpDownload:
                     return
             elif count:
                 self.received += count
+                await pace(count)  # --limit-rate
                 if stale_at is None:
                     stale_at = loop.time() + STALE_AFTER
             else:
@@ -300,6 +302,7 @@ class _TcpDownload:
             self._report(position)
 
     def _started(self, size: int, offset: int) -> None:
+        self.budget.answered()
         if self.on_start is not None:
             self.on_start(DownloadInfo(self.target, size, offset))
         self._report(offset)

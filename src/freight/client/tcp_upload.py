@@ -18,6 +18,7 @@ from pathlib import Path
 from freight.client.errors import ClientError, DigestMismatch, LocalFileChanged, ProtocolViolation
 from freight.client.hashing import SplitHasher
 from freight.client.http import CHUNK_SIZE, RetryBudget, RetryCallback, RetryPolicy, Timeouts
+from freight.client.rate import pace
 from freight.client.resume_store import ResumeStore, UploadKey
 from freight.client.tcp_link import (
     NO_DIGEST,
@@ -245,6 +246,7 @@ class _TcpUpload:
                     ack = await link.next_control("sending data", self.timeouts.stall)
                     self._acknowledge(ack)
                 count = min(frame_size, self.size - position, self.acked + 2 * window - position)
+                await pace(count)  # --limit-rate
                 await link.send(encode_data_header(position, count))
                 if await link.send_file(file, position, count) != count:
                     raise LocalFileChanged(f"{self.path} became shorter while it was sent")

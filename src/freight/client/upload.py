@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,13 +91,15 @@ async def upload_file(
     on_retry: RetryCallback | None = None,
     timeouts: Timeouts | None = None,
     chunk_size: int = CHUNK_SIZE,
+    metadata: Mapping[str, str] | None = None,
 ) -> UploadResult:
     """Upload ``path`` to ``server_url`` (a server root or its ``/files/`` endpoint).
 
     With a ``resume_store`` the upload URL is remembered until the upload completes, so
     running this again after any interruption resumes at the server's durable offset.
     ``on_start(size, offset)`` is called once the server's offset is known; ``progress``
-    then receives absolute byte counts.
+    then receives absolute byte counts. ``metadata`` is sent beside the file's name
+    (``relativePath``, say).
     """
     path = local_file(path)
     endpoint = upload_endpoint(server_url)
@@ -115,6 +117,7 @@ async def upload_file(
             on_start=on_start,
             chunk_size=chunk_size,
             stall_timeout=(timeouts or Timeouts()).stall,
+            metadata=metadata,
         )
         return await upload.run()
 
@@ -135,6 +138,7 @@ class _Upload:
         on_start: Callable[[int, int], None] | None,
         chunk_size: int,
         stall_timeout: float,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.session = session
         self.path = path
@@ -147,6 +151,7 @@ class _Upload:
         self.on_start = on_start
         self.chunk_size = chunk_size
         self.stall_timeout = stall_timeout
+        self.metadata = {**(metadata or {}), "filename": display_name(path)}
         self.acknowledged = 0  # highest offset the server has confirmed
         self.head_digest: bytes | None = None
 
@@ -198,13 +203,13 @@ class _Upload:
             except Exception as exc:
                 if not is_retryable(exc):
                     raise
-                await self.budget.failed(describe_error(exc))
+                await self.budget.failed(describe_error(exc), exc)
 
     async def _create(self) -> str:
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Upload-Length": str(self.size),
-            "Upload-Metadata": build_upload_metadata({"filename": display_name(self.path)}),
+            "Upload-Metadata": build_upload_metadata(self.metadata),
         }
         async with self.session.post(self.endpoint, headers=headers) as resp:
             if resp.status != 201:
@@ -213,6 +218,7 @@ class _Upload:
             if not location:
                 raise ProtocolViolation("the server created an upload but sent no Location")
             url = str(resp.url.join(URL(location)))
+        self.budget.answered()
         self.acknowledged = 0
         self.head_digest = None
         if self.store is not None:
@@ -222,6 +228,7 @@ class _Upload:
     async def _head(self, url: str) -> int | None:
         """The server's durable offset for ``url``; None if that upload is gone or not ours."""
         async with self.session.head(url, headers={"Tus-Resumable": TUS_VERSION}) as resp:
+            self.budget.answered()
             if resp.status in (404, 410):
                 return None
             if resp.status not in (200, 204):
@@ -270,7 +277,7 @@ class _Upload:
                 if not _worth_resyncing(exc):
                     raise
                 must_resync = True
-                await self.budget.failed(describe_error(exc))
+                await self.budget.failed(describe_error(exc), exc)
 
     async def _patch(self, url: str, offset: int, hasher: SplitHasher) -> tuple[int, bytes | None]:
         loop = asyncio.get_running_loop()

@@ -37,6 +37,7 @@ from freight.client.http import (
     is_retryable,
     open_session,
 )
+from freight.client.rate import pace
 from freight.client.resume_store import ResumeStore, UploadKey
 from freight.client.upload import ProgressCallback, UploadResult, display_name, local_file
 from freight.client.urls import file_id_from_url, server_root
@@ -278,6 +279,7 @@ class _WsUpload:
 
     async def _exchange(self, ws: aiohttp.ClientWebSocketResponse, ready: Ready) -> Finished:
         """Send data and ``done`` while reading credit; returns the server's ``finished``."""
+        self.budget.answered()  # the server is there: a later outage gets the whole budget
         window = SendWindow(ready.offset + ready.credit)
         reader = asyncio.ensure_future(self._read_replies(ws, window))
         sender = asyncio.ensure_future(self._send_data(ws, ready, window))
@@ -336,6 +338,7 @@ class _WsUpload:
                 for start in range(0, len(view), frame):
                     data = view[start : start + frame]
                     await window.room_until(position + len(data))
+                    await pace(len(data))  # --limit-rate
                     # aiohttp takes any bytes-like object at runtime; its hint says bytes.
                     await ws.send_bytes(data)  # type: ignore[arg-type]
                     window.moved()

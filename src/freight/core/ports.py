@@ -154,6 +154,15 @@ class SessionRepository(Protocol):
         """Up to ``limit`` sessions of a listing in creation order, after ``after``;
         ``owner``'s only if given."""
 
+    async def find_finished(
+        self, size: int, sha256: str | None, owner: str | None = None
+    ) -> UploadSession | None:
+        """A finished file (listed like ``list_page("files")``) of ``size`` bytes whose
+        SHA-256 is ``sha256`` (lowercase hex; any with None), the oldest if several; None
+        if there is none.
+        ``owner`` narrows it to one owner's files; None: anyone's.
+        Indexed: a client asks before each file it sends."""
+
     async def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
         """Unexpired unfinished uploads (only ``client``'s if given) and what they need."""
 

@@ -7,8 +7,10 @@ Assembled into the document by :func:`freight.server.openapi.build_openapi`.
 from __future__ import annotations
 
 from freight.server.openapi_schemas import (
+    COUNT,
     NOT_FOUND,
     PAGE,
+    SHA256_HEX,
     TEXT,
     UPLOAD_ID,
     Json,
@@ -114,10 +116,21 @@ def service_paths() -> Json:
         "/api/files": {
             "get": {
                 "summary": "Finished files, a page at a time",
-                "parameters": PAGE,
+                "description": (
+                    "With `size` (and `sha256`), only a finished file of that size (and"
+                    " SHA-256) if one is stored: `files` then holds one entry or none, and"
+                    " paging does not apply. Clients ask this before sending a file to skip"
+                    " one the server already has (by size first: a file is hashed before"
+                    " it is sent only when the server holds one of the same size)."
+                ),
+                "parameters": [
+                    *PAGE,
+                    param("size", "query", "Only a file of this size in bytes.", COUNT),
+                    param("sha256", "query", "With size: only a file of this SHA-256.", SHA256_HEX),
+                ],
                 "responses": {
                     "200": json_body("Files.", ref("FileList")),
-                    "400": error_body("A bad limit or cursor."),
+                    "400": error_body("A bad limit, cursor, size or sha256."),
                 },
             }
         },

@@ -65,6 +65,7 @@ CREATE INDEX IF NOT EXISTS uploads_state ON uploads (state, expires);
 CREATE INDEX IF NOT EXISTS uploads_listing ON uploads (state, created, id);
 CREATE INDEX IF NOT EXISTS uploads_client ON uploads (client, state);
 CREATE INDEX IF NOT EXISTS uploads_owner ON uploads (owner, state, created, id);
+CREATE INDEX IF NOT EXISTS uploads_digest ON uploads (length, sha256) WHERE state = 'finished';
 """
 _ADDED_COLUMNS = {
     "client": "TEXT",
@@ -293,6 +294,23 @@ class SessionTable:
             parameters = (now, client)
         count, pending = self._query(sql, parameters)[0]
         return UnfinishedTotals(count=int(count), pending_bytes=int(pending))
+
+    def find_finished(
+        self, size: int, sha256: str | None, owner: str | None = None
+    ) -> UploadSession | None:
+        """The oldest listed file of ``size`` bytes with this SHA-256 (any with None), by
+        the ``uploads_digest`` index."""
+        # Named: without statistics SQLite would take the listing index for its order and
+        # read every finished file.
+        select = _SELECT.replace(" FROM uploads", " FROM uploads INDEXED BY uploads_digest")
+        sql = f"{select} WHERE {_LISTINGS['files']} AND length = :size"
+        if sha256 is not None:
+            sql += " AND sha256 = :sha256"
+        if owner is not None:
+            sql += " AND owner = :owner"
+        sql += " ORDER BY created, id LIMIT 1"
+        rows = self._query(sql, {"sha256": sha256, "size": size, "owner": owner})
+        return from_row(rows[0]) if rows else None
 
     def page(
         self,

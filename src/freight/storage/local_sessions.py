@@ -129,6 +129,11 @@ class SqliteSessions:
     ) -> list[UploadSession]:
         return await asyncio.to_thread(self.table.page, kind, after, limit, now, owner)
 
+    async def find_finished(
+        self, size: int, sha256: str | None, owner: str | None = None
+    ) -> UploadSession | None:
+        return await asyncio.to_thread(self.table.find_finished, size, sha256, owner)
+
     async def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
         return await asyncio.to_thread(self.table.unfinished_totals, now, client)
 

@@ -118,9 +118,15 @@ _V2 = (
     "CREATE INDEX freight_uploads_owner ON freight_uploads (owner, state, created, id)",
 )
 
+# find_finished: is there a finished file of this size (and SHA-256)?
+_V4_DIGEST_INDEX = (
+    "CREATE INDEX freight_uploads_digest ON freight_uploads (length, sha256)"
+    " WHERE state = 'finished'",
+)
+
 # Migration n (1-based) takes the schema from version n - 1 to n.
 # Version 3: the hook outbox (:mod:`freight.storage.pg_outbox`).
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, OUTBOX_MIGRATION)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, OUTBOX_MIGRATION, _V4_DIGEST_INDEX)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

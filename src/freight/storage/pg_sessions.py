@@ -275,6 +275,21 @@ class PgSessions:
         rows = await self._fetch("listing uploads", sql, *arguments)
         return [_from_row(row) for row in rows]
 
+    async def find_finished(
+        self, size: int, sha256: str | None, owner: str | None = None
+    ) -> UploadSession | None:
+        sql = f"{_SELECT} WHERE {_LISTINGS['files']} AND length = $1"
+        arguments: list[Any] = [size]
+        if sha256 is not None:
+            arguments.append(sha256)
+            sql += f" AND sha256 = ${len(arguments)}"
+        if owner is not None:
+            arguments.append(owner)
+            sql += f" AND owner = ${len(arguments)}"
+        sql += " ORDER BY created, id LIMIT 1"
+        rows = await self._fetch("finding a file by size and digest", sql, *arguments)
+        return _from_row(rows[0]) if rows else None
+
     async def unfinished_totals(self, now: float, client: str | None = None) -> UnfinishedTotals:
         sql = (
             "SELECT count(*) AS count,"

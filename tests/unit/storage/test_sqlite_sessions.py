@@ -7,6 +7,7 @@ import contextlib
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,5 +129,26 @@ async def test_an_old_database_opens_with_protocol_state_moved(tmp_path: Path) -
         stored = await sessions.record_received("tcp", 0, 8192, expires=None)
         assert list(stored) == [(0, 8192)]
         assert "tcp" in await sessions.work_ids(10)
+    finally:
+        await sessions.close()
+
+
+async def test_the_digest_lookup_reads_its_index_not_every_file(tmp_path: Path) -> None:
+    """find_finished is asked before each file a client sends: it must not scan."""
+    sessions = SqliteSessions(tmp_path / "freight.db")
+    try:
+        plans: list[str] = []
+        original = sessions.table._query
+
+        def traced(sql: str, parameters: Any = ()) -> list[Any]:
+            plan = sessions.table._db.execute(f"EXPLAIN QUERY PLAN {sql}", parameters).fetchall()
+            plans.append(" ".join(str(row[-1]) for row in plan))
+            return original(sql, parameters)
+
+        sessions.table._query = traced  # type: ignore[method-assign]
+        await sessions.find_finished(10, "ab" * 32)
+        await sessions.find_finished(10, None)
+        assert len(plans) == 2
+        assert all("USING INDEX uploads_digest" in plan for plan in plans), plans
     finally:
         await sessions.close()
