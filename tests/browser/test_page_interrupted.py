@@ -146,3 +146,36 @@ def test_forget_drops_the_record_and_the_server_upload(
         time.sleep(0.2)
     page.reload()
     assert page.page.locator(".interrupted").count() == 0
+
+
+def test_an_interrupted_upload_resumes_over_the_transport_it_started_with(
+    freight_server: Any, browser_page: Callable[..., Any], random_file: Callable[..., Any]
+) -> None:
+    """Started over WebSocket, the setting changed to chunks after the reload: the same
+    upload carries on (over WebSocket) instead of starting again from nothing."""
+    file = random_file("by-socket.bin", 24 * MiB)
+    page = browser_page(freight_server)
+    page.configure()
+    page.page.select_option("#transport", "ws")
+    page.throttle(4 * MiB)
+    page.pick(file)
+    page.wait_state(file, "uploading")
+    upload_id = page.upload_id(file)
+    page.wait_for_status(upload_id, lambda s: s["received_bytes"] >= 2 * MiB)
+    page.row(file).locator("[data-action=pause]").click()
+    page.wait_state(file, "paused")
+    assert page.status(upload_id)["received_bytes"] < file.size
+    page.reload()
+    page.throttle(None)
+    page.configure()
+    page.page.select_option("#transport", "chunks")
+
+    entry = page.page.locator(f'.interrupted[data-upload-id="{upload_id}"]')
+    before = settled(page, upload_id)
+    entry.locator("input[type=file]").set_input_files(str(file.path))
+    row = page.wait_state(file, "done", timeout=90)
+    assert "were already on the server" in row.locator(".detail").inner_text()
+    download = row.locator("[data-action=download]").get_attribute("href") or ""
+    assert download.rsplit("/", 1)[1] == upload_id
+    assert page.status(upload_id)["received_bytes"] == file.size > before["received_bytes"]
+    assert page.stored(upload_id)["sha256"] == file.sha256

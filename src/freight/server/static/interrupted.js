@@ -124,6 +124,12 @@ export class InterruptedList {
     const { size } = describe(entry.record);
     try {
       const status = await api("GET", `/api/uploads/${encodeURIComponent(entry.record.id)}`);
+      if (status.state === "finished") {
+        // It was completed just before the page went away: it is among the stored files.
+        store.forget(entry.record.key);
+        this.remove(entry);
+        return;
+      }
       const received = status.received_bytes ?? 0;
       setProgress(entry.progress, received, size);
       entry.element.dataset.receivedBytes = String(received);

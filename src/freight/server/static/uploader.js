@@ -23,7 +23,7 @@ import { hashFile } from "./hasher.js";
 import { identityOf, mismatch } from "./identity.js";
 import { checkRestrictions } from "./restrictions.js";
 import * as store from "./resume-store.js";
-import { transportById } from "./transports.js";
+import { TRANSPORTS, transportById } from "./transports.js";
 import { RateMeter, sleep, trigger } from "./util.js";
 
 export const State = Object.freeze({
@@ -54,8 +54,11 @@ export class Upload extends EventTarget {
     this.key = store.fileKey(file);
     this.settings = { ...settings };
     this.slots = slots;
-    this.transportId = settings.transport;
-    this.transport = transportById(settings.transport);
+    // An upload interrupted earlier carries on over the transport it started with, whatever
+    // the setting is now: another transport would start it again from nothing.
+    const saved = store.loadUpload(this.key)?.transport;
+    this.transportId = TRANSPORTS.some((t) => t.id === saved) ? saved : settings.transport;
+    this.transport = transportById(this.transportId);
     this.id = null;
     this.chunkSize = null;
     this.state = State.STARTING;
