@@ -108,6 +108,7 @@ def test_a_reload_lists_the_upload_and_only_the_same_file_resumes_it(
     assert after_refusals["wire_bytes"] == before["wire_bytes"], "the twin's bytes were sent"
     assert after_refusals["received_bytes"] == before["received_bytes"]
     assert entry.is_visible()
+    page.screenshot("browser-interrupted.png")
 
     # The right file: only the chunks the server lacked are sent.
     missing = chunk_bytes(before, before["missing"])

@@ -69,6 +69,8 @@ def test_pause_all_stops_every_upload_and_resume_all_finishes_them(
         assert "paused" in entry.locator(".meta").inner_text()
         assert "/s" not in entry.locator(".meta").inner_text()
 
+    page.screenshot("browser-paused-all.png")
+
     # Binary units everywhere: no kB, MB or GB anywhere on the page.
     body = page.page.locator("body").inner_text()
     assert "MiB" in body

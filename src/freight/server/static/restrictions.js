@@ -8,14 +8,22 @@
 import { refusal, serverUrl, withAuth } from "./api.js";
 import { formatBytes } from "./util.js";
 
-let limits = null; // a promise of {maxSize}, kept once the server answered
+// Asked once for a batch of files, and again a minute later: a restarted server may have
+// another limit.
+const KEEP_MS = 60_000;
+let limits = null; // a promise of {maxSize}
+let askedAt = 0;
 
 /** The server's limits; null when it cannot be asked now (the check is then left to it). */
 export async function serverLimits() {
-  limits ??= askServer().catch((error) => {
-    limits = null;
-    throw error;
-  });
+  if (limits && performance.now() - askedAt > KEEP_MS) limits = null;
+  if (!limits) {
+    askedAt = performance.now();
+    limits = askServer().catch((error) => {
+      limits = null;
+      throw error;
+    });
+  }
   try {
     return await limits;
   } catch {
