@@ -12,18 +12,26 @@ import { Sha256 } from "./sha256.js";
 import { formatBytes } from "./util.js";
 
 export const EDGE_BYTES = 1024 * 1024;
+const PIECE_BYTES = 64 * 1024;
 
-/** Hex SHA-256 of the first and last MiB (the whole file when it is at most two MiB). */
+/**
+ * Hex SHA-256 of the first and last MiB (the whole file when it is at most two MiB), read in
+ * small pieces: the page never holds more than one piece of a file at a time.
+ */
 export async function fingerprint(file) {
-  const head = file.slice(0, Math.min(file.size, EDGE_BYTES));
-  const tailStart = Math.max(EDGE_BYTES, file.size - EDGE_BYTES);
-  const tail = file.slice(tailStart, file.size);
-  const bytes = new Uint8Array(await new Blob([head, tail]).arrayBuffer());
-  if (globalThis.crypto?.subtle) {
-    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-    return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  const headEnd = Math.min(file.size, EDGE_BYTES);
+  const tailStart = Math.max(headEnd, file.size - EDGE_BYTES);
+  const sha = new Sha256();
+  for (const [start, end] of [
+    [0, headEnd],
+    [tailStart, file.size],
+  ]) {
+    for (let at = start; at < end; at += PIECE_BYTES) {
+      const piece = file.slice(at, Math.min(end, at + PIECE_BYTES));
+      sha.update(new Uint8Array(await piece.arrayBuffer()));
+    }
   }
-  return new Sha256().update(bytes).hexDigest(); // no SubtleCrypto outside a secure context
+  return sha.hexDigest();
 }
 
 /** The identity a resume record keeps for `file`. */
