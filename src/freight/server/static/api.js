@@ -25,6 +25,7 @@ export class ApiError extends Error {
     this.status = status;
     this.code = code;
     this.body = body;
+    this.refused = false;
   }
 
   /**
@@ -33,13 +34,32 @@ export class ApiError extends Error {
    * server error.
    */
   get retryable() {
+    if (this.refused) return false;
     return [0, 408, 423, 429].includes(this.status) || this.status >= 500;
+  }
+
+  /**
+   * Trying again cannot help: a client error other than a conflict, a timeout, a lock, a
+   * missing token or a damaged chunk (413 too large, 403 forbidden, 404 no such endpoint...).
+   * A refusal made by the page itself before sending anything has status 0 and `refused`.
+   */
+  get permanent() {
+    if (this.refused) return true;
+    if (this.status < 400 || this.status >= 500) return false;
+    return ![401, 408, 409, 422, 423, 429].includes(this.status);
   }
 
   /** The upload is gone on the server (never existed, expired or deleted). */
   get gone() {
     return this.status === 404 || this.status === 410;
   }
+}
+
+/** The page refuses a file before sending or hashing anything (too large, wrong file...). */
+export function refusal(code, message) {
+  const error = new ApiError(0, code, message);
+  error.refused = true;
+  return error;
 }
 
 export class AbortedError extends Error {

@@ -2,11 +2,14 @@
 
 import { api, auth, listAll } from "./api.js";
 import { followEvents } from "./events.js";
+import { InterruptedList } from "./interrupted.js";
+import { LiveList } from "./live-list.js";
+import { OverallProgress } from "./overall.js";
 import { knownUploadIds } from "./resume-store.js";
 import { TRANSPORTS } from "./transports.js";
 import { State, Upload } from "./uploader.js";
 import { Slots } from "./util.js";
-import { LiveList, UploadRow, h, renderFiles } from "./views.js";
+import { UploadRow, h, renderFiles } from "./views.js";
 
 const SETTINGS_KEY = "freight.settings.v1";
 const $ = (id) => document.getElementById(id);
@@ -76,7 +79,7 @@ function addFiles(files) {
   for (const file of files) {
     const key = `${file.name}|${file.size}|${file.lastModified}`;
     const existing = rows.get(key);
-    if (existing && ![State.DONE, State.CANCELLED].includes(existing.upload.state)) {
+    if (existing && !existing.upload.finished) {
       existing.upload.resume(); // picked again while paused or failed: carry on
       continue;
     }
@@ -106,6 +109,8 @@ function queueRender() {
   requestAnimationFrame(() => {
     renderQueued = false;
     for (const row of rows.values()) row.render();
+    overall.render();
+    interrupted.sync();
   });
 }
 
@@ -203,11 +208,18 @@ function setUpLive() {
     return ids;
   };
   let ids = mine();
-  live = new LiveList($("live"), $("live-empty"), $("live-more"), (id) => ids.has(id));
+  // Paused here, or interrupted by a reload and not taken up again: not a stall.
+  const paused = (id) =>
+    [...rows.values()].some((row) => row.upload.id === id && row.upload.pauseRequested) ||
+    (ids.has(id) && ![...rows.values()].some((row) => row.upload.id === id));
+  live = new LiveList($("live"), $("live-empty"), $("live-more"), (id) => ids.has(id), paused);
   followEvents({
     signal: new AbortController().signal,
     onOpen: () => live.clear(),
-    onStatus: setConnection,
+    onStatus: (connected) => {
+      setConnection(connected);
+      live.setConnected(connected);
+    },
     onEvent: (kind, data) => {
       ids = mine();
       live.apply(kind, data);
@@ -243,6 +255,13 @@ function setUpSignedDownloads() {
   });
 }
 
+const uploads = () => [...rows.values()].map((row) => row.upload);
+const overall = new OverallProgress($("overall"), uploads);
+const interrupted = new InterruptedList($("interrupted-block"), $("interrupted"), {
+  onResume: (file) => addFiles([file]),
+  activeIds: () => new Set(uploads().flatMap((u) => (u.id && !u.finished ? [u.id] : []))),
+});
+
 auth.prompt = askForToken;
 setUpSettings();
 setUpDropAndPick();
@@ -262,5 +281,6 @@ window.addEventListener("beforeunload", (event) => {
   }
 });
 setUpSignedDownloads();
+interrupted.load();
 refreshFiles().then(setUpLive);
 document.body.dataset.ready = "1";

@@ -1,8 +1,8 @@
 // What survives a reload: the upload id for each file, and how far its SHA-256 got.
 //
 // Keyed by name, size and lastModified, the only identity a re-picked File offers. Another
-// file that matches all three would resume the same upload; the SHA-256 check at the end
-// catches that.
+// file that matches all three is told apart by the fingerprint the record keeps (identity.js);
+// the SHA-256 check at the end catches what even that misses.
 
 const PREFIX = "freight.resume.v1|";
 const HASH_PREFIX = "freight.hash.v1|";
@@ -27,7 +27,10 @@ function write(key, value) {
   }
 }
 
-/** `{id, transport, chunkSize, savedAt}` or null. */
+/**
+ * `{id, transport, chunkSize, savedAt, name, size, lastModified, fingerprint}` or null (the
+ * last four are missing from records written by older pages).
+ */
 export function loadUpload(key) {
   return read(PREFIX + key);
 }
@@ -61,4 +64,16 @@ export function knownUploadIds() {
     }
   }
   return ids;
+}
+
+/** Every saved upload record, as `{key, ...record}`, the most recent first. */
+export function listUploads() {
+  const records = [];
+  for (let i = 0; i < localStorage.length; i++) {
+    const storageKey = localStorage.key(i);
+    if (!storageKey?.startsWith(PREFIX)) continue;
+    const record = read(storageKey);
+    if (record?.id) records.push({ ...record, key: storageKey.slice(PREFIX.length) });
+  }
+  return records.sort((a, b) => (b.savedAt ?? 0) - (a.savedAt ?? 0));
 }

@@ -10,14 +10,20 @@
 //   uploading  -> finishing     every chunk acknowledged: complete
 //   finishing  -> done
 //   any        -> failed         an error retrying cannot fix; retry() starts over from starting
+//                                 (a permanent one, e.g. 413 or 403, ends the upload for good:
+//                                 hashing stops and there is no retry)
 //   any        -> cancelled      cancel(): requests aborted, the server upload deleted
 // If the server no longer knows the upload (404/410), its record is dropped and a new upload
-// is created.
+// is created. Before anything is sent or hashed, the file is checked against the server's
+// limits (restrictions.js) and, when a resume record exists, against the identity that
+// record kept (identity.js); a refusal is a permanent failure.
 
-import { AbortedError } from "./api.js";
+import { AbortedError, refusal } from "./api.js";
 import { hashFile } from "./hasher.js";
+import { identityOf, mismatch } from "./identity.js";
+import { checkRestrictions } from "./restrictions.js";
 import * as store from "./resume-store.js";
-import { transportById } from "./transports.js";
+import { TRANSPORTS, transportById } from "./transports.js";
 import { RateMeter, sleep, trigger } from "./util.js";
 
 export const State = Object.freeze({
@@ -48,13 +54,18 @@ export class Upload extends EventTarget {
     this.key = store.fileKey(file);
     this.settings = { ...settings };
     this.slots = slots;
-    this.transportId = settings.transport;
-    this.transport = transportById(settings.transport);
+    // An upload interrupted earlier carries on over the transport it started with, whatever
+    // the setting is now: another transport would start it again from nothing.
+    const saved = store.loadUpload(this.key)?.transport;
+    this.transportId = TRANSPORTS.some((t) => t.id === saved) ? saved : settings.transport;
+    this.transport = transportById(this.transportId);
     this.id = null;
     this.chunkSize = null;
     this.state = State.STARTING;
     this.detail = "";
     this.error = null;
+    this.permanent = false; // failed for good: no retry, nothing more to do
+    this.identity = null;
     this.resumed = false;
     this.restarted = false; // the server had forgotten the upload (expired): sent again whole
     this.alreadyOnServer = 0; // bytes the server had when this page resumed the upload
@@ -89,6 +100,15 @@ export class Upload extends EventTarget {
     return ACTIVE.has(this.state);
   }
 
+  /** Nothing more will happen to this upload: done, cancelled or failed for good. */
+  get finished() {
+    return (
+      this.state === State.DONE ||
+      this.state === State.CANCELLED ||
+      (this.state === State.FAILED && this.permanent)
+    );
+  }
+
   /** true: the server's SHA-256 equals the one computed here; false: it differs; null: unknown. */
   get verified() {
     if (!this.result?.sha256 || !this.localSha256) return null;
@@ -96,9 +116,43 @@ export class Upload extends EventTarget {
   }
 
   start() {
-    if (this.settings.hash) this.startHash();
-    this.run();
+    this.begin();
     return this;
+  }
+
+  async begin() {
+    try {
+      await this.preflight();
+    } catch (error) {
+      if (!this.cancelled) this.failPermanently(error);
+      return;
+    }
+    if (this.cancelled) return;
+    if (this.settings.hash) this.startHash();
+    await this.run();
+  }
+
+  /** Refuse the file before a byte of it is sent or hashed; see restrictions.js, identity.js. */
+  async preflight() {
+    this.setState(State.STARTING, "checking the file");
+    await checkRestrictions(this.file);
+    const record = store.loadUpload(this.key);
+    if (record && record.transport === this.transportId) {
+      const why = await mismatch(record, this.file);
+      if (why) {
+        const hint = " Forget the interrupted upload to send this file as a new one.";
+        throw refusal("NOT_THE_SAME_FILE", why + hint);
+      }
+    }
+    this.setState(State.STARTING);
+  }
+
+  failPermanently(error) {
+    this.error = error;
+    this.permanent = true;
+    this.hashJob?.cancel();
+    this.inflight.clear();
+    this.setState(State.FAILED, error.message);
   }
 
   pause() {
@@ -109,6 +163,7 @@ export class Upload extends EventTarget {
   }
 
   resume() {
+    if (this.permanent) return;
     if (!this.pauseRequested && this.state !== State.FAILED && this.state !== State.RESUMING) {
       return;
     }
@@ -195,6 +250,10 @@ export class Upload extends EventTarget {
           this.restarted = true;
           continue;
         }
+        if (error.permanent) {
+          this.failPermanently(error);
+          return;
+        }
         if (!error.retryable && error.status !== 409) {
           this.error = error;
           this.setState(State.FAILED, error.message);
@@ -238,6 +297,7 @@ export class Upload extends EventTarget {
       this.resumed = false;
       this.restarted = true;
     }
+    this.identity ??= await identityOf(this.file);
     const created = await this.transport.create({
       name: this.file.name,
       size: this.size,
@@ -249,6 +309,7 @@ export class Upload extends EventTarget {
     this.chunkCount = created.chunkCount;
     this.ackedBytes = 0;
     store.saveUpload(this.key, {
+      ...this.identity,
       id: this.id,
       transport: this.transportId,
       chunkSize: this.chunkSize,

@@ -1,10 +1,9 @@
-// DOM for the three lists: this tab's uploads, uploads in progress on the server, stored files.
+// DOM for this tab's uploads and the stored files (the server list is in live-list.js).
 // No framework: each row is built once and updated in place.
 
 import { State } from "./uploader.js";
 import { formatBytes, formatDuration, formatPercent, formatRate, shortHash } from "./util.js";
 
-const LIVE_SHOWN = 8;
 
 const STATE_LABELS = {
   [State.STARTING]: "Starting…",
@@ -30,7 +29,7 @@ export function h(tag, attributes = {}, ...children) {
   return element;
 }
 
-function progressBar(label) {
+export function progressBar(label) {
   const fill = h("div", { class: "fill" });
   const bar = h(
     "div",
@@ -47,7 +46,7 @@ function progressBar(label) {
   return { bar, fill };
 }
 
-function setProgress({ bar, fill }, done, total) {
+export function setProgress({ bar, fill }, done, total) {
   const fraction = total > 0 ? Math.min(1, done / total) : 1;
   fill.style.transform = `scaleX(${fraction})`;
   bar.setAttribute("aria-valuenow", String(Math.floor(fraction * 100)));
@@ -130,6 +129,7 @@ export class UploadRow {
     const name = u.file.name;
     const done = u.doneBytes;
     this.element.dataset.state = u.state;
+    this.element.dataset.hashedBytes = String(u.hashedBytes);
     this.badge.textContent = STATE_LABELS[u.state];
     setProgress(this.progress, done, u.size);
     this.bytes.textContent = `${formatBytes(done)} of ${formatBytes(u.size)}`;
@@ -150,7 +150,9 @@ export class UploadRow {
     this.hash.replaceChildren(...this.hashLine());
     this.hash.hidden = this.hash.childNodes.length === 0;
 
-    const finished = u.state === State.DONE || u.state === State.CANCELLED;
+    // A permanent failure is finished too: no Retry (it could not help) and no Cancel.
+    const finished = u.finished;
+    this.element.toggleAttribute("data-permanent", u.permanent);
     const paused = u.pauseRequested && u.state !== State.CANCELLED;
     this.pauseButton.hidden = finished;
     this.pauseButton.disabled = u.state === State.FINISHING || u.state === State.PAUSING;
@@ -184,6 +186,7 @@ export class UploadRow {
   hashLine() {
     const u = this.upload;
     const server = u.result?.sha256;
+    if (u.permanent) return []; // hashing stopped with the upload
     if (u.hashError) return [`SHA-256 could not be computed here: ${u.hashError}`];
     if (u.verified === true) {
       return [h("span", { class: "ok" }, "✓ SHA-256 matches "), hashCode(server)];
@@ -208,101 +211,8 @@ export class UploadRow {
   }
 }
 
-function hashCode(hex) {
+export function hashCode(hex) {
   return h("code", { class: "sha", title: hex, "data-sha256": hex }, shortHash(hex));
-}
-
-/** The "On the server now" list, fed by /api/events. */
-export class LiveList {
-  constructor(list, empty, more, isMine) {
-    this.list = list;
-    this.empty = empty;
-    this.more = more;
-    this.isMine = isMine;
-    this.entries = new Map();
-  }
-
-  clear() {
-    this.entries.clear();
-    this.list.replaceChildren();
-    this.render();
-  }
-
-  apply(kind, data) {
-    if (kind === "snapshot") {
-      this.clear();
-      for (const entry of data.uploads ?? []) this.apply("progress", entry);
-      return;
-    }
-    if (kind === "finished" || kind === "deleted") {
-      this.entries.get(data.id)?.element.remove();
-      this.entries.delete(data.id);
-    } else if (kind === "created" || kind === "progress") {
-      let entry = this.entries.get(data.id);
-      if (!entry) {
-        entry = this.createEntry(data);
-        this.entries.set(data.id, entry);
-        this.list.append(entry.element);
-      }
-      const bytes = data.transferred_bytes ?? data.received_bytes ?? 0;
-      const now = performance.now();
-      // Moving uploads sort first; one only seen in a snapshot may have sat idle for hours.
-      if (kind === "created" || (entry.bytes !== null && bytes !== entry.bytes))
-        entry.touched = now;
-      entry.bytes = bytes;
-      entry.samples.push([now, bytes]);
-      if (entry.samples.length > 6) entry.samples.shift();
-      entry.data = data;
-    }
-    this.render();
-  }
-
-  createEntry(data) {
-    const name = data.name || data.id;
-    const progress = progressBar(`Server progress of ${name}`);
-    const meta = h("div", { class: "meta" });
-    const tag = h("span", { class: "tag" }, "this browser");
-    const element = h(
-      "li",
-      { class: "item live", "data-upload-id": data.id },
-      h("div", { class: "item-head" }, h("span", { class: "name", title: name }, name), tag),
-      progress.bar,
-      meta,
-    );
-    return { element, progress, meta, tag, samples: [], data, bytes: null, touched: 0 };
-  }
-
-  render() {
-    // The most recently active first; uploads left unfinished stay listed until they expire,
-    // so only the first few are shown.
-    const ordered = [...this.entries.values()].sort((a, b) => b.touched - a.touched);
-    ordered.forEach((entry, position) => {
-      entry.element.hidden = position >= LIVE_SHOWN;
-      if (this.list.children[position] !== entry.element) {
-        this.list.insertBefore(entry.element, this.list.children[position] ?? null);
-      }
-    });
-    const hidden = ordered.length - LIVE_SHOWN;
-    this.more.textContent = hidden > 0 ? `and ${hidden} more` : "";
-    this.more.hidden = hidden <= 0;
-    for (const entry of ordered.slice(0, LIVE_SHOWN)) {
-      const { data, samples } = entry;
-      const bytes = data.transferred_bytes ?? data.received_bytes ?? 0;
-      const size = data.size;
-      setProgress(entry.progress, bytes, size ?? 0);
-      const [t0, b0] = samples[0];
-      const [t1, b1] = samples[samples.length - 1];
-      const recent = performance.now() - t1 < 3000; // no event for a while: not moving
-      const rate = recent && t1 - t0 > 250 ? ((b1 - b0) * 1000) / (t1 - t0) : 0;
-      const total = size == null ? "unknown size" : formatBytes(size);
-      const parts = [`${formatBytes(bytes)} of ${total}`];
-      if (size) parts.push(formatPercent(bytes, size));
-      if (rate > 0) parts.push(formatRate(rate));
-      entry.meta.textContent = parts.join(" · ");
-      entry.tag.hidden = !this.isMine(data.id);
-    }
-    this.empty.hidden = this.entries.size > 0;
-  }
 }
 
 /** The "Stored files" list. */
