@@ -27,12 +27,12 @@ def test_add_list_token_and_remove(tmp_path: Path) -> None:
     code, listed = run("list", *where)
     assert code == 0
     assert listed.splitlines() == [
-        "alice: 0 bytes of 2.0 GB, 0 of 5 files, 1 tokens",
+        "alice: 0 bytes of 2.0 GiB, 0 of 5 files, 1 tokens",
         "root (admin): 0 bytes, 0 files, 0 tokens",
     ]
     code, text = run("list", "--json", *where)
     users = json.loads(text)["users"]
-    assert users[0]["quota"] == {"bytes": 2_000_000_000, "files": 5}
+    assert users[0]["quota"] == {"bytes": 2 * 2**30, "files": 5}
     code, tokens = run("token", "alice", "--list", *where)
     assert "read-only" in tokens and "expires 20" in tokens
     assert run("rm", "alice", *where)[0] == 0
@@ -61,9 +61,9 @@ def test_mistakes_are_one_line_and_exit_nonzero(
 
 
 def test_units() -> None:
-    assert parse_size("500G") == 500 * 10**9
+    assert parse_size("500G") == 500 * 2**30
     assert parse_size("64GiB") == 64 * 2**30
-    assert parse_size("1.5m") == 1_500_000
+    assert parse_size("1.5m") == 1_572_864
     assert parse_duration("90m") == 5400
     for bad in ("", "-1G", "1X"):
         with pytest.raises(ValueError):
@@ -76,6 +76,6 @@ def test_the_same_commands_on_a_fleets_database(pg_dsn: str) -> None:
     parsed = parse_token(token.strip())
     assert code == 0 and parsed is not None
     assert run("list", "--db", pg_dsn)[1].splitlines() == [
-        "alice: 0 bytes of 1.0 GB, 0 files, 1 tokens"
+        "alice: 0 bytes of 1.0 GiB, 0 files, 1 tokens"
     ]
     assert run("token", "alice", "--list", "--db", pg_dsn)[1].startswith(parsed[0])

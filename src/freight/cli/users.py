@@ -32,14 +32,13 @@ _DURATION = re.compile(r"\s*([0-9]+)\s*([smhdw]?)\s*", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
-    """``500G`` → bytes. Decimal units as sizes are shown (500G = 500 GB); ``Gi``/``GiB``
-    are binary. ValueError if it is no size."""
+    """``500G`` → bytes. Units are binary, as freight shows sizes and as ``--limit-rate``
+    reads them (500G = 500 GiB; ``GiB`` is the same). ValueError if it is no size."""
     match = _SIZE.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not a size (like 500G, 20MiB or 1048576)")
-    number, unit, binary = match.groups()
-    base = 1024 if binary else 1000
-    return int(float(number) * base ** _POWERS[(unit or "").upper()])
+    number, unit, _ = match.groups()
+    return int(float(number) * 1024 ** _POWERS[(unit or "").upper()])
 
 
 def parse_duration(text: str) -> int:
@@ -115,7 +114,7 @@ def user() -> None:
 
 @user.command("add")
 @click.argument("name")
-@click.option("--quota", callback=_size_option, help="Byte quota, like 500G (= 500 GB) or 64GiB.")
+@click.option("--quota", callback=_size_option, help="Byte quota, like 500G (= 500 GiB) or 1.5T.")
 @click.option("--max-files", type=click.IntRange(min=0), help="How many files the user may keep.")
 @click.option("--admin", is_flag=True, help="May see and delete every user's files.")
 @store_options

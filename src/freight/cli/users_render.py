@@ -9,7 +9,7 @@ __all__ = ["usage_line"]
 
 
 def usage_line(account: Account) -> str:
-    """``alice: 1.2 GB of 500 GB, 3 of 100 files`` (no quota: just what is used)."""
+    """``alice: 1.2 GiB of 500.0 GiB, 3 of 100 files`` (no quota: just what is used)."""
     space = human_size(account.used_bytes)
     if account.byte_quota is not None:
         space += f" of {human_size(account.byte_quota)}"

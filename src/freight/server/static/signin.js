@@ -2,7 +2,7 @@
 //
 // A server with users answers 401 until a token is given; the page's token dialog (api.js)
 // asks for it, and every list then shows only that user's files (the server filters them).
-// This module shows who is signed in ("alice · 1.2 GB of 500 GB · 3 of 100 files", from
+// This module shows who is signed in ("alice · 1.2 GiB of 500 GiB · 3 of 100 files", from
 // GET /api/me), a "Sign out" button that forgets the tab's token, and a "Sign in" button
 // on a server that is open (no token needed) so a user can still act as themselves.
 
