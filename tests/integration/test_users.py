@@ -7,6 +7,7 @@ while the server runs: what it changes counts from the server's next request on.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import struct
@@ -415,3 +416,25 @@ async def test_a_server_with_users_and_no_token_wants_one(
             assert (await resp.json())["user"] == "solo"
     finally:
         open_server.stop()
+
+
+async def test_metrics_are_for_admins_only(
+    http: aiohttp.ClientSession, household: Household
+) -> None:
+    url = f"{household.server.url}/metrics"
+    for who, status in (("alice", 403), ("root", 200), ("admin", 200)):
+        async with http.get(url, headers=household.headers(who)) as resp:
+            assert resp.status == status, who
+
+
+async def test_skip_existing_finds_only_the_caller_s_own_files(
+    http: aiohttp.ClientSession, household: Household
+) -> None:
+    data = os.urandom(4099)
+    digest = hashlib.sha256(data).hexdigest()
+    await tus_upload(http, household, "alice", data)
+    query = f"{household.server.url}/api/files?size={len(data)}&sha256={digest}"
+    for who, count in (("alice", 1), ("bob", 0), ("admin", 1)):
+        async with http.get(query, headers=household.headers(who)) as resp:
+            assert resp.status == 200
+            assert len((await resp.json())["files"]) == count, who

@@ -33,6 +33,8 @@ OPEN_PATHS = frozenset({"/health"})
 # Paths whose handler checks the token itself: a browser cannot set headers on a WebSocket,
 # so /api/ws also takes the token from its first message (see server/ws.py).
 SELF_CHECKED_PATHS = frozenset({"/api/ws"})
+# Counts over every user's transfers: in a household they would show the others' activity.
+ADMIN_PATHS = frozenset({"/metrics"})
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _HEADER_LIST = ", ".join(
     sorted(set(TUS_HEADERS) | set(ietf.CORS_REQUEST_HEADERS) | set(ietf.CORS_EXPOSE_HEADERS))
@@ -121,10 +123,17 @@ def auth_middleware() -> Middleware:
         request[PRINCIPAL] = principal
         if principal.read_only and _writes(request):
             raise UploadForbidden(_READ_ONLY)
+        if not principal.admin and _admin_only(request):
+            raise UploadForbidden("only an admin token may read this")
         await _check_named_upload(request, principal)
         return await handler(request)
 
     return check_token
+
+
+def _admin_only(request: web.Request) -> bool:
+    mount = request.app[SETTINGS].base_path.rstrip("/")
+    return request.path.removeprefix(mount) in ADMIN_PATHS
 
 
 def _writes(request: web.Request) -> bool:
