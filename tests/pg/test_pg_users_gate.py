@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from freight.core.session import UploadSession, new_upload_id
 from freight.core.users import Principal, User, issue_token
-from freight.errors import Unauthorized, UploadNotFound
+from freight.errors import QuotaExceeded, Unauthorized, UploadNotFound
 from freight.server.principals import Gate, check_visible
 from freight.storage.pg_sessions import open_pg_sessions
 from freight.storage.pg_users import open_pg_users
@@ -45,4 +47,29 @@ async def test_another_users_upload_and_a_missing_one_read_the_same(pg_dsn: str)
         assert messages[0] == messages[1]
         await check_visible(Principal("bob", admin=False), sessions, theirs.id)
     finally:
+        await sessions.close()
+
+
+async def test_two_nodes_creating_at_once_cannot_both_fit_in_one_quota(pg_dsn: str) -> None:
+    stores = [await open_pg_users(pg_dsn) for _ in range(2)]
+    sessions = await open_pg_sessions(pg_dsn)
+    try:
+        await stores[0].add_user(User("carol", byte_quota=1000))
+        carol = Principal("carol", admin=False)
+
+        async def create_through(gate: Gate) -> bool:
+            try:
+                async with gate.creating(carol, 600):
+                    await asyncio.sleep(0.3)  # the other node checks meanwhile
+                    upload = UploadSession(new_upload_id(), 600, {}, 1.0, None, owner="carol")
+                    await sessions.create(upload)
+            except QuotaExceeded:
+                return False
+            return True
+
+        results = await asyncio.gather(*(create_through(Gate(None, s)) for s in stores))
+        assert sorted(results) == [False, True]
+    finally:
+        for store in stores:
+            await store.close()
         await sessions.close()

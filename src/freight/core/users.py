@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -174,5 +175,11 @@ class UserRepository(Protocol):
     async def link_key(self) -> bytes:
         """A random key made once per store, for signing download links when the server
         has no ``--token``."""
+
+    def admitting(self, owner: str) -> AbstractAsyncContextManager[None]:
+        """Held while one of ``owner``'s uploads is checked against the quotas and
+        created, so two creations at once (on any node sharing the store) cannot both fit
+        in what is left. A single-process store may yield at once: the caller also
+        serialises creations per owner within its process."""
 
     async def close(self) -> None: ...

@@ -128,7 +128,7 @@ class Gate:
             yield
             return
         lock = self._creating.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with lock, self.users.admitting(name):
             await self._check_quota(name, length)
             yield
 

@@ -8,7 +8,9 @@ refused by every node's next request. Usage is one aggregate over ``freight_uplo
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import asyncpg
@@ -179,6 +181,22 @@ class PgUsers:
             "reading the link key", "SELECT value FROM freight_server_keys WHERE name = 'links'"
         )
         return bytes(rows[0]["value"])
+
+    @contextlib.asynccontextmanager
+    async def admitting(self, owner: str) -> AsyncIterator[None]:
+        # A transaction-scoped lock: it ends with the transaction, and with the connection
+        # if this node dies, so a crashed node never holds a user's creations up.
+        async with contextlib.AsyncExitStack() as stack:
+            with translate("waiting for the user's other creations"):
+                connection = await stack.enter_async_context(
+                    self._pool.acquire(timeout=self._acquire_timeout)
+                )
+                await stack.enter_async_context(connection.transaction())
+                await connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    "freight-quota:" + owner,
+                )
+            yield
 
     async def close(self) -> None:
         with translate("closing the user database"):
