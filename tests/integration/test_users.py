@@ -438,3 +438,22 @@ async def test_skip_existing_finds_only_the_caller_s_own_files(
         async with http.get(query, headers=household.headers(who)) as resp:
             assert resp.status == 200
             assert len((await resp.json())["files"]) == count, who
+
+
+async def test_a_revoked_token_ends_its_open_event_stream(
+    http: aiohttp.ClientSession, household: Household
+) -> None:
+    token = household.new_token("bob")
+    url = f"{household.server.url}/api/events"
+    async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as stream:
+        assert stream.status == 200
+        await read_until(stream, "snapshot")
+        listed = freight_cli(household.data_dir, "user", "token", "bob", "--list")
+        token_id = token.split(".")[1]
+        assert token_id in listed
+        freight_cli(household.data_dir, "user", "token", "bob", "--revoke", token_id)
+        await tus_create(http, household, "admin", 5)  # wakes every stream
+        ended = time.monotonic() + 20
+        while not stream.content.at_eof():
+            assert time.monotonic() < ended, "the stream outlived its token"
+            await asyncio.wait_for(stream.content.readany(), 20)

@@ -40,8 +40,10 @@ from aiohttp import web
 
 from freight.core.events import UploadEvent, Watcher
 from freight.core.users import Principal
+from freight.errors import Unauthorized
 from freight.protocol.metadata import safe_filename
-from freight.server.principals import principal_of
+from freight.server.middleware import bearer
+from freight.server.principals import GATE, principal_of
 from freight.server.state import ENGINE
 
 __all__ = ["KEEPALIVE_SECONDS", "STOPPING", "add_event_routes", "format_event", "snapshot_entry"]
@@ -107,7 +109,7 @@ async def events_endpoint(request: web.Request) -> web.StreamResponse:
         await response.write(_snapshot(watcher, principal))
         while not stopping.is_set():
             await watcher.wait(KEEPALIVE_SECONDS)
-            if stopping.is_set():
+            if stopping.is_set() or not await _still_admitted(request, principal):
                 break
             if watcher.behind:  # it missed how some upload ended: start again
                 await response.write(_snapshot(watcher, principal))
@@ -118,6 +120,15 @@ async def events_endpoint(request: web.Request) -> web.StreamResponse:
             await response.write(b"".join(map(_encoded, events)) or b": keepalive\n\n")
         await response.write_eof()
     return response
+
+
+async def _still_admitted(request: web.Request, principal: Principal) -> bool:
+    """Whether the caller's token still stands for ``principal``: a revoked or rotated
+    token ends its open streams at their next wake, not when the client leaves."""
+    try:
+        return await request.app[GATE].identify(bearer(request)) == principal
+    except Unauthorized:
+        return False
 
 
 async def _stop_streams(app: web.Application) -> None:
