@@ -1,0 +1,119 @@
+"""Checkpoints on S3 blobs: inside a request they record whole shipped parts only (no
+piece objects: a piece's bytes go up again inside their part), a request's end stores its
+tail, and syncing never holds up writes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from freight.core.engine import UploadEngine
+from freight.core.ports import Backend
+from freight.storage.local_sessions import SqliteSessions
+from freight.storage.s3_blobs import S3Blobs
+from freight.storage.s3_writer import S3Writer
+from tests.s3.seaweed import Seaweed
+from tests.s3.stores import TEST_PART_SIZE, open_store
+from tests.s3.test_s3_blobs import read_all
+
+P = TEST_PART_SIZE
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+async def engine(
+    seaweed: Seaweed, s3_bucket: str, pg_dsn: str, tmp_path: Path
+) -> AsyncIterator[UploadEngine]:
+    store = await open_store(seaweed, s3_bucket, tmp_path / "spool", pg_dsn)
+    sessions = SqliteSessions(tmp_path / "freight.db")
+    # One part between checkpoints, as a fleet's server sets it (storage.choice).
+    engine = UploadEngine(Backend(sessions=sessions, blobs=store), sync_every=P)
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+async def test_mid_request_checkpoints_record_whole_parts_and_store_no_pieces(
+    engine: UploadEngine,
+) -> None:
+    """A request that starts inside a part (the previous one stored its tail) writes on
+    for three parts: it records whole parts meanwhile, the only pieces
+    ever stored are the two requests' tails, and the blob comes out right."""
+    store = engine.blobs
+    assert isinstance(store, S3Blobs)
+    data = os.urandom(4 * P)
+    session = await engine.create(length=len(data), metadata={})
+    first = MIB + 12345
+    async with engine.writer(session.id, 0) as writer:
+        await writer.write(data[:first])
+        await writer.commit()
+
+    tail_end = 3 * P + 777
+    async with engine.writer(session.id, first) as writer:
+        for at in range(first, tail_end, 256 * 1024):
+            await writer.write(data[at : min(at + 256 * 1024, tail_end)])
+        deadline = time.monotonic() + 60
+        while (await engine.sessions.load(session.id)).offset < P:
+            assert time.monotonic() < deadline, "nothing recorded mid-request"
+            await asyncio.sleep(0.05)
+        table = await store.load_table(session.id)
+        assert table is not None
+        assert [(p.start, p.end) for p in table.pieces] == [(0, first)]
+        await writer.commit()
+    assert (await engine.sessions.load(session.id)).offset == tail_end
+    table = await store.load_table(session.id)
+    assert table is not None
+    assert sorted((p.start, p.end) for p in table.pieces) == [(0, first), (3 * P, tail_end)]
+
+    async with engine.writer(session.id, tail_end) as writer:
+        await writer.write(data[tail_end:])
+        await writer.commit()
+    finished = await engine.finish(session.id)
+    assert finished.is_finished
+    got = await read_all(store, session.id, len(data))
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+async def test_writes_go_on_while_a_sync_waits_for_the_part_table(
+    s3_blobs: S3Blobs, pg_dsn: str
+) -> None:
+    """A sync stuck on its PostgreSQL write (the table locked by someone else) leaves the
+    writer free: another thread's write lands at once, and the sync ends once the table
+    is free again."""
+    await s3_blobs.create("busy")
+    writer = await s3_blobs.open_writer("busy")
+    assert isinstance(writer, S3Writer)
+    await asyncio.to_thread(writer.write_at, 0, os.urandom(MIB))
+    locker = await asyncpg.connect(pg_dsn)
+    transaction = locker.transaction()
+    await transaction.start()
+    await locker.execute("LOCK TABLE freight_blob_pieces IN ACCESS EXCLUSIVE MODE")
+    syncing = asyncio.ensure_future(asyncio.to_thread(writer.sync))
+    try:
+        await asyncio.sleep(0.5)
+        assert not syncing.done()
+        started = time.monotonic()
+        wrote = threading.Event()
+        await asyncio.wait_for(
+            asyncio.to_thread(lambda: (writer.write_at(MIB, os.urandom(MIB)), wrote.set())), 10
+        )
+        assert wrote.is_set() and time.monotonic() - started < 5
+        assert not syncing.done()
+    finally:
+        await transaction.rollback()
+        await locker.close()
+        await asyncio.wait_for(syncing, 30)
+    await asyncio.to_thread(writer.sync)
+    await asyncio.to_thread(writer.close)
+    table = await s3_blobs.load_table("busy")
+    assert table is not None
+    assert table.piece_ranges().covers(0, 2 * MIB)
