@@ -17,6 +17,7 @@ import pytest
 
 from freight.core.engine import UploadEngine
 from freight.core.ports import Backend
+from freight.errors import FreightError
 from freight.storage.local_sessions import SqliteSessions
 from freight.storage.s3_blobs import S3Blobs
 from freight.storage.s3_writer import S3Writer
@@ -117,3 +118,46 @@ async def test_writes_go_on_while_a_sync_waits_for_the_part_table(
     table = await s3_blobs.load_table("busy")
     assert table is not None
     assert table.piece_ranges().covers(0, 2 * MIB)
+
+
+async def test_creating_an_existing_blob_leaves_no_second_multipart_upload(
+    s3_blobs: S3Blobs,
+) -> None:
+    await s3_blobs.create("twice")
+    with pytest.raises(FreightError, match="exists already"):
+        await s3_blobs.create("twice")
+    listing = await s3_blobs.call(
+        s3_blobs.parts.client.list_multipart_uploads(Bucket=s3_blobs.bucket)
+    )
+    table = await s3_blobs.load_table("twice")
+    assert table is not None
+    assert [(u["Key"], u["UploadId"]) for u in listing.get("Uploads", [])] == [
+        ("twice", table.upload)
+    ]
+
+
+async def test_a_create_that_fails_to_record_leaves_no_multipart_upload(
+    s3_blobs: S3Blobs, pg_dsn: str
+) -> None:
+    """The part table cannot take the new row (locked here) and the caller gives up: the
+    multipart upload just made is aborted, not left for nobody to find."""
+    locker = await asyncpg.connect(pg_dsn)
+    transaction = locker.transaction()
+    await transaction.start()
+    await locker.execute("LOCK TABLE freight_blob_uploads IN EXCLUSIVE MODE")
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(s3_blobs.create("stuck"), 3)
+    finally:
+        await transaction.rollback()
+        await locker.close()
+    deadline = time.monotonic() + 10
+    while True:
+        listing = await s3_blobs.call(
+            s3_blobs.parts.client.list_multipart_uploads(Bucket=s3_blobs.bucket)
+        )
+        if not listing.get("Uploads") or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert listing.get("Uploads", []) == []
+    assert await s3_blobs.load_table("stuck") is None

@@ -253,8 +253,16 @@ class S3Blobs:
         await self.call(self._create(self.parts.key(upload_id), upload_id))
 
     async def _create(self, key: str, upload_id: str) -> None:
+        if await self.table.load(upload_id) is not None:
+            raise FreightError("a blob with this id exists already")
         created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
-        if not await self.table.create(upload_id, created["UploadId"], self.part_size):
+        try:
+            made = await self.table.create(upload_id, created["UploadId"], self.part_size)
+        except BaseException:
+            # Not recorded (the database failed, the caller gave up): nothing names it.
+            await asyncio.shield(self.parts.abort(key, created["UploadId"]))
+            raise
+        if not made:  # created meanwhile by another node
             await self.parts.abort(key, created["UploadId"])
             raise FreightError("a blob with this id exists already")
 
