@@ -5,6 +5,7 @@ tail, and syncing never holds up writes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import threading
@@ -161,3 +162,63 @@ async def test_a_create_that_fails_to_record_leaves_no_multipart_upload(
         await asyncio.sleep(0.2)
     assert listing.get("Uploads", []) == []
     assert await s3_blobs.load_table("stuck") is None
+
+
+def _spool_bytes(directory: Path) -> int:
+    total = 0
+    for path in list(directory.glob("*")):
+        with contextlib.suppress(FileNotFoundError):  # uploaded and removed meanwhile
+            total += path.stat().st_blocks * 512
+    return total
+
+
+async def test_the_spool_holds_at_most_five_parts_per_writer_and_empties(
+    engine: UploadEngine, tmp_path: Path
+) -> None:
+    """The bound: a sequential writer's spool holds the parts in flight (4), the one
+    waiting for room and the one filling, never more than 5 parts' worth at once since
+    the one waiting stops the filling; a dropped request leaves its tail (at most a part)
+    for the next request, and delete or finish leave nothing."""
+    count = 14
+    seed = os.urandom(MIB)
+    spool_root = tmp_path / "spool"
+    peak = 0
+    stop = threading.Event()
+
+    def watch(directory: Path) -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _spool_bytes(directory))
+            time.sleep(0.005)
+
+    for ending in ("dropped", "finished"):
+        session = await engine.create(length=count * P + 99, metadata={})
+        watcher = threading.Thread(target=watch, args=(spool_root / session.id,))
+        watcher.start()
+        try:
+            async with engine.writer(session.id, 0) as writer:
+                for _ in range(count * P // MIB):
+                    await writer.write(seed)
+                if ending == "dropped":
+                    await writer.write(seed[:99])
+                    await writer.settle()
+                else:
+                    await writer.write(seed[:99])
+                    await writer.commit()
+        finally:
+            stop.set()
+            watcher.join()
+            stop.clear()
+        assert peak <= 5 * P + MIB, f"spool peaked at {peak / P:.2f} parts"
+        peak = 0
+        if ending == "dropped":
+            # The request ended without commit: what arrived is kept, its tail is a
+            # piece in the bucket and its part stays in the spool for the next request.
+            assert (await engine.get(session.id)).offset == count * P + 99
+            assert _spool_bytes(spool_root / session.id) <= P
+            await engine.delete(session.id)
+        else:
+            await engine.finish(session.id)
+        assert not (spool_root / session.id).exists() or not list(
+            (spool_root / session.id).iterdir()
+        )
