@@ -222,3 +222,42 @@ async def test_the_spool_holds_at_most_five_parts_per_writer_and_empties(
         assert not (spool_root / session.id).exists() or not list(
             (spool_root / session.id).iterdir()
         )
+
+
+async def test_parallel_chunks_of_one_upload_store_no_pieces(engine: UploadEngine) -> None:
+    """Four requests write four parts of one upload at once (the chunk API with four
+    streams): one ending syncs its own part only, not the parts the others are still
+    filling, so no piece is ever stored but the upload's short tail."""
+    store = engine.blobs
+    assert isinstance(store, S3Blobs)
+    data = os.urandom(4 * P - 1000)
+    session = await engine.create(length=len(data), metadata={})
+    step = 512 * 1024
+    halfway = [asyncio.Event() for _ in range(4)]
+    first_done = asyncio.Event()
+
+    async def chunk(n: int) -> None:
+        start, end = n * P, min(len(data), (n + 1) * P)
+        # As the chunk API writes a chunk with a digest: whole or not at all.
+        async with engine.writer(
+            session.id, start, end=end, sequential=False, all_or_nothing=True
+        ) as writer:
+            for at in range(start, end, step):
+                if n and at - start >= P // 2:
+                    halfway[n].set()
+                    await first_done.wait()  # the first request ends meanwhile
+                await writer.write(data[at : min(at + step, end)])
+            if n == 0:
+                for event in halfway[1:]:
+                    await event.wait()
+            await writer.commit()
+        if n == 0:
+            first_done.set()
+
+    await asyncio.wait_for(asyncio.gather(*(chunk(n) for n in range(4))), 120)
+    table = await store.load_table(session.id)
+    assert table is not None
+    assert [(p.start, p.end) for p in table.pieces] == [(3 * P, len(data))]
+    await engine.finish(session.id)
+    got = await read_all(store, session.id, len(data))
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()

@@ -160,3 +160,7 @@ class SyncsThrough(Protocol):
     def sync_through(self, start: int, end: int) -> int:
         """Make durable what is cheap of bytes ``[start, end)`` (written already) and
         return ``d``, ``start <= d <= end``, with every byte of ``[start, d)`` durable."""
+
+    def sync_range(self, start: int, end: int) -> None:
+        """A request's end: make bytes ``[start, end)`` durable, whatever it costs, and
+        leave the bytes other requests are writing to their own ends."""

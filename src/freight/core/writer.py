@@ -400,6 +400,8 @@ class UploadWriter:
                 end = await asyncio.to_thread(self._part.sync_through, self._recorded, end)
                 if end <= self._recorded:
                     return
+            elif isinstance(self._part, SyncsThrough):
+                await asyncio.to_thread(self._part.sync_range, self._recorded, end)
             else:
                 await asyncio.to_thread(self._part.sync)
         if self._keep_below is not None:

@@ -199,10 +199,29 @@ class S3Writer:
         return True
 
     def sync(self) -> None:
+        self._sync_parts(0, None)
+
+    def sync_range(self, start: int, end: int) -> None:
+        """A request's end: make its bytes ``[start, end)`` durable like :meth:`sync`,
+        leaving alone the parts other writers of this node are filling (parallel chunks:
+        syncing those would store their bytes so far as pieces, to go up again)."""
+        if end > start:
+            self._sync_parts(start // self._part_size, (end - 1) // self._part_size)
+
+    def _sync_parts(self, first: int, last: int | None) -> None:
+        """Sync the parts ``first..last`` (``None``: every part)."""
+
+        def chosen(index: int) -> bool:
+            # Parts shipped whole have nothing left to sync: their entries go too.
+            wanted = first <= index and (last is None or index <= last)
+            return wanted or self._spool.is_uploaded(index)
+
         with self._sync_lock:
             with self._lock:
-                inflight = list(self._inflight.items())
-                dirty, self._dirty = self._dirty, {}
+                inflight = [(i, f) for i, f in self._inflight.items() if chosen(i)]
+                dirty = {i: r for i, r in self._dirty.items() if chosen(i)}
+                for index in dirty:
+                    del self._dirty[index]
             try:
                 self._wait(inflight)
                 # Parts completed meanwhile by other writers of this node are uploading.
