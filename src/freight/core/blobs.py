@@ -22,6 +22,9 @@ ability                       what it enables (and what happens without it)
                               the chunk API's chunk size follows it, so a chunk is a part
                               and parallel chunks go straight to their parts (without:
                               the server's own chunk size)
+:class:`SyncsThrough`         a checkpoint inside a request makes durable only what is cheap
+  (writer)                    to (whole parts shipped), the rest at the request's end
+                              (without: every checkpoint makes everything durable)
 ============================  ==============================================================
 
 Writers and readers are synchronous: the engine calls them from worker threads with its own
@@ -46,6 +49,7 @@ __all__ = [
     "ReadBack",
     "SendfileSource",
     "ServerConcat",
+    "SyncsThrough",
 ]
 
 
@@ -144,3 +148,19 @@ class PartSized(Protocol):
     writes covering whole parts, at part boundaries, cost it least."""
 
     part_size: int
+
+
+@runtime_checkable
+class SyncsThrough(Protocol):
+    """A writer for which making everything durable mid-request costs extra (an object
+    store stores a partial part as an object of its own, then uploads it again inside
+    the whole part): a checkpoint inside a request asks for what is durable cheaply, and
+    the request's end calls :meth:`BlobWriter.sync` for the rest."""
+
+    def sync_through(self, start: int, end: int) -> int:
+        """Make durable what is cheap of bytes ``[start, end)`` (written already) and
+        return ``d``, ``start <= d <= end``, with every byte of ``[start, d)`` durable."""
+
+    def sync_range(self, start: int, end: int) -> None:
+        """A request's end: make bytes ``[start, end)`` durable, whatever it costs, and
+        leave the bytes other requests are writing to their own ends."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from freight._types import Buffer
 from freight.config import FsyncPolicy
-from freight.core.blobs import BlobWriter, PipeTarget
+from freight.core.blobs import BlobWriter, PipeTarget, SyncsThrough
 from freight.core.pipes import splicing_available
 from freight.core.ports import HeldClaim
 from freight.core.session import UploadSession
@@ -81,6 +81,9 @@ class UploadWriter:
         self._pending: asyncio.Future[int] | None = None
         self._checkpoint: asyncio.Task[None] | None = None
         self._recorded = start
+        # Where the last checkpoint was asked to reach: on a store that makes only part of
+        # it durable mid-request (SyncsThrough), ``_recorded`` trails it.
+        self._asked = start
         self._closed = False
         self._keep_below: int | None = None  # set when a newer request takes over
 
@@ -379,15 +382,28 @@ class UploadWriter:
             return
         if self._checkpoint is not None and not self._checkpoint.done():
             return
-        if self._flushed - self._recorded < self._engine.sync_every:
+        if self._flushed - max(self._recorded, self._asked) < self._engine.sync_every:
             return
-        self._checkpoint = asyncio.ensure_future(self._sync_and_record(self._flushed))
+        self._asked = self._flushed
+        self._checkpoint = asyncio.ensure_future(
+            self._sync_and_record(self._flushed, mid_request=True)
+        )
 
-    async def _sync_and_record(self, end: int) -> None:
+    async def _sync_and_record(self, end: int, *, mid_request: bool = False) -> None:
+        """Make bytes up to ``end`` durable and record them. ``mid_request`` (a checkpoint
+        of its own, the request goes on) records only what the store makes durable
+        cheaply (:class:`SyncsThrough`); the request's end makes the rest durable."""
         if end <= self._recorded:
             return
         if self._policy is not FsyncPolicy.NEVER:
-            await asyncio.to_thread(self._part.sync)
+            if mid_request and isinstance(self._part, SyncsThrough):
+                end = await asyncio.to_thread(self._part.sync_through, self._recorded, end)
+                if end <= self._recorded:
+                    return
+            elif isinstance(self._part, SyncsThrough):
+                await asyncio.to_thread(self._part.sync_range, self._recorded, end)
+            else:
+                await asyncio.to_thread(self._part.sync)
         if self._keep_below is not None:
             end = min(end, self._keep_below)  # taken over meanwhile: see yield_from()
             if end <= self._recorded:

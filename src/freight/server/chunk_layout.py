@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from freight.core import RangeSet, UploadSession
+from freight.core.blobs import PartSized
 from freight.core.writer import RequestChecksum
 from freight.errors import (
     BadRequest,
@@ -71,6 +72,15 @@ class ChunkPolicy:
     maximum: int = 64 * MiB
     max_count: int = 100_000
     min_piece: int = 256 * KiB
+
+    def min_piece_on(self, store: object) -> int:
+        """The smallest piece ``store`` takes: on a part-sized store (a chunk is a part)
+        a whole chunk, since any less would be stored as an object of its own and sent
+        again inside its part; else :attr:`min_piece`. What ends a chunk is never held
+        to it."""
+        if isinstance(store, PartSized):
+            return max(self.min_piece, store.part_size)
+        return self.min_piece
 
     def choose(self, size: int, requested: int | None) -> int:
         wanted = self.default if requested is None else requested

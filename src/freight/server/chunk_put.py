@@ -95,7 +95,7 @@ async def _put_chunk(request: web.Request) -> tuple[web.Response, bool]:
     session = await engine.get(upload_id)
     layout = require_layout(session)
     n = parse_chunk_number(request.match_info["n"])
-    piece = layout.piece(n, request.headers.get("Content-Range"), POLICY.min_piece)
+    piece = layout.piece(n, request.headers.get("Content-Range"), POLICY.min_piece_on(engine.blobs))
     _check_body_headers(request, piece)
     checksum = chunk_checksum(request.headers.get("Content-Digest"))
     counter = _WireCounter(request.app, upload_id)

@@ -144,7 +144,7 @@ def upload_status(app: web.Application, session: UploadSession) -> dict[str, Any
         "chunk_count": layout.count if layout else None,
         "missing": missing,
         "missing_bytes": missing_bytes,
-        "min_piece_size": POLICY.min_piece if layout else None,
+        "min_piece_size": POLICY.min_piece_on(app[ENGINE].blobs) if layout else None,
         "wire_bytes": app[WIRE_BYTES].get(session.id, 0),
         "sha256": session.sha256,
         "url": _file_url(app, session.id) if session.is_finished else None,
@@ -205,7 +205,7 @@ async def create_upload(request: web.Request) -> web.Response:
         "size": wanted.size,
         "chunk_size": chunk_size,
         "chunk_count": ChunkLayout(wanted.size, chunk_size).count,
-        "min_piece_size": POLICY.min_piece,
+        "min_piece_size": POLICY.min_piece_on(engine.blobs),
         "upload_url": upload_url,
         "expires": session.expires,
     }

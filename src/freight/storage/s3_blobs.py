@@ -21,6 +21,12 @@ streamed from its file by descriptor and offset, at most 4 in flight per writer)
 and its file removed. So when the chunk size is the part size (:class:`~freight.core.
 blobs.PartSized`), each chunk goes straight to its part and nothing is sent twice.
 
+A checkpoint inside a request (:class:`~freight.core.blobs.SyncsThrough`: the engine
+records one a part) waits for those uploads and records the bytes in whole
+parts: it stores no piece, whose bytes would go up again inside their part, and it never
+holds up writes. Only a request's end (commit, a dropped connection, a take-over) calls
+``sync``, so a sequential request stores one tail piece at most.
+
 ``sync`` waits for those uploads, then for each other part with new bytes: if every byte
 of the part is present (in the spool, or in pieces stored by any node, downloaded into the
 spool file) it uploads the part whole; otherwise it stores the new ranges as pieces; both
@@ -247,8 +253,16 @@ class S3Blobs:
         await self.call(self._create(self.parts.key(upload_id), upload_id))
 
     async def _create(self, key: str, upload_id: str) -> None:
+        if await self.table.load(upload_id) is not None:
+            raise FreightError("a blob with this id exists already")
         created = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
-        if not await self.table.create(upload_id, created["UploadId"], self.part_size):
+        try:
+            made = await self.table.create(upload_id, created["UploadId"], self.part_size)
+        except BaseException:
+            # Not recorded (the database failed, the caller gave up): nothing names it.
+            await asyncio.shield(self.parts.abort(key, created["UploadId"]))
+            raise
+        if not made:  # created meanwhile by another node
             await self.parts.abort(key, created["UploadId"])
             raise FreightError("a blob with this id exists already")
 

@@ -12,7 +12,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from freight.errors import FreightError, UploadNotFound
+import aiohttp
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from botocore.exceptions import HTTPClientError as BotocoreHTTPError
+
+from freight.errors import FreightError, StorageUnavailable, UploadNotFound
 
 __all__ = ["S3Reader", "StoreLoop", "WindowReader", "client_error_code", "s3_failure"]
 
@@ -28,14 +32,48 @@ def client_error_code(exc: BaseException) -> str | None:
     return str(code) if code is not None else None
 
 
+# Codes S3 and its look-alikes answer when they are overloaded or failing, not the caller.
+_PASSING = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "503",
+        "500",
+        "429",
+    }
+)
+
+
 def s3_failure(exc: BaseException) -> FreightError:
-    """A raw client error as a FreightError (missing objects become UploadNotFound)."""
+    """A raw client error as a FreightError: missing objects become UploadNotFound; a
+    store that cannot be reached, answers 5xx, throttles or times out StorageUnavailable
+    (retry shortly); anything else (refused credentials, a missing bucket) stays a plain
+    FreightError naming the store's code."""
     if isinstance(exc, FreightError):
         return exc
     code = client_error_code(exc)
     if code in ("NoSuchKey", "NoSuchUpload", "404"):
         return UploadNotFound("no such upload")
-    return FreightError(f"the object store failed: {code or type(exc).__name__}")
+    reason = code or type(exc).__name__
+    if _is_passing(exc, code):
+        return StorageUnavailable(f"the object store is unavailable: {reason}")
+    return FreightError(f"the object store failed: {reason}")
+
+
+def _is_passing(exc: BaseException, code: str | None) -> bool:
+    if code is not None:
+        status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in _PASSING or (isinstance(status, int) and status >= 500)
+    # No answer at all: botocore's connection and timeout errors, aiohttp's, the OS's.
+    unreachable = (BotocoreConnectionError, BotocoreHTTPError, aiohttp.ClientError)
+    return isinstance(exc, (OSError, TimeoutError, *unreachable))
 
 
 class StoreLoop:
@@ -80,7 +118,7 @@ class StoreLoop:
             return future.result(self._timeout)
         except TimeoutError as exc:
             future.cancel()
-            raise FreightError("the object store did not answer in time") from exc
+            raise StorageUnavailable("the object store did not answer in time") from exc
         except Exception as exc:
             raise s3_failure(exc) from exc
 

@@ -42,10 +42,15 @@ class S3Writer:
     """Writes at any offset into the upload's spool.
 
     A part complete in this node's spool is uploaded at once, while writing goes on (at
-    most ``parallel`` in flight; one more waits), and recorded in the part table. ``sync``
-    waits for those, then for each other part with new bytes uploads it whole if it can be
-    completed (from the spool and pieces stored by any node), else stores its new ranges
-    as pieces; the parts and pieces are recorded in one transaction before it returns.
+    most ``parallel`` in flight; one more waits), and recorded in the part table.
+    :meth:`sync_through` (a checkpoint inside a request) waits for those uploads and
+    reports how far the bytes from a given offset are in whole parts: no piece
+    is stored mid-request, since a piece's bytes go up again inside their whole part.
+    :meth:`sync` (a request's end) waits for every upload, then for each other part with
+    new bytes uploads it whole if it can be completed (from the spool and pieces stored by
+    any node), else stores its new ranges as pieces; the parts and pieces are recorded in
+    one transaction before it returns. Neither holds up writes while it waits: writes take
+    the writer's lock only to land in the spool, syncs take one of their own.
     """
 
     def __init__(
@@ -59,14 +64,21 @@ class S3Writer:
         # Parts uploaded whole when the writer opened: a rewrite carries the same bytes.
         self._whole = {number - 1 for number in table.parts if table.has_whole(number)}
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         # Absolute ranges per part index (0-based) written by this writer since its sync.
         self._dirty: dict[int, RangeSet] = {}
-        self._inflight: list[Future[None]] = []
+        self._inflight: dict[int, Future[None]] = {}
+        # Bytes known to be in the bucket and named by the table (parts whole, pieces).
+        self._durable_lock = threading.Lock()
+        self._durable = table.piece_ranges()
+        for index in self._whole:
+            self._durable.add(index * self._part_size, (index + 1) * self._part_size)
         self._closed = False
 
     def write_at(self, offset: int, data: Buffer) -> None:
         view = memoryview(data).cast("B")
         size = self._part_size
+        complete: list[int] = []
         with self._lock:
             if self._closed:
                 raise FreightError("write to a closed blob writer")
@@ -84,13 +96,23 @@ class S3Writer:
                         self._spool.pend(index, 1)
                     dirty.add(at, at + take)
                     if self._spool.start_ship(index, index * size, (index + 1) * size):
-                        self._ship(index)
+                        complete.append(index)
                 done += take
+        for index in complete:
+            self._ship(index)
 
     def _ship(self, index: int) -> None:
-        while len(self._inflight) >= self._ctx.parallel:
-            self._ctx.bridge.wait(self._inflight.pop(0))
-        self._inflight.append(self._ctx.bridge.submit(self._upload_shipped, index))
+        """Start uploading part ``index`` once fewer than ``parallel`` are in flight
+        (waiting for the oldest, outside the lock: other writers go on meanwhile)."""
+        while True:
+            with self._lock:
+                for done in [i for i, f in self._inflight.items() if _succeeded(f)]:
+                    del self._inflight[done]
+                if len(self._inflight) < self._ctx.parallel:
+                    self._inflight[index] = self._ctx.bridge.submit(self._upload_shipped, index)
+                    return
+                oldest = next(iter(self._inflight.values()))
+            self._ctx.bridge.wait(oldest)  # raises its failure: writing stops here
 
     async def _upload_shipped(self, index: int) -> None:
         uploaded = False
@@ -101,48 +123,148 @@ class S3Writer:
             )
             await self._ctx.table.record(self._id, parts=[row])
             uploaded = True
+            self._note_durable(index * self._part_size, (index + 1) * self._part_size)
         finally:
             os.close(fd)
             self._spool.shipped(index, uploaded)
 
-    def _drain(self) -> None:
-        """Wait for every part upload in flight; raise the first failure."""
-        inflight, self._inflight = self._inflight, []
+    def _note_durable(self, start: int, end: int) -> None:
+        with self._durable_lock:
+            self._durable.add(start, end)
+
+    def _wait(self, futures: list[tuple[int, Future[None]]]) -> None:
+        """Wait for part uploads; raise the first failure once all have ended. Each is
+        then forgotten (a failed part is still in the spool: :meth:`sync` sends it)."""
         failure: Exception | None = None
-        for future in inflight:
+        for _, future in futures:
             try:
                 self._ctx.bridge.wait(future)
             except Exception as exc:  # the rest are waited for first
                 failure = failure or exc
+        with self._lock:
+            for index, future in futures:
+                if self._inflight.get(index) is future:
+                    del self._inflight[index]
         if failure is not None:
             raise failure
 
-    def sync(self) -> None:
+    def sync_through(self, start: int, end: int) -> int:
+        """A checkpoint inside a request: wait for the part uploads in flight (complete
+        parts, below ``end``; writes go on meanwhile) and return how far bytes from
+        ``start`` are in whole parts (at most ``end``). A part this node's spool could
+        not complete (its first bytes came through another node) is completed from its
+        pieces here, once. No piece is stored: the request's :meth:`sync` stores its
+        tail. So what is recorded trails what is written by the part being filled."""
+        size = self._part_size
+        with self._sync_lock:
+            with self._lock:
+                inflight = list(self._inflight.items())
+            self._wait(inflight)
+            while True:
+                with self._durable_lock:
+                    run = max(start, self._durable.end_of_run_from(start))
+                index = run // size
+                if run >= end or (index + 1) * size > end or not self._completable(index):
+                    return min(run, end)
+                if not self._ctx.bridge.run(self._complete_recorded, index):
+                    return run
+
+    def _completable(self, index: int) -> bool:
+        """Whether part ``index`` has bytes of this writer's, none in flight, and is not
+        complete in the spool (then it ships by itself)."""
         with self._lock:
-            self._drain()
-            if not self._dirty:
-                return
-            self._ctx.bridge.run(self._sync)
-            last = max(self._dirty)
-            self._settle()
-            # Synced partial parts are pieces in the bucket now; the spool keeps the last
-            # (a sequential upload's tail, completed by its next request) and lets the
-            # rest go, so writes in any order cannot pile up partial parts on disk.
-            self._spool.drop_partials(keep=last)
+            if index not in self._dirty or index in self._inflight:
+                return False
+        size = self._part_size
+        return not self._spool.is_uploaded(index) and not self._spool.valid(index).covers(
+            index * size, (index + 1) * size
+        )
 
-    def _settle(self) -> None:
-        for index in self._dirty:
+    async def _complete_recorded(self, index: int) -> bool:
+        """Complete part ``index`` from the spool and recorded pieces, if they cover it."""
+        table = await self._ctx.table.load(self._id)
+        if table is None:
+            raise UploadNotFound("the blob's part table is gone (deleted or finished)")
+        start, end = index * self._part_size, (index + 1) * self._part_size
+        have = self._spool.valid(index)
+        for a, b in table.piece_ranges():
+            have.add(a, b)
+        if not (table.has_whole(index + 1) or have.covers(start, end)):
+            return False
+        if not table.has_whole(index + 1):
+            row = await self._complete(index, table)
+            await self._ctx.table.record(self._id, parts=[row])
+            self._spool.shipped(index, True)
+        self._note_durable(start, end)
+        return True
+
+    def sync(self) -> None:
+        self._sync_parts(0, None)
+
+    def sync_range(self, start: int, end: int) -> None:
+        """A request's end: make its bytes ``[start, end)`` durable like :meth:`sync`,
+        leaving alone the parts other writers of this node are filling (parallel chunks:
+        syncing those would store their bytes so far as pieces, to go up again)."""
+        if end > start:
+            self._sync_parts(start // self._part_size, (end - 1) // self._part_size)
+
+    def _sync_parts(self, first: int, last: int | None) -> None:
+        """Sync the parts ``first..last`` (``None``: every part)."""
+
+        def chosen(index: int) -> bool:
+            # Parts shipped whole have nothing left to sync: their entries go too.
+            wanted = first <= index and (last is None or index <= last)
+            return wanted or self._spool.is_uploaded(index)
+
+        with self._sync_lock:
+            with self._lock:
+                inflight = [(i, f) for i, f in self._inflight.items() if chosen(i)]
+                dirty = {i: r for i, r in self._dirty.items() if chosen(i)}
+                for index in dirty:
+                    del self._dirty[index]
+            try:
+                self._wait(inflight)
+                # Parts completed meanwhile by other writers of this node are uploading.
+                with self._lock:
+                    again = [(i, f) for i, f in self._inflight.items() if i in dirty]
+                self._wait(again)
+                if dirty:
+                    self._ctx.bridge.run(self._sync, dirty)
+            except BaseException:
+                self._restore(dirty)
+                raise
+            self._settle(dirty)
+            if dirty:
+                # Synced partial parts are pieces in the bucket now; the spool keeps the
+                # last (a sequential upload's tail, completed by its next request) and
+                # lets the rest go, so writes in any order cannot pile up partial parts.
+                self._spool.drop_partials(keep=max(dirty))
+
+    def _restore(self, dirty: dict[int, RangeSet]) -> None:
+        """A failed sync: its ranges are unsynced still (written again meanwhile, a part
+        counts one pending writer)."""
+        with self._lock:
+            for index, ranges in dirty.items():
+                now = self._dirty.get(index)
+                if now is None:
+                    self._dirty[index] = ranges
+                    continue
+                self._spool.pend(index, -1)
+                for a, b in ranges:
+                    now.add(a, b)
+
+    def _settle(self, dirty: dict[int, RangeSet]) -> None:
+        for index in dirty:
             self._spool.pend(index, -1)
-        self._dirty.clear()
 
-    async def _sync(self) -> None:
+    async def _sync(self, dirty: dict[int, RangeSet]) -> None:
         table = await self._ctx.table.load(self._id)
         if table is None:
             raise UploadNotFound("the blob's part table is gone (deleted or finished)")
         stored = table.piece_ranges()
         wholes: list[Awaitable[PartRow]] = []
         pieces: list[Awaitable[PieceRow]] = []
-        for index, dirty in sorted(self._dirty.items()):
+        for index, ranges in sorted(dirty.items()):
             if self._spool.is_uploaded(index) or table.has_whole(index + 1):
                 continue  # a rewrite carries the same bytes
             start = index * self._part_size
@@ -152,7 +274,7 @@ class S3Writer:
             if have.covers(start, start + self._part_size):
                 wholes.append(self._complete(index, table))
             else:
-                pieces.extend(self._put_piece(index, a, b) for a, b in dirty)
+                pieces.extend(self._put_piece(index, a, b) for a, b in ranges)
         parts = await bounded(wholes, self._ctx.parallel)
         new_pieces = await bounded(pieces, self._ctx.parallel)
         try:
@@ -164,6 +286,10 @@ class S3Writer:
             raise
         for row in parts:
             self._spool.shipped(row.number - 1, True)
+            start = (row.number - 1) * self._part_size
+            self._note_durable(start, start + self._part_size)
+        for piece in new_pieces:
+            self._note_durable(piece.start, piece.end)
 
     async def _put_piece(self, index: int, start: int, end: int) -> PieceRow:
         fd = self._spool.dup(index)
@@ -196,11 +322,17 @@ class S3Writer:
             if self._closed:
                 return
             self._closed = True
-            # A failed upload was never recorded: its bytes are sent again.
-            with contextlib.suppress(Exception):
-                self._drain()
-            self._settle()
+            inflight = list(self._inflight.items())
+            dirty, self._dirty = self._dirty, {}
+        # A failed upload was never recorded: its bytes are sent again.
+        with contextlib.suppress(Exception):
+            self._wait(inflight)
+        self._settle(dirty)
         self._ctx.release(self._id)
+
+
+def _succeeded(future: Future[None]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 async def bounded(jobs: Sequence[Awaitable[T]], limit: int) -> list[T]:
