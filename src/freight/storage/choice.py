@@ -4,7 +4,9 @@
 ``memory`` keeps bytes in memory and records in a SQLite file started afresh each time:
 nothing survives a restart. It is for trying freight out and for tests that prove the
 paths a store without sendfile, splice or cheap read-back takes. ``s3://BUCKET/PREFIX``
-is a fleet's backend (:mod:`freight.storage.fleet`).
+is a fleet's backend (:mod:`freight.storage.fleet`). Each backend's modules are imported
+only when it is opened: a fleet node never loads SQLite or the local store, nor a local
+server the S3 and PostgreSQL clients.
 """
 
 from __future__ import annotations
@@ -12,9 +14,6 @@ from __future__ import annotations
 from freight.config import FsyncPolicy, ServerConfig, parse_store
 from freight.core.blobs import PartSized
 from freight.core.ports import Backend
-from freight.storage.local import open_local
-from freight.storage.local_sessions import SqliteSessions
-from freight.storage.memory import MemoryBlobs
 
 __all__ = ["open_backend", "open_embedded", "sync_window"]
 
@@ -26,8 +25,13 @@ def open_embedded(config: ServerConfig) -> Backend:
     kind = parse_store(config.store).kind
     data_dir = config.data_dir
     if kind == "local":
+        from freight.storage.local import open_local
+
         return open_local(data_dir, durable=config.fsync is not FsyncPolicy.NEVER)
     if kind == "memory":
+        from freight.storage.local_sessions import SqliteSessions
+        from freight.storage.memory import MemoryBlobs
+
         data_dir.mkdir(parents=True, exist_ok=True)
         for stale in data_dir.glob(f"{_MEMORY_DB}*"):
             stale.unlink()  # the bytes its records described are gone
