@@ -61,7 +61,7 @@ from freight.server.state import ENGINE, SETTINGS, SPLICERS
 from freight.server.tls import CertificateReloader
 from freight.server.tus import handle_tus
 from freight.server.ws import add_ws_routes
-from freight.storage.choice import open_backend, open_embedded, sync_window
+from freight.storage.choice import open_backend, open_embedded, sync_window, writer_buffers
 
 if TYPE_CHECKING:
     from freight.server.tcp import TcpServer
@@ -158,6 +158,7 @@ def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
         hash_uploads=config.sha256,
     )
     app[ENGINE] = engine
+    engine.buffers = writer_buffers(backend)
     app[SETTINGS] = config
     if splicing_available():
         app[SPLICERS] = Splicers()
