@@ -18,6 +18,11 @@ __all__ = ["S3Reader", "StoreLoop", "WindowReader", "client_error_code", "s3_fai
 
 T = TypeVar("T")
 
+# What a part's body hands the HTTP client per read: just under glibc's mmap threshold
+# (server.memory), so the block is reused from the heap instead of mapped and unmapped
+# each time. With 256 KiB reads a node peaked 0.7 MiB higher, and spent more CPU.
+READ_PIECE = 128 * 1024 - 64
+
 
 def client_error_code(exc: BaseException) -> str | None:
     """The S3 error code of a botocore ``ClientError`` (``None`` for anything else)."""
@@ -137,11 +142,11 @@ class WindowReader(io.RawIOBase):
         return self._pos
 
     def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes in one new object (the HTTP client's way to read a body):
-        ``RawIOBase.read`` would fill a buffer of that size and then copy it, two blocks of
-        the client's chunk size per part in flight instead of one."""
+        """Up to ``size`` bytes, at most :data:`READ_PIECE` (all that is left without a
+        size), in one new object: how the HTTP client reads a body. ``RawIOBase.read``
+        would fill a buffer of that size and copy it, two blocks per part in flight."""
         left = self._size - self._pos
-        want = left if size is None or size < 0 else min(size, left)
+        want = left if size is None or size < 0 else min(size, left, READ_PIECE)
         if want <= 0:
             return b""
         data = os.pread(self._fd, want, self._start + self._pos)
