@@ -495,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     for sample in failed:
         log(f"FAILED {sample.target} (run {sample.run}): {sample.error}")
     failed_cgroup = [row for row in results.cgroup.get("uploads", []) if row.get("ok") is False]
-    return 1 if failed or failed_cgroup else 0
+    failed_fleet = [row for row in results.fleet_memory if row.get("ok") is False]
+    for row in failed_fleet:
+        log(f"FAILED {fleet_memory.NAME} ({row['size']} B): {row.get('error')}")
+    return 1 if failed or failed_cgroup or failed_fleet else 0
 
 
 if __name__ == "__main__":
