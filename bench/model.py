@@ -80,6 +80,7 @@ class Results:
     samples: list[Sample] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # target or section -> reason
     memory: list[dict[str, Any]] = field(default_factory=list)
+    fleet_memory: list[dict[str, Any]] = field(default_factory=list)  # bench.fleet_memory
     cgroup: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import fleet_memory
 from bench.measure import GiB, MiB, Spread, spread
 from bench.model import Results
 from bench.s3_section import DIRECT, FREIGHT, SECTION, TUS_S3
@@ -147,6 +148,7 @@ def evaluate_goals(results: Results) -> list[Goal]:
                 )
             )
     goals.extend(_memory_goals(results))
+    goals += [Goal(*goal) for goal in fleet_memory.goals(results)]
     goals += [
         _goal_ratio(
             results, f"S3: freight >= {S3_DIRECT_GOAL}x direct multipart", FREIGHT, DIRECT,
@@ -310,7 +312,8 @@ def render_markdown(results: Results, chart: str | None) -> str:
         "",
     ]
     lines += _hashing_section(results) + _s3_section(results)
-    lines += _memory_section(results) + _cgroup_section(results)
+    lines += _memory_section(results) + fleet_memory.section(results)
+    lines += _cgroup_section(results)
     if results.skipped:
         lines += ["## Skipped", ""]
         lines += [f"- {name}: {reason}" for name, reason in results.skipped.items()] + [""]

@@ -6,7 +6,8 @@ the current tree with commit REV instead (:mod:`bench.baseline`).
 
 Every target runs ``--runs`` times, interleaved (round 1 of every target, then round 2, ...),
 and is reported as the median with min-max. Then freight's memory is measured against file
-size and concurrency, and a freight server inside a 128 MiB memory cgroup receives the file
+size and concurrency (a fleet node's too, on SeaweedFS and PostgreSQL:
+:mod:`bench.fleet_memory`), and a freight server inside a 128 MiB memory cgroup receives the file
 through every protocol. Last, the S3 section (:mod:`bench.s3_section`) sends the file into
 one SeaweedFS through a freight node, straight with aiobotocore, and through @tus/server
 with @tus/s3-store. ``--smoke`` does all of it with tiny files and one round, to prove
@@ -31,7 +32,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from bench import baseline, ceilings, clients, report
+from bench import baseline, ceilings, clients, fleet_memory, report
 from bench.ceilings import Ceiling
 from bench.cgroup import create_memory_cgroup
 from bench.clients import ClientError
@@ -236,6 +237,7 @@ class Bench:
         peer = self.start(stack, "freight-memory", starter)
         if peer is None:
             return
+        fleet = self.fleet_node(stack)
         for index, size in enumerate(self.options.memory_sizes):
             source = main if size == main.size else self.source(size, seed=10 + index)
             send = functools.partial(
@@ -253,6 +255,10 @@ class Bench:
                 }
             )
             log(f"  memory, {size} B: {describe(sample)}")
+            if fleet is not None:
+                row = fleet_memory.measure_fleet_upload(fleet, source)
+                self.results.fleet_memory.append(row)
+                log(f"  memory, {size} B through a fleet node: {fleet_memory.describe(row)}")
             if source is not main:
                 source.path.unlink()
         small = self.source(self.options.concurrent_size, seed=20)
@@ -260,6 +266,17 @@ class Bench:
         self.results.memory.append(row)
         log(f"  memory, {row['label']}: peak {int(str(row['peak_rss_kib'])) / 1024:.1f} MiB")
         small.path.unlink()
+
+    def fleet_node(self, stack: ExitStack) -> fleet_memory.FleetNode | None:
+        """A node on SeaweedFS and PostgreSQL that the memory section also measures."""
+        try:
+            fleet = fleet_memory.start_fleet_node(stack, self.work, self.options.s3_part_size)
+        except Unavailable as exc:
+            self.results.skipped[fleet_memory.NAME] = str(exc)
+            log(f"skipped {fleet_memory.NAME}: {exc}")
+            return None
+        log(f"started {fleet_memory.NAME} at {fleet.node.url}")
+        return fleet
 
     # --- larger than RAM --------------------------------------------------------------------
 
@@ -478,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     for sample in failed:
         log(f"FAILED {sample.target} (run {sample.run}): {sample.error}")
     failed_cgroup = [row for row in results.cgroup.get("uploads", []) if row.get("ok") is False]
-    return 1 if failed or failed_cgroup else 0
+    failed_fleet = [row for row in results.fleet_memory if row.get("ok") is False]
+    for row in failed_fleet:
+        log(f"FAILED {fleet_memory.NAME} ({row['size']} B): {row.get('error')}")
+    return 1 if failed or failed_cgroup or failed_fleet else 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import baseline, run, s3_section
+from bench import baseline, fleet_memory, run, s3_section
 from bench.model import Results
 from bench.plans import target_names
 from bench.suite import Source
@@ -74,6 +74,18 @@ def test_memory_rows_cover_sizes_and_concurrency(smoke: tuple[int, Results, Path
         pytest.skip(results.skipped["freight-memory"])
     assert [row["uploads"] for row in results.memory] == [1, 1, 1, run.CONCURRENT_UPLOADS]
     for row in results.memory:
+        assert row["ok"], row
+        assert row["peak_rss_kib"] > 0
+
+
+def test_a_fleet_node_is_measured_at_every_size(smoke: tuple[int, Results, Path]) -> None:
+    _, results, _ = smoke
+    if fleet_memory.NAME in results.skipped:
+        pytest.skip(results.skipped[fleet_memory.NAME])
+    assert [row["size"] for row in results.fleet_memory] == [
+        row["size"] for row in results.memory if row["uploads"] == 1
+    ]
+    for row in results.fleet_memory:
         assert row["ok"], row
         assert row["peak_rss_kib"] > 0
 

@@ -8,9 +8,9 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
+import sys
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from aiohttp import web
 
@@ -42,7 +42,7 @@ from freight.server.logs import (
     TrustedProxies,
     configure_logging,
 )
-from freight.server.memory import limit_heap_arenas
+from freight.server.memory import tune_heap
 from freight.server.metrics import (
     METRICS,
     metrics_middleware,
@@ -62,12 +62,14 @@ from freight.server.ready import add_ready_route
 from freight.server.shutdown import request_grace, shut_down, stop_transfers
 from freight.server.splice import Splicers
 from freight.server.state import ENGINE, SETTINGS, SPLICERS
-from freight.server.tcp import TcpServer, start_tcp_server
 from freight.server.tls import CertificateReloader
 from freight.server.tus import handle_tus
 from freight.server.ws import add_ws_routes
-from freight.storage.choice import open_backend, open_embedded, sync_window
+from freight.storage.choice import open_backend, open_embedded, sync_window, writer_buffers
 from freight.storage.users import open_users
+
+if TYPE_CHECKING:
+    from freight.server.tcp import TcpServer
 
 __all__ = ["create_app", "run_server"]
 
@@ -169,6 +171,7 @@ def _freight_app(config: ServerConfig, backend: Backend) -> web.Application:
     app[ENGINE] = engine
     if hooks is not None:
         app[HOOKS] = hooks
+    engine.buffers = writer_buffers(backend)
     app[SETTINGS] = config
     app[GATE] = Gate(config.token)
     if splicing_available():
@@ -273,16 +276,28 @@ def _access_log_options(config: ServerConfig) -> dict[str, object]:
 async def _create_app_or_explain(config: ServerConfig) -> web.Application:
     try:
         backend = await open_backend(config)
-    except (OSError, sqlite3.Error) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise StartupError(f"cannot use data directory {config.data_dir}: {reason}") from exc
     except FreightError as exc:
         raise StartupError(f"cannot use the store {config.store}: {exc.message}") from exc
+    except Exception as exc:
+        if not _data_dir_failure(exc):
+            raise
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StartupError(f"cannot use data directory {config.data_dir}: {reason}") from exc
     try:
         return create_app(config, backend)
     except BaseException:
         await backend.close()
         raise
+
+
+def _data_dir_failure(exc: Exception) -> bool:
+    """Whether opening the store failed on its files: the disk, or SQLite's database.
+
+    SQLite is loaded only by the stores that use it (a fleet node never does), so an
+    error of its kind is possible only once it has been imported.
+    """
+    sqlite3 = sys.modules.get("sqlite3")
+    return isinstance(exc, OSError) or (sqlite3 is not None and isinstance(exc, sqlite3.Error))
 
 
 async def _listen_or_explain(
@@ -313,6 +328,8 @@ async def _start_tcp(app: web.Application, config: ServerConfig) -> TcpServer | 
     """The raw TCP listener (``--tcp-port``), sharing the HTTP app's engine."""
     if config.tcp_port is None:
         return None
+    from freight.server.tcp import start_tcp_server
+
     tcp = await _listen_or_explain(
         start_tcp_server(
             app[ENGINE],
@@ -337,5 +354,5 @@ def run_server(config: ServerConfig) -> None:
     Raises :class:`StartupError` when the server cannot start as configured.
     """
     configure_logging(config.log_level, config.log_format)
-    limit_heap_arenas()
+    tune_heap()
     asyncio.run(serve(config))

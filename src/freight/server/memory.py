@@ -6,6 +6,14 @@ object store's loop) allocate little, but each one that does pins an arena: with
 arenas a fleet node uploading 512 MiB peaked at 72 MiB instead of 78 (measured). Threads
 then share arenas; none of them allocates on a hot path, so sharing costs nothing
 measurable.
+
+glibc also serves a block larger than its mmap threshold (128 KiB at first) with a mapping
+of its own, returned to the system when freed; but each such free raises the threshold to
+that block's size (up to 32 MiB), so from then on blocks of that size come from the heap
+and their pages stay resident after they are freed. A node's bodies, part reads and buffers
+are such blocks: with the threshold kept at 128 KiB a fleet node uploading 256 MiB peaked
+2 MiB lower (measured). A mapping per large block costs two system calls, nothing beside
+the megabytes such a block moves.
 """
 
 from __future__ import annotations
@@ -13,25 +21,43 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from collections.abc import Callable
 
-__all__ = ["limit_heap_arenas"]
+__all__ = ["ARENAS", "MMAP_THRESHOLD", "limit_heap_arenas", "tune_heap"]
 
 log = logging.getLogger(__name__)
 
-_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+# mallopt's parameter numbers in glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 ARENAS = 2
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return mallopt
 
 
 def limit_heap_arenas(arenas: int = ARENAS) -> bool:
     """Cap glibc's arenas at ``arenas`` (before threads start); False where there is no
     glibc (another C library manages memory its own way)."""
-    name = ctypes.util.find_library("c")
-    if not name:
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, arenas))
+
+
+def tune_heap(arenas: int = ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+    """Cap the arenas and pin the mmap threshold (see the module's doc); False where
+    there is no glibc."""
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, arenas))
+    return bool(mallopt(_M_ARENA_MAX, arenas)) and bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold))

@@ -27,13 +27,15 @@ import asyncio
 import logging
 import os
 import threading
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
 from freight.server.state import ENGINE, SETTINGS
-from freight.server.tcp import TcpServer
 from freight.server.ws import ws_going_away
+
+if TYPE_CHECKING:  # the TCP listener is loaded only where --tcp-port asks for it
+    from freight.server.tcp import TcpServer
 
 __all__ = ["OVERRUN_GRACE", "request_grace", "shut_down", "stop_transfers"]
 

@@ -207,6 +207,7 @@ class S3Blobs:
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             config=config,
+            verify=False if plain_http else None,
         )
 
         async def clients() -> tuple[Any, contextlib.AsyncExitStack, PartTable]:

@@ -22,6 +22,11 @@ __all__ = ["S3Reader", "StoreLoop", "WindowReader", "client_error_code", "s3_fai
 
 T = TypeVar("T")
 
+# What a part's body hands the HTTP client per read: just under glibc's mmap threshold
+# (server.memory), so the block is reused from the heap instead of mapped and unmapped
+# each time. With 256 KiB reads a node peaked 0.7 MiB higher, and spent more CPU.
+READ_PIECE = 128 * 1024 - 64
+
 
 def client_error_code(exc: BaseException) -> str | None:
     """The S3 error code of a botocore ``ClientError`` (``None`` for anything else)."""
@@ -174,6 +179,26 @@ class WindowReader(io.RawIOBase):
             self._hash, self._hashed = hashlib.sha256(), 0
         return self._pos
 
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes, at most :data:`READ_PIECE` (all that is left without a
+        size), in one new object: how the HTTP client reads a body. ``RawIOBase.read``
+        would fill a buffer of that size and copy it, two blocks per part in flight."""
+        left = self._size - self._pos
+        want = left if size is None or size < 0 else min(size, left, READ_PIECE)
+        if want <= 0:
+            return b""
+        data = os.pread(self._fd, want, self._start + self._pos)
+        if not data:
+            data = bytes(want)  # a hole, as in readinto
+        self._account(data)
+        return data
+
+    def _account(self, data: Any) -> None:
+        if self._pos == self._hashed:
+            self._hash.update(data)
+            self._hashed += len(data)
+        self._pos += len(data)
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         want = min(len(view), self._size - self._pos)
@@ -185,10 +210,7 @@ class WindowReader(io.RawIOBase):
             # which the table never counts as received bytes.
             view[:want] = bytes(want)
             got = want
-        if self._pos == self._hashed:
-            self._hash.update(view[:got])
-            self._hashed += got
-        self._pos += got
+        self._account(view[:got])
         return got
 
     def sha256(self) -> bytes:

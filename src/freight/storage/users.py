@@ -10,18 +10,18 @@ from __future__ import annotations
 from freight.config import ServerConfig
 from freight.core.ports import SessionRepository
 from freight.core.users import UserRepository
-from freight.storage.local_sessions import SqliteSessions
-from freight.storage.local_users import SqliteUsers
 
 __all__ = ["open_users"]
 
 
 async def open_users(config: ServerConfig, sessions: SessionRepository) -> UserRepository | None:
     """The user store beside ``sessions``; None for a session store that has none."""
-    if isinstance(sessions, SqliteSessions):
-        return SqliteUsers(sessions.path)
-    if config.db is not None:
-        from freight.storage.pg_users import open_pg_users  # needs the "scale" extra
+    if config.db is None:
+        # Imported here: a fleet node never loads sqlite3 (its memory is counted).
+        from freight.storage.local_sessions import SqliteSessions
+        from freight.storage.local_users import SqliteUsers
 
-        return await open_pg_users(config.db)
-    return None
+        return SqliteUsers(sessions.path) if isinstance(sessions, SqliteSessions) else None
+    from freight.storage.pg_users import open_pg_users  # needs the "scale" extra
+
+    return await open_pg_users(config.db)
