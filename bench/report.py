@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.client_cpu import client_cpu_section
 from bench.measure import GiB, MiB, Spread, spread
 from bench.model import Results
 from bench.s3_section import DIRECT, FREIGHT, SECTION, TUS_S3
@@ -308,7 +309,7 @@ def render_markdown(results: Results, chart: str | None) -> str:
         ),
         "",
     ]
-    lines += _hashing_section(results) + _s3_section(results)
+    lines += _hashing_section(results) + client_cpu_section(results) + _s3_section(results)
     lines += _memory_section(results) + _cgroup_section(results)
     if results.skipped:
         lines += ["## Skipped", ""]

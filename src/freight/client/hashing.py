@@ -75,6 +75,13 @@ class SplitHasher:
                 self._hashed = end
             self._frontier = max(self._frontier, end)
 
+    def cover(self, end: int) -> None:
+        """Bytes up to ``end`` are on disk and will pass through the transfer without being
+        fed (``sendfile`` moves them): hash them from disk in the background meanwhile."""
+        with self._lock:
+            self._frontier = max(self._frontier, end)
+        self.start()
+
     async def finish(self, total: int) -> bytes:
         """The raw digest of bytes [0, total), reading from disk whatever was not fed."""
         with self._lock:
