@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -19,6 +21,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+import freight.client.hashing
 import freight.client.sendfile_http
 from freight.client.chunk_reader import ChunkReader
 from freight.client.chunks import upload_chunks
@@ -26,6 +29,7 @@ from freight.client.filebody import FileBody
 from freight.client.hashing import SplitHasher
 from freight.client.http import open_session
 from freight.client.sendfile_http import can_sendfile, send_file_request
+from freight.client.tcp_upload import upload_tcp
 from freight.client.upload import upload_file
 
 MiB = 1024 * 1024
@@ -131,6 +135,122 @@ async def test_chunks_with_digests_are_read_once_for_both_hashes_then_sent_with_
     assert moves.sendfile_bytes == len(data)
     assert moves.body_reads == moves.chunk_reads == moves.disk_bytes == 0
     assert await _stored(sent.url) == data
+
+
+class _HashTrail:
+    """How far ahead of what ``sendfile`` had sent the file's hash ever got, on a link that
+    takes 10 ms per piece."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.hashers: list[SplitHasher] = []
+        self.sent = 0
+        self.ahead = 0
+        init = SplitHasher.__init__
+        sendfile = os.sendfile
+
+        def capturing_init(hasher: SplitHasher, *args: Any, **kwargs: Any) -> None:
+            init(hasher, *args, **kwargs)
+            self.hashers.append(hasher)
+
+        def slow_sendfile(out: int, fd: int, offset: int | None, count: int) -> int:
+            moved = sendfile(out, fd, offset, count)
+            time.sleep(0.01)
+            self.sent = max(self.sent, (offset or 0) + moved)
+            hashed = max((hasher.hashed for hasher in self.hashers), default=0)
+            self.ahead = max(self.ahead, hashed - self.sent)
+            return moved
+
+        monkeypatch.setattr(SplitHasher, "__init__", capturing_init)
+        monkeypatch.setattr(freight.client.sendfile_http.os, "sendfile", slow_sendfile)
+
+
+async def test_the_hash_follows_a_tus_body_and_never_reads_ahead_of_it(
+    freight_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashed from the pages the send has just read: a hash that raced ahead would read a
+    file larger than the page cache from disk twice."""
+    trail = _HashTrail(monkeypatch)
+    source, data = _source(tmp_path, 24 * MiB)
+    sent = await upload_file(source, freight_server.url)
+    assert sent.sha256 == hashlib.sha256(data).hexdigest()
+    assert trail.sent == len(data)
+    assert trail.ahead <= 0
+
+
+async def test_the_hash_follows_tcp_data_and_never_reads_ahead_of_it(
+    server_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = server_factory(data_dir=tmp_path / "data", args=["--tcp-port", "0"]).start()
+    url = await _tcp_url(server)
+    trail = _HashTrail(monkeypatch)
+    source, data = _source(tmp_path, 24 * MiB)
+    sent = await upload_tcp(source, url)
+    assert sent.sha256 == hashlib.sha256(data).hexdigest() and sent.verified
+    assert trail.sent == len(data)
+    assert trail.ahead <= 0
+
+
+async def test_the_hash_follows_the_chunks_handed_to_the_senders(
+    freight_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most the chunks queued for the senders ahead of what was sent (3 here)."""
+    trail = _HashTrail(monkeypatch)
+    source, data = _source(tmp_path, 24 * MiB)
+    sent = await upload_chunks(source, freight_server.url, requested_chunk_size=MiB, parallel=2)
+    assert sent.sha256 == hashlib.sha256(data).hexdigest() and sent.verified
+    assert trail.sent == len(data)
+    assert trail.ahead <= 3 * MiB
+
+
+async def test_a_send_waits_for_a_hash_that_fell_too_far_behind(
+    freight_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other way round: a hash slower than the link holds the send back to within
+    HASH_LAG of it (here 2 MiB), so it still reads what the send read a moment ago."""
+    monkeypatch.setattr(freight.client.hashing, "HASH_LAG", 2 * MiB, raising=False)
+    real_sha256 = hashlib.sha256
+
+    class _SlowSha:
+        def __init__(self) -> None:
+            self._sha = real_sha256()
+
+        def update(self, data: Any) -> None:
+            time.sleep(0.01)  # in the hash's own thread
+            self._sha.update(data)
+
+        def digest(self) -> bytes:
+            return self._sha.digest()
+
+    monkeypatch.setattr(freight.client.hashing, "hashlib", SimpleNamespace(sha256=_SlowSha))
+    hashers: list[SplitHasher] = []
+    init = SplitHasher.__init__
+    monkeypatch.setattr(
+        SplitHasher,
+        "__init__",
+        lambda hasher, *a, **k: (init(hasher, *a, **k), hashers.append(hasher))[0],
+    )
+    behind = [0]
+    sendfile = os.sendfile
+
+    def watching_sendfile(out: int, fd: int, offset: int | None, count: int) -> int:
+        hashed = max((hasher.hashed for hasher in hashers), default=0)
+        behind[0] = max(behind[0], (offset or 0) - hashed)
+        return sendfile(out, fd, offset, count)
+
+    monkeypatch.setattr(freight.client.sendfile_http.os, "sendfile", watching_sendfile)
+    source, data = _source(tmp_path, 24 * MiB)
+    sent = await upload_file(source, freight_server.url)
+    assert sent.sha256 == real_sha256(data).hexdigest()
+    assert behind[0] <= 3 * MiB  # the lag, and the piece on its way
+
+
+async def _tcp_url(server: Any) -> str:
+    for _ in range(500):
+        for line in list(server.output_tail):
+            if found := re.search(r"tcp listening on (tcp://\S+)", line):
+                return found.group(1)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no tcp listening line: {list(server.output_tail)}")
 
 
 def test_only_plain_http_bodies_go_with_sendfile() -> None:

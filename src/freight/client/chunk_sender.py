@@ -132,6 +132,8 @@ class ChunkSender:
             free.put_nowait(None)  # None: allocate when first needed
         ready: asyncio.Queue[Chunk | None] = asyncio.Queue()
 
+        first = chunks[0][0] * remote.chunk_size
+
         async def read() -> None:
             for n, spans in chunks:
                 buffer = await free.get()
@@ -143,6 +145,10 @@ class ChunkSender:
                     span, n, tuple(spans), buffer if held else None, hasher
                 )
                 ready.put_nowait(chunk)
+                if not self.reader.chunk_digests:
+                    # The file's hash reads each chunk just after it went to a sender, from
+                    # the page cache, and holds the reads back when it falls behind.
+                    await hasher.keep_up(first, span[1])
             for _ in range(senders):
                 ready.put_nowait(None)
 

@@ -20,7 +20,7 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,7 @@ async def send_file_request(
     end: int,
     *,
     on_sent: Callable[[int], None] | None = None,
+    keep_up: Callable[[int], Awaitable[None]] | None = None,
     stall_timeout: float,
     expect100: bool = False,
     connections: KeptConnections | None = None,
@@ -99,7 +100,8 @@ async def send_file_request(
     """Send ``method url`` with bytes ``[start, end)`` of ``path`` as the body; the answer.
 
     ``headers`` are the request's own (with ``Content-Length``), sent after the session's
-    defaults. ``on_sent`` gets the file position after each move of bytes into the socket.
+    defaults. ``on_sent`` gets the file position after each move of bytes into the socket,
+    and ``keep_up`` is awaited with it (a hash that follows the send paces it there).
     ``stall_timeout`` bounds each wait for the socket to take more. With ``expect100`` the
     body waits for ``100 Continue``; any other answer is returned without sending it.
     With ``connections`` the connection is kept for the next request when it can be.
@@ -123,7 +125,7 @@ async def send_file_request(
             if answer.status != 100:
                 return answer  # the server still waits for a body: the connection is spent
         with path.open("rb") as file:
-            complete = await exchange.send_body(file.fileno(), start, end, on_sent)
+            complete = await exchange.send_body(file.fileno(), (start, end), on_sent, keep_up)
         answer = await exchange.response()
         if connections is not None and complete and exchange.reusable(answer):
             connections.give(key, sock)
@@ -231,11 +233,15 @@ class _Exchange:
             raise aiohttp.ClientOSError(exc.errno, f"sending the request: {exc}") from exc
 
     async def send_body(
-        self, fd: int, start: int, end: int, on_sent: Callable[[int], None] | None
+        self,
+        fd: int,
+        span: tuple[int, int],
+        on_sent: Callable[[int], None] | None,
+        keep_up: Callable[[int], Awaitable[None]] | None,
     ) -> bool:
         """``sendfile`` the range; False if it stopped early because the server answered or
         hung up first (the caller then reads that answer, or learns the link was lost)."""
-        position = start
+        position, end = span
         out = self.sock.fileno()
         while position < end:
             try:
@@ -253,6 +259,8 @@ class _Exchange:
             position += moved
             if on_sent is not None:
                 on_sent(position)
+            if keep_up is not None:
+                await keep_up(position)
         return True
 
     async def _writable_or_answered(self) -> bool:

@@ -11,6 +11,7 @@ the ``Repr-Digest`` the server returns when the upload completes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -336,7 +337,6 @@ class _Upload:
     ) -> tuple[int, bytes | None]:
         """:meth:`_send_body` over plain http: the kernel moves the file's pages, and the
         hasher reads them from the page cache beside it (each byte read once by us)."""
-        hasher.cover(self.size)
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Content-Type": "application/offset+octet-stream",
@@ -353,6 +353,7 @@ class _Upload:
             offset,
             self.size,
             on_sent=moved,
+            keep_up=functools.partial(hasher.keep_up, offset),
             stall_timeout=self.stall_timeout,
         )
         moved_on = _moved_on(resp, offset)
