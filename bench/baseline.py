@@ -5,9 +5,10 @@ Usage: ``python -m bench.run --baseline REV [--runs 5] [--size-mib 512] [--smoke
 
 REV is checked out in a throwaway git worktree (:mod:`bench.worktree`) and served by the same
 interpreter with that checkout's ``src`` first on ``PYTHONPATH``; the current tree is served
-beside it the same way. Only the server differs: every transfer is driven by the current
-tree's clients (curl for tus PATCH and GET, the current ``freight send``/``freight get`` for
-the chunk API, WebSocket and TCP). Each round runs every path on both servers, the order of
+beside it the same way. curl drives tus PATCH and GET, and the current ``freight get`` the TCP
+download, so only the server differs there; ``freight send`` (the chunk API, WebSocket, TCP,
+and tus as "send tus") runs from each side's own tree, so its client CPU compares the
+clients too. Each round runs every path on both servers, the order of
 the two alternating from round to round (old-new, new-old, ...), so slow drifts of the machine
 fall on both alike. The min-max of each side's rounds is its run-to-run noise. Writes
 ``baseline.json`` and ``baseline.md`` into the output directory.
@@ -38,7 +39,7 @@ __all__ = ["FSYNC", "PATHS", "SIDES", "BaselineOptions", "run_baseline"]
 
 FSYNC = "never"  # no disk sync: the server's own cost shows, not the disk's
 SIDES = ("old", "new")
-PATHS = ("tus PATCH", "chunks x4", "ws", "tcp", "GET", "tcp get")
+PATHS = ("tus PATCH", "send tus", "chunks x4", "ws", "tcp", "GET", "tcp get")
 CHUNK_STREAMS = 4
 DEFAULT_SIZE = 1024 * MiB
 DEFAULT_RUNS = 5
@@ -81,18 +82,19 @@ class Side:
     steps: dict[str, Step]
 
 
-def _upload_steps(side: str, peer: Peer, source: Source) -> dict[str, Step]:
+def _upload_steps(side: str, peer: Peer, source: Source, src: Path) -> dict[str, Step]:
     timeout = transfer_timeout(source.size)
     sends: dict[str, Callable[[], Transfer]] = {
         "tus PATCH": functools.partial(clients.curl_tus, f"{peer.url}/files/", source.path, timeout)
     }
-    for path, protocol, streams in (("chunks x4", "chunks", CHUNK_STREAMS), ("ws", "ws", 1)):
-        sends[path] = functools.partial(
-            clients.freight_send, peer.url, source.path, protocol, streams, timeout
-        )
+    streams = [("send tus", "tus", 1), ("chunks x4", "chunks", CHUNK_STREAMS), ("ws", "ws", 1)]
     if peer.tcp_url is not None:
-        sends["tcp"] = functools.partial(
-            clients.freight_send, peer.tcp_url, source.path, "tcp", 1, timeout
+        streams.append(("tcp", "tcp", 1))
+    for path, protocol, count in streams:
+        url = peer.tcp_url if protocol == "tcp" else peer.url
+        assert url is not None
+        sends[path] = functools.partial(
+            clients.freight_send, url, source.path, protocol, count, timeout, src
         )
     return {
         path: functools.partial(
@@ -154,7 +156,7 @@ def _start_side(
     peer = starter(work)
     stack.callback(peer.stop)
     log(f"{side}: {tree.short} ({tree.subject[:60]}) at {peer.url}")
-    steps = _upload_steps(side, peer, source)
+    steps = _upload_steps(side, peer, source, tree.src)
     steps.update(_download_steps(side, peer, source, work / f"client-{side}"))
     return Side(side, tree, peer, {path: step for path, step in steps.items() if wanted(path)})
 
@@ -198,9 +200,10 @@ def _targets(sides: list[Side], results: Results, options: BaselineOptions) -> N
 def _client(path: str) -> str:
     return {
         "tus PATCH": "curl POST + PATCH -T",
-        "chunks x4": f"freight send --protocol chunks --parallel {CHUNK_STREAMS}",
-        "ws": "freight send --protocol ws",
-        "tcp": "freight send --protocol tcp",
+        "send tus": "freight send --protocol tus (this side's)",
+        "chunks x4": f"freight send --protocol chunks --parallel {CHUNK_STREAMS} (this side's)",
+        "ws": "freight send --protocol ws (this side's)",
+        "tcp": "freight send --protocol tcp (this side's)",
         "GET": "curl -o /dev/null",
         "tcp get": "freight get",
     }[path]

@@ -178,6 +178,7 @@ def render(results: Results) -> str:
         summary,
         "",
     ]
+    lines += _client_cpu_lines(results)
     if results.skipped:
         lines += ["## Skipped", ""]
         lines += [f"- {name}: {reason}" for name, reason in results.skipped.items()] + [""]
@@ -185,14 +186,40 @@ def render(results: Results) -> str:
     return "\n".join(lines)
 
 
+def _client_cpu_lines(results: Results) -> list[str]:
+    """Client CPU per GiB of each path's client, old → new (``freight send`` runs from each
+    side's own tree, so this compares the clients; curl's rows compare nothing but curl)."""
+    rows = []
+    for path in dict.fromkeys(_path_of(t) for t in results.targets):
+        old, new = (results.client_cpu_per_gib(f"{path} [{side}]") for side in SIDES)
+        if old is None and new is None:
+            continue
+        target = results.target(f"{path} [new]") or results.target(f"{path} [old]")
+        verdict = _verdict(old, new, "cheaper", "costlier")
+        ratio = f"{new.median / old.median:.2f}x" if old and new and old.median else "-"
+        client = target.client if target is not None else ""
+        rows.append(f"| {path} | {client} | {_pair(old, new)} | {ratio} | {verdict} |")
+    if not rows:
+        return []
+    return [
+        "## Client CPU s/GiB, old → new",
+        "",
+        "| path | client | client CPU s/GiB old → new | new/old | verdict |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def notes(smoke: bool) -> list[str]:
     found = [
         "The old tree is a throwaway `git worktree` of the given revision; both servers run "
         "the same Python and packages, each with its own tree's `src` first on PYTHONPATH, "
         "`--fsync never`, on loopback at the same time.",
-        "Only the server differs: every transfer is driven by the current tree's clients "
-        "(curl for tus PATCH and GET; the current `freight send`/`freight get` for the chunk "
-        "API with 4 streams, WebSocket and TCP).",
+        "curl drives tus PATCH and GET and the current `freight get` the TCP download, so "
+        "only the server differs there; `freight send` (send tus, the chunk API with 4 "
+        "streams, WebSocket and TCP) runs from each side's own tree, so its client CPU per "
+        "GiB compares the clients too.",
         "Each round runs every path on both servers back to back, the order alternating "
         "(old-new, then new-old), so a slow drift of the machine falls on both alike.",
         "Noise is the min-max spread of a side's rounds over its median. A path is slower "

@@ -6,7 +6,10 @@
 - a plain TCP pair (``bench/tcp_baselines.py``: sendfile on one side, ``recv_into`` on the
   other): what raw TCP with no protocol at all achieves, for freight's TCP transport;
 - SHA-256 on one core (OpenSSL through ``hashlib``, over a buffer already in memory): no one
-  stream that is hashed on the way in can go faster than this, whatever the transport.
+  stream that is hashed on the way in can go faster than this, whatever the transport;
+- hashing the upload's file with ``sha256sum`` and with ``openssl dgst -sha256`` (from the
+  page cache): with curl's CPU for the same upload, the floor of a client that sends a file
+  and checks its SHA-256 (one read, one hash).
 """
 
 from __future__ import annotations
@@ -22,12 +25,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.measure import MiB, prewarm_page_cache
+from bench.measure import MiB, children_cpu_seconds, prewarm_page_cache
 from bench.peers import Unavailable, free_port, which
 
-__all__ = ["Ceiling", "dd_fdatasync", "iperf3_loopback", "sha256_one_core", "tcp_pair"]
+__all__ = [
+    "HASH_TOOLS",
+    "Ceiling",
+    "dd_fdatasync",
+    "hash_file",
+    "iperf3_loopback",
+    "sha256_one_core",
+    "tcp_pair",
+]
 
 _DD_SECONDS = re.compile(r"copied, ([0-9.]+) s")
+# Client floors: a tool hashing the upload's file, named as the report names it.
+HASH_TOOLS = {
+    "sha256sum file": ("sha256sum",),
+    "openssl dgst -sha256 file": ("openssl", "dgst", "-sha256"),
+}
 
 
 @dataclass(frozen=True)
@@ -149,3 +165,18 @@ def sha256_one_core(size: int) -> Ceiling:
         hasher.update(view)
     seconds = time.perf_counter() - started
     return Ceiling(seconds, time.thread_time() - cpu_started)
+
+
+def hash_file(name: str, path: Path, timeout: float) -> Ceiling:
+    """Seconds and CPU seconds the :data:`HASH_TOOLS` tool ``name`` takes to hash ``path``."""
+    command = HASH_TOOLS[name]
+    if which(command[0]) is None:
+        raise Unavailable(f"{command[0]} is not installed")
+    started, cpu_started = time.perf_counter(), children_cpu_seconds()
+    result = subprocess.run(
+        [*command, str(path)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    seconds, cpu = time.perf_counter() - started, children_cpu_seconds() - cpu_started
+    if result.returncode != 0:
+        raise Unavailable(f"{command[0]} failed: {result.stderr.strip()[-200:]}")
+    return Ceiling(seconds, cpu)

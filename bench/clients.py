@@ -135,21 +135,24 @@ def curl_get(url: str, timeout: float) -> Transfer:
     return Transfer(seconds, int(length) if length else 0, location=url)
 
 
-def _freight(args: list[str], timeout: float) -> dict[str, object]:
+def _freight(args: list[str], timeout: float, src: Path | None = None) -> dict[str, object]:
     # A fresh state directory: no run may resume another's upload or download.
     with tempfile.TemporaryDirectory(prefix="freight-bench-state-") as state:
-        out = _run(
-            [sys.executable, "-m", "freight", *args, "--json", "--quiet"],
-            timeout,
-            env={"FREIGHT_STATE_DIR": state},
-        )
+        env = {"FREIGHT_STATE_DIR": state}
+        if src is not None:  # the client of another tree (a baseline's), not this one
+            rest = os.environ.get("PYTHONPATH", "")
+            env["PYTHONPATH"] = str(src) + (os.pathsep + rest if rest else "")
+        out = _run([sys.executable, "-m", "freight", *args, "--json", "--quiet"], timeout, env)
     reply: dict[str, object] = json.loads(out)
     return reply
 
 
-def freight_send(url: str, path: Path, protocol: str, parallel: int, timeout: float) -> Transfer:
+def freight_send(
+    url: str, path: Path, protocol: str, parallel: int, timeout: float, src: Path | None = None
+) -> Transfer:
+    """``freight send``; from the tree at ``src`` (its ``src`` directory) if given."""
     args = ["send", "--protocol", protocol, "--parallel", str(parallel), str(path), url]
-    reply = _freight(args, timeout)
+    reply = _freight(args, timeout, src)
     if not reply.get("verified"):
         raise ClientError(f"freight send could not verify the server's SHA-256: {reply}")
     return Transfer(

@@ -27,6 +27,7 @@ __all__ = [
     "FREIGHT_PROTOCOLS",
     "FSYNC_POLICIES",
     "NO_SHA256_PEER",
+    "SEND_TUS",
     "TUS_NO_SHA256",
     "Plan",
     "Planner",
@@ -42,6 +43,9 @@ FREIGHT_PROTOCOLS = (  # (label, protocol, parallel streams)
 )
 
 
+# freight's own tus client, for its client CPU beside curl's (issue 15): one policy is enough.
+SEND_TUS = "freight send tus [never]"
+
 # The same server doing the peers' work: no running SHA-256 (``--no-sha256``), no fsync.
 NO_SHA256_PEER = "freight-never-no-sha256"
 TUS_NO_SHA256 = "freight tus PATCH [never, --no-sha256]"
@@ -55,7 +59,7 @@ def target_names() -> list[str]:
         for fsync in FSYNC_POLICIES
         for label, _, _ in FREIGHT_PROTOCOLS
     ]
-    names.append(TUS_NO_SHA256)
+    names += [SEND_TUS, TUS_NO_SHA256]
     return [*names, "nginx GET", "http.server GET", "freight GET", "freight tcp get"]
 
 
@@ -159,6 +163,13 @@ class Planner:
             client = f"freight send --protocol {protocol}"
             client += f" --parallel {parallel}" if parallel > 1 else ""
             plans.append(self.upload_plan(name, peer, source, send, client))
+        if fsync == "never":
+
+            def send_tus(u: str = f"{peer.url}/files/") -> Transfer:
+                return clients.freight_send(u, source.path, "tus", 1, timeout)
+
+            tus = "freight send --protocol tus"
+            plans.append(self.upload_plan(SEND_TUS, peer, source, send_tus, tus))
         return plans
 
     def download_plans(self, source: Source) -> list[Plan]:

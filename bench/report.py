@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fleet_memory
+from bench.client_cpu import client_cpu_section
 from bench.measure import GiB, MiB, Spread, spread
 from bench.model import Results
 from bench.s3_section import DIRECT, FREIGHT, SECTION, TUS_S3
@@ -311,7 +312,7 @@ def render_markdown(results: Results, chart: str | None) -> str:
         ),
         "",
     ]
-    lines += _hashing_section(results) + _s3_section(results)
+    lines += _hashing_section(results) + client_cpu_section(results) + _s3_section(results)
     lines += _memory_section(results) + fleet_memory.section(results)
     lines += _cgroup_section(results)
     if results.skipped:

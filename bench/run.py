@@ -186,6 +186,9 @@ class Bench:
             ("tcp pair", lambda: ceilings.tcp_pair(source.path, ceiling_dir, timeout)),
             ("sha-256 one core", lambda: {"": ceilings.sha256_one_core(size)}),
         ]
+        for tool in ceilings.HASH_TOOLS:
+            hashing = functools.partial(ceilings.hash_file, tool, source.path, timeout)
+            measures.append((tool, lambda hashing=hashing: {"": hashing()}))
         for name, measure in measures:
             if not self.wanted(name) or name in self.results.skipped:
                 continue

@@ -3,7 +3,10 @@
 ``send`` asks the server for a file of the same size before anything else; only if there is
 one is the file hashed (one read) and asked for by digest; that digest is then the upload's,
 so sending reads it once more and hashes nothing (the second read comes from the page cache
-for files that fit in it). Measured with the process's own ``rchar`` (every read call).
+for files that fit in it). Measured with the process's own ``rchar`` (every read call,
+and every byte ``sendfile`` moves: over plain http the body goes with ``sendfile`` while the
+hash reads the same pages from the page cache behind it, so a fresh file counts twice there,
+though the disk reads it once).
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ def test_reads_per_file_sent_or_skipped(
     make_file(first, SIZE)
     fresh, _, done = io_of("send", str(first), url, "--json", env=env)
     json_output(done)
-    # No file of that size on the server: read once, hashed while sent.
-    assert fresh - base < SIZE + SLACK, (fresh - base) / MiB
+    # No file of that size on the server: sent once, hashed while sent (one more pass over
+    # the same pages when the body goes with sendfile).
+    assert fresh - base < 2 * SIZE + SLACK, (fresh - base) / MiB
 
     same_size = tmp_path / "other.bin"
     make_file(same_size, SIZE)

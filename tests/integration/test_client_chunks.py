@@ -6,7 +6,8 @@ is hashed from disk beside the transfer and the server checks it at ``complete``
 ``Content-Digest``, the file's SHA-256 and the request body all use) and the disk reader of
 the whole-file hash reads nothing; a resume with gaps hashes the chunks the server already
 had from disk beside the transfer; large chunks or many streams fall back to reading twice
-with flat memory; a failed attempt is retried from the same bytes.
+with flat memory; a failed attempt is retried from the same bytes. These are the rules
+where bodies go through Python (https); over plain http see test_client_sendfile.py.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ class _Reads:
 
         monkeypatch.setattr(ChunkReader, "read_into", counting_read_into)
         monkeypatch.setattr(SplitHasher, "_read_from_disk", counting_from_disk)
+
+
+@pytest.fixture(autouse=True)
+def _bodies_through_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These are the rules where bodies go through Python (https: no sendfile); over plain
+    http chunks are sent from the file by the kernel (test_client_sendfile.py)."""
+    monkeypatch.setattr(freight.client.chunk_sender, "can_sendfile", lambda url: False)
 
 
 def _source(tmp_path: Path, size: int) -> tuple[Path, bytes]:

@@ -17,6 +17,7 @@ import base64
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -39,6 +40,12 @@ from freight.client.http import (
     describe_error,
     is_retryable,
     server_error,
+)
+from freight.client.sendfile_http import (
+    KeptConnections,
+    can_sendfile,
+    raw_server_error,
+    send_file_request,
 )
 from freight.client.upload import ProgressCallback
 
@@ -100,6 +107,8 @@ class ChunkSender:
         self.acknowledged = 0  # bytes the server has confirmed
         self.in_flight: dict[int, int] = {}  # chunk number -> bytes of it sent so far
         self.pieces = PieceSizer(1, None)  # replaced for each server upload
+        self.sendfile = False  # whether chunk bodies go with sendfile (plain http)
+        self.connections = KeptConnections()  # theirs, kept alive between chunks
 
     async def send_missing(self, remote: Remote, hasher: SplitHasher) -> None:
         """Read the missing chunks in order, each once, and PUT them ``parallel`` at a time.
@@ -114,11 +123,16 @@ class ChunkSender:
         if not senders:
             return
         self.pieces = PieceSizer(remote.chunk_size, remote.min_piece)
-        held = (senders + 1) * remote.chunk_size <= HELD_CHUNKS_BUDGET
+        # Over plain http the kernel sends the chunks from the file (sendfile): holding them
+        # would only read each byte once more.
+        self.sendfile = can_sendfile(remote.url)
+        held = not self.sendfile and (senders + 1) * remote.chunk_size <= HELD_CHUNKS_BUDGET
         free: asyncio.Queue[bytearray | None] = asyncio.Queue()
         for _ in range(senders + 1):
             free.put_nowait(None)  # None: allocate when first needed
         ready: asyncio.Queue[Chunk | None] = asyncio.Queue()
+
+        first = chunks[0][0] * remote.chunk_size
 
         async def read() -> None:
             for n, spans in chunks:
@@ -131,6 +145,10 @@ class ChunkSender:
                     span, n, tuple(spans), buffer if held else None, hasher
                 )
                 ready.put_nowait(chunk)
+                if not self.reader.chunk_digests:
+                    # The file's hash reads each chunk just after it went to a sender, from
+                    # the page cache, and holds the reads back when it falls behind.
+                    await hasher.keep_up(first, span[1])
             for _ in range(senders):
                 ready.put_nowait(None)
 
@@ -143,7 +161,10 @@ class ChunkSender:
 
         tasks = [asyncio.ensure_future(read())]
         tasks += [asyncio.ensure_future(send()) for _ in range(senders)]
-        await _run_together(tasks)
+        try:
+            await _run_together(tasks)
+        finally:
+            self.connections.close()
 
     async def _send_chunk(self, remote: Remote, chunk: Chunk) -> bool:
         """PUT one chunk, in pieces if need be, until the server has it; True if no attempt
@@ -264,8 +285,14 @@ class ChunkSender:
             digest = await self.reader.digest_of(chunk, start, end)
             if digest is not None:
                 headers["Content-Digest"] = f"sha-256=:{base64.b64encode(digest).decode()}:"
-            body: BufferBody | FileBody
             view = chunk.view(start, end)
+            if view is None and self.sendfile:
+                try:
+                    span = (start, end)
+                    return await self._put_sendfile(url, chunk, span, headers, moved, after_cut)
+                finally:
+                    self.in_flight.pop(n, None)
+            body: BufferBody | FileBody
             if view is not None:
                 body = BufferBody(view, start, piece_size=self.read_size, on_sent=moved)
             else:
@@ -287,6 +314,36 @@ class ChunkSender:
                 body.close()
                 # Whatever happened (even cancellation), this attempt's bytes no longer move.
                 self.in_flight.pop(n, None)
+
+    async def _put_sendfile(
+        self,
+        url: URL,
+        chunk: Chunk,
+        span: tuple[int, int],
+        headers: dict[str, str],
+        moved: ProgressCallback,
+        after_cut: bool,
+    ) -> bool:
+        """:meth:`_put` with the body sent from the file by the kernel (plain http)."""
+        start, end = span
+        resp = await send_file_request(
+            self.session,
+            "PUT",
+            url,
+            headers,
+            self.path,
+            start,
+            end,
+            on_sent=moved,
+            stall_timeout=self.stall_timeout,
+            expect100=after_cut,
+            connections=self.connections,
+        )
+        if resp.status == 409:
+            raise _conflict_of(resp.json_object(), chunk)
+        if resp.status != 200:
+            raise raw_server_error(resp, f"sending chunk {chunk.n}")
+        return resp.json_object().get("duplicate") is True
 
     def report(self) -> None:
         if self.progress is not None:
@@ -310,7 +367,10 @@ async def _run_together(tasks: Sequence[asyncio.Future[None]]) -> None:
 
 async def _conflict(resp: aiohttp.ClientResponse, chunk: Chunk) -> Exception:
     """A 409 to a chunk PUT: where the chunk's received bytes end, if that is what it says."""
-    data = await json_object(resp)
+    return _conflict_of(await json_object(resp), chunk)
+
+
+def _conflict_of(data: dict[str, Any], chunk: Chunk) -> Exception:
     if data.get("code") == "ERR_PIECE_OFFSET":
         return _PieceOffset(chunk.start + count_field(data, "chunk_offset"))
     return ServerError(

@@ -194,9 +194,10 @@ class _ChunkUpload:
         self.sender.report()
         # With chunk digests the chunks that are sent feed the file's SHA-256 as they are
         # read, and a disk reader hashes the chunks the server already has (from the first
-        # missing one on, only those the reads skip past). Without, the reader hashes it all.
+        # missing one on, only those the reads skip past). Without, the reader hashes it all,
+        # right behind the chunks handed to the senders (see ChunkSender.send_missing).
         first_missing = remote.missing[0][0] * remote.chunk_size if remote.missing else self.size
-        from_disk = first_missing if self.chunk_digests else self.size
+        from_disk = first_missing if self.chunk_digests else 0
         self.hasher = SplitHasher(self.path, from_disk, chunk_size=self.read_size)
         self.hasher.start()
         try:

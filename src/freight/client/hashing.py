@@ -34,7 +34,7 @@ from pathlib import Path
 from freight.client.errors import LocalFileChanged
 from freight.client.http import CHUNK_SIZE
 
-__all__ = ["SplitHasher", "hash_file", "known_digest"]
+__all__ = ["HASH_LAG", "LAG_PATIENCE", "SplitHasher", "hash_file", "known_digest"]
 
 # (path, size, digest) of a file hashed already, for the hashers made in this context.
 _KNOWN: ContextVar[tuple[Path, int, bytes] | None] = ContextVar("freight_known", default=None)
@@ -62,6 +62,12 @@ def hash_file(path: Path, chunk_size: int = CHUNK_SIZE) -> tuple[int, bytes]:
             digest.update(view[:count])
             size += count
     return size, digest.digest()
+
+
+# How far a sendfile transfer may run ahead of the hash that follows it: pages it read a
+# moment ago are still in the page cache.
+HASH_LAG = 64 * 1024 * 1024
+LAG_PATIENCE = 5.0  # seconds a send waits at most for the hash, before its next piece
 
 
 class SplitHasher:
@@ -115,6 +121,39 @@ class SplitHasher:
                 self._sha.update(view)
                 self._hashed = end
             self._frontier = max(self._frontier, end)
+
+    def cover(self, end: int) -> None:
+        """Bytes up to ``end`` are on disk and will pass through the transfer without being
+        fed (``sendfile`` moves them): hash them from disk in the background meanwhile."""
+        with self._lock:
+            self._frontier = max(self._frontier, end)
+        self.start()
+
+    async def keep_up(self, since: int, sent: int) -> None:
+        """A transfer that started at ``since`` has sent the file up to ``sent`` with
+        ``sendfile``: hash up to there from disk, behind it, and wait while the hash is more
+        than :data:`HASH_LAG` behind. The hash then reads the pages the send has just read,
+        from the page cache, however large the file and whichever side is faster (a reader
+        racing ahead, or left far behind, would have the disk read them twice once the file
+        outgrows the page cache). No wait while a resume's prefix (before ``since``) is
+        hashed, and none longer than :data:`LAG_PATIENCE` at a time: the link stays busy."""
+        self.cover(sent)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + LAG_PATIENCE
+        while True:
+            with self._lock:
+                if self._hashed < since or self._hashed + HASH_LAG >= sent or self._cancelled:
+                    return
+            reader = self._reader
+            if reader is None or reader.done():
+                self.start()  # it stopped at an older frontier: go on to this one
+                reader = self._reader
+                if reader is None or reader.done():
+                    return  # nothing to read, or it failed: finish() says so
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), until - loop.time())
+            if loop.time() >= until:
+                return
 
     async def finish(self, total: int) -> bytes:
         """The raw digest of bytes [0, total), reading from disk whatever was not fed."""

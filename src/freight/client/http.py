@@ -44,6 +44,7 @@ __all__ = [
     "describe_error",
     "is_retryable",
     "open_session",
+    "parse_error_body",
     "retrying",
     "server_error",
     "tls_verify",
@@ -325,3 +326,8 @@ def _parse_error_body(body: bytes) -> tuple[str, str | None]:
     message = data.get("message")
     code = data.get("code")
     return (str(message) if message else ""), (str(code) if code else None)
+
+
+def parse_error_body(body: bytes) -> tuple[str, str | None]:
+    """The message and code of an error body (freight's JSON, or short plain text)."""
+    return _parse_error_body(body)

@@ -117,10 +117,13 @@ class _TcpUpload:
         self.resumed_from: int | None = None
         self.upload_id: str | None = None
         self.digest: asyncio.Future[bytes] | None = None
+        self.hasher: SplitHasher | None = None  # None: not hashing (run_unverified)
 
     async def run(self) -> UploadResult:
-        hasher = SplitHasher(self.path, self.size)
-        hasher.start()  # the whole file, from disk, while it is being sent
+        # Hashed from disk behind the DATA sent (see SplitHasher.keep_up), from where each
+        # attempt starts: a resume's prefix first.
+        hasher = SplitHasher(self.path, 0)
+        self.hasher = hasher
         try:
             finished = await with_retries(self.budget, lambda: self._attempt(hasher))
             local = await self._digest(hasher)
@@ -252,6 +255,8 @@ class _TcpUpload:
                     raise LocalFileChanged(f"{self.path} became shorter while it was sent")
                 position += count
                 self._report(position)
+                if self.hasher is not None:
+                    await self.hasher.keep_up(offset, position)
 
     def _take_acks(self, link: TcpLink) -> None:
         while link.frames:

@@ -11,6 +11,7 @@ the ``Repr-Digest`` the server returns when the upload completes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,12 @@ from freight.client.http import (
     server_error,
 )
 from freight.client.resume_store import ResumeStore, UploadKey
+from freight.client.sendfile_http import (
+    RawResponse,
+    can_sendfile,
+    raw_server_error,
+    send_file_request,
+)
 from freight.client.urls import upload_endpoint
 from freight.protocol.metadata import build_upload_metadata
 
@@ -294,6 +301,8 @@ class _Upload:
     async def _send_body(
         self, url: str, offset: int, hasher: SplitHasher, moved: ProgressCallback
     ) -> tuple[int, bytes | None]:
+        if can_sendfile(URL(url)):
+            return await self._sendfile_body(url, offset, hasher, moved)
         body = FileBody(
             self.path,
             offset,
@@ -324,6 +333,41 @@ class _Upload:
         finally:
             body.close()
         log.debug("PATCH answered offset %d", new_offset)
+        if not offset < new_offset <= self.size:
+            raise ProtocolViolation(
+                f"the server moved the offset from {offset} to {new_offset} (size {self.size})"
+            )
+        return new_offset, digest
+
+    async def _sendfile_body(
+        self, url: str, offset: int, hasher: SplitHasher, moved: ProgressCallback
+    ) -> tuple[int, bytes | None]:
+        """:meth:`_send_body` over plain http: the kernel moves the file's pages, and the
+        hasher reads them from the page cache beside it (each byte read once by us)."""
+        headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Offset": str(offset),
+            "Content-Length": str(self.size - offset),
+        }
+        log.debug("PATCH %s at offset %d (sendfile)", url, offset)
+        resp = await send_file_request(
+            self.session,
+            "PATCH",
+            URL(url),
+            headers,
+            self.path,
+            offset,
+            self.size,
+            on_sent=moved,
+            keep_up=functools.partial(hasher.keep_up, offset),
+            stall_timeout=self.stall_timeout,
+        )
+        moved_on = _moved_on(resp, offset)
+        if resp.status not in (200, 204) and moved_on is None:
+            raise raw_server_error(resp, "sending data")
+        new_offset = parse_upload_offset(resp.headers.get("Upload-Offset"))
+        digest = None if moved_on else parse_repr_digest(resp.headers.get("Repr-Digest"))
         if not offset < new_offset <= self.size:
             raise ProtocolViolation(
                 f"the server moved the offset from {offset} to {new_offset} (size {self.size})"
@@ -362,7 +406,7 @@ class _Upload:
             self.store.forget_upload(self.key)
 
 
-def _moved_on(resp: aiohttp.ClientResponse, offset: int) -> int | None:
+def _moved_on(resp: aiohttp.ClientResponse | RawResponse, offset: int) -> int | None:
     """The offset of a 409 that holds more than this PATCH started at, else None.
 
     An earlier request of ours, given up as stalled, recorded its bytes after we asked
