@@ -109,7 +109,7 @@ async def _send_in_thread(
     finally:
         if reading and not transport.is_closing():
             transport.resume_reading()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile
             file.seek(offset + job.sent)  # where asyncio's sendfile would leave it
     if job.error is not None:
         raise job.error
