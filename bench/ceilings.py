@@ -6,7 +6,10 @@
 - a plain TCP pair (``bench/tcp_baselines.py``: sendfile on one side, ``recv_into`` on the
   other): what raw TCP with no protocol at all achieves, for freight's TCP transport;
 - SHA-256 on one core (OpenSSL through ``hashlib``, over a buffer already in memory): no one
-  stream that is hashed on the way in can go faster than this, whatever the transport.
+  stream that is hashed on the way in can go faster than this, whatever the transport;
+- SHA-256 on one core of the source file read back from the page cache (``readinto`` one
+  reused 256 KiB buffer, as ``hashlib.file_digest`` does): what hashing a stored file costs
+  at least, which a server that hashes what it stored (freight) cannot avoid.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from typing import Any
 from bench.measure import MiB, prewarm_page_cache
 from bench.peers import Unavailable, free_port, which
 
-__all__ = ["Ceiling", "dd_fdatasync", "iperf3_loopback", "sha256_one_core", "tcp_pair"]
+__all__ = [
+    "Ceiling",
+    "dd_fdatasync",
+    "iperf3_loopback",
+    "sha256_one_core",
+    "sha256_page_cache",
+    "tcp_pair",
+]
 
 _DD_SECONDS = re.compile(r"copied, ([0-9.]+) s")
 
@@ -148,4 +158,21 @@ def sha256_one_core(size: int) -> Ceiling:
     for _ in range(max(1, size // len(block))):
         hasher.update(view)
     seconds = time.perf_counter() - started
+    return Ceiling(seconds, time.thread_time() - cpu_started)
+
+
+def sha256_page_cache(path: Path) -> Ceiling:
+    """Seconds (and CPU seconds) one thread takes to SHA-256 the file at ``path``, read from
+    the page cache through one reused buffer."""
+    buffer = bytearray(256 * 1024)
+    view = memoryview(buffer)
+    hasher = hashlib.sha256()
+    with path.open("rb", buffering=0) as file:
+        while file.readinto(buffer):  # untimed: bring it into the page cache
+            pass
+        file.seek(0)
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        while got := file.readinto(buffer):
+            hasher.update(view[:got])
+        seconds = time.perf_counter() - started
     return Ceiling(seconds, time.thread_time() - cpu_started)

@@ -59,7 +59,15 @@ def test_every_target_moves_the_file_intact(smoke: tuple[int, Results, Path], na
         assert sample.client_cpu_seconds is not None
 
 
-@pytest.mark.parametrize("name", ["iperf3 loopback", "dd conv=fdatasync"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "iperf3 loopback",
+        "dd conv=fdatasync",
+        "sha-256 one core",
+        "sha-256 one core from page cache",
+    ],
+)
 def test_machine_ceilings_are_measured(smoke: tuple[int, Results, Path], name: str) -> None:
     _, results, _ = smoke
     if name in results.skipped:
