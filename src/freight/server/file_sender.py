@@ -34,8 +34,9 @@ from typing import IO, Final
 __all__ = ["MAX_THREADS", "FrameHeader", "send_file"]
 
 MAX_THREADS: Final = 16
-# Linux moves at most 0x7ffff000 bytes per sendfile call.
-_MAX_CALL: Final = 0x7FFFF000
+# One sendfile call moves at most this much, so that a send told to stop (or whose
+# transport closed) ends soon even while its reader keeps up; 64 calls per GiB cost nothing.
+_MAX_CALL: Final = 16 * 1024 * 1024
 # How often a thread waiting for room checks that its transport is still open.
 _CHECK_CLOSED_MS: Final = 250
 
@@ -209,6 +210,7 @@ class _SendJob:
     def _send_from_file(self, position: int, length: int) -> int:
         sent = 0
         while sent < length:
+            self._check_open()
             try:
                 moved = os.sendfile(
                     self._sock, self._file, position + sent, min(_MAX_CALL, length - sent)
@@ -223,10 +225,13 @@ class _SendJob:
 
     def _wait_for_room(self) -> None:
         while True:
-            if self._stopped or self._transport.is_closing():
-                raise _Stop
+            self._check_open()
             if self._poller.poll(_CHECK_CLOSED_MS):
                 return
+
+    def _check_open(self) -> None:
+        if self._stopped or self._transport.is_closing():
+            raise _Stop
 
     def _close(self) -> None:
         for fd in (self._sock, self._file, self._wake_read, self._wake_write):

@@ -184,3 +184,40 @@ async def test_a_transport_closed_under_a_send_ends_it(data_file: Path) -> None:
     assert isinstance(error, ConnectionError)
     assert took < 2.0
     assert sendfile_threads() == 0
+
+
+async def test_a_send_to_a_fast_reader_stops_soon_when_cancelled(tmp_path: Path) -> None:
+    """Stopping is noticed between sendfile calls too, not only when the socket is full: a
+    cancelled download (a shutdown) does not go on to the end of a long range."""
+    size = 8 * 1024 * MiB
+    big = tmp_path / "sparse.bin"
+    with big.open("wb") as out:
+        out.truncate(size)  # holes: read as zeros, no disk
+    received = 0
+
+    def read_fast(port: int) -> None:
+        nonlocal received
+        buffer = bytearray(MiB)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            try:
+                while got := sock.recv_into(buffer):
+                    received += got
+            except OSError:
+                pass
+
+    with big.open("rb") as file:
+
+        async def send(transport: asyncio.Transport) -> int:
+            return await send_file(transport, file, 0, size)
+
+        async for port, served in serve(send):
+            reading = asyncio.ensure_future(asyncio.to_thread(read_fast, port))
+            while served.task is None:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            served.task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(served.result), 5)
+            await asyncio.wait_for(reading, 10)
+    assert 0 < received < 1536 * MiB  # one 2 GiB call was the least before
+    assert sendfile_threads() == 0
