@@ -15,8 +15,9 @@ socket fails. The transport's reading is paused meanwhile, as asyncio's sendfile
 no answer can be written into the middle of the range.
 
 A frame header can go before each ``frame`` bytes (the TCP transport's DATA frames). At
-most :data:`MAX_THREADS` downloads send this way at once; beyond that, or without a plain
-socket, the range goes through ``loop.sendfile`` as before.
+most :data:`MAX_THREADS` downloads send this way at once; beyond that, over TLS, or without
+a plain TCP socket, the range goes through ``loop.sendfile`` (which reads and writes through
+the TLS transport where it must).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ async def send_file(
     ConnectionError (or RuntimeError from asyncio's own fallback).
     """
     global _running
-    sock = transport.get_extra_info("socket")
+    # A TLS transport re-frames the stream: its raw socket must never see the file's bytes.
+    plain = transport.get_extra_info("sslcontext") is None
+    sock = transport.get_extra_info("socket") if plain else None
     usable = (
         sock is not None
         and sock.type == socket.SOCK_STREAM
@@ -70,7 +73,7 @@ async def send_file(
     )
     _cork(sock, True)
     try:
-        if not usable:
+        if not usable or sock is None:
             return await _send_in_loop(transport, file, offset, count, frame, header)
         _running += 1
         try:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl as _ssl
 import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,7 +51,9 @@ class Served:
         self.transport: asyncio.Transport | None = None
 
 
-async def serve(send: Sender) -> AsyncIterator[tuple[int, Served]]:
+async def serve(
+    send: Sender, ssl: _ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[int, Served]]:
     served = Served()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -67,7 +71,7 @@ async def serve(send: Sender) -> AsyncIterator[tuple[int, Served]]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ssl)
     async with server:
         yield server.sockets[0].getsockname()[1], served
 
@@ -132,6 +136,38 @@ async def test_a_file_shorter_than_its_record_sends_what_it_has(data_file: Path,
             got = await asyncio.to_thread(read_all, port)
             assert await served.result == 100
     assert len(got) == 100
+
+
+async def test_over_tls_the_bytes_go_through_the_tls_transport(
+    data_file: Path, tls_files: Any
+) -> None:
+    """The raw socket under a TLS transport must never see the file's bytes."""
+    server_tls = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(tls_files.cert, tls_files.key)
+    client_tls = _ssl.create_default_context(cafile=str(tls_files.ca))
+    client_tls.check_hostname = False
+    data = data_file.read_bytes()
+
+    def read_tls(port: int) -> bytes:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+        with client_tls.wrap_socket(raw) as sock:
+            parts = []
+            try:
+                while piece := sock.recv(MiB):
+                    parts.append(piece)
+            except (_ssl.SSLEOFError, ConnectionError):
+                pass
+        return b"".join(parts)
+
+    with data_file.open("rb") as file:
+
+        async def send(transport: asyncio.Transport) -> int:
+            return await send_file(transport, file, 3, 2 * MiB)
+
+        async for port, served in serve(send, server_tls):
+            got = await asyncio.to_thread(read_tls, port)
+            assert await served.result == 2 * MiB
+    assert got == data[3 : 3 + 2 * MiB]
 
 
 async def stalled_send(
