@@ -75,10 +75,13 @@ async def send_file(
     try:
         if not usable or sock is None:
             return await _send_in_loop(transport, file, offset, count, frame, header)
+        try:
+            job = _SendJob(transport, sock.fileno(), file.fileno(), frame, header)
+        except OSError:  # out of descriptors: the event loop needs none more
+            return await _send_in_loop(transport, file, offset, count, frame, header)
         _running += 1
         try:
-            fd = sock.fileno()
-            return await _send_in_thread(transport, fd, file, offset, count, frame, header)
+            return await _send_in_thread(transport, job, file, offset, count)
         finally:
             _running -= 1
     finally:
@@ -86,16 +89,9 @@ async def send_file(
 
 
 async def _send_in_thread(
-    transport: asyncio.Transport,
-    sock: int,
-    file: IO[bytes],
-    offset: int,
-    count: int,
-    frame: int,
-    header: FrameHeader | None,
+    transport: asyncio.Transport, job: _SendJob, file: IO[bytes], offset: int, count: int
 ) -> int:
     loop = asyncio.get_running_loop()
-    job = _SendJob(transport, sock, file.fileno(), frame, header)
     done: asyncio.Future[None] = loop.create_future()
     reading = transport.is_reading()
     transport.pause_reading()
@@ -157,8 +153,11 @@ class _SendJob:
         self._frame = frame
         self._header = header
         self.sent = 0
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
         self._stopped = False
+        # stop() may come after the thread closed its descriptors: it must not write into
+        # a number the system has handed out again.
+        self._closing = threading.Lock()
         self._sock = os.dup(sock)
         self._file = self._wake_read = self._wake_write = -1
         try:
@@ -174,8 +173,9 @@ class _SendJob:
     def stop(self) -> None:
         """Make the thread return soon (from any thread)."""
         self._stopped = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_write, b"x")
+        with self._closing, contextlib.suppress(OSError):
+            if self._wake_write >= 0:
+                os.write(self._wake_write, b"x")
 
     def run(
         self, offset: int, count: int, loop: asyncio.AbstractEventLoop, done: asyncio.Future[None]
@@ -184,6 +184,8 @@ class _SendJob:
             self._send_range(offset, count)
         except (OSError, _Stop) as exc:
             self.error = _as_connection_error(exc)
+        except Exception as exc:
+            self.error = exc
         finally:
             self._close()
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
@@ -237,10 +239,12 @@ class _SendJob:
             raise _Stop
 
     def _close(self) -> None:
-        for fd in (self._sock, self._file, self._wake_read, self._wake_write):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        with self._closing:
+            for fd in (self._sock, self._file, self._wake_read, self._wake_write):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._sock = self._file = self._wake_read = self._wake_write = -1
 
 
 class _Stop(Exception):

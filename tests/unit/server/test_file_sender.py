@@ -87,6 +87,15 @@ def read_all(port: int, *, rcvbuf: int = 0) -> bytes:
 
 
 def sendfile_threads() -> int:
+    """The sendfile threads still running, a moment after their last send was answered
+    (a thread settles its send just before it returns)."""
+    deadline = time.monotonic() + 2
+    while (running := _running_threads()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return running
+
+
+def _running_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name == "freight-sendfile")
 
 
