@@ -216,16 +216,18 @@ class _SendJob:
         sent = 0
         while sent < length:
             self._check_open()
+            want = min(_MAX_CALL, length - sent)
             try:
-                moved = os.sendfile(
-                    self._sock, self._file, position + sent, min(_MAX_CALL, length - sent)
-                )
+                moved = os.sendfile(self._sock, self._file, position + sent, want)
             except BlockingIOError:
                 self._wait_for_room()
                 continue
             if moved == 0:
                 break
             sent += moved
+            if moved < want and sent < length:
+                # The socket took what it had room for: calling again now would only fail.
+                self._wait_for_room()
         return sent
 
     def _wait_for_room(self) -> None:
