@@ -5,9 +5,11 @@ Usage: ``python -m bench.run [--smoke] [--large] [--runs N] [--out-dir DIR]
 the current tree with commit REV instead (:mod:`bench.baseline`).
 
 Every target runs ``--runs`` times, interleaved (round 1 of every target, then round 2, ...),
-and is reported as the median with min-max. Then freight's memory is measured against file
-size and concurrency (a fleet node's too, on SeaweedFS and PostgreSQL:
-:mod:`bench.fleet_memory`), and a freight server inside a 128 MiB memory cgroup receives the file
+and is reported as the median with min-max; freight's GET and tus PATCH [never] and nginx's
+GET and PUT run at least :data:`HEADLINE_RUNS` rounds (the later rounds only them and the
+SHA-256 ceilings). Then freight's memory is measured against file size and concurrency (a
+fleet node's too, on SeaweedFS and PostgreSQL: :mod:`bench.fleet_memory`), and a freight
+server inside a 128 MiB memory cgroup receives the file
 through every protocol. Last, the S3 section (:mod:`bench.s3_section`) sends the file into
 one SeaweedFS through a freight node, straight with aiobotocore, and through @tus/server
 with @tus/s3-store. ``--smoke`` does all of it with tiny files and one round, to prove
@@ -57,6 +59,7 @@ from bench.peers import (
     which,
 )
 from bench.plans import FREIGHT_PROTOCOLS, FSYNC_POLICIES, NO_SHA256_PEER, Planner
+from bench.report import SHA256_PAGE_CACHE, TUS_NEVER
 from bench.s3_section import S3Options, run_s3_section
 from bench.suite import (
     Source,
@@ -66,9 +69,13 @@ from bench.suite import (
 )
 from bench.worktree import TreeError
 
-__all__ = ["CONCURRENT_UPLOADS", "Options", "main", "run_bench"]
+__all__ = ["CONCURRENT_UPLOADS", "HEADLINE_RUNS", "Options", "main", "rounds", "run_bench"]
 
 SECTIONS = ("transfers", "memory", "cgroup", "s3")
+# freight's GET and hashed tus PATCH against nginx's GET and PUT (and the SHA-256 ceilings
+# they are judged with) get at least this many interleaved rounds, whatever --runs says.
+HEADLINE_RUNS = 5
+HEADLINE_TARGETS = ("nginx GET", "freight GET", "nginx PUT", TUS_NEVER)
 CGROUP_LIMIT = 128 * MiB
 CONCURRENT_UPLOADS = 16
 # The peers' versions mean nothing to a comparison of freight with itself.
@@ -174,7 +181,7 @@ class Bench:
     def wanted(self, name: str) -> bool:
         return not self.options.only or any(part in name for part in self.options.only)
 
-    def ceiling_rounds(self, source: Source, run: int) -> None:
+    def ceiling_rounds(self, source: Source, run: int, *, headline_only: bool = False) -> None:
         size, timeout = source.size, transfer_timeout(source.size)
         ceiling_dir = self.work / "ceilings"
         measures: list[tuple[str, Callable[[], dict[str, Ceiling]]]] = [
@@ -185,12 +192,15 @@ class Bench:
             ),
             ("tcp pair", lambda: ceilings.tcp_pair(source.path, ceiling_dir, timeout)),
             ("sha-256 one core", lambda: {"": ceilings.sha256_one_core(size)}),
+            (SHA256_PAGE_CACHE, lambda: {"": ceilings.sha256_page_cache(source.path)}),
         ]
         for tool in ceilings.HASH_TOOLS:
             hashing = functools.partial(ceilings.hash_file, tool, source.path, timeout)
             measures.append((tool, lambda hashing=hashing: {"": hashing()}))
         for name, measure in measures:
             if not self.wanted(name) or name in self.results.skipped:
+                continue
+            if headline_only and not name.startswith("sha-256"):
                 continue
             try:
                 measured = measure()
@@ -218,13 +228,15 @@ class Bench:
         plans = [p for p in plans if self.wanted(p.target.name)]
         for plan in plans:
             self.results.add_target(plan.target)
-        for run in range(1, self.options.runs + 1):
-            log(f"round {run}/{self.options.runs}: {len(plans)} targets")
-            for plan in plans:
+        schedule = rounds(self.options.runs, smoke=self.options.smoke)
+        for run, extra in schedule:
+            planned = [p for p in plans if not extra or p.target.name in HEADLINE_TARGETS]
+            log(f"round {run}/{len(schedule)}: {len(planned)} targets")
+            for plan in planned:
                 sample = plan.run_once(run)
                 self.results.samples.append(sample)
                 log(f"  {plan.target.name}: {describe(sample)}")
-            self.ceiling_rounds(source, run)
+            self.ceiling_rounds(source, run, headline_only=extra)
 
     # --- memory -----------------------------------------------------------------------------
 
@@ -314,6 +326,12 @@ class Bench:
         self.results.cgroup.update(
             uploads=rows, peak_bytes=group.peak_bytes(), oom_kills=group.oom_kills()
         )
+
+
+def rounds(runs: int, *, smoke: bool) -> list[tuple[int, bool]]:
+    """Each round's number and whether only the headline targets run in it."""
+    total = runs if smoke else max(runs, HEADLINE_RUNS)
+    return [(run, run > runs) for run in range(1, total + 1)]
 
 
 def _try_start(starter: Callable[[Path], Peer], work: Path) -> Peer | Unavailable:

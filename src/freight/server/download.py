@@ -1,7 +1,8 @@
 """Serving finished uploads: single ranges, strong ETags and RFC 9530 digests.
 
 The bytes go with the kernel's sendfile when the blob store keeps local files
-(:class:`SendfileSource`); from any other store they are streamed through one reused
+(:class:`SendfileSource`), from a thread of the download's own
+(:mod:`freight.server.file_sender`); from any other store they are streamed through one reused
 buffer per download, read in a worker thread.
 
 The ETag is the file's SHA-256, so it names the content itself: a resumed download that
@@ -25,6 +26,7 @@ from freight.protocol import ranges
 from freight.protocol.digests import build_repr_digest
 from freight.protocol.metadata import content_disposition, safe_filename
 from freight.protocol.tus import format_http_date
+from freight.server.file_sender import send_file
 from freight.server.logs import BYTES_OUT
 from freight.server.metrics import sent_counter
 from freight.server.stall import Direction, Stalled, watch_progress
@@ -77,16 +79,14 @@ class SendfileResponse(web.StreamResponse):
             async with watch_progress(
                 transport, Direction.SEND, idle, settings.min_rate if settings else 0
             ):
-                # asyncio loops over os.sendfile until count is sent (Linux caps one call
-                # near 2 GiB) and falls back to read/write on transports without sendfile.
-                await asyncio.get_running_loop().sendfile(
-                    transport, file, self._offset, self._count
-                )
+                moved = await send_file(transport, file, self._offset, self._count)
+            if moved < self._count:
+                raise ConnectionResetError("the stored file is shorter than its recorded size")
         except Stalled as exc:
             # aiohttp takes a ConnectionError here as a client that went away.
             raise ConnectionResetError(exc.message) from None
         finally:
-            # asyncio leaves the file's position past the bytes it sent, even on failure.
+            # The file's position is left past the bytes sent, even on failure.
             sent = max(0, file.tell() - self._offset)
             request[BYTES_OUT] = sent
             if isinstance(request, web.Request):

@@ -3,7 +3,7 @@
 :class:`TcpConnection` runs a connection's life (see :mod:`freight.server.tcp`) on top of
 the asyncio plumbing of :class:`~freight.server.tcp_connection.ConnectionPlumbing`: uploads
 stream DATA into an engine writer (or splice it socket → file) with an ACK per durable
-window; downloads send the file with ``loop.sendfile``.
+window; downloads send the file from a sendfile thread (:mod:`freight.server.file_sender`).
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ from freight.protocol.frame_types import (
     encode_data_header,
 )
 from freight.server.download import STREAM_BUFFER
+from freight.server.file_sender import send_file
 from freight.server.ingest import WriterFeed
 from freight.server.principals import check_visible
 from freight.server.splice import open_splice
+from freight.server.stall import Direction, Stalled, watch_progress
 from freight.server.tcp_connection import ConnectionPlumbing
 
 # The transport's one logger, whichever of its modules logs.
@@ -335,24 +337,27 @@ class TcpConnection(ConnectionPlumbing):
         self._in_sync = True
 
     async def _send_range(self, file: IO[bytes], offset: int, length: int) -> None:
-        assert self._transport is not None
-        loop = asyncio.get_running_loop()
-        position, end = offset, offset + length
-        while position < end:
-            count = min(self._settings.send_frame, end - position)
-            self._transport.write(encode_data_header(position, count))
-            try:
-                # A client that stops reading must not hold the connection forever.
-                async with asyncio.timeout(self._settings.idle_timeout):
-                    sent = await loop.sendfile(self._transport, file, position, count)
-            except TimeoutError:
-                raise IdleTimeout("the client stopped reading the download") from None
-            except (ConnectionError, RuntimeError) as exc:
-                raise ClientDisconnected("the client went away during a download") from exc
-            self._server.on_sent(sent)
-            if sent != count:
-                raise FreightError("the stored file is shorter than its recorded size")
-            position += count
+        """Send the range as DATA frames, all of them from one sendfile thread."""
+        transport = self._transport
+        assert transport is not None
+        try:
+            # A client that stops reading must not hold the connection forever.
+            async with watch_progress(transport, Direction.SEND, self._settings.idle_timeout):
+                sent = await send_file(
+                    transport,
+                    file,
+                    offset,
+                    length,
+                    frame=self._settings.send_frame,
+                    header=encode_data_header,
+                )
+        except Stalled:
+            raise IdleTimeout("the client stopped reading the download") from None
+        except (ConnectionError, RuntimeError) as exc:
+            raise ClientDisconnected("the client went away during a download") from exc
+        self._server.on_sent(sent)
+        if sent != length:
+            raise FreightError("the stored file is shorter than its recorded size")
 
     async def _stream_range(self, reader: BlobReader, offset: int, length: int) -> None:
         """Send a range read from a store without sendfile, through one reused buffer."""
