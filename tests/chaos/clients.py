@@ -24,6 +24,7 @@ from yarl import URL
 
 from freight.client import ResumeStore, RetryPolicy, Timeouts
 from freight.client.filebody import FileBody
+from freight.client.options import TransferOptions
 from freight.client.protocols import UPLOADERS
 
 __all__ = [
@@ -119,10 +120,8 @@ async def upload(job: Job, endpoints: Endpoints, *, attempts: int, read_timeout:
     result = await UPLOADERS[job.protocol](
         job.path,
         target,
+        TransferOptions(resume_store=ResumeStore(job.state_dir), retry=retry, timeouts=timeouts),
         parallel=4,
-        resume_store=ResumeStore(job.state_dir),
-        retry=retry,
-        timeouts=timeouts,
         **extra,
     )
     if result.sha256 != job.sha256:

@@ -21,6 +21,7 @@ from flaky_link import FlakyLink
 from freight.client import RetryPolicy
 from freight.client.chunk_status import GROW_AFTER, LOSSES_TO_SHRINK, MIN_PIECE, PieceSizer
 from freight.client.chunks import upload_chunks
+from freight.client.options import TransferOptions
 from freight.client.resume_store import ResumeStore, UploadKey
 
 
@@ -70,7 +71,7 @@ def test_bytes_sent_again_stay_bounded_when_cuts_come_every_1_to_12_mib(
     source = tmp_path / "big.bin"
     digest = make_file(source, SIZE)
     proxy = link(server_url.port, cut_between=(1 * MiB, 12 * MiB), seed=7)
-    upload = upload_chunks(source, proxy.url, parallel=2, retry=POLICY)
+    upload = upload_chunks(source, proxy.url, TransferOptions(retry=POLICY), parallel=2)
     result = asyncio.run(asyncio.wait_for(upload, 180))
     assert result.sha256 == digest
     sent = proxy.stats.forwarded["up"]
@@ -102,7 +103,7 @@ async def test_a_resume_sends_only_the_bytes_partly_sent_chunks_lack(
     store = ResumeStore(tmp_path / "state")
     store.put_upload(UploadKey.for_file(source, endpoint), upload_url)
     result = await upload_chunks(
-        source, server_url.url, resume_store=store, chunk_digests=chunk_digests
+        source, server_url.url, TransferOptions(resume_store=store), chunk_digests=chunk_digests
     )
     already = 4 * MiB + len(data) - 2 * chunk
     assert result.resumed_from == already

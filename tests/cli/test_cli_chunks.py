@@ -25,6 +25,7 @@ from cli_support import (
 
 from freight.client import RetryPolicy
 from freight.client.chunks import upload_chunks
+from freight.client.options import TransferOptions
 
 Proxy = Callable[[int], ChaosProxy]
 CHUNKS = ("--protocol", "chunks", "--parallel", "4")
@@ -156,7 +157,7 @@ def test_a_chunk_cut_midway_goes_on_from_where_the_server_kept_it(
     cut = 14 * MiB + 12345  # inside the second round of chunks, off every boundary
     proxy.reset(up=_Rule(cut_after=cut))
     retry = RetryPolicy(attempts=5, initial_delay=0.05, max_delay=0.2)
-    upload = upload_chunks(source, proxy.url, parallel=4, retry=retry)
+    upload = upload_chunks(source, proxy.url, TransferOptions(retry=retry), parallel=4)
     result = asyncio.run(asyncio.wait_for(upload, 120))
     assert result.sha256 == digest and result.verified
     assert proxy.rules["up"].cut_after is None, "the link was never cut"

@@ -20,6 +20,7 @@ from cli_support import MiB, cli_env, json_output, make_file, run_cli, sha256_of
 from flaky_link import FlakyLink
 
 from freight.client import RetryPolicy, download_file, upload_file
+from freight.client.options import TransferOptions
 from freight.client.protocols import UPLOADERS
 from freight.client.tcp import download_tcp
 
@@ -78,7 +79,9 @@ def test_upload_survives_cuts_that_each_make_progress(
     if protocol == "chunks":
         extra["requested_chunk_size"] = 256 * 1024  # chunks fit between the cuts
     result = asyncio.run(
-        UPLOADERS[protocol](source, proxy.tcp_url if tcp else proxy.url, retry=POLICY, **extra)
+        UPLOADERS[protocol](
+            source, proxy.tcp_url if tcp else proxy.url, TransferOptions(retry=POLICY), **extra
+        )
     )
     assert result.sha256 == digest
     assert proxy.stats.cuts >= 10
@@ -98,9 +101,13 @@ def test_download_survives_cuts_that_each_make_progress(
     proxy = link(servers.tcp_port if tcp else servers.http_port, direction="down", cut_every=CUT)
     out = tmp_path / "copy.bin"
     if tcp:
-        result = asyncio.run(download_tcp(f"{proxy.tcp_url}/{file_id}", out, retry=POLICY))
+        result = asyncio.run(
+            download_tcp(f"{proxy.tcp_url}/{file_id}", out, TransferOptions(retry=POLICY))
+        )
     else:
-        result = asyncio.run(download_file(f"{proxy.url}/files/{file_id}", out, retry=POLICY))
+        result = asyncio.run(
+            download_file(f"{proxy.url}/files/{file_id}", out, TransferOptions(retry=POLICY))
+        )
     assert result.sha256 == digest == sha256_of(out)
     assert proxy.stats.cuts >= 10
     assert proxy.stats.forwarded["down"] < SIZE * 1.5
@@ -146,9 +153,8 @@ def test_upload_resumes_after_a_stalled_link(
     upload = UPLOADERS[protocol](
         source,
         proxy.tcp_url if tcp else proxy.url,
+        TransferOptions(retry=POLICY, timeouts=Timeouts(stall=STALL)),
         parallel=1,
-        retry=POLICY,
-        timeouts=Timeouts(stall=STALL),
     )
     result = asyncio.run(asyncio.wait_for(upload, 30))
     assert result.sha256 == digest
@@ -171,9 +177,8 @@ def test_a_stall_after_the_last_byte_left_is_noticed_too(
     upload = UPLOADERS[protocol](
         source,
         proxy.tcp_url if tcp else proxy.url,
+        TransferOptions(retry=POLICY, timeouts=Timeouts(stall=STALL)),
         parallel=1,
-        retry=POLICY,
-        timeouts=Timeouts(stall=STALL),
     )
     result = asyncio.run(asyncio.wait_for(upload, 30))
     assert result.sha256 == digest

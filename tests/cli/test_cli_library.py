@@ -17,6 +17,7 @@ from freight.client import (
     list_files,
     upload_file,
 )
+from freight.client.options import TransferOptions
 
 
 async def test_callbacks_report_start_and_absolute_progress(
@@ -29,9 +30,8 @@ async def test_callbacks_report_start_and_absolute_progress(
     result = await upload_file(
         source,
         freight_server.url,
-        progress=seen.append,
+        TransferOptions(progress=seen.append, resume_store=ResumeStore(tmp_path / "state")),
         on_start=lambda size, offset: starts.append((size, offset)),
-        resume_store=ResumeStore(tmp_path / "state"),
     )
     assert result.sha256 == digest and result.verified
     assert starts == [(5 * MiB + 1, 0)]
@@ -39,7 +39,9 @@ async def test_callbacks_report_start_and_absolute_progress(
     assert len(seen) >= 6  # about one report per MiB
 
     got: list[int] = []
-    downloaded = await download_file(result.url, tmp_path / "b.bin", progress=got.append)
+    downloaded = await download_file(
+        result.url, tmp_path / "b.bin", TransferOptions(progress=got.append)
+    )
     assert downloaded.sha256 == digest and sha256_of(tmp_path / "b.bin") == digest
     assert got[-1] == 5 * MiB + 1 and got == sorted(got)
     [listed] = await list_files(freight_server.url)
@@ -58,9 +60,11 @@ async def test_a_stalled_body_write_times_out_and_is_retried(
     result = await upload_file(
         source,
         proxy.url,
-        timeouts=Timeouts(read=1.0, stall=1.0),
-        retry=RetryPolicy(attempts=10, initial_delay=0.2, max_delay=1.0),
-        on_retry=notices.append,
+        TransferOptions(
+            timeouts=Timeouts(read=1.0, stall=1.0),
+            retry=RetryPolicy(attempts=10, initial_delay=0.2, max_delay=1.0),
+            on_retry=notices.append,
+        ),
     )
     assert result.sha256 == digest and result.verified
     assert "timed out" in notices[0].reason

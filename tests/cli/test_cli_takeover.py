@@ -9,6 +9,7 @@ from typing import Any
 from cli_support import ChaosProxy, MiB, _Rule, make_file
 
 from freight.client import RetryNotice, RetryPolicy, Timeouts, upload_file
+from freight.client.options import TransferOptions
 
 
 async def test_a_stall_and_one_retry_finish_the_upload(
@@ -26,9 +27,11 @@ async def test_a_stall_and_one_retry_finish_the_upload(
     result = await upload_file(
         source,
         proxy.url,
-        timeouts=Timeouts(read=1.0, stall=1.0),
-        retry=RetryPolicy(attempts=1, initial_delay=0.2),
-        on_retry=notices.append,
+        TransferOptions(
+            timeouts=Timeouts(read=1.0, stall=1.0),
+            retry=RetryPolicy(attempts=1, initial_delay=0.2),
+            on_retry=notices.append,
+        ),
     )
     assert result.sha256 == digest and result.verified
     assert [n.attempt for n in notices] == [1] and "timed out" in notices[0].reason

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from freight.client import ResumeStore, RetryPolicy, UploadResult
+from freight.client.options import TransferOptions
 from freight.client.protocols import UPLOADERS
 from tests.conftest import ServerProcess
 from tests.fleet.conftest import PART_SIZE, Fleet, MiB
@@ -44,7 +45,10 @@ def library_upload(
 ) -> Callable[[], Coroutine[Any, Any, UploadResult]]:
     def start() -> Coroutine[Any, Any, UploadResult]:
         return UPLOADERS[protocol](
-            path, url, parallel=parallel, retry=PATIENT, resume_store=ResumeStore(state)
+            path,
+            url,
+            TransferOptions(retry=PATIENT, resume_store=ResumeStore(state)),
+            parallel=parallel,
         )
 
     return start

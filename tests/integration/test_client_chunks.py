@@ -25,6 +25,7 @@ import freight.client.chunk_sender
 from freight.client.chunk_reader import ChunkReader
 from freight.client.chunks import upload_chunks
 from freight.client.hashing import SplitHasher
+from freight.client.options import TransferOptions
 from freight.client.resume_store import ResumeStore, UploadKey
 
 MiB = 1024 * 1024
@@ -109,7 +110,11 @@ async def test_a_resume_hashes_the_chunks_the_server_had_from_disk(
     store.put_upload(UploadKey.for_file(source, endpoint), f"{endpoint}/{upload_id}")
     reads = _Reads(monkeypatch)
     sent = await upload_chunks(
-        source, freight_server.url, resume_store=store, parallel=2, chunk_digests=True
+        source,
+        freight_server.url,
+        TransferOptions(resume_store=store),
+        parallel=2,
+        chunk_digests=True,
     )
     assert sent.resumed_from == 3 * MiB
     assert sent.sha256 == hashlib.sha256(data).hexdigest()
@@ -171,7 +176,11 @@ async def test_a_failed_attempt_is_sent_again_from_the_same_bytes(
     reads = _Reads(monkeypatch)
     source, data = _source(tmp_path, 4 * MiB)
     sent = await upload_chunks(
-        source, freight_server.url, requested_chunk_size=MiB, parallel=2, on_retry=lambda _: None
+        source,
+        freight_server.url,
+        TransferOptions(on_retry=lambda _: None),
+        requested_chunk_size=MiB,
+        parallel=2,
     )
     assert failed == [1]
     assert sent.sha256 == hashlib.sha256(data).hexdigest()

@@ -28,6 +28,7 @@ from freight.client.chunks import upload_chunks
 from freight.client.filebody import FileBody
 from freight.client.hashing import SplitHasher
 from freight.client.http import open_session
+from freight.client.options import TransferOptions
 from freight.client.sendfile_http import can_sendfile, send_file_request
 from freight.client.tcp_upload import upload_tcp
 from freight.client.upload import upload_file
@@ -92,7 +93,7 @@ async def test_a_tus_patch_body_goes_with_sendfile_and_the_file_is_read_once(
     moves = _Moves(monkeypatch)
     source, data = _source(tmp_path, 6 * MiB + 11)
     seen: list[int] = []
-    sent = await upload_file(source, freight_server.url, progress=seen.append)
+    sent = await upload_file(source, freight_server.url, TransferOptions(progress=seen.append))
     assert sent.sha256 == hashlib.sha256(data).hexdigest() and sent.verified
     assert moves.sendfile_bytes == len(data)  # the whole body, by the kernel
     assert moves.body_reads == 0  # nothing read through Python to be sent

@@ -29,6 +29,7 @@ import freight.client.tcp_upload
 from freight.client import ResumeStore, RetryPolicy
 from freight.client.errors import ConnectionFailed
 from freight.client.hashing import SplitHasher
+from freight.client.options import TransferOptions
 from freight.client.partfile import part_path
 from freight.client.resume_store import DownloadKey, DownloadState
 from freight.client.tcp import TcpServerError, download_tcp, upload_tcp
@@ -211,11 +212,11 @@ def start_upload(port: int, pattern: PatternStream, sent: int) -> tuple[RawClien
 
 async def round_trip(server: TcpServer, source: Path, tmp_path: Path, expected: str) -> None:
     store = ResumeStore(tmp_path / "state")
-    sent = await upload_tcp(source, server.url, resume_store=store)
+    sent = await upload_tcp(source, server.url, TransferOptions(resume_store=store))
     assert sent.sha256 == expected and sent.verified
     assert sent.url.startswith(server.url + "/")
     target = tmp_path / "copy.bin"
-    fetched = await download_tcp(sent.url, target, resume_store=store)
+    fetched = await download_tcp(sent.url, target, TransferOptions(resume_store=store))
     assert fetched.sha256 == expected and fetched.size == source.stat().st_size
     assert hashlib.sha256(target.read_bytes()).hexdigest() == expected
 
@@ -259,7 +260,9 @@ async def test_upload_resumes_after_cuts_at_random_points(
         cut = rng.randrange(1, size)
         proxy_to.reset(up=_Rule(cut_after=cut))
         store = ResumeStore(tmp_path / f"state{round_}")
-        sent = await upload_tcp(source, tcp_url(proxy_to), resume_store=store, retry=FAST_RETRIES)
+        sent = await upload_tcp(
+            source, tcp_url(proxy_to), TransferOptions(resume_store=store, retry=FAST_RETRIES)
+        )
         assert sent.sha256 == pattern.sha256(), cut
         # The retry resumed at the server's durable offset: far less than a second full send.
         assert proxy_to.counted["up"] < size + 2 * WINDOW + MiB, (cut, proxy_to.counted)
@@ -274,8 +277,12 @@ async def test_a_new_run_resumes_the_remembered_upload(
     store = ResumeStore(tmp_path / "state")
     proxy_to.reset(up=_Rule(cut_after=3 * WINDOW + 5000))
     with pytest.raises(ConnectionFailed):
-        await upload_tcp(source, tcp_url(proxy_to), resume_store=store, retry=NO_RETRIES)
-    sent = await upload_tcp(source, tcp_url(proxy_to), resume_store=store, retry=NO_RETRIES)
+        await upload_tcp(
+            source, tcp_url(proxy_to), TransferOptions(resume_store=store, retry=NO_RETRIES)
+        )
+    sent = await upload_tcp(
+        source, tcp_url(proxy_to), TransferOptions(resume_store=store, retry=NO_RETRIES)
+    )
     assert sent.sha256 == pattern.sha256()
     assert sent.resumed_from >= 2 * WINDOW  # at least the ACKed windows were kept
 
@@ -297,7 +304,7 @@ async def test_a_slow_hash_hangs_up_instead_of_idling(
     pattern = PatternStream(2 * WINDOW + 5, seed=12)
     source = pattern.write_to(tmp_path / "source.bin")
     proxy_to.reset()
-    sent = await upload_tcp(source, tcp_url(proxy_to), retry=NO_RETRIES)  # no resume store
+    sent = await upload_tcp(source, tcp_url(proxy_to), TransferOptions(retry=NO_RETRIES))
     assert sent.sha256 == pattern.sha256()
     assert proxy_to.connections == 2
     assert proxy_to.counted["up"] < 2 * WINDOW + MiB  # the second connection sent no DATA
@@ -308,14 +315,16 @@ async def test_download_resumes_from_its_part_file(proxy_to: ChaosProxy, tmp_pat
     pattern = PatternStream(size, seed=5)
     source = pattern.write_to(tmp_path / "source.bin")
     store = ResumeStore(tmp_path / "state")
-    sent = await upload_tcp(source, tcp_url(proxy_to), resume_store=store)
+    sent = await upload_tcp(source, tcp_url(proxy_to), TransferOptions(resume_store=store))
     target = tmp_path / "copy.bin"
     proxy_to.reset(down=_Rule(cut_after=2 * WINDOW + 999))
     with pytest.raises(ConnectionFailed):
-        await download_tcp(sent.url, target, resume_store=store, retry=NO_RETRIES)
+        await download_tcp(sent.url, target, TransferOptions(resume_store=store, retry=NO_RETRIES))
     kept = part_path(target).stat().st_size
     assert WINDOW < kept < size
-    fetched = await download_tcp(sent.url, target, resume_store=store, retry=NO_RETRIES)
+    fetched = await download_tcp(
+        sent.url, target, TransferOptions(resume_store=store, retry=NO_RETRIES)
+    )
     assert fetched.resumed_from == kept  # a GET from the .part's size
     assert not fetched.restarted
     assert fetched.sha256 == pattern.sha256()
@@ -334,7 +343,9 @@ async def test_download_survives_cuts_at_random_points(
         proxy_to.reset(down=_Rule(cut_after=rng.randrange(1, size)))
         target = tmp_path / f"copy{round_}.bin"
         store = ResumeStore(tmp_path / f"state{round_}")
-        fetched = await download_tcp(sent.url, target, resume_store=store, retry=FAST_RETRIES)
+        fetched = await download_tcp(
+            sent.url, target, TransferOptions(resume_store=store, retry=FAST_RETRIES)
+        )
         assert fetched.sha256 == pattern.sha256()
 
 
@@ -342,13 +353,13 @@ async def test_a_changed_file_is_never_spliced(tcp_server: TcpServer, tmp_path: 
     pattern = PatternStream(2 * WINDOW, seed=8)
     source = pattern.write_to(tmp_path / "source.bin")
     store = ResumeStore(tmp_path / "state")
-    sent = await upload_tcp(source, tcp_server.url, resume_store=store)
+    sent = await upload_tcp(source, tcp_server.url, TransferOptions(resume_store=store))
     target = tmp_path / "copy.bin"
     part = part_path(target)
     part.write_bytes(b"x" * WINDOW)  # bytes of some other version of the file
     other = DownloadState(etag=hashlib.sha256(b"other").hexdigest(), size=2 * WINDOW)
     store.put_download(DownloadKey.for_part(part, sent.url), other)
-    fetched = await download_tcp(sent.url, target, resume_store=store)
+    fetched = await download_tcp(sent.url, target, TransferOptions(resume_store=store))
     assert fetched.restarted and fetched.resumed_from == 0
     assert hashlib.sha256(target.read_bytes()).hexdigest() == pattern.sha256()
 
@@ -485,7 +496,9 @@ async def test_a_server_without_hashing_checks_declared_digests_and_serves_files
     server = start_tcp_server("--no-sha256")
     pattern = PatternStream(3 * MiB + 5, seed=12)
     source = pattern.write_to(tmp_path / "source.bin")
-    sent = await upload_tcp(source, server.url, resume_store=ResumeStore(tmp_path / "state"))
+    sent = await upload_tcp(
+        source, server.url, TransferOptions(resume_store=ResumeStore(tmp_path / "state"))
+    )
     assert sent.sha256 == pattern.sha256() and sent.verified
     fetched = await download_tcp(sent.url, tmp_path / "copy.bin")
     assert fetched.sha256 == pattern.sha256() and fetched.verified  # declared, then checked
@@ -632,8 +645,8 @@ def test_token_is_required_when_configured(start_tcp_server: Any, tmp_path: Path
         client.close()
     source = PatternStream(1000).write_to(tmp_path / "small.bin")
     with pytest.raises(TcpServerError, match="ERR_UNAUTHORIZED"):
-        asyncio.run(upload_tcp(source, server.url, token="nope"))
-    assert asyncio.run(upload_tcp(source, server.url, token="s3cret")).verified
+        asyncio.run(upload_tcp(source, server.url, TransferOptions(token="nope")))
+    assert asyncio.run(upload_tcp(source, server.url, TransferOptions(token="s3cret"))).verified
 
 
 # memory -----------------------------------------------------------------------------------------

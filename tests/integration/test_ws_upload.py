@@ -27,6 +27,7 @@ from aiohttp.test_utils import TestServer
 
 from freight.client import ResumeStore, RetryNotice, RetryPolicy
 from freight.client.errors import ConnectionFailed, DigestMismatch, ServerError
+from freight.client.options import TransferOptions
 from freight.client.resume_store import UploadKey
 from freight.client.ws import upload_file_ws, ws_endpoint
 from freight.config import FsyncPolicy, ServerConfig
@@ -252,9 +253,8 @@ async def test_client_library_round_trip(live: LiveWs, tmp_path: Path, size: int
     result = await upload_file_ws(
         path,
         live.url,
-        progress=seen.append,
+        TransferOptions(progress=seen.append, resume_store=ResumeStore(tmp_path / "state")),
         on_start=lambda total, offset: starts.append((total, offset)),
-        resume_store=ResumeStore(tmp_path / "state"),
     )
     assert result.sha256 == PatternStream(size, seed=size).sha256()
     assert (result.size, result.verified, result.resumed_from) == (size, True, 0)
@@ -325,10 +325,12 @@ async def test_resume_after_random_cuts(tmp_path: Path) -> None:
                 result = await upload_file_ws(
                     path,
                     proxy.url,
-                    progress=progress,
-                    resume_store=ResumeStore(tmp_path / "state"),
-                    retry=FAST_RETRIES,
-                    on_retry=on_retry,
+                    TransferOptions(
+                        progress=progress,
+                        resume_store=ResumeStore(tmp_path / "state"),
+                        retry=FAST_RETRIES,
+                        on_retry=on_retry,
+                    ),
                 )
         finally:
             proxy.stop()
@@ -358,11 +360,13 @@ async def test_a_later_call_resumes_from_the_durable_offset(live: LiveWs, tmp_pa
     try:
         proxy.reset(up=_Rule(cut_after=20 * MiB))
         with pytest.raises(ConnectionFailed):
-            await upload_file_ws(path, proxy.url, resume_store=store, retry=RetryPolicy(0))
+            await upload_file_ws(
+                path, proxy.url, TransferOptions(resume_store=store, retry=RetryPolicy(0))
+            )
         proxy.reset()
         key = UploadKey.for_file(path, str(ws_endpoint(proxy.url)))
         kept = await _settled_offset(live, store.get_upload(key))
-        result = await upload_file_ws(path, proxy.url, resume_store=store)
+        result = await upload_file_ws(path, proxy.url, TransferOptions(resume_store=store))
     finally:
         proxy.stop()
     # Bytes the server had not read off its socket when the proxy reset the link are gone
@@ -665,10 +669,10 @@ async def test_a_browser_sends_the_token_in_its_first_message(
 async def test_the_client_library_sends_the_token_header(guarded: LiveWs, tmp_path: Path) -> None:
     path = tmp_path / "c.bin"
     path.write_bytes(b"hello")
-    result = await upload_file_ws(path, guarded.url, token="s3cret")
+    result = await upload_file_ws(path, guarded.url, TransferOptions(token="s3cret"))
     assert result.size == 5
     with pytest.raises(ServerError) as caught:
-        await upload_file_ws(path, guarded.url, token="wrong")
+        await upload_file_ws(path, guarded.url, TransferOptions(token="wrong"))
     assert caught.value.http_status == 401
 
 
@@ -682,14 +686,16 @@ async def test_the_client_library_reports_a_digest_mismatch(live: LiveWs, tmp_pa
     try:
         proxy.reset(up=_Rule(cut_after=2 * MiB))
         with pytest.raises(ConnectionFailed):
-            await upload_file_ws(path, proxy.url, resume_store=store, retry=RetryPolicy(0))
+            await upload_file_ws(
+                path, proxy.url, TransferOptions(resume_store=store, retry=RetryPolicy(0))
+            )
         proxy.reset()
         with path.open("r+b") as file:  # same size, same mtime: the store cannot tell
             stat = path.stat()
             file.write(b"changed")
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         with pytest.raises(DigestMismatch):
-            await upload_file_ws(path, proxy.url, resume_store=store)
+            await upload_file_ws(path, proxy.url, TransferOptions(resume_store=store))
     finally:
         proxy.stop()
     assert store.get_upload(store_key(path, live)) is None  # the next run starts afresh

@@ -9,8 +9,9 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from freight.client import ClientError, RetryPolicy, Timeouts
+from freight.client import ClientError, ResumeStore, RetryPolicy, Timeouts
 from freight.client.http import tls_verify, verifying
+from freight.client.options import TransferOptions
 from freight.client.rate import RateLimit, limiting, parse_rate
 
 __all__ = [
@@ -20,9 +21,9 @@ __all__ = [
     "retries_option",
     "retry_policy",
     "stall_option",
-    "timeouts",
     "tls_options",
     "token_option",
+    "transfer_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -79,8 +80,17 @@ def stall_option(function: F) -> F:
     )(function)
 
 
-def timeouts(stall_timeout: float) -> Timeouts:
-    return Timeouts(stall=stall_timeout)
+def transfer_options(token: str | None, retries: int, stall_timeout: float) -> TransferOptions:
+    """The options of every transfer a command makes, from its flags: built once per
+    command. Transfers are remembered in the default resume store, so running the same
+    command again resumes them. (TLS and the rate limit are set around the whole command
+    by :func:`tls_options` and :func:`rate_option`.)"""
+    return TransferOptions(
+        token=token,
+        retry=retry_policy(retries),
+        timeouts=Timeouts(stall=stall_timeout),
+        resume_store=ResumeStore(),
+    )
 
 
 def tls_options(function: F) -> F:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +15,16 @@ from freight.cli.options import (
     quiet_option,
     rate_option,
     retries_option,
-    retry_policy,
     stall_option,
-    timeouts,
     tls_options,
     token_option,
+    transfer_options,
 )
 from freight.cli.render import CommandError, TransferBar, print_json, print_lines, run_command
 from freight.cli.send_view import BatchView, SingleView, outcome_line, print_summary
 from freight.cli.transfer import report_upload
-from freight.client import ResumeStore
 from freight.client.batch import Outcome, SendItem, collect_files, send_files
+from freight.client.options import TransferOptions
 from freight.client.protocols import DEFAULT_PROTOCOL, UPLOADERS
 from freight.client.stdin_upload import upload_stream
 
@@ -115,28 +115,17 @@ def send(
         protocol = "tcp" if tcp else DEFAULT_PROTOCOL
     # The question "do you have it?" is asked over HTTP, which a tcp:// URL does not name.
     force = force or tcp
+    options = transfer_options(token, retries, stall_timeout)
     if "-" in paths:
-        _send_stdin(
-            paths,
-            server_url,
-            protocol,
-            name,
-            quiet,
-            as_json,
-            {
-                "token": token,
-                "retry": retry_policy(retries),
-                "timeouts": timeouts(stall_timeout),
-            },
-        )
+        _send_stdin(paths, server_url, protocol, name, quiet, as_json, options)
         return
     if name is not None:
         raise click.UsageError("--name is for a stream (send - URL --name NAME)")
-    extra: dict[str, int] = {}
+    specific: dict[str, Any] = {"parallel": parallel}
     if chunk_size is not None:
         if protocol != "chunks":
             raise click.UsageError("--chunk-size applies to --protocol chunks only")
-        extra["requested_chunk_size"] = chunk_size
+        specific["requested_chunk_size"] = chunk_size
     collected = collect_files([Path(path) for path in paths], exclude)
     single = len(paths) == 1 and not collected.problems and not Path(paths[0]).is_dir()
     if single and len(collected.items) == 1:
@@ -147,13 +136,8 @@ def send(
             force,
             quiet,
             as_json,
-            {
-                "parallel": parallel,
-                "token": token,
-                "retry": retry_policy(retries),
-                "timeouts": timeouts(stall_timeout),
-                **extra,
-            },
+            options,
+            specific,
         )
         return
     if len(paths) == 1 and collected.problems:
@@ -170,15 +154,11 @@ def send(
                 server_url,
                 UPLOADERS[protocol],
                 view,
+                options,
                 transfers=transfers,
                 force=force,
-                token=token,
-                retry=retry_policy(retries),
-                timeouts=timeouts(stall_timeout),
                 with_metadata=protocol == "tus",
-                parallel=parallel,
-                resume_store=ResumeStore(),
-                **extra,
+                **specific,
             )
         )
     outcomes = [_problem(path, why) for path, why in collected.problems] + outcomes
@@ -198,7 +178,8 @@ def _send_single(
     force: bool,
     quiet: bool,
     as_json: bool,
-    options: dict[str, Any],
+    options: TransferOptions,
+    specific: dict[str, Any],
 ) -> None:
     started = time.monotonic()
     with TransferBar(item.path.name, enabled=not quiet) as bar:
@@ -208,9 +189,9 @@ def _send_single(
                 server_url,
                 UPLOADERS[protocol],
                 SingleView(bar),
+                options,
                 force=force,
-                resume_store=ResumeStore(),
-                **options,
+                **specific,
             )
         )
     seconds = time.monotonic() - started
@@ -237,7 +218,7 @@ def _send_stdin(
     name: str | None,
     quiet: bool,
     as_json: bool,
-    options: dict[str, Any],
+    options: TransferOptions,
 ) -> None:
     if len(paths) != 1:
         raise click.UsageError("- (stdin) is sent on its own, without other paths")
@@ -252,10 +233,8 @@ def _send_stdin(
                 sys.stdin.fileno(),
                 server_url,
                 name,
-                progress=bar.update,
+                replace(options, progress=bar.update, on_retry=bar.retrying),
                 on_start=lambda size, offset: bar.start(None, offset),
-                on_retry=bar.retrying,
-                **options,
             )
         )
     report_upload(result, time.monotonic() - started, as_json)

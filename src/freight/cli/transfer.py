@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,10 @@ from freight.cli.options import (
     quiet_option,
     rate_option,
     retries_option,
-    retry_policy,
     stall_option,
-    timeouts,
     tls_options,
     token_option,
+    transfer_options,
 )
 from freight.cli.render import (
     TransferBar,
@@ -29,14 +30,9 @@ from freight.cli.render import (
     run_command,
     visible,
 )
-from freight.client import (
-    DownloadInfo,
-    DownloadResult,
-    ResumeStore,
-    UploadResult,
-    download_file,
-)
+from freight.client import DownloadInfo, DownloadResult, UploadResult, download_file
 from freight.client.files import resolve_file_url
+from freight.client.options import TransferOptions
 from freight.client.stream_download import download_to_stream
 from freight.client.tcp import download_tcp
 
@@ -83,6 +79,7 @@ def get(
     to_stdout = output is not None and str(output) == "-"
     if to_stdout and as_json:
         raise click.UsageError("-o - writes the file to stdout: there is no room for --json")
+    options = transfer_options(token, retries, stall_timeout)
     started = time.monotonic()
     with TransferBar(url.rstrip("/").rsplit("/", 1)[-1], enabled=not quiet) as bar:
 
@@ -98,34 +95,39 @@ def get(
             downloader(
                 url,
                 output,
-                token=token,
-                overwrite=force,
-                progress=bar.update,
+                replace(options, progress=bar.update, on_retry=bar.retrying),
                 on_start=on_start,
-                resume_store=ResumeStore(),
-                retry=retry_policy(retries),
-                on_retry=bar.retrying,
-                timeouts=timeouts(stall_timeout),
+                overwrite=force,
             )
         )
     _report_download(result, time.monotonic() - started, as_json, to_stderr=to_stdout)
 
 
-async def _download_http(url: str, output: Path | None, **options: Any) -> DownloadResult:
+async def _download_http(
+    url: str, output: Path | None, options: TransferOptions, **specific: Any
+) -> DownloadResult:
     # A short id is completed first; a URL naming no file (the server root) is refused.
-    whole = await resolve_file_url(
-        url, token=options["token"], retry=options["retry"], timeouts=options["timeouts"]
-    )
-    return await download_file(whole, output, **options)
+    whole = await _resolve(url, options)
+    return await download_file(whole, output, options, **specific)
 
 
-async def _download_stdout(url: str, output: Path | None, **options: Any) -> DownloadResult:
-    whole = await resolve_file_url(
-        url, token=options["token"], retry=options["retry"], timeouts=options["timeouts"]
+async def _download_stdout(
+    url: str,
+    output: Path | None,
+    options: TransferOptions,
+    *,
+    on_start: Callable[[DownloadInfo], None],
+    overwrite: bool,
+) -> DownloadResult:
+    del output, overwrite  # the stream is the output: nothing to replace
+    whole = await _resolve(url, options)
+    return await download_to_stream(whole, sys.stdout.fileno(), options, on_start=on_start)
+
+
+async def _resolve(url: str, options: TransferOptions) -> str:
+    return await resolve_file_url(
+        url, token=options.token, retry=options.retry, timeouts=options.timeouts
     )
-    for unused in ("overwrite", "resume_store"):  # nothing to replace, nothing to resume
-        options.pop(unused)
-    return await download_to_stream(whole, sys.stdout.fileno(), **options)
 
 
 def _rate(size: int, seconds: float) -> str:

@@ -3,8 +3,9 @@
 No terminal I/O here (the ``freight`` CLI renders progress and errors); every operation is an
 ``async`` function taking callbacks for progress and retry notices::
 
-    result = await upload_file("disk.img", "http://127.0.0.1:8080", resume_store=ResumeStore())
-    fetched = await download_file(result.url, "copy.img", resume_store=ResumeStore())
+    options = TransferOptions(token=None, resume_store=ResumeStore())
+    result = await upload_file("disk.img", "http://127.0.0.1:8080", options)
+    fetched = await download_file(result.url, "copy.img", options)
 """
 
 from freight.client.download import DownloadInfo, DownloadResult, download_file
@@ -18,6 +19,7 @@ from freight.client.errors import (
 )
 from freight.client.files import RemoteFile, delete_file, list_files
 from freight.client.http import RetryNotice, RetryPolicy, Timeouts
+from freight.client.options import TransferOptions
 from freight.client.resume_store import ResumeStore, default_state_dir
 from freight.client.upload import UploadResult, upload_file
 
@@ -35,6 +37,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "Timeouts",
+    "TransferOptions",
     "UploadResult",
     "default_state_dir",
     "delete_file",

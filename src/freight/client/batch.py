@@ -18,7 +18,7 @@ import asyncio
 import fnmatch
 import os
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -27,15 +27,8 @@ import aiohttp
 from freight.client.errors import ClientError
 from freight.client.files import RemoteFile, find_stored
 from freight.client.hashing import hash_file, known_digest
-from freight.client.http import (
-    RetryBudget,
-    RetryNotice,
-    RetryPolicy,
-    Timeouts,
-    describe_error,
-    open_session,
-    retrying,
-)
+from freight.client.http import RetryBudget, RetryNotice, RetryPolicy, describe_error, retrying
+from freight.client.options import DEFAULTS, TransferOptions
 from freight.client.upload import UploadResult
 
 __all__ = [
@@ -150,22 +143,22 @@ async def send_files(
     server_url: str,
     uploader: Uploader,
     watcher: BatchWatcher,
+    options: TransferOptions = DEFAULTS,
     *,
     transfers: int = 1,
     force: bool = False,
-    token: str | None = None,
-    retry: RetryPolicy | None = None,
-    timeouts: Timeouts | None = None,
     with_metadata: bool = False,
-    **common: Any,
+    **specific: Any,
 ) -> list[Outcome]:
     """Send ``items`` to ``server_url`` with ``uploader`` (one of
     :data:`freight.client.protocols.UPLOADERS`), ``transfers`` files at a time; a failed
     file does not stop the others. Unless ``force``, a file the server holds already (same
-    size and SHA-256) is skipped. ``with_metadata`` sends each file's ``relativePath``
-    (uploaders that take ``metadata``: tus)."""
+    size and SHA-256) is skipped. Every file is sent with ``options``, its progress and retry
+    notices going to ``watcher``, and the uploader's own ``specific`` arguments.
+    ``with_metadata`` sends each file's ``relativePath`` (uploaders that take ``metadata``:
+    tus)."""
     gate = asyncio.Semaphore(max(1, transfers))
-    async with open_session(token, timeouts=timeouts) as lookups:
+    async with options.session() as lookups:
 
         async def one(item: SendItem) -> Outcome:
             async with gate:
@@ -178,13 +171,8 @@ async def send_files(
                     watcher,
                     lookups=lookups,
                     force=force,
-                    options={
-                        "token": token,
-                        "retry": retry,
-                        "timeouts": timeouts,
-                        **common,
-                        **_metadata(item, with_metadata),
-                    },
+                    options=options,
+                    specific={**specific, **_metadata(item, with_metadata)},
                 )
                 outcome.seconds = loop.time() - started
                 watcher.finished(outcome)
@@ -208,13 +196,14 @@ async def _send_one(
     *,
     lookups: aiohttp.ClientSession,
     force: bool,
-    options: dict[str, Any],
+    options: TransferOptions,
+    specific: dict[str, Any],
 ) -> Outcome:
     try:
         digest: bytes | None = None
         if not force:
             watcher.checking(item)
-            existing, digest = await _stored_copy(item, server_url, lookups, options["retry"])
+            existing, digest = await _stored_copy(item, server_url, lookups, options.retry)
             if existing is not None:
                 return Outcome(item, "skipped", existing=existing)
 
@@ -224,10 +213,9 @@ async def _send_one(
         call = uploader(
             item.path,
             server_url,
-            progress=lambda done: watcher.progress(item, done),
+            replace(options, progress=lambda done: watcher.progress(item, done), on_retry=on_retry),
             on_start=lambda size, offset: watcher.started(item, size, offset),
-            on_retry=on_retry,
-            **options,
+            **specific,
         )
         if digest is None:
             result = await call
@@ -243,11 +231,11 @@ async def _send_one(
 
 
 async def _stored_copy(
-    item: SendItem, server_url: str, session: aiohttp.ClientSession, policy: RetryPolicy | None
+    item: SendItem, server_url: str, session: aiohttp.ClientSession, policy: RetryPolicy
 ) -> tuple[RemoteFile | None, bytes | None]:
     """The server's copy of ``item`` if it has one; else None and the file's digest if it
     had to be hashed to tell (the server holds another file of that size)."""
-    budget = RetryBudget(policy or RetryPolicy())
+    budget = RetryBudget(policy)
     same_size = await retrying(budget, lambda: find_stored(session, server_url, item.size))
     if same_size is None:
         return None, None

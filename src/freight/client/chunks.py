@@ -58,19 +58,10 @@ from freight.client.chunk_status import (
 )
 from freight.client.errors import ClientError, DigestMismatch, LocalFileChanged, ServerError
 from freight.client.hashing import SplitHasher
-from freight.client.http import (
-    CHUNK_SIZE,
-    RetryBudget,
-    RetryCallback,
-    RetryPolicy,
-    Timeouts,
-    describe_error,
-    open_session,
-    retrying,
-    server_error,
-)
-from freight.client.resume_store import ResumeStore, UploadKey
-from freight.client.upload import ProgressCallback, UploadResult, display_name, local_file
+from freight.client.http import describe_error, retrying, server_error
+from freight.client.options import DEFAULTS, TransferOptions
+from freight.client.resume_store import UploadKey
+from freight.client.upload import UploadResult, display_name, local_file
 from freight.client.urls import server_root
 
 __all__ = ["DEFAULT_PARALLEL", "upload_chunks"]
@@ -83,23 +74,17 @@ DEFAULT_PARALLEL = 4
 async def upload_chunks(
     path: Path | str,
     server_url: str,
+    options: TransferOptions = DEFAULTS,
     *,
-    parallel: int = DEFAULT_PARALLEL,
-    token: str | None = None,
-    progress: ProgressCallback | None = None,
     on_start: Callable[[int, int], None] | None = None,
-    resume_store: ResumeStore | None = None,
-    retry: RetryPolicy | None = None,
-    on_retry: RetryCallback | None = None,
-    timeouts: Timeouts | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    parallel: int = DEFAULT_PARALLEL,
     requested_chunk_size: int | None = None,
     chunk_digests: bool = False,
 ) -> UploadResult:
     """Upload ``path`` to the server at ``server_url`` through its chunk API.
 
-    Keyword arguments are those of :func:`freight.client.upload.upload_file` (``chunk_size``
-    is the read granularity) plus ``parallel`` (chunks in flight),
+    Arguments are those of :func:`freight.client.upload.upload_file` (the options'
+    ``chunk_size`` is the read granularity) plus ``parallel`` (chunks in flight),
     ``requested_chunk_size`` (the API chunk size to ask for; the server has the last word)
     and ``chunk_digests`` (send each chunk's SHA-256, see the module's doc).
     """
@@ -108,22 +93,16 @@ async def upload_chunks(
         raise ClientError("parallel must be at least 1")
     root = server_root(server_url)
     endpoint = root.with_path(root.path.rstrip("/") + "/api/uploads")
-    policy = retry or RetryPolicy()
-    async with open_session(token, timeouts=timeouts) as session:
+    async with options.session() as session:
         upload = _ChunkUpload(
             session,
             path,
             UploadKey.for_file(path, str(endpoint)),
             root,
             endpoint,
-            store=resume_store,
-            policy=policy,
-            on_retry=on_retry,
-            progress=progress,
+            options,
             parallel=parallel,
-            read_size=chunk_size,
             requested_chunk_size=requested_chunk_size,
-            stall_timeout=(timeouts or Timeouts()).stall,
             chunk_digests=chunk_digests,
         )
         return await upload.run(on_start)
@@ -148,15 +127,10 @@ class _ChunkUpload:
         key: UploadKey,
         root: URL,
         endpoint: URL,
+        options: TransferOptions,
         *,
-        store: ResumeStore | None,
-        policy: RetryPolicy,
-        on_retry: RetryCallback | None,
-        progress: ProgressCallback | None,
         parallel: int,
-        read_size: int,
         requested_chunk_size: int | None,
-        stall_timeout: float,
         chunk_digests: bool,
     ) -> None:
         self.session = session
@@ -165,9 +139,9 @@ class _ChunkUpload:
         self.size = key.size
         self.root = root
         self.endpoint = endpoint
-        self.store = store
-        self.budget = RetryBudget(policy, on_retry)
-        self.read_size = read_size
+        self.store = options.resume_store
+        self.budget = options.budget()
+        self.read_size = read_size = options.chunk_size
         self.requested_chunk_size = requested_chunk_size
         self.chunk_digests = chunk_digests
         self.sender = ChunkSender(
@@ -175,12 +149,12 @@ class _ChunkUpload:
             path,
             self.size,
             budget=self.budget,
-            policy=policy,
-            on_retry=on_retry,
-            progress=progress,
+            policy=options.retry,
+            on_retry=options.on_retry,
+            progress=options.progress,
             parallel=parallel,
             read_size=read_size,
-            stall_timeout=stall_timeout,
+            stall_timeout=options.timeouts.stall,
             chunk_digests=chunk_digests,
         )
         self.hasher = SplitHasher(path, 0, chunk_size=read_size)  # replaced by run()

@@ -26,21 +26,11 @@ from yarl import URL
 from freight.client.errors import ClientError, DigestMismatch, ProtocolViolation
 from freight.client.hashing import SplitHasher
 from freight.client.headers import parse_content_range, parse_repr_digest
-from freight.client.http import (
-    CHUNK_SIZE,
-    RetryBudget,
-    RetryCallback,
-    RetryPolicy,
-    Timeouts,
-    describe_error,
-    is_retryable,
-    open_session,
-    server_error,
-)
+from freight.client.http import describe_error, is_retryable, server_error
+from freight.client.options import DEFAULTS, TransferOptions
 from freight.client.partfile import PartFile, local_name, named_target
 from freight.client.rate import pace
-from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
-from freight.client.upload import ProgressCallback
+from freight.client.resume_store import DownloadKey, DownloadState
 from freight.client.urls import file_id_from_url, parse_http_url
 from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartWriter
 
@@ -88,16 +78,10 @@ class _Restart(Exception):
 async def download_file(
     url: str,
     output: Path | str | None = None,
+    options: TransferOptions = DEFAULTS,
     *,
-    token: str | None = None,
-    overwrite: bool = False,
-    progress: ProgressCallback | None = None,
     on_start: StartCallback | None = None,
-    resume_store: ResumeStore | None = None,
-    retry: RetryPolicy | None = None,
-    on_retry: RetryCallback | None = None,
-    timeouts: Timeouts | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    overwrite: bool = False,
 ) -> DownloadResult:
     """Download the file at ``url`` (``<server>/files/<id>``).
 
@@ -106,18 +90,8 @@ async def download_file(
     file id); such a server-chosen name never replaces an existing file unless ``overwrite``.
     """
     file_url = parse_http_url(url)
-    budget = RetryBudget(retry or RetryPolicy(), on_retry)
-    # Every read of a download is owed bytes: silence for `stall` seconds is a stalled link.
-    async with open_session(token, timeouts=(timeouts or Timeouts()).for_transfer()) as session:
-        download = _Download(
-            session,
-            file_url,
-            store=resume_store,
-            budget=budget,
-            progress=progress,
-            on_start=on_start,
-            chunk_size=chunk_size,
-        )
+    async with options.session(download=True) as session:
+        download = _Download(session, file_url, options, on_start)
         target = await download.choose_target(None if output is None else Path(output), overwrite)
         return await download.run(target)
 
@@ -129,19 +103,15 @@ class _Download:
         self,
         session: aiohttp.ClientSession,
         url: URL,
-        *,
-        store: ResumeStore | None,
-        budget: RetryBudget,
-        progress: ProgressCallback | None,
+        options: TransferOptions,
         on_start: StartCallback | None,
-        chunk_size: int,
     ) -> None:
         self.session = session
         self.url = url
-        self.budget = budget
-        self.store = store
-        self.chunk_size = chunk_size
-        self.progress = progress
+        self.budget = options.budget()
+        self.store = options.resume_store
+        self.chunk_size = options.chunk_size
+        self.progress = options.progress
         self.on_start = on_start
         self.target = Path()
         self.key = DownloadKey("", str(url))

@@ -1,8 +1,9 @@
 """Which upload protocol ``freight send --protocol NAME`` uses.
 
-Every uploader takes the keyword arguments of :func:`freight.client.upload.upload_file`
-plus ``parallel`` (how many streams a protocol that can use several may open) and returns
-an :class:`~freight.client.upload.UploadResult`, so the CLI treats them alike.
+Every uploader takes a path, a server URL and one
+:class:`~freight.client.options.TransferOptions`, the keyword ``on_start`` and ``parallel``
+(how many streams a protocol that can use several may open), and returns an
+:class:`~freight.client.upload.UploadResult`, so the CLI treats them alike.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from freight.client.chunks import upload_chunks
+from freight.client.options import TransferOptions
 from freight.client.tcp import upload_tcp
 from freight.client.upload import UploadResult, upload_file
 from freight.client.ws import upload_file_ws
@@ -21,10 +23,12 @@ __all__ = ["DEFAULT_PROTOCOL", "UPLOADERS", "Uploader"]
 Uploader = Callable[..., Coroutine[Any, Any, UploadResult]]
 
 
-async def _tus(path: Path, server_url: str, *, parallel: int, **common: Any) -> UploadResult:
+async def _tus(
+    path: Path, server_url: str, options: TransferOptions, *, parallel: int, **specific: Any
+) -> UploadResult:
     # One PATCH stream: the server syncs and acknowledges as it goes, so one is enough.
     del parallel
-    return await upload_file(path, server_url, **common)
+    return await upload_file(path, server_url, options, **specific)
 
 
 DEFAULT_PROTOCOL = "tus"

@@ -25,16 +25,12 @@ from freight.client.headers import parse_repr_digest, parse_upload_offset
 from freight.client.http import (
     CHUNK_SIZE,
     TUS_VERSION,
-    RetryBudget,
-    RetryCallback,
-    RetryPolicy,
-    Timeouts,
     describe_error,
     is_retryable,
-    open_session,
     retrying,
     server_error,
 )
+from freight.client.options import DEFAULTS, TransferOptions
 from freight.client.upload import ProgressCallback, UploadResult
 from freight.client.urls import upload_endpoint
 from freight.protocol.metadata import build_upload_metadata
@@ -48,22 +44,21 @@ async def upload_stream(
     fd: int,
     server_url: str,
     name: str,
+    options: TransferOptions = DEFAULTS,
     *,
-    token: str | None = None,
-    progress: ProgressCallback | None = None,
     on_start: Callable[[int, int], None] | None = None,
-    retry: RetryPolicy | None = None,
-    on_retry: RetryCallback | None = None,
-    timeouts: Timeouts | None = None,
     piece_size: int = PIECE_SIZE,
 ) -> UploadResult:
     """Upload what can be read from ``fd`` until its end as a file called ``name``.
-    ``on_start`` gets a size of 0: the length is known only at the end."""
+    ``on_start`` gets a size of 0: the length is known only at the end. A stream cannot be
+    read again, so the options' ``resume_store`` is not used; ``piece_size`` (what is held
+    and resent after a failure) replaces their ``chunk_size``."""
     endpoint = upload_endpoint(server_url)
-    budget = RetryBudget(retry or RetryPolicy(), on_retry)
+    budget = options.budget()
+    progress = options.progress
     sha = hashlib.sha256()
     buffer = bytearray(piece_size)
-    async with open_session(token, timeouts=timeouts) as session:
+    async with options.session() as session:
         url = await retrying(budget, lambda: _create(session, endpoint, name))
         budget.reached(0)
         if on_start is not None:

@@ -21,18 +21,9 @@ import aiohttp
 from freight.client.download import DownloadInfo, DownloadResult
 from freight.client.errors import ClientError, DigestMismatch, ProtocolViolation
 from freight.client.headers import parse_content_range, parse_repr_digest
-from freight.client.http import (
-    RetryBudget,
-    RetryCallback,
-    RetryPolicy,
-    Timeouts,
-    describe_error,
-    is_retryable,
-    open_session,
-    server_error,
-)
+from freight.client.http import RetryBudget, describe_error, is_retryable, server_error
+from freight.client.options import DEFAULTS, ProgressCallback, TransferOptions
 from freight.client.rate import pace
-from freight.client.upload import ProgressCallback
 from freight.client.urls import parse_http_url
 
 __all__ = ["STREAM", "download_to_stream"]
@@ -45,22 +36,19 @@ _BATCH = 1024 * 1024  # bytes gathered before one write (and hash) in a worker t
 async def download_to_stream(
     url: str,
     fd: int,
+    options: TransferOptions = DEFAULTS,
     *,
-    token: str | None = None,
-    progress: ProgressCallback | None = None,
     on_start: Callable[[DownloadInfo], None] | None = None,
-    retry: RetryPolicy | None = None,
-    on_retry: RetryCallback | None = None,
-    timeouts: Timeouts | None = None,
 ) -> DownloadResult:
-    """Write the file at ``url`` to the open descriptor ``fd``, in order, verified."""
+    """Write the file at ``url`` to the open descriptor ``fd``, in order, verified. What
+    was written cannot be resumed later, so the options' ``resume_store`` is not used."""
     file_url = parse_http_url(url)
-    budget = RetryBudget(retry or RetryPolicy(), on_retry)
-    sink = _Sink(fd, budget, progress)
+    budget = options.budget()
+    sink = _Sink(fd, budget, options.progress)
     size: int | None = None
     etag: str | None = None
     digest: bytes | None = None
-    async with open_session(token, timeouts=(timeouts or Timeouts()).for_transfer()) as session:
+    async with options.session(download=True) as session:
         while size is None or sink.written < size:
             try:
                 headers = {}

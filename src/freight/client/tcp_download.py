@@ -26,10 +26,10 @@ from freight.client.download import (
 )
 from freight.client.errors import ClientError, ProtocolViolation
 from freight.client.hashing import SplitHasher
-from freight.client.http import CHUNK_SIZE, RetryBudget, RetryCallback, RetryPolicy, Timeouts
+from freight.client.options import DEFAULTS, TransferOptions
 from freight.client.partfile import PartFile, local_name, named_target
 from freight.client.rate import pace
-from freight.client.resume_store import DownloadKey, DownloadState, ResumeStore
+from freight.client.resume_store import DownloadKey, DownloadState
 from freight.client.tcp_link import (
     NO_DIGEST,
     TcpAddress,
@@ -38,7 +38,6 @@ from freight.client.tcp_link import (
     parse_tcp_url,
     with_retries,
 )
-from freight.client.upload import ProgressCallback
 from freight.client.writer import RECEIVE_BATCH, STALE_AFTER, PartSink, pwrite_all
 from freight.protocol.frames import DataChunk, ErrorFrame, FileInfo, Frame, FrameDecoder, Get
 
@@ -48,32 +47,16 @@ __all__ = ["download_tcp"]
 async def download_tcp(
     url: str,
     output: Path | str | None = None,
+    options: TransferOptions = DEFAULTS,
     *,
-    token: str | None = None,
-    overwrite: bool = False,
-    progress: ProgressCallback | None = None,
     on_start: StartCallback | None = None,
-    resume_store: ResumeStore | None = None,
-    retry: RetryPolicy | None = None,
-    on_retry: RetryCallback | None = None,
-    timeouts: Timeouts | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    overwrite: bool = False,
 ) -> DownloadResult:
     """Download ``tcp://host:port/ID``; resumable and verified like :func:`download_file`."""
     address = parse_tcp_url(url)
     if address.file_id is None:
         raise ClientError(f"the URL names no file: {url!r} (expected tcp://host:port/ID)")
-    download = _TcpDownload(
-        address,
-        address.file_id,
-        token=token,
-        store=resume_store,
-        budget=RetryBudget(retry or RetryPolicy(), on_retry),
-        progress=progress,
-        on_start=on_start,
-        timeouts=timeouts or Timeouts(),
-        chunk_size=chunk_size,
-    )
+    download = _TcpDownload(address, address.file_id, options, on_start)
     target = await download.choose_target(None if output is None else Path(output), overwrite)
     return await download.run(target)
 
@@ -89,25 +72,19 @@ class _TcpDownload:
         self,
         address: TcpAddress,
         file_id: str,
-        *,
-        token: str | None,
-        store: ResumeStore | None,
-        budget: RetryBudget,
-        progress: ProgressCallback | None,
+        options: TransferOptions,
         on_start: StartCallback | None,
-        timeouts: Timeouts,
-        chunk_size: int,
     ) -> None:
         self.address = address
         self.file_id = file_id
         self.url = address.file_url(file_id)
-        self.token = token
-        self.store = store
-        self.budget = budget
-        self.progress = progress
+        self.token = options.token
+        self.store = options.resume_store
+        self.budget = options.budget()
+        self.progress = options.progress
         self.on_start = on_start
-        self.timeouts = timeouts
-        self.chunk_size = chunk_size
+        self.timeouts = options.timeouts
+        self.chunk_size = options.chunk_size
         self.target = Path()
         self.key = DownloadKey("", self.url)
         self.expected: DownloadState | None = None  # sha256 (hex, as the etag) and size

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from freight.client.errors import ClientError, DigestMismatch, LocalFileChanged, ProtocolViolation
 from freight.client.hashing import SplitHasher
-from freight.client.http import CHUNK_SIZE, RetryBudget, RetryCallback, RetryPolicy, Timeouts
+from freight.client.options import DEFAULTS, TransferOptions
 from freight.client.rate import pace
-from freight.client.resume_store import ResumeStore, UploadKey
+from freight.client.resume_store import UploadKey
 from freight.client.tcp_link import (
     NO_DIGEST,
     TcpAddress,
@@ -28,7 +28,7 @@ from freight.client.tcp_link import (
     parse_tcp_url,
     with_retries,
 )
-from freight.client.upload import ProgressCallback, UploadResult, display_name, local_file
+from freight.client.upload import UploadResult, display_name, local_file
 from freight.protocol.frames import (
     Accepted,
     Ack,
@@ -52,39 +52,24 @@ _GONE_CODES = frozenset({"ERR_UPLOAD_NOT_FOUND", "ERR_UPLOAD_EXPIRED"})
 async def upload_tcp(
     path: Path | str,
     server_url: str,
+    options: TransferOptions = DEFAULTS,
     *,
-    token: str | None = None,
-    progress: ProgressCallback | None = None,
     on_start: Callable[[int, int], None] | None = None,
-    resume_store: ResumeStore | None = None,
-    retry: RetryPolicy | None = None,
-    on_retry: RetryCallback | None = None,
-    timeouts: Timeouts | None = None,
-    chunk_size: int = CHUNK_SIZE,
     parallel: int = 1,
     verify: bool = True,
 ) -> UploadResult:
     """Upload ``path`` to ``tcp://host:port``; resumable like :func:`upload_file`.
 
     One connection carries the whole file (``parallel`` is accepted for the uploader
-    registry and ignored: one stream already runs at the loopback limit).
+    registry and ignored: one stream already runs at the loopback limit), and ``sendfile``
+    moves the payload, so the options' ``chunk_size`` has no read size to choose.
     ``verify=False`` does not hash the file: DONE carries 32 zero bytes and the result
     reports the server's SHA-256 unchecked (``verified`` False), for devices that cannot
     spare the CPU.
     """
-    del chunk_size, parallel  # sendfile moves the payload; no read size to choose
+    del parallel
     path = local_file(path)
-    address = parse_tcp_url(server_url)
-    upload = _TcpUpload(
-        path,
-        address,
-        token=token,
-        store=resume_store,
-        budget=RetryBudget(retry or RetryPolicy(), on_retry),
-        progress=progress,
-        on_start=on_start,
-        timeouts=timeouts or Timeouts(),
-    )
+    upload = _TcpUpload(path, parse_tcp_url(server_url), options, on_start)
     return await (upload.run() if verify else upload.run_unverified())
 
 
@@ -95,22 +80,17 @@ class _TcpUpload:
         self,
         path: Path,
         address: TcpAddress,
-        *,
-        token: str | None,
-        store: ResumeStore | None,
-        budget: RetryBudget,
-        progress: ProgressCallback | None,
+        options: TransferOptions,
         on_start: Callable[[int, int], None] | None,
-        timeouts: Timeouts,
     ) -> None:
         self.path = path
         self.address = address
-        self.token = token
-        self.store = store
-        self.budget = budget
-        self.progress = progress
+        self.token = options.token
+        self.store = options.resume_store
+        self.budget = options.budget()
+        self.progress = options.progress
         self.on_start = on_start
-        self.timeouts = timeouts
+        self.timeouts = options.timeouts
         self.key = UploadKey.for_file(path, address.root)
         self.size = self.key.size
         self.acked = 0

@@ -29,19 +29,9 @@ from freight.client.errors import (
 from freight.client.filebody import FileBody
 from freight.client.hashing import SplitHasher
 from freight.client.headers import parse_repr_digest, parse_upload_offset
-from freight.client.http import (
-    CHUNK_SIZE,
-    TUS_VERSION,
-    RetryBudget,
-    RetryCallback,
-    RetryPolicy,
-    Timeouts,
-    describe_error,
-    is_retryable,
-    open_session,
-    server_error,
-)
-from freight.client.resume_store import ResumeStore, UploadKey
+from freight.client.http import TUS_VERSION, describe_error, is_retryable, server_error
+from freight.client.options import DEFAULTS, ProgressCallback, TransferOptions
+from freight.client.resume_store import UploadKey
 from freight.client.sendfile_http import (
     RawResponse,
     can_sendfile,
@@ -54,9 +44,6 @@ from freight.protocol.metadata import build_upload_metadata
 __all__ = ["ProgressCallback", "UploadResult", "display_name", "local_file", "upload_file"]
 
 log = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int], None]
-"""Called with the absolute number of bytes done; it moves back if a retry rewinds."""
 
 
 @dataclass(frozen=True)
@@ -89,43 +76,24 @@ def display_name(path: Path) -> str:
 async def upload_file(
     path: Path | str,
     server_url: str,
+    options: TransferOptions = DEFAULTS,
     *,
-    token: str | None = None,
-    progress: ProgressCallback | None = None,
     on_start: Callable[[int, int], None] | None = None,
-    resume_store: ResumeStore | None = None,
-    retry: RetryPolicy | None = None,
-    on_retry: RetryCallback | None = None,
-    timeouts: Timeouts | None = None,
-    chunk_size: int = CHUNK_SIZE,
     metadata: Mapping[str, str] | None = None,
 ) -> UploadResult:
     """Upload ``path`` to ``server_url`` (a server root or its ``/files/`` endpoint).
 
-    With a ``resume_store`` the upload URL is remembered until the upload completes, so
-    running this again after any interruption resumes at the server's durable offset.
-    ``on_start(size, offset)`` is called once the server's offset is known; ``progress``
-    then receives absolute byte counts. ``metadata`` is sent beside the file's name
-    (``relativePath``, say).
+    With a ``resume_store`` in ``options`` the upload URL is remembered until the upload
+    completes, so running this again after any interruption resumes at the server's durable
+    offset. ``on_start(size, offset)`` is called once the server's offset is known; the
+    options' ``progress`` then receives absolute byte counts. ``metadata`` is sent beside
+    the file's name (``relativePath``, say).
     """
     path = local_file(path)
     endpoint = upload_endpoint(server_url)
     key = UploadKey.for_file(path, str(endpoint))
-    budget = RetryBudget(retry or RetryPolicy(), on_retry)
-    async with open_session(token, timeouts=timeouts) as session:
-        upload = _Upload(
-            session,
-            path,
-            key,
-            endpoint,
-            store=resume_store,
-            budget=budget,
-            progress=progress,
-            on_start=on_start,
-            chunk_size=chunk_size,
-            stall_timeout=(timeouts or Timeouts()).stall,
-            metadata=metadata,
-        )
+    async with options.session() as session:
+        upload = _Upload(session, path, key, endpoint, options, on_start, metadata)
         return await upload.run()
 
 
@@ -138,26 +106,21 @@ class _Upload:
         path: Path,
         key: UploadKey,
         endpoint: URL,
-        *,
-        store: ResumeStore | None,
-        budget: RetryBudget,
-        progress: ProgressCallback | None,
+        options: TransferOptions,
         on_start: Callable[[int, int], None] | None,
-        chunk_size: int,
-        stall_timeout: float,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None,
     ) -> None:
         self.session = session
         self.path = path
         self.key = key
         self.size = key.size
         self.endpoint = endpoint
-        self.store = store
-        self.budget = budget
-        self.progress = progress
+        self.store = options.resume_store
+        self.budget = options.budget()
+        self.progress = options.progress
         self.on_start = on_start
-        self.chunk_size = chunk_size
-        self.stall_timeout = stall_timeout
+        self.chunk_size = options.chunk_size
+        self.stall_timeout = options.timeouts.stall
         self.metadata = {**(metadata or {}), "filename": display_name(path)}
         self.acknowledged = 0  # highest offset the server has confirmed
         self.head_digest: bytes | None = None

@@ -27,19 +27,11 @@ from freight.client.errors import (
     ServerError,
 )
 from freight.client.hashing import SplitHasher
-from freight.client.http import (
-    CHUNK_SIZE,
-    RetryBudget,
-    RetryCallback,
-    RetryPolicy,
-    Timeouts,
-    describe_error,
-    is_retryable,
-    open_session,
-)
+from freight.client.http import describe_error, is_retryable
+from freight.client.options import DEFAULTS, TransferOptions
 from freight.client.rate import pace
-from freight.client.resume_store import ResumeStore, UploadKey
-from freight.client.upload import ProgressCallback, UploadResult, display_name, local_file
+from freight.client.resume_store import UploadKey
+from freight.client.upload import UploadResult, display_name, local_file
 from freight.client.urls import file_id_from_url, server_root
 from freight.client.ws_sending import BlockReader, SendWindow
 from freight.protocol.ws_messages import (
@@ -79,21 +71,15 @@ _HANDSHAKE_REASONS = {
 async def upload_file_ws(
     path: Path | str,
     server_url: str,
+    options: TransferOptions = DEFAULTS,
     *,
-    parallel: int = 1,
-    token: str | None = None,
-    progress: ProgressCallback | None = None,
     on_start: Callable[[int, int], None] | None = None,
-    resume_store: ResumeStore | None = None,
-    retry: RetryPolicy | None = None,
-    on_retry: RetryCallback | None = None,
-    timeouts: Timeouts | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    parallel: int = 1,
 ) -> UploadResult:
     """Upload ``path`` to the server at ``server_url`` over a WebSocket (``/api/ws``).
 
-    Arguments and result are those of :func:`freight.client.upload.upload_file`;
-    ``chunk_size`` caps the frames sent, which are at most 128 KiB anyway (see
+    Arguments and result are those of :func:`freight.client.upload.upload_file`; the
+    options' ``chunk_size`` caps the frames sent, which are at most 128 KiB anyway (see
     :data:`_FRAME_SIZE`; the server may lower it too). ``parallel`` is
     accepted and ignored: one connection with credit flow control already fills the link.
     """
@@ -101,20 +87,8 @@ async def upload_file_ws(
     path = local_file(path)
     endpoint = ws_endpoint(server_url)
     key = UploadKey.for_file(path, str(endpoint))
-    async with open_session(token, timeouts=timeouts) as session:
-        upload = _WsUpload(
-            session,
-            path,
-            key,
-            endpoint,
-            store=resume_store,
-            budget=RetryBudget(retry or RetryPolicy(), on_retry),
-            progress=progress,
-            on_start=on_start,
-            frame_size=min(chunk_size, _FRAME_SIZE),
-            read_timeout=(timeouts or Timeouts()).read,
-            stall_timeout=(timeouts or Timeouts()).stall,
-        )
+    async with options.session() as session:
+        upload = _WsUpload(session, path, key, endpoint, options, on_start)
         return await upload.run()
 
 
@@ -141,27 +115,21 @@ class _WsUpload:
         path: Path,
         key: UploadKey,
         endpoint: URL,
-        *,
-        store: ResumeStore | None,
-        budget: RetryBudget,
-        progress: ProgressCallback | None,
+        options: TransferOptions,
         on_start: Callable[[int, int], None] | None,
-        frame_size: int,
-        read_timeout: float,
-        stall_timeout: float,
     ) -> None:
         self.session = session
         self.path = path
         self.key = key
         self.size = key.size
         self.endpoint = endpoint
-        self.store = store
-        self.budget = budget
-        self.progress = progress
+        self.store = options.resume_store
+        self.budget = options.budget()
+        self.progress = options.progress
         self.on_start = on_start
-        self.frame_size = frame_size
-        self.read_timeout = read_timeout
-        self.stall_timeout = stall_timeout
+        self.frame_size = min(options.chunk_size, _FRAME_SIZE)
+        self.read_timeout = options.timeouts.read
+        self.stall_timeout = options.timeouts.stall
         self.hasher: SplitHasher | None = None
         self.resumed_from: int | None = None
         self.acknowledged = 0  # highest offset the server has said is durable

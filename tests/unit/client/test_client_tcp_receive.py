@@ -20,6 +20,7 @@ import pytest
 
 from freight.client.errors import ConnectionFailed, ProtocolViolation
 from freight.client.http import RetryPolicy
+from freight.client.options import TransferOptions
 from freight.client.partfile import part_path
 from freight.client.resume_store import ResumeStore
 from freight.client.tcp import TcpServerError, download_tcp
@@ -131,7 +132,7 @@ async def test_a_stream_cut_anywhere_arrives_whole(
 
     fake = await serve(data, script)
     target = tmp_path / "out.bin"
-    fetched = await download_tcp(url(fake), target, retry=NO_RETRIES)
+    fetched = await download_tcp(url(fake), target, TransferOptions(retry=NO_RETRIES))
     assert target.read_bytes() == data
     assert fetched.sha256 == hashlib.sha256(data).hexdigest() and fetched.verified
 
@@ -157,11 +158,13 @@ async def test_a_resume_continues_the_part(
     target = tmp_path / "out.bin"
     store = ResumeStore(tmp_path / "state")
     with pytest.raises(ConnectionFailed):
-        await download_tcp(url(fake), target, resume_store=store, retry=NO_RETRIES)
+        await download_tcp(url(fake), target, TransferOptions(resume_store=store, retry=NO_RETRIES))
     kept = part_path(target).stat().st_size
     assert 0 < kept < len(data)
     assert part_path(target).read_bytes() == data[:kept]
-    fetched = await download_tcp(url(fake), target, resume_store=store, retry=NO_RETRIES)
+    fetched = await download_tcp(
+        url(fake), target, TransferOptions(resume_store=store, retry=NO_RETRIES)
+    )
     assert fetched.resumed_from == kept and target.read_bytes() == data
     assert fake.gets[-1].offset == kept
 
@@ -182,7 +185,7 @@ async def test_an_error_mid_stream_keeps_what_came_before(
     fake = await serve(data, script)
     target = tmp_path / "out.bin"
     with pytest.raises(TcpServerError) as raised:
-        await download_tcp(url(fake), target, retry=NO_RETRIES)
+        await download_tcp(url(fake), target, TransferOptions(retry=NO_RETRIES))
     assert raised.value.server_code == "ERR_INTERNAL"
     assert part_path(target).read_bytes() == data[:cut]
 
@@ -201,7 +204,7 @@ async def test_data_out_of_place_is_a_protocol_violation(
     fake = await serve(data, script)
     target = tmp_path / "out.bin"
     with pytest.raises(ProtocolViolation):
-        await download_tcp(url(fake), target, retry=NO_RETRIES)
+        await download_tcp(url(fake), target, TransferOptions(retry=NO_RETRIES))
     assert part_path(target).read_bytes() == data[: len(data) // 2]
 
 
@@ -224,7 +227,9 @@ async def test_bytes_of_a_stalled_stream_reach_the_disk(
     part = part_path(target)
     positions: list[int] = []
     task = asyncio.ensure_future(
-        download_tcp(url(fake), target, retry=NO_RETRIES, progress=positions.append)
+        download_tcp(
+            url(fake), target, TransferOptions(retry=NO_RETRIES, progress=positions.append)
+        )
     )
     deadline = asyncio.get_running_loop().time() + 10
     while not (part.exists() and part.stat().st_size == sent):
