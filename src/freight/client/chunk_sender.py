@@ -33,21 +33,14 @@ from freight.client.chunk_status import (
 from freight.client.errors import ProtocolViolation, ServerError
 from freight.client.filebody import BufferBody, FileBody
 from freight.client.hashing import SplitHasher
-from freight.client.http import (
-    RetryBudget,
-    RetryCallback,
-    RetryPolicy,
-    describe_error,
-    is_retryable,
-    server_error,
-)
+from freight.client.http import RetryBudget, describe_error, is_retryable, server_error
+from freight.client.options import ProgressCallback, TransferOptions
 from freight.client.sendfile_http import (
     KeptConnections,
     can_sendfile,
     raw_server_error,
     send_file_request,
 )
-from freight.client.upload import ProgressCallback
 
 __all__ = ["HELD_CHUNKS_BUDGET", "ChunkSender", "UploadGone"]
 
@@ -83,27 +76,23 @@ class ChunkSender:
         session: aiohttp.ClientSession,
         path: Path,
         size: int,
+        options: TransferOptions,
         *,
         budget: RetryBudget,
-        policy: RetryPolicy,
-        on_retry: RetryCallback | None,
-        progress: ProgressCallback | None,
         parallel: int,
-        read_size: int,
-        stall_timeout: float,
         chunk_digests: bool,
     ) -> None:
         self.session = session
         self.path = path
         self.size = size
         self.budget = budget  # the whole upload's: any acknowledged byte is progress
-        self.policy = policy
-        self.on_retry = on_retry
-        self.progress = progress
+        self.policy = options.retry
+        self.on_retry = options.on_retry
+        self.progress = options.progress
         self.parallel = parallel
-        self.read_size = read_size
-        self.stall_timeout = stall_timeout
-        self.reader = ChunkReader(path, read_size, chunk_digests=chunk_digests)
+        self.read_size = options.chunk_size
+        self.stall_timeout = options.timeouts.stall
+        self.reader = ChunkReader(path, self.read_size, chunk_digests=chunk_digests)
         self.acknowledged = 0  # bytes the server has confirmed
         self.in_flight: dict[int, int] = {}  # chunk number -> bytes of it sent so far
         self.pieces = PieceSizer(1, None)  # replaced for each server upload

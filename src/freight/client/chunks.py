@@ -141,23 +141,19 @@ class _ChunkUpload:
         self.endpoint = endpoint
         self.store = options.resume_store
         self.budget = options.budget()
-        self.read_size = read_size = options.chunk_size
+        self.read_size = options.chunk_size
         self.requested_chunk_size = requested_chunk_size
         self.chunk_digests = chunk_digests
         self.sender = ChunkSender(
             session,
             path,
             self.size,
+            options,
             budget=self.budget,
-            policy=options.retry,
-            on_retry=options.on_retry,
-            progress=options.progress,
             parallel=parallel,
-            read_size=read_size,
-            stall_timeout=options.timeouts.stall,
             chunk_digests=chunk_digests,
         )
-        self.hasher = SplitHasher(path, 0, chunk_size=read_size)  # replaced by run()
+        self.hasher = SplitHasher(path, 0, chunk_size=self.read_size)  # replaced by run()
         self.local_digest: bytes | None = None
 
     async def run(self, on_start: Callable[[int, int], None] | None) -> UploadResult:
