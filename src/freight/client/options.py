@@ -66,10 +66,5 @@ class TransferOptions:
         timeouts = self.timeouts.for_transfer() if download else self.timeouts
         return open_session(self.token, timeouts=timeouts, verify=self.verify)
 
-    def report(self, done: int) -> None:
-        """Tell the progress callback, if any, that ``done`` bytes are done."""
-        if self.progress is not None:
-            self.progress(done)
-
 
 DEFAULTS = TransferOptions()
