@@ -19,6 +19,7 @@ and ``freight get``, which also hash what they send or receive.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import subprocess
@@ -147,11 +148,31 @@ def _freight(args: list[str], timeout: float, src: Path | None = None) -> dict[s
     return reply
 
 
+@functools.cache
+def _skips_existing(src: Path | None) -> bool:
+    """Whether that tree's ``freight send`` skips files the server has (and so takes
+    ``--force``); older trees, run by a baseline, have no such option."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    out = subprocess.run(
+        [sys.executable, "-m", "freight", "send", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    ).stdout
+    return "--force" in out
+
+
 def freight_send(
     url: str, path: Path, protocol: str, parallel: int, timeout: float, src: Path | None = None
 ) -> Transfer:
     """``freight send``; from the tree at ``src`` (its ``src`` directory) if given."""
     args = ["send", "--protocol", protocol, "--parallel", str(parallel), str(path), url]
+    if _skips_existing(src):
+        args.insert(1, "--force")  # every round sends the same file: it must really go
     reply = _freight(args, timeout, src)
     if not reply.get("verified"):
         raise ClientError(f"freight send could not verify the server's SHA-256: {reply}")

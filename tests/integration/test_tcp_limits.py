@@ -8,6 +8,7 @@ import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from helpers import MiB
 from slow_peers import closed_within, serve
@@ -17,10 +18,11 @@ from freight.client.tcp import upload_tcp
 TCP_LINE = re.compile(r"tcp listening on tcp://127\.0\.0\.1:(\d+)")
 
 
-def _tcp_port(log_text: str) -> int:
+def _tcp_port(server: Any) -> int:
+    """The TCP listener's port, once the server's log names it (read afresh each time)."""
     deadline = time.monotonic() + 20
-    while not (match := TCP_LINE.search(log_text)):
-        assert time.monotonic() < deadline, log_text
+    while not (match := TCP_LINE.search(server.log_text())):
+        assert time.monotonic() < deadline, server.log_text()
         time.sleep(0.05)
     return int(match.group(1))
 
@@ -31,7 +33,7 @@ def _silent(port: int) -> socket.socket:
 
 def test_a_connection_without_hello_is_closed_after_the_header_timeout(tmp_path: Path) -> None:
     with serve(tmp_path, "--tcp-port", "0", "--header-timeout", "1") as server:
-        port = _tcp_port(server.log_text())
+        port = _tcp_port(server)
         with _silent(port) as sock:
             took = closed_within(sock, 8.0)
         assert took is not None, "a TCP connection that never sent HELLO stayed open"
@@ -42,7 +44,7 @@ def test_a_connection_without_hello_is_closed_after_the_header_timeout(tmp_path:
 def test_silent_connections_past_the_cap_go_oldest_first(tmp_path: Path) -> None:
     args = ("--tcp-port", "0", "--header-timeout", "30", "--max-pending", "4")
     with serve(tmp_path, *args) as server:
-        port = _tcp_port(server.log_text())
+        port = _tcp_port(server)
         socks = [_silent(port) for _ in range(10)]
         try:
             time.sleep(0.5)  # let the server accept them all

@@ -396,7 +396,7 @@ def test_ls_shows_usage_against_quota(household: Household) -> None:
         env={**os.environ, "FREIGHT_TOKEN": household.tokens["quota"]},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "quota: 1.0 kB of 1.0 kB, 2 files"
+    assert done.stdout.strip().splitlines()[-1] == "quota: 1000 bytes of 1000 bytes, 2 files"
 
 
 async def test_a_server_with_users_and_no_token_wants_one(

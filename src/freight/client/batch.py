@@ -226,7 +226,9 @@ async def _send_one(
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # one file's failure is reported, and the others go on
-        error = _os_error(exc) if isinstance(exc, OSError) else describe_error(exc)
+        # aiohttp's errors first: many are OSErrors too (a refused TLS certificate is).
+        plain_os = isinstance(exc, OSError) and not isinstance(exc, aiohttp.ClientError)
+        error = _os_error(exc) if plain_os else describe_error(exc)
         return Outcome(item, "failed", error=error)
 
 
