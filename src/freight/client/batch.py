@@ -227,9 +227,9 @@ async def _send_one(
         raise
     except Exception as exc:  # one file's failure is reported, and the others go on
         # aiohttp's errors first: many are OSErrors too (a refused TLS certificate is).
-        plain_os = isinstance(exc, OSError) and not isinstance(exc, aiohttp.ClientError)
-        error = _os_error(exc) if plain_os else describe_error(exc)
-        return Outcome(item, "failed", error=error)
+        if isinstance(exc, OSError) and not isinstance(exc, aiohttp.ClientError):
+            return Outcome(item, "failed", error=_os_error(exc))
+        return Outcome(item, "failed", error=describe_error(exc))
 
 
 async def _stored_copy(

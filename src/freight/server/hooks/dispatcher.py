@@ -226,10 +226,12 @@ class HookDispatcher:
 
     async def close(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Cancelled until done: a cancel can be lost in a library's own wait.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
         for target in self.targets:
             await target.close()
 

@@ -70,8 +70,11 @@ class OutboxWorker:
                     task.add_done_callback(in_flight.discard)
                     task.add_done_callback(lambda _: self._wake.set())  # room again
                 if len(taken) < room or room == 0:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancel that lands as the wake fires, and close() would wait forever.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), POLL)
+                        async with asyncio.timeout(POLL):
+                            await self._wake.wait()
         finally:
             for task in in_flight:
                 task.cancel()  # their leases run out: they are taken again
