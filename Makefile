@@ -118,8 +118,10 @@ lint: $(VENV)/.stamp-test
 typecheck: $(VENV)/.stamp-test
 	$(BIN)/mypy
 
+# --tb=native: pytest's own tracebacks re-parse source with ast, which Python 3.11 can get
+# wrong while another thread compiles a module (SystemError, and the whole run aborts).
 pytest: $(VENV)/.stamp-test node-harness
-	$(BIN)/python -m pytest -p no:cacheprovider -q --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -q --tb=native --durations=15 $(PYTEST_ARGS)
 
 # Installs the Debian packages the tests need (tools/system-deps lists them) or says which are
 # missing; in CI a missing one fails the run, since the tests that need it would not run.
