@@ -46,6 +46,7 @@ __all__ = [
     "print_lines",
     "run_command",
     "stderr_console",
+    "transfer_progress",
     "visible",
 ]
 
@@ -146,6 +147,20 @@ def _describe_os_error(exc: OSError) -> str:
     return str(exc)
 
 
+def transfer_progress(console: Console) -> Progress:
+    """The progress display of transfers: one line per task, name first."""
+    return Progress(
+        # Not markup: the description is a file name, maybe the server's.
+        TextColumn("{task.description}", markup=False, style="bold"),
+        BarColumn(),
+        TaskProgressColumn(),
+        SizeColumn(),
+        SpeedColumn(),
+        EtaColumn(),
+        console=console,
+    )
+
+
 class TransferBar:
     """A rich progress bar for one transfer, created when the total becomes known.
 
@@ -163,16 +178,7 @@ class TransferBar:
 
     def __enter__(self) -> TransferBar:
         if self._enabled:
-            self._progress = Progress(
-                # Not markup: the description is a file name, maybe the server's.
-                TextColumn("{task.description}", markup=False, style="bold"),
-                BarColumn(),
-                TaskProgressColumn(),
-                SizeColumn(),
-                SpeedColumn(),
-                EtaColumn(),
-                console=self._console,
-            )
+            self._progress = transfer_progress(self._console)
             self._progress.start()
         return self
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
+from rich.progress import Progress, TaskID
 from rich.text import Text
 
-from freight.cli.columns import EtaColumn, SizeColumn, SpeedColumn, human_rate, human_size
-from freight.cli.render import TransferBar, one_line, stderr_console, visible
+from freight.cli.columns import human_rate, human_size
+from freight.cli.render import TransferBar, one_line, stderr_console, transfer_progress, visible
 from freight.client.batch import Outcome, SendItem
 from freight.client.http import RetryNotice
 
@@ -54,15 +54,7 @@ class BatchView:
 
     def __enter__(self) -> BatchView:
         if self._enabled:
-            self._progress = Progress(
-                TextColumn("{task.description}", markup=False, style="bold"),
-                BarColumn(),
-                TaskProgressColumn(),
-                SizeColumn(),
-                SpeedColumn(),
-                EtaColumn(),
-                console=self._console,
-            )
+            self._progress = transfer_progress(self._console)
             self._overall = self._progress.add_task("Total", total=self._total)
             self._progress.start()
         return self

@@ -30,7 +30,7 @@ from freight.errors import FreightError, InsufficientStorage, UploadNotFound
 from freight.storage.local_files import DISK_FULL
 from freight.storage.local_rows import COLUMNS, from_row, private_state, to_row, update_values
 
-__all__ = ["SessionTable", "private_state"]
+__all__ = ["SessionTable", "immediate_transaction", "private_state"]
 
 _T = TypeVar("_T")
 # How long a writer waits for another connection's transaction (another process) to end.
@@ -85,6 +85,24 @@ _LISTINGS: dict[ListingKind, str] = {
 }
 
 
+@contextlib.contextmanager
+def immediate_transaction(
+    db: sqlite3.Connection, lock: threading.Lock
+) -> Iterator[sqlite3.Connection]:
+    """One write transaction on ``db`` (taking the write lock at once), under ``lock``:
+    committed when the block ends, rolled back if it raises."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+
+
 class SessionTable:
     """Rows of ``freight.db``; every method is safe to call from any thread."""
 
@@ -132,18 +150,8 @@ class SessionTable:
                         (json.dumps(metadata), chunk_size, sha256, upload_id),
                     )
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
-                raise
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self._lock)
 
     def _write(self, statement: str, parameters: tuple[Any, ...]) -> None:
         """Run one writing statement; a full disk spends the reserve and tries once more."""

@@ -19,12 +19,13 @@ import contextlib
 import secrets
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from freight.core.users import TokenRecord, Usage, User
 from freight.errors import FreightError, UserExists
+from freight.storage.local_db import immediate_transaction
 
 __all__ = ["SqliteUsers"]
 
@@ -93,18 +94,8 @@ class SqliteUsers:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
-                raise
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self._lock)
 
     def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         try:
