@@ -29,6 +29,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from freight.client.connect import connect_first
 from freight.client.errors import LocalFileChanged, ProtocolViolation, ServerError
 from freight.client.http import parse_error_body
 from freight.client.rate import pace
@@ -188,28 +189,14 @@ def _host(url: URL) -> str:
 
 
 async def _connect(url: URL, timeout: float) -> socket.socket:
-    loop = asyncio.get_running_loop()
     host, port = url.raw_host or "", url.port or 80
-    failure: OSError = OSError(f"no address for {host}")
     try:
         async with asyncio.timeout(timeout):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            for family, kind, proto, _, address in infos:
-                sock = socket.socket(family, kind, proto)
-                sock.setblocking(False)
-                try:
-                    await loop.sock_connect(sock, address)
-                except OSError as exc:
-                    sock.close()
-                    failure = exc
-                    continue
-                except BaseException:
-                    sock.close()
-                    raise
-                return sock
-    except OSError as exc:
-        failure = exc
-    raise aiohttp.ClientOSError(failure.errno, f"cannot connect to {host}:{port}: {failure}")
+            return await connect_first(host, port)
+    except OSError as failure:
+        raise aiohttp.ClientOSError(
+            failure.errno, f"cannot connect to {host}:{port}: {failure}"
+        ) from failure
 
 
 class _Exchange:

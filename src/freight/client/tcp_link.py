@@ -20,6 +20,7 @@ from typing import IO, TypeVar
 
 from yarl import URL
 
+from freight.client.connect import connect_first
 from freight.client.errors import ClientError, ConnectionFailed, ProtocolViolation
 from freight.client.http import RetryBudget, Timeouts, retrying
 from freight.protocol.frames import (
@@ -295,19 +296,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 async def _connect(host: str, port: int) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    failure: OSError = OSError(f"no address for {host}")
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, address)
-        except OSError as exc:
-            sock.close()
-            failure = exc
-            continue
-        # Control frames are tiny and each waits for an answer: never delay them.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    raise failure
+    sock = await connect_first(host, port)
+    # Control frames are tiny and each waits for an answer: never delay them.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
