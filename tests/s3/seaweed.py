@@ -100,6 +100,10 @@ def start_seaweed(workdir: Path, timeout: float = 30.0) -> Seaweed:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-webdav=false",
+        # Each bucket is a collection with a volume of its own, and by default mini allows only
+        # free disk / 1 GiB volumes: on a smaller disk the session's buckets ran out of them and
+        # every write then failed with InternalError. Volumes are sparse, so slots cost nothing.
+        "-volume.max=2000",
         "-admin.ui=false",
         "-master.telemetry=false",
         f"-s3.config={config}",
