@@ -184,13 +184,16 @@ class Postgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+PG_DIR_PREFIX = "freight-bench-pg-"
+
+
 def start_postgres() -> Postgres:
     bindir = _pg_bindir()
     if bindir is None:
         raise Unavailable("no PostgreSQL server binaries (initdb, pg_ctl)")
     # Not under the work directory: the server user must reach it, and its path must be
-    # short enough for the socket.
-    root = Path(tempfile.mkdtemp(prefix="freight-bench-pg-"))
+    # short enough for the socket. The pid tells this run's cluster from another run's.
+    root = Path(tempfile.mkdtemp(prefix=f"{PG_DIR_PREFIX}{os.getpid()}-"))
     if os.geteuid() == 0:
         shutil.chown(root, PG_USER, PG_USER)
     pg = Postgres(bindir, root, _free_ports(1)[0])

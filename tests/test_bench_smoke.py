@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from bench import baseline, fleet_memory, run, s3_section
+from bench import baseline, fleet_memory, run, s3_section, s3_services
 from bench.model import Results
 from bench.plans import target_names
 from bench.suite import Source
@@ -133,7 +134,9 @@ def s3_smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Results, Pa
 
 
 def _leftover_clusters() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("freight-bench-pg-*"))
+    # Only this process's: a benchmark run elsewhere on the machine has clusters of its own.
+    pattern = f"{s3_services.PG_DIR_PREFIX}{os.getpid()}-*"
+    return set(Path(tempfile.gettempdir()).glob(pattern))
 
 
 def _skip_if_not_run(results: Results, *names: str) -> None:
