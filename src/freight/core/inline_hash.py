@@ -2,8 +2,10 @@
 
 Where bytes just written cannot be read again cheaply (an object store), the hash is taken
 as contiguous bytes pass through a writer's buffers, in the worker thread that writes them.
-Bytes that arrive out of order are not hashed here; the engine reads them once, from the
-finished blob, when the upload finishes.
+Bytes that arrive out of order are not hashed here: when the prefix before them completes,
+the engine hashes them from what the store still holds of them and moves the hash on
+(:meth:`InlineHash.advance`); what the store no longer holds it reads from the finished
+blob at finish.
 
 The hash runs ahead of what is recorded as received, and only a state at a recorded offset
 may be saved (a restart resumes from there). So each step keeps the state it reached, and
@@ -54,18 +56,34 @@ class InlineHash:
                 self._ahead.popitem(last=False)
 
     def recorded(self, contiguous_end: int) -> tuple[int, StatefulSha256] | None:
-        """The bytes up to ``contiguous_end`` are recorded: the state to save there, if the
-        hash reached exactly that point (None: nothing new to save)."""
+        """The bytes up to ``contiguous_end`` are recorded: the state to save, at the
+        furthest point the hash reached within them (None: nothing new to save). The
+        prefix may run past the hash (bytes that arrived out of order): the state where
+        the hash stands is then saved, and the engine hashes on from there."""
         with self._lock:
             if contiguous_end <= self._saved[0]:
                 return None
-            state = self._ahead.get(contiguous_end)
-            if state is None:
+            within = [p for p in self._ahead if p <= contiguous_end]
+            if not within:
                 return None
-            self._saved = (contiguous_end, state)
-            for position in [p for p in self._ahead if p <= contiguous_end]:
-                del self._ahead[position]
-            return contiguous_end, state.copy()
+            position = within[-1]  # states are kept in the order the hash reached them
+            state = self._ahead[position]
+            self._saved = (position, state)
+            for done in within:
+                del self._ahead[done]
+            return position, state.copy()
+
+    def advance(self, start: int, end: int, hasher: StatefulSha256) -> bool:
+        """Recorded bytes ``[start, end)`` were hashed into ``hasher`` (a copy taken at
+        ``start``) by someone other than the writers: go on from there, if the hash still
+        stands at ``start`` (else a writer moved it meanwhile, and nothing changes)."""
+        with self._lock:
+            if self._position != start:
+                return False
+            self._hasher, self._position = hasher, end
+            self._saved = (end, hasher.copy())
+            self._ahead.clear()
+            return True
 
     def rewind(self) -> None:
         """Forget hashed bytes beyond the last recorded state (their writer failed)."""
