@@ -85,10 +85,10 @@ async def test_reversed_parts_beyond_the_hold_are_read_back_at_finish_only(
             assert spool_files(fleet.root, 0) <= HOLD_PARTS  # the spool stays bounded
         assert await complete(http, node, url) == hashlib.sha256(data).hexdigest()
         counters = await hash_counters(http, node)
-    # The spool held the parts nearest the prefix (1..HOLD_PARTS-1, with part 0 hashed as
-    # it arrived); only the parts past them come back from the finished object.
-    assert counters["freight_hash_held_bytes"] == (HOLD_PARTS - 1) * PART_SIZE
-    assert counters["freight_hash_read_back_bytes"] == (parts - HOLD_PARTS) * PART_SIZE
+    # Part 0 was hashed as it arrived; the spool held the parts nearest it (1..HOLD_PARTS)
+    # and only the parts past them come back from the finished object.
+    assert counters["freight_hash_held_bytes"] == HOLD_PARTS * PART_SIZE
+    assert counters["freight_hash_read_back_bytes"] == (parts - 1 - HOLD_PARTS) * PART_SIZE
 
 
 async def test_out_of_order_parts_over_two_nodes(fleet: Fleet) -> None:

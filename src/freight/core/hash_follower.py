@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Coroutine
 
@@ -93,7 +94,10 @@ class HashFollower:
         if self.read_back is not None:
             active.hasher = hasher
         else:
-            active.inline = InlineHash(hasher, active.session.hashed_offset)
+            on_feed = None
+            if self.held is not None:
+                on_feed = functools.partial(self.held.let_go, active.session.id)
+            active.inline = InlineHash(hasher, active.session.hashed_offset, on_feed)
 
     async def caught_up(self, active: ActiveUpload) -> UploadSession:
         """The session once the running hash covers every byte it can follow."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 from freight._types import Buffer
 from freight.core.hashing import StatefulSha256
@@ -31,7 +32,15 @@ _MAX_AHEAD = 64
 class InlineHash:
     """A hash at ``position`` that writers feed under a lock (they run in worker threads)."""
 
-    def __init__(self, hasher: StatefulSha256, position: int) -> None:
+    def __init__(
+        self,
+        hasher: StatefulSha256,
+        position: int,
+        on_feed: Callable[[int], None] | None = None,
+    ) -> None:
+        # Told where the hash stands after each feed, in the writer's thread: a store that
+        # keeps out-of-order bytes for the hash lets go of those it has passed.
+        self._on_feed = on_feed
         self._lock = threading.Lock()
         self._hasher = hasher
         self._position = position
@@ -47,13 +56,15 @@ class InlineHash:
         view = memoryview(data).cast("B")
         with self._lock:
             skip = self._position - offset
-            if skip < 0 or skip >= view.nbytes:
-                return  # not where the hash stands (out of order, or already hashed)
-            self._hasher.update(view[skip:])
-            self._position = offset + view.nbytes
-            self._ahead[self._position] = self._hasher.copy()
-            while len(self._ahead) > _MAX_AHEAD:
-                self._ahead.popitem(last=False)
+            if 0 <= skip < view.nbytes:  # else out of order, or hashed already
+                self._hasher.update(view[skip:])
+                self._position = offset + view.nbytes
+                self._ahead[self._position] = self._hasher.copy()
+                while len(self._ahead) > _MAX_AHEAD:
+                    self._ahead.popitem(last=False)
+            position = self._position
+        if self._on_feed is not None:
+            self._on_feed(position)
 
     def recorded(self, contiguous_end: int) -> tuple[int, StatefulSha256] | None:
         """The bytes up to ``contiguous_end`` are recorded: the state to save, at the

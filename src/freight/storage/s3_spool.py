@@ -49,7 +49,7 @@ class Spool:
         self._pending: dict[int, int] = {}
         # Uploaded parts whose files stay for the running hash, and where that hash stands.
         self._held: set[int] = set()
-        self._hashed_to = 0
+        self._hashed_to: int | None = None  # None: nobody hashes (from here): hold nothing
 
     def write(self, index: int, within: int, view: memoryview, start: int) -> bool:
         """Write ``view`` at ``within`` of part ``index`` (absolute offset ``start``);
@@ -93,7 +93,8 @@ class Spool:
         """Keep uploaded part ``index``'s file if the hash has not passed it and it is among
         the :attr:`hold_parts` nearest the hashed prefix (the farthest held one goes)."""
         valid = self._valid.get(index)
-        if valid is None or self.hold_parts <= 0 or valid.highest() <= self._hashed_to:
+        hashed = self._hashed_to
+        if valid is None or self.hold_parts <= 0 or hashed is None or valid.highest() <= hashed:
             self._drop(index)
             return
         self._held.add(index)
@@ -101,9 +102,10 @@ class Spool:
             self._drop(max(self._held))
 
     def hashed_through(self, offset: int) -> None:
-        """The running hash covers bytes before ``offset``: held parts there go."""
+        """The running hash covers bytes before ``offset``: held parts there go. Until a
+        first call, no part is held (nothing hashes this upload's bytes through here)."""
         with self.lock:
-            self._hashed_to = max(self._hashed_to, offset)
+            self._hashed_to = max(self._hashed_to or 0, offset)
             for index in list(self._held):
                 valid = self._valid.get(index)
                 if valid is None or valid.highest() <= offset:
