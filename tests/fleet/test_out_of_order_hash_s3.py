@@ -13,6 +13,9 @@ from pathlib import Path
 
 import aiohttp
 
+from freight.client import ResumeStore
+from freight.client.options import TransferOptions
+from freight.client.protocols import UPLOADERS
 from freight.storage.s3_spool import HOLD_PARTS
 from tests.conftest import ServerProcess
 from tests.fleet.conftest import PART_SIZE, Fleet
@@ -108,3 +111,21 @@ async def test_out_of_order_parts_over_two_nodes(fleet: Fleet) -> None:
     assert on_a["freight_hash_held_bytes"] == 1 * PART_SIZE
     # Part 5 went up from B's spool, past A's prefix: B finishes, reading it back only.
     assert on_a["freight_hash_read_back_bytes"] + on_b["freight_hash_read_back_bytes"] == PART_SIZE
+
+
+async def test_four_parallel_chunk_streams_read_nothing_back_at_finish(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """``freight send --protocol chunks --parallel 4``: chunks finish out of order, and
+    every one is hashed from the spool by the node, none read back from the object."""
+    node = fleet.start_node()
+    path = tmp_path / "f.bin"
+    data = os.urandom(10 * PART_SIZE + 12345)
+    path.write_bytes(data)
+    options = TransferOptions(resume_store=ResumeStore(tmp_path / "state"))
+    result = await UPLOADERS["chunks"](path, node.url, options, parallel=4)
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    async with aiohttp.ClientSession() as http:
+        counters = await hash_counters(http, node)
+    assert counters["freight_hash_read_back_bytes"] == 0
+    assert spool_files(fleet.root, 0) == 0
