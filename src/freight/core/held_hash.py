@@ -92,14 +92,15 @@ class HeldHashing:
                 if reached <= start or active.forgotten:
                     return  # not held here: finishing reads them from the finished blob
                 self.hashed_bytes += reached - start
-                state = hasher.state()  # before the writers may feed it
-                if not inline.advance(start, reached, hasher):
-                    continue  # a writer moved the hash meanwhile
                 if fence is not None and recorded is not None:
-                    # Raises if the claim the record was made under no longer counts.
+                    # Raises if the claim the record was made under no longer counts: then
+                    # the hash does not move, in memory or in the session.
                     await self.sessions.record_received(
                         session.id, *recorded, expires=session.expires, fence=fence
                     )
+                state = hasher.state()  # before the writers may feed it
+                if not inline.advance(start, reached, hasher):
+                    continue  # a writer moved the hash meanwhile
                 await persist(self.sessions, active, hashed_offset=reached, hash_state=state)
                 self.let_go(session.id, reached)
         except (FreightError, OSError) as exc:
