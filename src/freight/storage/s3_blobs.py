@@ -18,8 +18,9 @@ Writing
 ``write_at`` lands in a local spool: one sparse file per part touched, in a directory per
 upload under ``spool_dir``. A part complete in the spool is uploaded at once (UploadPart
 streamed from its file by descriptor and offset, at most 4 in flight per writer), recorded,
-and its file removed. So when the chunk size is the part size (:class:`~freight.core.
-blobs.PartSized`), each chunk goes straight to its part and nothing is sent twice.
+and its file removed (or held a while for the running hash: see below). So when the chunk
+size is the part size (:class:`~freight.core.blobs.PartSized`), each chunk goes straight
+to its part and nothing is sent twice.
 
 A checkpoint inside a request (:class:`~freight.core.blobs.SyncsThrough`: the engine
 records one a part) waits for those uploads and records the bytes in whole
