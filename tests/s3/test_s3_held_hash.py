@@ -78,3 +78,35 @@ async def test_a_node_that_lost_its_claim_saves_no_hash_state(
     finished = await engine.finish(session.id)
     assert finished.sha256 == hashlib.sha256(data).hexdigest()
     assert engine.hash_follower.settled_bytes == 0
+
+
+async def test_bytes_stored_as_a_piece_are_hashed_from_it_when_the_spool_lacks_them(
+    node: tuple[UploadEngine, PgClaims],
+) -> None:
+    """A partial part stored as a piece (its spool gone, as after a restart) is read back
+    with a ranged GET of the piece when the prefix reaches it, not at finish."""
+    engine, _ = node
+    store = engine.blobs
+    assert isinstance(store, S3Blobs)
+    data = os.urandom(2 * P + 999)
+    half = P + P // 2
+    session = await engine.create(length=len(data), metadata={})
+    async with engine.writer(session.id, P, end=half, sequential=False) as writer:
+        await writer.write(data[P:half])
+        await writer.commit()
+    table = await store.load_table(session.id)
+    assert table is not None and [(p.start, p.end) for p in table.pieces] == [(P, half)]
+    store.spools.forget(session.id)  # this node no longer has those bytes
+    async with engine.writer(session.id, 0, end=P, sequential=False) as writer:
+        await writer.write(data[:P])
+        await writer.commit()
+    saved = await engine.sessions.load(session.id)
+    assert saved.hashed_offset == half  # part 0 inline, then the piece
+    held = engine.hash_follower.held
+    assert held is not None and held.hashed_bytes == half - P
+    async with engine.writer(session.id, half) as writer:
+        await writer.write(data[half:])
+        await writer.commit()
+    finished = await engine.finish(session.id)
+    assert finished.sha256 == hashlib.sha256(data).hexdigest()
+    assert engine.hash_follower.settled_bytes == 0
