@@ -14,7 +14,12 @@ ability                       what it enables (and what happens without it)
                               reused buffer from :meth:`BlobStore.open_reader`)
 :class:`ReadBack`             the running SHA-256 reads recorded bytes back from the page
                               cache, behind the writers (without: hashed inline as
-                              contiguous bytes pass; out-of-order bytes at finish)
+                              contiguous bytes pass; out-of-order bytes as below)
+:class:`HeldRanges`           without ReadBack: bytes that arrived out of order are hashed
+                              when the prefix before them completes, from what the store
+                              still holds of them (an object store's spool, pieces)
+                              (without, or beyond what it holds: read from the finished
+                              blob at finish)
 :class:`ServerConcat`         a final concatenation is assembled by the store itself
                               (without: copied through a reused buffer)
 :class:`Presigner`            a download may be redirected to a signed URL of the store
@@ -43,6 +48,7 @@ __all__ = [
     "BlobReader",
     "BlobStore",
     "BlobWriter",
+    "HeldRanges",
     "PartSized",
     "PipeTarget",
     "Presigner",
@@ -122,6 +128,20 @@ class ReadBack(Protocol):
 
     def open_part_reader(self, upload_id: str) -> BlobReader:
         """Read an unfinished blob; called from worker threads."""
+
+
+@runtime_checkable
+class HeldRanges(Protocol):
+    """A store without cheap read-back that can still read some recorded bytes of an
+    unfinished blob: those it keeps for the running hash (bounded; see the store)."""
+
+    def open_held_reader(self, upload_id: str) -> BlobReader:
+        """Read recorded bytes of an unfinished blob, from worker threads; ``read_into``
+        returns 0 where the store cannot read them before the blob is finished."""
+
+    def hashed_through(self, upload_id: str, offset: int) -> None:
+        """The running hash covers the bytes before ``offset``: what the store keeps
+        for it there may go."""
 
 
 @runtime_checkable

@@ -306,7 +306,7 @@ class UploadEngine:
         await record(self.sessions, active, start, end, expires, fence)
         self.publish(UploadEventKind.PROGRESS, active)
         self._tell_progress(active)
-        await self.hash_follower.after_record(active)
+        await self.hash_follower.after_record(active, fence, (start, end))
 
     def _tell_progress(self, active: ActiveUpload) -> None:
         if not self.hooks.wants(HookEvent.POST_RECEIVE):

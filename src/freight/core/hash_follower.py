@@ -12,22 +12,26 @@ Python.
 
 Elsewhere (an object store) the writers hash contiguous bytes as they pass
 (:mod:`freight.core.inline_hash`) and the state at each recorded offset is saved with the
-session. Either way finishing hashes only what is left, reading it from the finished blob.
+session; bytes that arrived out of order are hashed when the prefix before them completes
+(:mod:`freight.core.held_hash`). Either way finishing hashes only what is left, reading it
+from the finished blob.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Coroutine
 
 from freight.core.active_upload import ActiveUpload, persist
-from freight.core.blobs import BlobReader, BlobStore, ReadBack
+from freight.core.blobs import BlobReader, BlobStore, HeldRanges, ReadBack
 from freight.core.buffers import ReadBuffers
 from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
+from freight.core.held_hash import HeldHashing
 from freight.core.inline_hash import InlineHash
-from freight.core.ports import SessionRepository
+from freight.core.ports import HeldClaim, SessionRepository
 from freight.core.session import UploadSession, UploadState
 from freight.errors import ChecksumMismatch, FreightError, UploadIncomplete
 
@@ -75,6 +79,12 @@ class HashFollower:
         self._runs: dict[str, _Run] = {}
         self.enabled = enabled
         self._spawn = spawn
+        self.held = (
+            HeldHashing(sessions, blobs, lambda: self.read_buffers, spawn)
+            if self.read_back is None and isinstance(blobs, HeldRanges)
+            else None
+        )
+        self.settled_bytes = 0  # read back at finish (a counter)
 
     def restore(self, active: ActiveUpload) -> None:
         """Give an upload just brought into memory its running hash, as saved."""
@@ -84,7 +94,10 @@ class HashFollower:
         if self.read_back is not None:
             active.hasher = hasher
         else:
-            active.inline = InlineHash(hasher, active.session.hashed_offset)
+            on_feed = None
+            if self.held is not None:
+                on_feed = functools.partial(self.held.let_go, active.session.id)
+            active.inline = InlineHash(hasher, active.session.hashed_offset, on_feed)
 
     async def caught_up(self, active: ActiveUpload) -> UploadSession:
         """The session once the running hash covers every byte it can follow."""
@@ -108,15 +121,27 @@ class HashFollower:
             return False
         return position - session.hashed_offset > lag
 
-    async def after_record(self, active: ActiveUpload) -> None:
-        """Bytes were just recorded: hash them from the store, or save the inline state."""
-        if active.inline is None:
+    async def after_record(
+        self,
+        active: ActiveUpload,
+        fence: HeldClaim | None = None,
+        recorded: tuple[int, int] | None = None,
+    ) -> None:
+        """Bytes (``recorded``, under ``fence``) were just recorded: hash them from the
+        store, or save the inline state and hash what arrived out of order before them."""
+        inline = active.inline
+        if inline is None:
             self.maybe_catch_up(active)
             return
-        reached = active.inline.recorded(active.session.received.contiguous_end())
+        contiguous = active.session.received.contiguous_end()
+        reached = inline.recorded(contiguous)
         if reached is not None and not active.forgotten:
             position, hasher = reached
             await persist(self.sessions, active, hashed_offset=position, hash_state=hasher.state())
+            if self.held is not None:
+                self.held.let_go(active.session.id, position)
+        if self.held is not None and inline.position < contiguous:
+            await self.held.follow(active, fence, recorded)
 
     def maybe_catch_up(self, active: ActiveUpload) -> None:
         """Hash received bytes read back from the store, behind the writers."""
@@ -239,6 +264,7 @@ class HashFollower:
         length = session.length or 0
         position, hasher = self._running(active)
         if position < length:
+            self.settled_bytes += length - position
             if self.read_back is not None:
                 reader = await asyncio.to_thread(self.read_back.open_part_reader, session.id)
             else:

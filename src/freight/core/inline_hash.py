@@ -2,8 +2,10 @@
 
 Where bytes just written cannot be read again cheaply (an object store), the hash is taken
 as contiguous bytes pass through a writer's buffers, in the worker thread that writes them.
-Bytes that arrive out of order are not hashed here; the engine reads them once, from the
-finished blob, when the upload finishes.
+Bytes that arrive out of order are not hashed here: when the prefix before them completes,
+the engine hashes them from what the store still holds of them and moves the hash on
+(:meth:`InlineHash.advance`); what the store no longer holds it reads from the finished
+blob at finish.
 
 The hash runs ahead of what is recorded as received, and only a state at a recorded offset
 may be saved (a restart resumes from there). So each step keeps the state it reached, and
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 from freight._types import Buffer
 from freight.core.hashing import StatefulSha256
@@ -29,7 +32,15 @@ _MAX_AHEAD = 64
 class InlineHash:
     """A hash at ``position`` that writers feed under a lock (they run in worker threads)."""
 
-    def __init__(self, hasher: StatefulSha256, position: int) -> None:
+    def __init__(
+        self,
+        hasher: StatefulSha256,
+        position: int,
+        on_feed: Callable[[int], None] | None = None,
+    ) -> None:
+        # Told where the hash stands after each feed, in the writer's thread: a store that
+        # keeps out-of-order bytes for the hash lets go of those it has passed.
+        self._on_feed = on_feed
         self._lock = threading.Lock()
         self._hasher = hasher
         self._position = position
@@ -45,27 +56,45 @@ class InlineHash:
         view = memoryview(data).cast("B")
         with self._lock:
             skip = self._position - offset
-            if skip < 0 or skip >= view.nbytes:
-                return  # not where the hash stands (out of order, or already hashed)
-            self._hasher.update(view[skip:])
-            self._position = offset + view.nbytes
-            self._ahead[self._position] = self._hasher.copy()
-            while len(self._ahead) > _MAX_AHEAD:
-                self._ahead.popitem(last=False)
+            if 0 <= skip < view.nbytes:  # else out of order, or hashed already
+                self._hasher.update(view[skip:])
+                self._position = offset + view.nbytes
+                self._ahead[self._position] = self._hasher.copy()
+                while len(self._ahead) > _MAX_AHEAD:
+                    self._ahead.popitem(last=False)
+            position = self._position
+        if self._on_feed is not None:
+            self._on_feed(position)
 
     def recorded(self, contiguous_end: int) -> tuple[int, StatefulSha256] | None:
-        """The bytes up to ``contiguous_end`` are recorded: the state to save there, if the
-        hash reached exactly that point (None: nothing new to save)."""
+        """The bytes up to ``contiguous_end`` are recorded: the state to save, at the
+        furthest point the hash reached within them (None: nothing new to save). The
+        prefix may run past the hash (bytes that arrived out of order): the state where
+        the hash stands is then saved, and the engine hashes on from there."""
         with self._lock:
             if contiguous_end <= self._saved[0]:
                 return None
-            state = self._ahead.get(contiguous_end)
-            if state is None:
+            within = [p for p in self._ahead if p <= contiguous_end]
+            if not within:
                 return None
-            self._saved = (contiguous_end, state)
-            for position in [p for p in self._ahead if p <= contiguous_end]:
-                del self._ahead[position]
-            return contiguous_end, state.copy()
+            position = within[-1]  # states are kept in the order the hash reached them
+            state = self._ahead[position]
+            self._saved = (position, state)
+            for done in within:
+                del self._ahead[done]
+            return position, state.copy()
+
+    def advance(self, start: int, end: int, hasher: StatefulSha256) -> bool:
+        """Recorded bytes ``[start, end)`` were hashed into ``hasher`` (a copy taken at
+        ``start``) by someone other than the writers: go on from there, if the hash still
+        stands at ``start`` (else a writer moved it meanwhile, and nothing changes)."""
+        with self._lock:
+            if self._position != start:
+                return False
+            self._hasher, self._position = hasher, end
+            self._saved = (end, hasher.copy())
+            self._ahead.clear()
+            return True
 
     def rewind(self) -> None:
         """Forget hashed bytes beyond the last recorded state (their writer failed)."""

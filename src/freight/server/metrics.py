@@ -19,6 +19,9 @@ Where the numbers come from:
   bodies arrive (:func:`body_counter`), per WebSocket credit and TCP ACK window, and per
   file sent.
 * ``freight_bytes_written_total``: the engine's own counter, read at scrape time.
+* ``freight_hash_read_back_bytes_total`` (bytes the running SHA-256 read from finished blobs
+  at finish) and ``freight_hash_held_bytes_total`` (out-of-order bytes it hashed from what
+  the store held of them): the engine's, read at scrape time.
 * ``freight_uploads_{created,finished,deleted}_total``: counted by a background task that
   follows the engine's event stream (it only increments integers, so it keeps up).
 * ``freight_chunk_requests_total{outcome}`` and ``freight_chunk_body_bytes_total``: counted
@@ -93,6 +96,17 @@ class _EngineCollector:
             "freight_bytes_written",
             "Upload bytes written to storage since start-up (all protocols).",
             value=self._engine.bytes_written_total,
+        )
+        hashing = self._engine.hash_follower
+        yield CounterMetricFamily(
+            "freight_hash_read_back_bytes",
+            "Bytes the running SHA-256 read back from finished blobs at finish.",
+            value=hashing.settled_bytes,
+        )
+        yield CounterMetricFamily(
+            "freight_hash_held_bytes",
+            "Bytes that arrived out of order, hashed from what the store held of them.",
+            value=hashing.held.hashed_bytes if hashing.held is not None else 0,
         )
         yield GaugeMetricFamily(
             "freight_event_subscribers",

@@ -18,8 +18,9 @@ Writing
 ``write_at`` lands in a local spool: one sparse file per part touched, in a directory per
 upload under ``spool_dir``. A part complete in the spool is uploaded at once (UploadPart
 streamed from its file by descriptor and offset, at most 4 in flight per writer), recorded,
-and its file removed. So when the chunk size is the part size (:class:`~freight.core.
-blobs.PartSized`), each chunk goes straight to its part and nothing is sent twice.
+and its file removed (or held a while for the running hash: see below). So when the chunk
+size is the part size (:class:`~freight.core.blobs.PartSized`), each chunk goes straight
+to its part and nothing is sent twice.
 
 A checkpoint inside a request (:class:`~freight.core.blobs.SyncsThrough`: the engine
 records one a part) waits for those uploads and records the bytes in whole
@@ -52,9 +53,13 @@ parts in flight per writer, plus one synced partial part (the last written: a se
 upload's tail, which its next request completes here). After a sync every other partial
 part's file goes (its bytes are pieces now), as does a part's file once it is uploaded,
 and the upload's directory at finish or delete. So a sequential upload takes at most
-``5·P`` (4 in flight, 1 filling), whatever the blob's size and the sync interval. Idle spools
-stay for the next request of their upload within ``spool_keep_bytes`` (least recently
-used out).
+``5·P`` (4 in flight, 1 filling), whatever the blob's size and the sync interval. On top
+of that, a part uploaded before the running SHA-256 reached it (it arrived out of order)
+stays in the spool until the hash passes it (:class:`~freight.core.blobs.HeldRanges`): at
+most ``HOLD_PARTS`` (8) such parts per upload, those nearest the hashed prefix; a part
+beyond them goes at once, and finishing reads its bytes back from the finished object.
+Idle spools stay for the next request of their upload within ``spool_keep_bytes`` (least
+recently used out).
 
 Considerations
 --------------
@@ -96,6 +101,7 @@ from freight.core.blobs import BlobReader, BlobWriter
 from freight.errors import FreightError, StorageUnavailable
 from freight.storage.s3_concat import concatenate
 from freight.storage.s3_finish import finish_blob
+from freight.storage.s3_held import HeldReader
 from freight.storage.s3_io import S3Reader, StoreLoop, client_error_code, s3_failure
 from freight.storage.s3_models import lean_data_path
 from freight.storage.s3_parts import S3Parts
@@ -157,7 +163,7 @@ class S3Blobs:
         self.spool_dir = spool_dir
         self.table = table
         self.parts = S3Parts(client, bucket, prefix)
-        self.spools = SpoolCache(spool_dir, spool_keep_bytes)
+        self.spools = SpoolCache(spool_dir, spool_keep_bytes, part_size)
         self._writers = WriterContext(
             self.parts, table, store_loop, self.spools.release, PARALLEL_PARTS
         )
@@ -340,6 +346,19 @@ class S3Blobs:
     async def concatenate(self, upload_id: str, part_ids: Sequence[str]) -> None:
         self.parts.key(upload_id)
         await self.call(concatenate(self.parts, self.table, self.spool_dir, upload_id, part_ids))
+
+    def open_held_reader(self, upload_id: str) -> HeldReader:
+        """Recorded bytes of an unfinished blob this node can read before finishing it (see
+        :mod:`.s3_held`)."""
+        self.parts.key(upload_id)
+        return HeldReader(
+            self.spools.peek(upload_id), self._loop, self.parts, self.table, upload_id
+        )
+
+    def hashed_through(self, upload_id: str, offset: int) -> None:
+        spool = self.spools.peek(upload_id)
+        if spool is not None:
+            spool.hashed_through(offset)
 
     async def presign_download(
         self, upload_id: str, *, expires_in: int, filename: str | None
