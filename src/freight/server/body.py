@@ -58,6 +58,13 @@ def content_length(request: web.Request) -> int | None:
     return int(value)
 
 
+def digest_wanted(request: web.Request) -> bool:
+    """Whether the answer that completes an upload must carry its digest: only a client
+    that asks (RFC 9530 ``Want-Repr-Digest``) waits for it; others are answered once the
+    bytes are stored, while the digest settles (reads of the upload wait for that)."""
+    return "Want-Repr-Digest" in request.headers
+
+
 def has_body(request: web.Request) -> bool:
     length = content_length(request)
     return bool(length) or (length is None and request.body_exists)
