@@ -235,7 +235,7 @@ class UploadEngine:
 
     async def list_sessions(self) -> list[UploadSession]:
         """Every session: for start-up work and tests; listings go by :meth:`list_page`."""
-        await self.finishing.all_settled(self.finish_wait)
+        await self.finishes_settled()
         stored = await self.sessions.list_all()
         return self.uploads.overlay(stored)
 
@@ -244,7 +244,7 @@ class UploadEngine:
     ) -> tuple[list[UploadSession], bool]:
         """Up to ``limit`` sessions of a listing after ``after`` (``owner``'s only, if
         given), and whether more follow; uploads being finished are waited for first."""
-        await self.finishing.all_settled(self.finish_wait)
+        await self.finishes_settled()
         stored = await self.sessions.list_page(kind, after, limit + 1, self.clock(), owner)
         page = self.uploads.overlay(stored)
         return page[:limit], len(page) > limit
@@ -374,6 +374,11 @@ class UploadEngine:
         return await self.finishing.finish(
             upload_id, expected_sha256=expected_sha256, digest_needed=digest_needed
         )
+
+    async def finishes_settled(self) -> None:
+        """Wait (at most :attr:`finish_wait`) for every finish under way in the background:
+        a listing or lookup of finished files then shows the uploads already answered."""
+        await self.finishing.all_settled(self.finish_wait)
 
     def finishing_under_way(self, upload_id: str) -> bool:
         """Whether the upload is complete and being finished in the background."""

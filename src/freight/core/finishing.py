@@ -167,7 +167,7 @@ class Finishing:
     async def _finish_in_background(self, upload_id: str) -> None:
         try:
             await self._finish(upload_id, None)
-        except FreightError as exc:  # left complete: the sweeper finishes it later
+        except (FreightError, OSError) as exc:  # left complete: the sweeper finishes it later
             log.warning(
                 "finishing in the background failed: %s",
                 exc,
