@@ -8,6 +8,8 @@ finishes the upload with the right digest.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -67,12 +69,16 @@ def test_a_read_right_after_the_answer_sees_the_finished_file(
         assert repr_digest_hex(head.header("Repr-Digest")) == source.sha256()
 
 
-def test_a_client_that_wants_the_digest_gets_it_in_the_answer(freight_server: Any) -> None:
+@pytest.mark.parametrize("field", ["Want-Repr-Digest", "Upload-Checksum"])
+def test_a_client_that_asks_or_checks_gets_the_digest_in_the_answer(
+    freight_server: Any, field: str
+) -> None:
     source = PatternStream(8 * MiB, seed=4)
     url = create_upload(freight_server.url, source.size)
-    reply = patch_stream(
-        url, 0, source.chunks(), source.size, headers={"Want-Repr-Digest": "sha-256=10"}
-    )
+    body = b"".join(source.chunks())
+    sha1 = base64.b64encode(hashlib.sha1(body).digest()).decode()
+    value = "sha-256=10" if field == "Want-Repr-Digest" else f"sha1 {sha1}"
+    reply = patch_stream(url, 0, source.chunks(), source.size, headers={field: value})
     assert reply.status == 204
     assert repr_digest_hex(reply.header("Repr-Digest")) == source.sha256()
 
