@@ -96,6 +96,7 @@ def test_sigkill_after_the_answer_finishes_on_restart(server_factory: Any, tmp_p
         server.kill()
         part = data_dir / "uploads" / f"{url.rsplit('/', 1)[-1]}.part"
         if part.exists():
+            print(f"killed before the finish on attempt {attempt + 1}")
             break
     else:
         pytest.fail("the finish always ended before the kill: no crash in between to test")
