@@ -44,7 +44,11 @@ def method_notes(smoke: bool) -> list[str]:
         "never-touched page-cache pages costs about 2 s/GiB, and every target gets the same "
         "warm-up. Downloads are served from the page cache.",
         "Server CPU is user+sys seconds of the server's whole process tree from "
-        "/proc/PID/stat (threads and reaped children included), per GiB moved. Peak RSS is "
+        "/proc/PID/stat (threads and reaped children included), per GiB moved. freight "
+        "answers a tus PATCH that completes an upload once its bytes are stored and may "
+        "settle the SHA-256 after: its time ends at the answer, but its CPU is read once a "
+        "plain HEAD of the file answers 200 (the upload finished), so that tail counts and "
+        "the next round starts after it. Peak RSS is "
         "the sum of VmHWM over the server's processes, reset (clear_refs 5) before each run.",
         "Client CPU is the client process's user+sys seconds (getrusage of waited-for "
         "children), per GiB; for `freight send`/`freight get` it includes starting Python "

@@ -5,7 +5,10 @@ A timed upload, for every target alike:
 1. write and delete a scratch file of the upload's size in the server's data directory
    (page-cache first touch, see :mod:`bench.measure`);
 2. reset the peak RSS of the server's processes and read their CPU seconds;
-3. run the client; read CPU seconds and peak RSS again;
+3. run the client (timed until its last answer); for freight, wait until the upload is
+   finished, since a final tus or IETF answer may come while its SHA-256 still settles in
+   the background (a plain HEAD of the file waits for that); read CPU seconds and peak RSS
+   again, so the server's CPU in that tail counts;
 4. find the stored copy among the files that appeared and check its SHA-256;
 5. delete it, so every run starts from the same state.
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +79,22 @@ def delete_from_freight(peer: Peer, location: str) -> None:
         reply.read()
 
 
+def wait_finished(peer: Peer, location: str, timeout: float) -> None:
+    """Until freight has finished the upload (its file answers a plain HEAD with 200)."""
+    upload_id = location.rstrip("/").rsplit("/", 1)[-1]
+    request = urllib.request.Request(f"{peer.url}/files/{upload_id}", method="HEAD")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as reply:
+                if reply.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            if time.monotonic() > deadline:
+                raise ClientError(f"the upload was not finished: HTTP {exc.code}") from exc
+        time.sleep(0.01)
+
+
 def _discard(peer: Peer, stored: set[Path], location: str) -> None:
     if peer.name.startswith("freight") and location:
         delete_from_freight(peer, location)
@@ -94,6 +115,8 @@ def measure_upload(target: str, run: int, peer: Peer, source: Source, action: Ac
         start, client_start = snapshot(peer.pid), children_cpu_seconds()
         transfer = action()
         location = transfer.location
+        if peer.name.startswith("freight") and location:
+            wait_finished(peer, location, transfer_timeout(source.size))
         end, client_end = snapshot(peer.pid), children_cpu_seconds()
         stored = find_stored_copy(_files(store) - before, source.size, source.sha256)
         if stored is None:

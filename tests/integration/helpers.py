@@ -187,6 +187,7 @@ def patch_stream(
     on_sent: Callable[[int], None] | None = None,
     hasher: hashlib._Hash | None = None,
     timeout: float = 120.0,
+    headers: Mapping[str, str] | None = None,
 ) -> Reply:
     """PATCH ``length`` bytes taken from ``chunks`` at ``offset`` with a Content-Length body.
 
@@ -196,13 +197,14 @@ def patch_stream(
     conn, target = _connect(upload_url, timeout)
     try:
         conn.putrequest("PATCH", target, skip_accept_encoding=True)
-        headers = {
+        sent = {
             **TUS,
             "Upload-Offset": str(offset),
             "Content-Type": OFFSET_STREAM,
             "Content-Length": str(length),
+            **(headers or {}),
         }
-        for name, value in headers.items():
+        for name, value in sent.items():
             conn.putheader(name, value)
         conn.endheaders()
         sent = 0

@@ -45,7 +45,8 @@ class Stored:
 def upload(base_url: str, source: PatternStream, name: str) -> str:
     url = create_upload(base_url, source.size, {"filename": name})
     if source.size:
-        reply = patch_stream(url, 0, source.chunks(), source.size)
+        wanted = {"Want-Repr-Digest": "sha-256=10"}
+        reply = patch_stream(url, 0, source.chunks(), source.size, headers=wanted)
         assert reply.status == 204
         assert repr_digest_hex(reply.header("Repr-Digest")) == source.sha256()
     return url

@@ -146,6 +146,7 @@ def create(server: Any, version: int, body: bytes = b"", **extra: str) -> Reply:
 def test_create_with_complete_body_then_download(freight_server: Any, version: int) -> None:
     data = os.urandom(3 * 1024 * 1024 + 11)
     headers = {**state(version, complete=True), "Content-Disposition": 'inline; filename="a.bin"'}
+    headers["Want-Repr-Digest"] = "sha-256=10"
     reply = send(freight_server, "POST", "/files/", headers, data)
     assert reply.status == 201, reply.body
     check_ietf_reply(reply, version)
@@ -179,7 +180,8 @@ def test_create_empty_then_head_and_two_appends(freight_server: Any, version: in
     assert first.headers["upload-offset"] == str(half)
     assert not is_complete(first, version)
 
-    last = send(freight_server, "PATCH", location, append_headers(version, half, True), data[half:])
+    wanted = {**append_headers(version, half, True), "Want-Repr-Digest": "sha-256=10"}
+    last = send(freight_server, "PATCH", location, wanted, data[half:])
     assert last.status == (201 if version < 6 else 204), last.body
     assert last.headers["upload-offset"] == str(len(data))
     assert is_complete(last, version)

@@ -62,7 +62,7 @@ async def test_upload_in_pieces_then_download(server: LiveServer) -> None:
     assert first.status == 204
     assert first.headers["Upload-Offset"] == str(half)
     assert "Upload-Expires" in first.headers
-    last = await server.patch(url, half, data[half:])
+    last = await server.patch(url, half, data[half:], {"Want-Repr-Digest": "sha-256=10"})
     assert last.status == 204
     assert last.headers["Upload-Offset"] == str(len(data))
     assert last.headers["Repr-Digest"] == f"sha-256=:{b64(hashlib.sha256(data).digest())}:"
@@ -96,7 +96,7 @@ async def test_deferred_length(server: LiveServer) -> None:
     url = await server.create(None, {"Upload-Defer-Length": "1"})
     assert (await server.head(url)).headers["Upload-Defer-Length"] == "1"
     assert (await server.patch(url, 0, b"abc")).status == 204
-    resp = await server.patch(url, 3, b"def", {"Upload-Length": "6"})
+    resp = await server.patch(url, 3, b"def", {"Upload-Length": "6", "Want-Repr-Digest": "a=1"})
     assert resp.status == 204
     assert "Repr-Digest" in resp.headers
     async with server.http.get(url) as resp:

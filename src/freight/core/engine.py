@@ -10,7 +10,8 @@ Rules it keeps, whatever protocol fed it:
 * The running SHA-256 trails the writers: once bytes of the contiguous prefix are recorded,
   a background task hashes them from the page cache they were just written to. Receiving
   never waits for hashing (which is what lets bytes go from socket to file without passing
-  through Python) unless the hash falls :attr:`UploadEngine.hash_lag` bytes behind.
+  through Python) unless the hash falls :attr:`UploadEngine.hash_lag` behind (a bound
+  that grows with the memory to spare).
 * ``receiving`` → ``finished`` (a final concatenation: ``assembling`` → ``finished``).
   Finishing is a rename; a finished upload never changes again.
 
@@ -39,6 +40,7 @@ from freight.core.concat import Concatenator
 from freight.core.events import EventHub, UploadEvent, UploadEventKind, log_fields
 from freight.core.finishing import Finishing
 from freight.core.hash_follower import HashFollower, stop_hashing
+from freight.core.hash_lag import HashLag
 from freight.core.hooks import HookEvent, Hooks, NoHooks
 from freight.core.ports import (
     Backend,
@@ -58,6 +60,11 @@ from freight.errors import UploadIncomplete, UploadLocked
 __all__ = ["ActiveUpload", "UploadEngine"]
 
 log = logging.getLogger(__name__)
+
+# A read of an upload being finished in the background waits at most this long (seconds):
+# what is left to hash is bounded (core/hash_lag.py), so this is only reached on a stalled
+# disk, and then the read shows the upload complete and not yet finished.
+FINISH_WAIT = 60.0
 
 
 class UploadEngine:
@@ -94,11 +101,9 @@ class UploadEngine:
         self.hash_uploads = hash_uploads
         self.fsync = fsync
         self.sync_every = sync_every
-        # How far the running hash may trail the bytes written before writers wait for it:
-        # bytes further behind may have left the page cache and would be read back from the
-        # disk. Recording (which the hash waits for) trails writing by ``sync_every``, so
-        # less than twice that would make hashing and receiving take turns.
-        self.hash_lag = 2 * sync_every
+        # How far the running hash may trail the bytes written before writers wait for it
+        # (see core/hash_lag.py): never less than twice ``sync_every``.
+        self.hash_lag = HashLag(2 * sync_every, lambda: self.uploads.being_written())
         self.expire_after = expire_after
         # Until its first byte is recorded an upload goes sooner, never later than others.
         self.expire_unstarted = min(expire_after, expire_unstarted or expire_after)
@@ -131,7 +136,12 @@ class UploadEngine:
         )
         self.concat = Concatenator(self)
         self.writing = Writing(self)
-        self.finishing = Finishing(self)
+        # Finishing goes on after the answer only where every read of the upload comes
+        # here to wait for it (one node) and the store reads back cheaply.
+        background = not shared and self.hash_follower.read_back is not None
+        self.finishing = Finishing(self, in_background=background)
+        # How long a read waits for a finish under way before it answers with what it has.
+        self.finish_wait = FINISH_WAIT
         self.sweeper = Sweeper(self, self.concat.assemble_or_refuse)
 
     @property
@@ -217,6 +227,7 @@ class UploadEngine:
     # reading state -----------------------------------------------------------------------
 
     async def get(self, upload_id: str) -> UploadSession:
+        await self.finishing.settled(upload_id, self.finish_wait)
         active = self.uploads.get(upload_id)
         session = active.session if active else await self.sessions.load(upload_id)
         check_not_expired(session, self.clock())
@@ -224,6 +235,7 @@ class UploadEngine:
 
     async def list_sessions(self) -> list[UploadSession]:
         """Every session: for start-up work and tests; listings go by :meth:`list_page`."""
+        await self.finishes_settled()
         stored = await self.sessions.list_all()
         return self.uploads.overlay(stored)
 
@@ -231,7 +243,8 @@ class UploadEngine:
         self, kind: ListingKind, after: PageKey | None, limit: int, owner: str | None = None
     ) -> tuple[list[UploadSession], bool]:
         """Up to ``limit`` sessions of a listing after ``after`` (``owner``'s only, if
-        given), and whether more follow."""
+        given), and whether more follow; uploads being finished are waited for first."""
+        await self.finishes_settled()
         stored = await self.sessions.list_page(kind, after, limit + 1, self.clock(), owner)
         page = self.uploads.overlay(stored)
         return page[:limit], len(page) > limit
@@ -327,7 +340,7 @@ class UploadEngine:
     def hash_trails(self, active: ActiveUpload, start: int, position: int) -> bool:
         """Whether a writer from ``start`` now at ``position`` should wait for the hash
         (see :meth:`HashFollower.trails`; the bound is :attr:`hash_lag`)."""
-        return self.hash_follower.trails(active, start, position, self.hash_lag)
+        return self.hash_follower.trails(active, start, position, self.hash_lag.bound())
 
     def note_written(self, active: ActiveUpload, size: int) -> None:
         """Called by writers as bytes reach the file, for counters and live progress."""
@@ -346,14 +359,36 @@ class UploadEngine:
 
     # finishing ---------------------------------------------------------------------------
 
-    async def finish(self, upload_id: str, *, expected_sha256: str | None = None) -> UploadSession:
-        """Turn a complete upload into a finished one (see :meth:`Finishing.finish`)."""
-        return await self.finishing.finish(upload_id, expected_sha256=expected_sha256)
+    async def finish(
+        self,
+        upload_id: str,
+        *,
+        expected_sha256: str | None = None,
+        digest_needed: bool = True,
+    ) -> UploadSession:
+        """Turn a complete upload into a finished one (see :meth:`Finishing.finish`).
+
+        ``digest_needed=False``: the caller answers without the digest, so the finish may
+        go on in the background (the session returned is then complete, not finished:
+        see :meth:`finishing_under_way`)."""
+        return await self.finishing.finish(
+            upload_id, expected_sha256=expected_sha256, digest_needed=digest_needed
+        )
+
+    async def finishes_settled(self) -> None:
+        """Wait (at most :attr:`finish_wait`) for every finish under way in the background:
+        a listing or lookup of finished files then shows the uploads already answered."""
+        await self.finishing.all_settled(self.finish_wait)
+
+    def finishing_under_way(self, upload_id: str) -> bool:
+        """Whether the upload is complete and being finished in the background."""
+        return self.finishing.under_way(upload_id)
 
     # deleting and expiry -----------------------------------------------------------------
 
     async def delete(self, upload_id: str, *, reason: str | None = None) -> None:
         """Terminate the upload (a ``post-terminate`` hook, with ``reason`` if given)."""
+        await self.finishing.settled(upload_id, self.finish_wait)
         if await self.claims.held(upload_id):
             raise UploadLocked("the upload is being written; try again when that ends")
         active = self.uploads.get(upload_id)
@@ -428,4 +463,5 @@ class UploadEngine:
             with contextlib.suppress(BaseException):
                 await task
         self.uploads.close()
+        self.hash_follower.close()
         await self.backend.close()

@@ -10,6 +10,14 @@ so a mismatch leaves the upload as it was.
 Hooks (:mod:`freight.core.hooks`): ``pre-finish`` is asked just before the blob is
 finished (with the digest where it is settled by then); a refusal terminates the upload.
 The ``post-finish`` entry is written by the compare-and-set that records it as finished.
+
+Finishing in the background (:meth:`Finishing.finish` with ``digest_needed=False``): when
+nothing needs the digest before the answer (no digest declared to check, no ``pre-finish``
+hook, a store that reads back cheaply on one node), the caller gets the complete upload
+at once and the finish goes on in a task. Until it ends the upload is "complete,
+finishing": :meth:`Finishing.settled` lets every read wait for it (bounded), so no read
+sees it half finished. A crash meanwhile leaves a complete upload in ``receiving`` with
+its saved hash state, which the restart finishes (``resume_interrupted_work``).
 """
 
 from __future__ import annotations
@@ -80,20 +88,91 @@ class FinishingHost(Protocol):
 class Finishing:
     """Finishes uploads for the engine."""
 
-    def __init__(self, host: FinishingHost) -> None:
+    def __init__(self, host: FinishingHost, *, in_background: bool) -> None:
         self._host = host
+        # Whether finishing may go on after the answer at all (one node, a store that
+        # reads back cheaply): elsewhere another node could not wait for it.
+        self._in_background = in_background
+        self._under_way: dict[str, asyncio.Task[None]] = {}
 
-    async def finish(self, upload_id: str, *, expected_sha256: str | None = None) -> UploadSession:
+    async def finish(
+        self,
+        upload_id: str,
+        *,
+        expected_sha256: str | None = None,
+        digest_needed: bool = True,
+    ) -> UploadSession:
         """Verify the upload is complete, finish its blob, settle its SHA-256 and record it
         as finished (compare and set: of two finishing it, one records it).
 
         A ``pre-finish`` hook that refuses it terminates it (see :meth:`_terminate`) and
-        its refusal is raised."""
+        its refusal is raised.
+
+        Without ``digest_needed`` (the caller answers without the digest), a finish that
+        nothing else waits for goes on in the background: the complete, unfinished
+        session is returned at once (see :meth:`under_way`)."""
+        if upload_id in self._under_way:
+            await self.settled(upload_id, None)
+        elif not digest_needed and expected_sha256 is None:
+            session = await self._start_in_background(upload_id)
+            if session is not None:
+                return session
         try:
             return await self._finish(upload_id, expected_sha256)
         except HookRejected as refusal:
             await self._terminate(upload_id, refusal)
             raise
+
+    def under_way(self, upload_id: str) -> bool:
+        """Whether the upload is being finished in the background ("complete, finishing")."""
+        return upload_id in self._under_way
+
+    async def settled(self, upload_id: str, timeout: float | None) -> None:
+        """Wait (at most ``timeout`` seconds) for a finish under way in the background."""
+        task = self._under_way.get(upload_id)
+        if task is not None:
+            await asyncio.wait([task], timeout=timeout)
+
+    async def all_settled(self, timeout: float | None) -> None:
+        """Wait (at most ``timeout`` seconds) for every finish under way now."""
+        if self._under_way:
+            await asyncio.wait(list(self._under_way.values()), timeout=timeout)
+
+    async def _start_in_background(self, upload_id: str) -> UploadSession | None:
+        """The complete session, its finish started in a task; None where the finish must
+        be awaited (it needs the digest, or is not due)."""
+        host = self._host
+        if not self._in_background or host.hooks.wants(HookEvent.PRE_FINISH):
+            return None
+        active = await host.activate(upload_id)
+        session = active.session
+        can_wait = (
+            session.state is UploadState.RECEIVING
+            and session.is_complete
+            and session.declared_sha256 is None
+            and session.concat_kind is not ConcatKind.FINAL
+        )
+        if not can_wait or upload_id in self._under_way:
+            return None
+        task = host._spawn(self._finish_in_background(upload_id))
+        self._under_way[upload_id] = task
+        task.add_done_callback(lambda _: self._forget_task(upload_id, task))
+        # A copy: the finish replaces the live session, and the caller answers with this one.
+        return dataclasses.replace(session, received=session.received.copy())
+
+    def _forget_task(self, upload_id: str, task: asyncio.Task[None]) -> None:
+        if self._under_way.get(upload_id) is task:
+            del self._under_way[upload_id]
+
+    async def _finish_in_background(self, upload_id: str) -> None:
+        try:
+            await self._finish(upload_id, None)
+        except (FreightError, OSError) as exc:  # left complete: the sweeper finishes it later
+            log.warning(
+                "finishing in the background failed: %s",
+                exc,
+                extra=log_fields(upload_id=upload_id),
+            )
 
     async def _terminate(self, upload_id: str, refusal: HookRejected) -> None:
         """Delete an upload ``pre-finish`` refused (once its claim is released): its bytes

@@ -23,7 +23,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import sys
+import threading
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 
 from freight.core.active_upload import ActiveUpload, persist
 from freight.core.blobs import BlobReader, BlobStore, HeldRanges, ReadBack
@@ -57,7 +61,20 @@ CATCH_UP_RUN = 64 * 1024 * 1024
 # 0.83-0.99 through 8-32 MiB buffers and 0.87-0.92 through an mmap of each step (its page
 # faults cost more than the copy they save), against 0.55 for the hash alone.
 
+# Hashing threads run at this niceness (Linux: per thread): the bytes being received (the
+# client, the splice) get the CPU first, and the hash catches up in what is left over.
+HASH_NICENESS = 10
+# Threads that hash at once, whichever uploads they follow.
+HASH_THREADS = max(2, os.cpu_count() or 2)
+
 Spawn = Callable[[Coroutine[object, object, None]], "asyncio.Task[None]"]
+
+
+def _lower_priority() -> None:
+    """In each new hashing thread: yield the CPU to the receiving threads (best effort)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
 
 
 class HashFollower:
@@ -85,6 +102,18 @@ class HashFollower:
             else None
         )
         self.settled_bytes = 0  # read back at finish (a counter)
+        # Its own threads: a thread's niceness stays with it, and cannot be raised again
+        # without privilege, so a shared pool's threads must never be lowered.
+        self._threads = ThreadPoolExecutor(
+            HASH_THREADS, thread_name_prefix="freight-hash", initializer=_lower_priority
+        )
+
+    def close(self) -> None:
+        """Let the hashing threads go (any step still running ends by itself)."""
+        self._threads.shutdown(wait=False)
+
+    async def _in_thread(self, work: Callable[[], object]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._threads, work)
 
     def restore(self, active: ActiveUpload) -> None:
         """Give an upload just brought into memory its running hash, as saved."""
@@ -191,7 +220,9 @@ class HashFollower:
 
         try:
             async with self.read_buffers.borrow() as buffer:
-                await asyncio.to_thread(self._hash_run, run, hasher, start, buffer, report)
+                await self._in_thread(
+                    functools.partial(self._hash_run, run, hasher, start, buffer, report)
+                )
         except (FreightError, OSError) as exc:
             run.stopped = True
             active.hasher = restore_hasher(session)  # it may have eaten part of a step
@@ -271,8 +302,8 @@ class HashFollower:
                 reader = await self.blobs.open_reader(session.id)
             try:
                 async with self.read_buffers.borrow() as buffer:
-                    await asyncio.to_thread(
-                        hash_file_range, reader, hasher, position, length, buffer
+                    await self._in_thread(
+                        functools.partial(hash_file_range, reader, hasher, position, length, buffer)
                     )
             finally:
                 reader.close()

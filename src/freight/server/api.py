@@ -56,7 +56,9 @@ async def _file_by_digest(request: web.Request) -> web.Response:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise BadRequest("sha256 must be 64 hexadecimal digits")
     owner = listing_owner(principal_of(request))
-    found = await request.app[ENGINE].sessions.find_finished(int(size), sha256, owner)
+    engine = request.app[ENGINE]
+    await engine.finishes_settled()
+    found = await engine.sessions.find_finished(int(size), sha256, owner)
     files = [file_entry(request, found)] if found is not None else []
     return web.json_response({"files": files, "next_cursor": None})
 

@@ -58,6 +58,18 @@ def content_length(request: web.Request) -> int | None:
     return int(value)
 
 
+# A request with any of these waits for the upload's digest in the answer that completes it.
+DIGEST_HEADERS = ("Want-Repr-Digest", "Repr-Digest", "Content-Digest", "Upload-Checksum")
+
+
+def digest_wanted(request: web.Request) -> bool:
+    """Whether the answer that completes an upload must carry its digest: a client that
+    asks for it (RFC 9530 ``Want-Repr-Digest``) or checks what it sends (a checksum or
+    digest field) waits for it; others are answered once the bytes are stored, while the
+    digest settles (reads of the upload wait for that)."""
+    return any(name in request.headers for name in DIGEST_HEADERS)
+
+
 def has_body(request: web.Request) -> bool:
     length = content_length(request)
     return bool(length) or (length is None and request.body_exists)

@@ -35,7 +35,14 @@ from freight.errors import MethodNotAllowed, OffsetMismatch, UploadCompleted, Up
 from freight.protocol import ietf
 from freight.protocol.digests import build_repr_digest
 from freight.protocol.metadata import parse_upload_metadata
-from freight.server.body import check_fits, content_length, has_body, interrupter, stream_body
+from freight.server.body import (
+    check_fits,
+    content_length,
+    digest_wanted,
+    has_body,
+    interrupter,
+    stream_body,
+)
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.logs import request_client
 from freight.server.principals import GATE, principal_of
@@ -88,7 +95,7 @@ async def create(request: web.Request, req: ietf.IetfRequest) -> web.Response:
     if has_body(request):
         send_interim(request, location, req.version, limit)
         session = await write_body(request, engine, req, session)
-    session = await settle(engine, req, session)
+    session = await settle(engine, req, session, digest_wanted(request))
     headers = state_headers(session, req.version, limit)
     headers["Location"] = location
     return web.Response(status=201, headers=headers)
@@ -131,7 +138,7 @@ async def append(request: web.Request, req: ietf.IetfRequest, upload_id: str) ->
             provided_offset=req.offset,
         )
     session = await write_body(request, engine, req, session)
-    session = await settle(engine, req, session)
+    session = await settle(engine, req, session, digest_wanted(request))
     headers = state_headers(session, req.version, upload_limit(engine, req.version, session))
     return web.Response(status=features.append_status, headers=headers)
 
@@ -206,20 +213,22 @@ async def write_body(
 
 
 async def settle(
-    engine: UploadEngine, req: ietf.IetfRequest, session: UploadSession
+    engine: UploadEngine, req: ietf.IetfRequest, session: UploadSession, digest_needed: bool
 ) -> UploadSession:
-    """Fix a deferred length the request completed, and finish the upload when it is due."""
+    """Fix a deferred length the request completed, and finish the upload when it is due
+    (in the background unless ``digest_needed``: then it is complete, not yet finished)."""
     if req.complete and session.length is None:
         session = await engine.declare_length(session.id, session.offset)
     if session.is_complete:
-        session = await engine.finish(session.id)
+        session = await engine.finish(session.id, digest_needed=digest_needed)
     return session
 
 
 def state_headers(session: UploadSession, version: int, limit: str) -> dict[str, str]:
     headers = ietf.upload_state_headers(
         offset=session.offset,
-        complete=session.is_finished,
+        # After settle(): a complete upload is finished or being finished.
+        complete=session.is_finished or session.is_complete,
         version=version,
         length=session.length,
         upload_limit=limit,

@@ -217,7 +217,10 @@ def tus_paths(base: str) -> Json:
                 "content": {"application/offset+octet-stream": {"schema": {"type": "string"}}}
             },
             "responses": {
-                "204": {"description": "Appended; Repr-Digest once complete.", "headers": offset},
+                "204": {
+                    "description": "Appended; once complete, Repr-Digest if Want-Repr-Digest.",
+                    "headers": offset,
+                },
                 "409": error_body("Wrong Upload-Offset."),
                 "415": error_body("Wrong Content-Type."),
                 "460": error_body("Upload-Checksum mismatch; the bytes were discarded."),

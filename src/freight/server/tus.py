@@ -16,7 +16,7 @@ from freight.protocol import tus
 from freight.protocol.checksum import CHECKSUM_ALGORITHMS, new_checksum
 from freight.protocol.digests import build_repr_digest
 from freight.protocol.metadata import build_upload_metadata
-from freight.server.body import check_fits, has_body, interrupter, stream_body
+from freight.server.body import check_fits, digest_wanted, has_body, interrupter, stream_body
 from freight.server.errors import PROTOCOL_KEY
 from freight.server.logs import request_client
 from freight.server.principals import GATE, principal_of
@@ -184,7 +184,7 @@ async def write_body(
         await stream_body(request, writer)
         session = await writer.commit()
     if session.is_complete:
-        session = await engine.finish(session.id)
+        session = await engine.finish(session.id, digest_needed=digest_wanted(request))
     return session
 
 

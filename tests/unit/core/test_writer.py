@@ -19,6 +19,7 @@ import pytest
 from freight.config import FsyncPolicy
 from freight.core.buffers import LARGE_BUFFER as BUFFER_SIZE
 from freight.core.engine import UploadEngine
+from freight.core.hash_lag import HashLag
 from freight.core.session import UploadSession
 from freight.core.writer import RequestChecksum
 from freight.errors import (
@@ -277,7 +278,10 @@ async def test_a_writer_waits_for_a_hash_that_falls_behind(
     """Hashing trails the writes, but never by much more than ``hash_lag``: bytes further
     behind might have left the page cache by the time the hash reaches them."""
     engine = open_engine(sync_every=MiB, fsync=FsyncPolicy.NEVER)
-    assert engine.hash_lag == 2 * MiB
+    assert engine.hash_lag.floor == 2 * MiB
+    # No memory to spare: the bound is its floor (more memory only widens it).
+    engine.hash_lag = HashLag(2 * MiB, lambda: 1, available=lambda: None)
+    lag = engine.hash_lag.bound()
     hash_stored = engine.hash_follower._hash_stored
 
     def slow_hash(*args: Any) -> None:
@@ -297,7 +301,7 @@ async def test_a_writer_waits_for_a_hash_that_falls_behind(
         await writer.commit()
     # Recording trails writing by up to ``sync_every`` and the staging buffers run ahead of
     # that; unbounded, the hash would trail by over 20 MiB.
-    assert engine.hash_lag < widest <= engine.hash_lag + engine.sync_every + 3 * BUFFER_SIZE
+    assert lag < widest <= lag + engine.sync_every + 3 * BUFFER_SIZE
     finished = await engine.finish(session.id)
     assert finished.sha256 == hashlib.sha256(data).hexdigest()
 
