@@ -2,11 +2,10 @@
 
 Right after the handshake a :class:`Receiver` takes the connection's transport over from
 aiohttp (plain sockets; TLS stays with aiohttp). It reads frame headers itself; once the
-upload is open, the payload of each binary frame is read by the kernel straight into one
-reused frame buffer (with room for the next frame's header behind it, so a frame costs one
-read), unmasked there by aiohttp's C helper and copied into the writer's staging buffer.
-Every other frame goes to aiohttp as it arrived, so aiohttp's parser, its checks and its
-close handshake still see them.
+upload is open, the payload of each binary frame is read into one reused frame buffer,
+unmasked there by aiohttp's C helper and copied into the writer's staging buffer. Every
+other frame goes to aiohttp as it arrived, so aiohttp's parser, its checks and its close
+handshake still see them.
 """
 
 from __future__ import annotations
@@ -65,9 +64,6 @@ _READ_SIZE = 256 * 1024  # what asyncio reads at once for a plain protocol
 # a connection that never gets that far (no token, silent) holds no more than this.
 _OPENING_READ_SIZE = 4 * 1024
 _DATA_OPCODES = (OP_CONTINUATION, OP_TEXT, OP_BINARY)
-# A payload with at least this much still to come is read straight into the frame buffer;
-# smaller rests come with the bytes around them through the read buffer, a read for many.
-_DIRECT_MIN = 16 * 1024
 
 
 class Receiver(asyncio.BufferedProtocol):
@@ -94,13 +90,8 @@ class Receiver(asyncio.BufferedProtocol):
         self._header = bytearray(MAX_FRAME_HEADER)
         self._header_fill = 0
         self._header_need = 2
-        # The payload of the binary frame being read, then room for the next frame's header:
-        # the C unmasking helper takes a whole bytearray, so the payload starts at 0.
-        self._frame = bytearray()
-        self._frame_view = memoryview(self._frame)
+        self._frame = bytearray()  # the payload of the binary frame being read
         self._frame_fill = 0
-        self._frame_length = 0
-        self._direct = False  # the last buffer given to asyncio was the frame buffer
         self._mask: bytes | None = None
         self._current: FrameHeader | None = None
         self._mode = _Mode.HEADER
@@ -195,19 +186,12 @@ class Receiver(asyncio.BufferedProtocol):
     # asyncio.BufferedProtocol -------------------------------------------------------------
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # A large payload goes straight where it is unmasked, with the header behind it;
-        # anything else comes several frames at a time.
-        if self._mode is _Mode.DATA and self._left >= _DIRECT_MIN and not self._holds:
-            self._direct = True
-            return self._frame_view[self._frame_fill : self._frame_length + MAX_FRAME_HEADER]
+        # Whatever comes, several frames at a time: a copy out of here costs less than the
+        # read more it would take to put a payload straight where it goes.
         return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._direct:
-            self._direct = False
-            self._payload_direct(nbytes)
-        else:
-            self._consume(self._read_buffer[:nbytes])
+        self._consume(self._read_buffer[:nbytes])
         if self._data_read:
             self._data_read = False
             self.data_at = self._loop.time()
@@ -234,20 +218,6 @@ class Receiver(asyncio.BufferedProtocol):
 
     # decoding -----------------------------------------------------------------------------
 
-    def _payload_direct(self, nbytes: int) -> None:
-        """``nbytes`` were read into the frame buffer: payload, then perhaps what follows."""
-        self._data_read = True
-        fill = self._frame_fill + nbytes
-        if fill < self._frame_length:
-            self._frame_fill, self._left = fill, self._frame_length - fill
-            return
-        # Copied out before the frame is unmasked in place (which scrambles them).
-        after = bytes(self._frame_view[self._frame_length : fill])
-        self._frame_fill, self._left = self._frame_length, 0
-        self._end_frame()
-        if after:
-            self._consume(memoryview(after))
-
     def _consume(self, data: memoryview) -> None:
         """Decode bytes read; keep what follows a hold for later."""
         while data.nbytes:
@@ -262,7 +232,7 @@ class Receiver(asyncio.BufferedProtocol):
                     self._data_read = True
                 if self._mode is _Mode.DATA:
                     end = self._frame_fill + taken
-                    self._frame_view[self._frame_fill : end] = data[:taken]
+                    memoryview(self._frame)[self._frame_fill : end] = data[:taken]
                     self._frame_fill = end
                 elif self._mode is _Mode.FORWARD:
                     self._aiohttp.data_received(bytes(data[:taken]))
@@ -300,7 +270,8 @@ class Receiver(asyncio.BufferedProtocol):
                 self._refuse(exc)
             else:
                 self._mode, self._mask, self._frame_fill = _Mode.DATA, header.mask, 0
-                self._frame_for(header.length)
+                if len(self._frame) != header.length:
+                    self._frame = bytearray(header.length)
         elif (refusal := self._refusal(header)) is not None:
             self._refuse(refusal)
         else:
@@ -310,17 +281,6 @@ class Receiver(asyncio.BufferedProtocol):
                 self._fragmented = not header.fin
         if not self._left:
             self._end_frame()
-
-    def _frame_for(self, length: int) -> None:
-        """A frame buffer for ``length`` payload bytes and a header; reused while it fits.
-
-        Unmasking runs over the whole buffer, so one more than twice the size is replaced.
-        """
-        self._frame_length = length
-        size = length + MAX_FRAME_HEADER
-        if not size <= len(self._frame) <= 2 * size:
-            self._frame = bytearray(size)
-            self._frame_view = memoryview(self._frame)
 
     def _refusal(self, header: FrameHeader) -> FreightError | None:
         """Why a frame for aiohttp is refused from its header, before aiohttp buffers it.
@@ -375,12 +335,13 @@ class Receiver(asyncio.BufferedProtocol):
         writer, window = self._writer, self._window
         if writer is None or window is None:
             return
+        frame = memoryview(self._frame)
         try:
-            self._staged += writer.write_nowait(self._frame_view[self._staged : self._frame_length])
+            self._staged += writer.write_nowait(frame[self._staged :])
         except Exception as exc:
             self._fail(_as_freight_error(exc))
             return
-        if self._staged < self._frame_length:
+        if self._staged < frame.nbytes:
             self._hold("disk")
             self._room = asyncio.ensure_future(self._make_room(writer))
         elif window.window_full:
