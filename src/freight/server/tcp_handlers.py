@@ -45,6 +45,7 @@ from freight.protocol.frame_types import (
     encode_data_header,
 )
 from freight.server.download import STREAM_BUFFER
+from freight.server.file_prefix import complete_file_id
 from freight.server.file_sender import send_file
 from freight.server.ingest import WriterFeed
 from freight.server.principals import check_visible
@@ -307,7 +308,9 @@ class TcpConnection(ConnectionPlumbing):
         return await self._engine.get(upload_id)
 
     async def _get(self, get: Get) -> None:
-        session = await self._owned(get.upload_id)
+        # A prefix of an id, as `freight ls` shows them: TCP has no listing to complete it.
+        upload_id = await complete_file_id(self._engine, self._principal, get.upload_id)
+        session = await self._owned(upload_id)
         if not session.is_finished:
             raise UploadIncomplete("the upload is not finished yet")
         size = session.length or 0
