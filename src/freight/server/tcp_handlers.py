@@ -44,6 +44,7 @@ from freight.protocol.frame_types import (
     Welcome,
     encode_data_header,
 )
+from freight.protocol.metadata import path_name, with_relative_path
 from freight.server.download import STREAM_BUFFER
 from freight.server.file_prefix import complete_file_id
 from freight.server.file_sender import send_file
@@ -155,7 +156,7 @@ class TcpConnection(ConnectionPlumbing):
         async with self._server.gate.creating(self._principal, put.size):
             session = await self._engine.create(
                 length=put.size,
-                metadata={"filename": put.name or None},
+                metadata=_put_metadata(put),
                 client=self._peer_address(),
                 # Kept for a later RESUME, and checked if the upload is finished without one.
                 declared_sha256=put.sha256.hex() if put.sha256 is not None else None,
@@ -390,6 +391,13 @@ class TcpConnection(ConnectionPlumbing):
             raise IdleTimeout("the client stopped reading the download") from None
         if self._transport is None or self._transport.is_closing():
             raise ClientDisconnected("the client went away during a download")
+
+
+def _put_metadata(put: Put) -> dict[str, str | None]:
+    """A PUT's name; a path (checked as PUT was decoded) is kept whole as ``relativePath``."""
+    if not put.is_path:
+        return {"filename": put.name or None}
+    return with_relative_path({"filename": path_name(put.name)}, put.name)
 
 
 def _finished(session: UploadSession) -> Finished:
