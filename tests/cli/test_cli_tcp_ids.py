@@ -61,3 +61,15 @@ def test_a_short_id_names_its_file_over_tcp_and_an_ambiguous_one_lists_the_candi
     for candidate in (i for i in ids if i.startswith(first)):
         assert candidate in done.stderr
     assert not (tmp_path / "which.bin").exists()
+
+
+def test_ls_and_rm_of_a_tcp_url_say_to_use_http(
+    server_factory: Any, tmp_path: Path, env: dict[str, str]
+) -> None:
+    server = server_factory(data_dir=tmp_path / "data", args=["--tcp-port", "0"]).start()
+    tcp = tcp_url(server)
+    for args in (("ls", tcp), ("rm", f"{tcp}/abcdefgh"), ("rm", tcp, "abcdefgh")):
+        done = run_cli(*args, env=env)
+        assert done.returncode == 1
+        assert "only sends and fetches files" in done.stderr, done.stderr
+        assert "http(s) URL" in done.stderr
