@@ -144,6 +144,13 @@ class PieceOffsetMismatch(FreightError):
         self.chunk_offset = chunk_offset
 
 
+class AmbiguousId(FreightError):
+    """A typed id prefix matches several stored files; the message names them."""
+
+    code = "ERR_AMBIGUOUS_ID"
+    status = 409
+
+
 class UploadIncomplete(FreightError):
     """The upload cannot be used yet because bytes are missing."""
 

@@ -157,7 +157,7 @@ def send(
                 options,
                 transfers=transfers,
                 force=force,
-                with_metadata=protocol == "tus",
+                with_metadata=True,
                 **specific,
             )
         )

@@ -155,8 +155,8 @@ async def send_files(
     file does not stop the others. Unless ``force``, a file the server holds already (same
     size and SHA-256) is skipped. Every file is sent with ``options``, its progress and retry
     notices going to ``watcher``, and the uploader's own ``specific`` arguments.
-    ``with_metadata`` sends each file's ``relativePath`` (uploaders that take ``metadata``:
-    tus)."""
+    ``with_metadata`` sends each file's ``relativePath`` (every uploader takes
+    ``metadata``; each sends the path in its protocol's own field)."""
     gate = asyncio.Semaphore(max(1, transfers))
     async with options.session() as lookups:
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ from freight.client.options import DEFAULTS, TransferOptions
 from freight.client.resume_store import UploadKey
 from freight.client.upload import UploadResult, display_name, local_file
 from freight.client.urls import server_root
+from freight.protocol.metadata import RELATIVE_PATH
 
 __all__ = ["DEFAULT_PARALLEL", "upload_chunks"]
 
@@ -80,13 +81,15 @@ async def upload_chunks(
     parallel: int = DEFAULT_PARALLEL,
     requested_chunk_size: int | None = None,
     chunk_digests: bool = False,
+    metadata: Mapping[str, str] | None = None,
 ) -> UploadResult:
     """Upload ``path`` to the server at ``server_url`` through its chunk API.
 
     Arguments are those of :func:`freight.client.upload.upload_file` (the options'
     ``chunk_size`` is the read granularity) plus ``parallel`` (chunks in flight),
     ``requested_chunk_size`` (the API chunk size to ask for; the server has the last word)
-    and ``chunk_digests`` (send each chunk's SHA-256, see the module's doc).
+    and ``chunk_digests`` (send each chunk's SHA-256, see the module's doc). Of
+    ``metadata`` the chunk API carries ``relativePath`` (as ``relative_path``).
     """
     path = local_file(path)
     if parallel < 1:
@@ -105,6 +108,7 @@ async def upload_chunks(
             requested_chunk_size=requested_chunk_size,
             chunk_digests=chunk_digests,
         )
+        upload.relative_path = (metadata or {}).get(RELATIVE_PATH)
         return await upload.run(on_start)
 
 
@@ -138,6 +142,7 @@ class _ChunkUpload:
         self.key = key
         self.size = key.size
         self.root = root
+        self.relative_path: str | None = None
         self.endpoint = endpoint
         self.store = options.resume_store
         self.budget = options.budget()
@@ -200,6 +205,8 @@ class _ChunkUpload:
         request: dict[str, Any] = {"name": display_name(self.path), "size": self.size}
         if self.requested_chunk_size is not None:
             request["chunk_size"] = self.requested_chunk_size
+        if self.relative_path is not None:
+            request["relative_path"] = self.relative_path
         async with self.session.post(self.endpoint, json=request) as resp:
             if resp.status != 201:
                 raise await server_error(resp, "creating the upload")

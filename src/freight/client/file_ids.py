@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from freight import errors
 from freight.client.errors import ClientError
+from freight.protocol.id_prefix import FULL_ID_LENGTH
+from freight.protocol.id_prefix import match_prefix as _match_prefix
 
 __all__ = ["FULL_ID_LENGTH", "MIN_PREFIX", "AmbiguousId", "match_prefix", "short_ids"]
 
-FULL_ID_LENGTH = 32  # a server's ids: 24 random bytes, URL-safe base64
 MIN_PREFIX = 8  # 48 random bits: short, and unlikely to need more as files come and go
-_SHOWN_CANDIDATES = 10
 
 
 class AmbiguousId(ClientError):
-    """A typed id prefix matches several stored files."""
+    """A typed id prefix matches several stored files (over TCP the server says so, with
+    :class:`freight.errors.AmbiguousId`'s code and message)."""
 
     code = "ERR_AMBIGUOUS_ID"
 
@@ -44,15 +46,7 @@ def _common_length(first: str, second: str) -> int:
 def match_prefix(given: str, ids: Iterable[str]) -> str | None:
     """The id ``given`` names: itself if listed, else the one id it starts; None if none
     does; :class:`AmbiguousId`, naming the candidates, if several do."""
-    candidates = sorted({upload_id for upload_id in ids if upload_id.startswith(given)})
-    if given in candidates or not candidates:
-        return given if candidates else None
-    if len(candidates) == 1:
-        return candidates[0]
-    shown = ", ".join(candidates[:_SHOWN_CANDIDATES])
-    more = len(candidates) - _SHOWN_CANDIDATES
-    raise AmbiguousId(
-        f"{given!r} is the start of {len(candidates)} file ids: {shown}"
-        + (f" and {more} more" if more > 0 else "")
-        + "; give more of the id"
-    )
+    try:
+        return _match_prefix(given, ids)
+    except errors.AmbiguousId as exc:
+        raise AmbiguousId(exc.message) from None

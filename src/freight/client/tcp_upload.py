@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from freight.client.errors import ClientError, DigestMismatch, LocalFileChanged, ProtocolViolation
@@ -41,6 +41,7 @@ from freight.protocol.frames import (
     Resume,
     encode_data_header,
 )
+from freight.protocol.metadata import RELATIVE_PATH
 
 __all__ = ["upload_tcp"]
 
@@ -57,6 +58,7 @@ async def upload_tcp(
     on_start: Callable[[int, int], None] | None = None,
     parallel: int = 1,
     verify: bool = True,
+    metadata: Mapping[str, str] | None = None,
 ) -> UploadResult:
     """Upload ``path`` to ``tcp://host:port``; resumable like :func:`upload_file`.
 
@@ -65,11 +67,13 @@ async def upload_tcp(
     moves the payload, so the options' ``chunk_size`` has no read size to choose.
     ``verify=False`` does not hash the file: DONE carries 32 zero bytes and the result
     reports the server's SHA-256 unchecked (``verified`` False), for devices that cannot
-    spare the CPU.
+    spare the CPU. Of ``metadata`` only ``relativePath`` goes (as the PUT's name, flagged
+    as a path): the protocol has no other field for it.
     """
     del parallel
     path = local_file(path)
     upload = _TcpUpload(path, parse_tcp_url(server_url), options, on_start)
+    upload.relative_path = (metadata or {}).get(RELATIVE_PATH)
     return await (upload.run() if verify else upload.run_unverified())
 
 
@@ -96,6 +100,7 @@ class _TcpUpload:
         self.acked = 0
         self.resumed_from: int | None = None
         self.upload_id: str | None = None
+        self.relative_path: str | None = None  # sent instead of the name when given
         self.digest: asyncio.Future[bytes] | None = None
         self.hasher: SplitHasher | None = None  # None: not hashing (run_unverified)
 
@@ -195,8 +200,11 @@ class _TcpUpload:
             else:
                 return self._check_reply(reply)
             self.upload_id = None
-        name = display_name(self.path)[:255]
-        await link.send(Put(self.size, name).encode())
+        if self.relative_path is not None:
+            put = Put(self.size, self.relative_path, is_path=True)
+        else:
+            put = Put(self.size, display_name(self.path)[:255])
+        await link.send(put.encode())
         reply = self._check_reply(await link.next_control("starting the upload"))
         self.upload_id = reply.upload_id
         if self.store is not None:

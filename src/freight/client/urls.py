@@ -27,6 +27,12 @@ def parse_http_url(text: str) -> URL:
         url = URL(text.strip())
     except ValueError as exc:
         raise ClientError(f"not a valid URL: {text!r}") from exc
+    if url.scheme == "tcp":
+        # The TCP protocol sends and fetches files only: no listing, no deleting.
+        raise ClientError(
+            f"{text.strip()} is a raw TCP port, which only sends and fetches files: give the"
+            " server's http(s) URL for this"
+        )
     if url.scheme not in ("http", "https") or not url.host:
         raise ClientError(f"not an http(s) URL: {text!r}")
     return url.with_query(None).with_fragment(None)

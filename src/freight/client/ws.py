@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -34,6 +34,7 @@ from freight.client.resume_store import UploadKey
 from freight.client.upload import UploadResult, display_name, local_file
 from freight.client.urls import file_id_from_url, server_root
 from freight.client.ws_sending import BlockReader, SendWindow
+from freight.protocol.metadata import RELATIVE_PATH
 from freight.protocol.ws_messages import (
     Credit,
     Done,
@@ -75,6 +76,7 @@ async def upload_file_ws(
     *,
     on_start: Callable[[int, int], None] | None = None,
     parallel: int = 1,
+    metadata: Mapping[str, str] | None = None,
 ) -> UploadResult:
     """Upload ``path`` to the server at ``server_url`` over a WebSocket (``/api/ws``).
 
@@ -89,6 +91,8 @@ async def upload_file_ws(
     key = UploadKey.for_file(path, str(endpoint))
     async with options.session() as session:
         upload = _WsUpload(session, path, key, endpoint, options, on_start)
+        # Of ``metadata`` the protocol carries the folder path (``start``'s relative_path).
+        upload.relative_path = (metadata or {}).get(RELATIVE_PATH)
         return await upload.run()
 
 
@@ -120,6 +124,7 @@ class _WsUpload:
     ) -> None:
         self.session = session
         self.path = path
+        self.relative_path: str | None = None
         self.key = key
         self.size = key.size
         self.endpoint = endpoint
@@ -203,7 +208,12 @@ class _WsUpload:
         if upload_id is not None:
             await ws.send_str(build_message(Resume(id=upload_id, max_frame=self.frame_size)))
         else:
-            start = Start(name=display_name(self.path), size=self.size, max_frame=self.frame_size)
+            start = Start(
+                name=display_name(self.path),
+                size=self.size,
+                max_frame=self.frame_size,
+                relative_path=self.relative_path,
+            )
             await ws.send_str(build_message(start))
         reply = await self._next_reply(ws)
         if isinstance(reply, ErrorReply):

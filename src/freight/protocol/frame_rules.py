@@ -27,6 +27,7 @@ MAX_DATA_PAYLOAD = 16 * 1024 * 1024
 MAX_OFFSET = 2**63 - 1  # offsets and sizes fit a signed 64-bit off_t
 UNTIL_END = 2**64 - 1  # GET length meaning "through the end of the file"
 FLAG_SHA256 = 0x01  # PUT: the sha256 field holds the file's digest
+FLAG_PATH = 0x02  # PUT: the name is the file's path in the folder sent (relativePath)
 
 U16 = struct.Struct(">H")
 U64 = struct.Struct(">Q")
@@ -157,7 +158,7 @@ BODY_LIMITS: dict[FrameType, tuple[int, int]] = {
     FrameType.FILE: (56, 56 + MAX_NAME),
     FrameType.ERROR: (10, 9 + MAX_CODE + MAX_MESSAGE),
 }
-ALLOWED_FLAGS: dict[FrameType, int] = {FrameType.PUT: FLAG_SHA256}
+ALLOWED_FLAGS: dict[FrameType, int] = {FrameType.PUT: FLAG_SHA256 | FLAG_PATH}
 MAX_CONTROL_BODY = max(high for kind, (_, high) in BODY_LIMITS.items() if kind != FrameType.DATA)
 MAX_BUFFERED = HEADER_SIZE + MAX_CONTROL_BODY
 """The most the decoder ever stores: one header and the largest control body."""

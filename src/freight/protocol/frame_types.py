@@ -13,6 +13,7 @@ from typing import ClassVar, TypeAlias
 from freight._types import Buffer
 from freight.protocol.frame_rules import (
     CODE_PATTERN,
+    FLAG_PATH,
     FLAG_SHA256,
     HEADER,
     MAGIC,
@@ -37,6 +38,7 @@ from freight.protocol.frame_rules import (
     decode_text,
     pack,
 )
+from freight.protocol.metadata import relative_path_problem
 
 
 @dataclass(frozen=True)
@@ -97,21 +99,28 @@ _PUT = struct.Struct(">Q32s")
 
 @dataclass(frozen=True)
 class Put:
-    """Client: start a new upload of ``size`` bytes; ``sha256`` (raw) if known up front."""
+    """Client: start a new upload of ``size`` bytes; ``sha256`` (raw) if known up front.
+
+    With ``is_path`` the name is the file's path in the folder sent (``photos/a.jpg``, kept
+    as ``relativePath``), checked like every protocol's (no absolute path, no ``..``).
+    """
 
     TYPE: ClassVar[FrameType] = FrameType.PUT
     size: int
     name: str = ""
     sha256: bytes | None = None
+    is_path: bool = False
 
     def __post_init__(self) -> None:
         check_offset(self.size, "size")
         check_text(self.name, MAX_NAME, "the name")
         if self.sha256 is not None:
             check_digest(self.sha256)
+        if self.is_path and (problem := relative_path_problem(self.name)) is not None:
+            raise MalformedFrame(f"the path is refused: {problem}")
 
     def encode(self) -> bytes:
-        flags = FLAG_SHA256 if self.sha256 is not None else 0
+        flags = (FLAG_SHA256 if self.sha256 is not None else 0) | (FLAG_PATH if self.is_path else 0)
         body = _PUT.pack(self.size, self.sha256 or NO_DIGEST)
         return pack(self.TYPE, body + check_text(self.name, MAX_NAME, "the name"), flags)
 
@@ -121,7 +130,7 @@ class Put:
         if not flags & FLAG_SHA256 and digest != NO_DIGEST:
             raise MalformedFrame("PUT without the sha256 flag must carry a zero digest")
         name = decode_text(body[_PUT.size :], "the name")
-        return cls(size, name, digest if flags & FLAG_SHA256 else None)
+        return cls(size, name, digest if flags & FLAG_SHA256 else None, bool(flags & FLAG_PATH))
 
 
 @dataclass(frozen=True)

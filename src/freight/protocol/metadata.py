@@ -22,17 +22,26 @@ from freight.errors import InvalidHeader
 __all__ = [
     "MAX_FILENAME_BYTES",
     "MAX_METADATA_LENGTH",
+    "MAX_RELATIVE_PATH_BYTES",
+    "RELATIVE_PATH",
     "build_upload_metadata",
     "content_disposition",
     "decode_base64",
     "parse_upload_metadata",
+    "path_name",
+    "relative_path_problem",
     "safe_filename",
+    "with_relative_path",
 ]
 
 HEADER = "Upload-Metadata"
 MAX_METADATA_LENGTH = 65536
 # The common per-component limit of Linux and macOS file systems.
 MAX_FILENAME_BYTES = 255
+# Where a file sat in the folder it was sent with (``photos/2024/a.jpg``), under the key Uppy
+# uses; every protocol stores it under this key and checks it with relative_path_problem().
+RELATIVE_PATH = "relativePath"
+MAX_RELATIVE_PATH_BYTES = 4096  # PATH_MAX on Linux
 # An extension longer than this is more likely part of the name than a real suffix.
 _MAX_KEPT_SUFFIX_BYTES = 16
 
@@ -74,6 +83,44 @@ def _parse_pair(pair: str) -> tuple[str, str | None]:
         raise InvalidHeader(f"{HEADER} {key!r} value is not UTF-8 text") from exc
 
 
+def relative_path_problem(path: str) -> str | None:
+    """What is wrong with ``path`` as a ``relativePath`` (None: nothing).
+
+    It is untrusted: a client saving files under it must never leave the folder it saves
+    into. So it is relative (no leading separator, no drive), has no empty, ``.`` or ``..``
+    segment (``/`` and ``\\`` both separate), no control character, and is bounded: at
+    most MAX_RELATIVE_PATH_BYTES in all and MAX_FILENAME_BYTES a segment, in UTF-8.
+    """
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not UTF-8 text"
+    if not path:
+        return "it is empty"
+    if size > MAX_RELATIVE_PATH_BYTES:
+        return f"it is longer than {MAX_RELATIVE_PATH_BYTES} bytes"
+    if any(unicodedata.category(char) == "Cc" for char in path):
+        return "it holds a control character"
+    if path[0] in "/\\" or re.match(r"[A-Za-z]:", path):
+        return "it is an absolute path"
+    for segment in _PATH_SEPARATORS.split(path):
+        if segment in ("", ".", ".."):
+            return "it has an empty, '.' or '..' segment"
+        if len(segment.encode("utf-8")) > MAX_FILENAME_BYTES:
+            return f"a segment is longer than {MAX_FILENAME_BYTES} bytes"
+    return None
+
+
+def path_name(path: str) -> str:
+    """The last segment of a relative path: the file's own name."""
+    return _PATH_SEPARATORS.split(path)[-1]
+
+
+def with_relative_path(metadata: dict[str, str | None], path: str | None) -> dict[str, str | None]:
+    """``metadata`` plus ``relativePath`` when there is one (already checked)."""
+    return metadata if path is None else {**metadata, RELATIVE_PATH: path}
+
+
 def parse_upload_metadata(
     header: str, *, max_length: int = MAX_METADATA_LENGTH
 ) -> dict[str, str | None]:
@@ -91,6 +138,9 @@ def parse_upload_metadata(
         key, value = _parse_pair(pair.strip(" \t"))
         if key in metadata:
             raise InvalidHeader(f"{HEADER} key {key!r} appears more than once")
+        problem = relative_path_problem(value) if key == RELATIVE_PATH and value else None
+        if problem is not None:
+            raise InvalidHeader(f"{HEADER} {key!r} is refused: {problem}")
         metadata[key] = value
     return metadata
 

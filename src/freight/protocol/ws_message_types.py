@@ -61,6 +61,7 @@ class Start:
     sha256: str | None = None
     token: str | None = None
     max_frame: int | None = None
+    relative_path: str | None = None  # where the file sat in a folder sent: a/b/name
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from freight.protocol.metadata import MAX_RELATIVE_PATH_BYTES, relative_path_problem
 from freight.protocol.ws_message_types import (
     MAX_CONTROL_SIZE,
     MAX_INT64,
@@ -51,6 +52,7 @@ def parse_client_message(data: str | bytes, *, max_size: int = MAX_CONTROL_SIZE)
             sha256=_sha256(body, "sha256", required=False),
             token=_optional_text(body, "token", MAX_TOKEN_LENGTH),
             max_frame=_optional_integer(body, "max_frame", minimum=1),
+            relative_path=_relative_path(body, "relative_path"),
         )
     if op == "resume":
         return Resume(
@@ -160,6 +162,13 @@ def _text(body: Mapping[str, Any], name: str, max_length: int, *, allow_empty: b
 
 def _optional_text(body: Mapping[str, Any], name: str, max_length: int) -> str | None:
     return None if body.get(name) is None else _text(body, name, max_length)
+
+
+def _relative_path(body: Mapping[str, Any], name: str) -> str | None:
+    value = _optional_text(body, name, MAX_RELATIVE_PATH_BYTES)
+    if value is not None and (problem := relative_path_problem(value)) is not None:
+        raise InvalidMessage(f'"{name}" is refused: {problem}', field=name)
+    return value
 
 
 def _upload_id(body: Mapping[str, Any], name: str) -> str:

@@ -32,7 +32,7 @@ from freight.errors import (
 )
 from freight.protocol.checksum import digest_size, new_checksum
 from freight.protocol.digests import parse_digest_header
-from freight.protocol.metadata import safe_filename
+from freight.protocol.metadata import relative_path_problem, safe_filename
 from freight.protocol.ranges import parse_content_range
 
 __all__ = [
@@ -240,6 +240,7 @@ class CreateRequest:
     size: int
     chunk_size: int | None
     sha256: str | None
+    relative_path: str | None = None  # checked: see relative_path_problem()
 
 
 def _integer(data: dict[str, Any], key: str, *, minimum: int) -> int | None:
@@ -277,7 +278,20 @@ def parse_create_request(data: object) -> CreateRequest:
     if size is None:
         raise BadRequest("'size' (the file's length in bytes) is required")
     chunk_size = _integer(fields, "chunk_size", minimum=1)
-    return CreateRequest(safe_filename(name, "") or None, size, chunk_size, _sha256(fields))
+    return CreateRequest(
+        safe_filename(name, "") or None, size, chunk_size, _sha256(fields), _relative_path(fields)
+    )
+
+
+def _relative_path(data: dict[str, Any]) -> str | None:
+    value = data.get("relative_path")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest("'relative_path' must be a string")
+    if (problem := relative_path_problem(value)) is not None:
+        raise BadRequest(f"'relative_path' is refused: {problem}")
+    return value
 
 
 def parse_complete_request(data: object) -> str | None:

@@ -60,7 +60,7 @@ from aiohttp import web
 from freight.core import UploadSession
 from freight.core.blobs import PartSized
 from freight.errors import BadRequest, UploadCompleted, UploadIncomplete
-from freight.protocol.metadata import safe_filename
+from freight.protocol.metadata import safe_filename, with_relative_path
 from freight.server.body import content_length
 from freight.server.chunk_layout import (
     API_PREFIX,
@@ -192,7 +192,7 @@ async def create_upload(request: web.Request) -> web.Response:
     async with request.app[GATE].creating(principal, wanted.size):
         session = await engine.create(
             length=wanted.size,
-            metadata={"filename": wanted.name},
+            metadata=with_relative_path({"filename": wanted.name}, wanted.relative_path),
             client=request_client(request),
             chunk_size=chunk_size,
             declared_sha256=wanted.sha256,

@@ -158,6 +158,15 @@ def schemas(policy: ChunkPolicy) -> Json:
                     ),
                 },
                 "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                "relative_path": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": (
+                        "Where the file sat in the folder sent (photos/2024/a.jpg), kept as "
+                        "the relativePath metadata: relative, no empty, '.' or '..' segment, "
+                        "at most 4096 bytes (255 a segment)."
+                    ),
+                },
             },
         },
         "CreatedUpload": {

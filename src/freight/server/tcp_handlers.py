@@ -44,7 +44,9 @@ from freight.protocol.frame_types import (
     Welcome,
     encode_data_header,
 )
+from freight.protocol.metadata import path_name, with_relative_path
 from freight.server.download import STREAM_BUFFER
+from freight.server.file_prefix import complete_file_id
 from freight.server.file_sender import send_file
 from freight.server.ingest import WriterFeed
 from freight.server.principals import check_visible
@@ -154,7 +156,7 @@ class TcpConnection(ConnectionPlumbing):
         async with self._server.gate.creating(self._principal, put.size):
             session = await self._engine.create(
                 length=put.size,
-                metadata={"filename": put.name or None},
+                metadata=_put_metadata(put),
                 client=self._peer_address(),
                 # Kept for a later RESUME, and checked if the upload is finished without one.
                 declared_sha256=put.sha256.hex() if put.sha256 is not None else None,
@@ -307,7 +309,9 @@ class TcpConnection(ConnectionPlumbing):
         return await self._engine.get(upload_id)
 
     async def _get(self, get: Get) -> None:
-        session = await self._owned(get.upload_id)
+        # A prefix of an id, as `freight ls` shows them: TCP has no listing to complete it.
+        upload_id = await complete_file_id(self._engine, self._principal, get.upload_id)
+        session = await self._owned(upload_id)
         if not session.is_finished:
             raise UploadIncomplete("the upload is not finished yet")
         size = session.length or 0
@@ -387,6 +391,13 @@ class TcpConnection(ConnectionPlumbing):
             raise IdleTimeout("the client stopped reading the download") from None
         if self._transport is None or self._transport.is_closing():
             raise ClientDisconnected("the client went away during a download")
+
+
+def _put_metadata(put: Put) -> dict[str, str | None]:
+    """A PUT's name; a path (checked as PUT was decoded) is kept whole as ``relativePath``."""
+    if not put.is_path:
+        return {"filename": put.name or None}
+    return with_relative_path({"filename": path_name(put.name)}, put.name)
 
 
 def _finished(session: UploadSession) -> Finished:

@@ -49,6 +49,7 @@ from freight.errors import (
     Unauthorized,
     UploadForbidden,
 )
+from freight.protocol.metadata import with_relative_path
 from freight.protocol.ws_message_types import (
     Done,
     Finished,
@@ -283,7 +284,7 @@ class _Connection:
         async with self.gate.creating(principal, opening.size):
             return await self.engine.create(
                 length=opening.size,
-                metadata={"filename": opening.name},
+                metadata=with_relative_path({"filename": opening.name}, opening.relative_path),
                 declared_sha256=opening.sha256,  # kept for a resume on another connection
                 client=request_client(self.request),
                 owner=principal.owner,

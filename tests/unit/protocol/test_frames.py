@@ -162,6 +162,13 @@ def test_byte_by_byte_equals_all_at_once() -> None:
     assert normalise(one_by_one) == expected_items(items)
 
 
+def test_a_put_with_the_path_flag_round_trips() -> None:
+    (put,) = FrameDecoder(CLIENT_FRAMES).feed(Put(5, "photos/2024/a.jpg", is_path=True).encode())
+    assert put == Put(5, "photos/2024/a.jpg", None, is_path=True)
+    (plain,) = FrameDecoder(CLIENT_FRAMES).feed(Put(5, "a/b").encode())
+    assert isinstance(plain, Put) and not plain.is_path  # without the flag, only a name
+
+
 def test_data_payload_is_a_view_of_the_fed_buffer() -> None:
     buffer = bytearray(encode_data(7, b"payload"))
     (chunk,) = FrameDecoder(CLIENT_FRAMES).feed(memoryview(buffer))
@@ -178,6 +185,10 @@ def test_the_wire_format_is_the_documented_one() -> None:
         bytes.fromhex("03 00 0000 00000029 0000000000000005") + bytes(32) + b"a"
     )
     assert encode_data_header(0, 5) == bytes.fromhex("07 00 0000 0000000d 0000000000000000")
+    # The path flag (0x02): the name is the file's path in the folder sent.
+    assert Put(5, "d/a", is_path=True).encode() == (
+        bytes.fromhex("03 02 0000 0000002b 0000000000000005") + bytes(32) + b"d/a"
+    )
     assert Ack(5).encode() == bytes.fromhex("08 00 0000 00000008 0000000000000005")
 
 
@@ -196,7 +207,10 @@ def header(frame_type: int, length: int, flags: int = 0, reserved: int = 0) -> b
         (header(FrameType.WELCOME, 12), UnexpectedFrame),  # a server frame sent to a server
         (header(FrameType.DONE, 32, reserved=1), MalformedFrame),
         (header(FrameType.RESUME, 3, flags=0x01), MalformedFrame),
-        (header(FrameType.PUT, 41, flags=0x02), MalformedFrame),
+        (header(FrameType.PUT, 41, flags=0x04), MalformedFrame),
+        # the path flag: a name that is no safe relative path
+        (header(FrameType.PUT, 41, flags=0x02) + bytes(40) + b"/", MalformedFrame),
+        (header(FrameType.PUT, 42, flags=0x02) + bytes(40) + b"..", MalformedFrame),
         (header(FrameType.DATA, 8), MalformedFrame),  # an empty DATA payload
         (header(FrameType.DONE, 31), MalformedFrame),
         (header(FrameType.DONE, 33), FrameTooLarge),

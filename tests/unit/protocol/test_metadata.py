@@ -15,6 +15,7 @@ from freight.protocol.metadata import (
     build_upload_metadata,
     content_disposition,
     parse_upload_metadata,
+    relative_path_problem,
     safe_filename,
 )
 
@@ -205,3 +206,22 @@ def test_content_disposition_is_a_safe_header(name: str) -> None:
     assert all(" " <= char <= "~" for char in value)
     encoded = value.split("filename*=UTF-8''", 1)[1]
     assert unquote(encoded, errors="replace") == name.encode("utf-8", "replace").decode()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/abs", "\\abs", "C:x", "..", "a/../b", "a/./b", "a//b", "a/", "a\x00b", "a\nb",
+     "x" * 256, "a/" * 2049 + "a"],
+)  # fmt: skip
+def test_a_hostile_relative_path_is_refused(path: str) -> None:
+    assert relative_path_problem(path) is not None
+    encoded = base64.b64encode(path.encode()).decode()
+    with pytest.raises(InvalidHeader):
+        parse_upload_metadata(f"relativePath {encoded}")
+
+
+@pytest.mark.parametrize("path", ["a.txt", "photos/2024/a.jpg", "é/ü.txt", "a b/c..d", "x" * 255])
+def test_a_relative_path_is_kept(path: str) -> None:
+    assert relative_path_problem(path) is None
+    encoded = base64.b64encode(path.encode()).decode()
+    assert parse_upload_metadata(f"relativePath {encoded}") == {"relativePath": path}
