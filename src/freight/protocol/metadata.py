@@ -87,9 +87,10 @@ def relative_path_problem(path: str) -> str | None:
     """What is wrong with ``path`` as a ``relativePath`` (None: nothing).
 
     It is untrusted: a client saving files under it must never leave the folder it saves
-    into. So it is relative (no leading separator, no drive), has no empty, ``.`` or ``..``
-    segment (``/`` and ``\\`` both separate), no control character, and is bounded: at
-    most MAX_RELATIVE_PATH_BYTES in all and MAX_FILENAME_BYTES a segment, in UTF-8.
+    into. So it names no drive, has no empty, ``.`` or ``..`` segment (``/`` and ``\\``
+    both separate), no control character, and is bounded: at most MAX_RELATIVE_PATH_BYTES
+    in all and MAX_FILENAME_BYTES a segment, in UTF-8. Leading separators are allowed and
+    mean the top of the folder sent: Uppy's folder drops send ``/folder/file``.
     """
     try:
         size = len(path.encode("utf-8"))
@@ -101,9 +102,10 @@ def relative_path_problem(path: str) -> str | None:
         return f"it is longer than {MAX_RELATIVE_PATH_BYTES} bytes"
     if any(unicodedata.category(char) == "Cc" for char in path):
         return "it holds a control character"
-    if path[0] in "/\\" or re.match(r"[A-Za-z]:", path):
+    inside = path.lstrip("/\\")
+    if not inside or re.match(r"[A-Za-z]:", inside):
         return "it is an absolute path"
-    for segment in _PATH_SEPARATORS.split(path):
+    for segment in _PATH_SEPARATORS.split(inside):
         if segment in ("", ".", ".."):
             return "it has an empty, '.' or '..' segment"
         if len(segment.encode("utf-8")) > MAX_FILENAME_BYTES:
