@@ -14,16 +14,33 @@ and their pages stay resident after they are freed. A node's bodies, part reads 
 are such blocks: with the threshold kept at 128 KiB a fleet node uploading 256 MiB peaked
 2 MiB lower (measured). A mapping per large block costs two system calls, nothing beside
 the megabytes such a block moves.
+
+Freed heap memory below the heap's top stays resident until ``malloc_trim`` hands its
+pages back. Start-up (imports, the first client objects) and each upload leave such holes:
+the heap is trimmed once the node is quiet (no upload byte written for a second) after it
+was busy, and once after start-up: 0.4 MiB at rest and 0.8 after an upload (measured on a
+fleet node), and the next upload's peak starts that much lower. A trim takes well under a
+millisecond, at most once per busy spell.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 from collections.abc import Callable
 
-__all__ = ["ARENAS", "MMAP_THRESHOLD", "limit_heap_arenas", "tune_heap"]
+__all__ = [
+    "ARENAS",
+    "MMAP_THRESHOLD",
+    "QUIET_SECONDS",
+    "limit_heap_arenas",
+    "trim_heap",
+    "trim_when_quiet",
+    "tune_heap",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +49,24 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 ARENAS = 2
 MMAP_THRESHOLD = 128 * 1024
+QUIET_SECONDS = 1.0
 
 
-def _mallopt() -> Callable[[int, int], int] | None:
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if not name:
         return None
     try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    try:
+        mallopt = _libc().mallopt  # type: ignore[union-attr]
+    except AttributeError:
         return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
@@ -61,3 +87,30 @@ def tune_heap(arenas: int = ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> boo
     if mallopt is None:
         return False
     return bool(mallopt(_M_ARENA_MAX, arenas)) and bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free pages back to the system; False where there is no glibc."""
+    try:
+        malloc_trim = _libc().malloc_trim  # type: ignore[union-attr]
+    except AttributeError:
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True
+
+
+async def trim_when_quiet(activity: Callable[[], int], quiet: float = QUIET_SECONDS) -> None:
+    """Trim the heap after start-up, then whenever ``activity`` (a counter of work done)
+    has stood still for ``quiet`` seconds after it moved. Runs until cancelled."""
+    trimmed_at: int | None = None
+    seen = activity()
+    while True:
+        await asyncio.sleep(quiet)
+        now = activity()
+        if now == seen and now != trimmed_at:
+            if not trim_heap():
+                return
+            trimmed_at = now
+        seen = now
