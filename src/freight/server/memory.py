@@ -21,6 +21,11 @@ the heap is trimmed once the node is quiet (no upload byte written for a second)
 was busy, and once after start-up: 0.4 MiB at rest and 0.8 after an upload (measured on a
 fleet node), and the next upload's peak starts that much lower. A trim takes well under a
 millisecond, at most once per busy spell.
+
+frozenlist (aiohttp's signal lists) ships its speed-up as a C++ extension, which loads the
+C++ runtime: 1.2 MiB of a server's memory (measured), for lists that are only iterated,
+once per request. The server asks for its plain Python version (frozenlist's documented
+``FROZENLIST_NO_EXTENSIONS``) before aiohttp is first imported.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
+import sys
 from collections.abc import Callable
 
 __all__ = [
@@ -37,6 +44,7 @@ __all__ = [
     "MMAP_THRESHOLD",
     "QUIET_SECONDS",
     "limit_heap_arenas",
+    "prefer_lean_extensions",
     "trim_heap",
     "trim_when_quiet",
     "tune_heap",
@@ -50,6 +58,14 @@ _M_ARENA_MAX = -8
 ARENAS = 2
 MMAP_THRESHOLD = 128 * 1024
 QUIET_SECONDS = 1.0
+
+
+def prefer_lean_extensions() -> bool:
+    """Ask for the pure Python versions of extensions that cost more memory than they
+    save time (see the module's doc), unless the environment says otherwise; False if it
+    comes too late (they are imported already)."""
+    os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
+    return "frozenlist" not in sys.modules
 
 
 @functools.cache
