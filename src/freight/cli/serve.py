@@ -101,9 +101,9 @@ class _ServeCommand(ServeCommand):
         parent: click.Context | None = None,
         **extra: Any,
     ) -> click.Context:
-        from freight.server.memory import prefer_lean_extensions
+        from freight.server.memory import lighten_imports
 
-        prefer_lean_extensions()  # before the options' checks import aiohttp
+        lighten_imports()  # before the options' checks import aiohttp
         return super().make_context(info_name, args, parent, **extra)
 
 

@@ -62,3 +62,14 @@ def test_a_quiet_node_hands_freed_heap_back() -> None:
 
 def test_a_busy_node_is_not_trimmed_under_its_feet() -> None:
     assert freed_mib("moving") < 5
+
+
+def test_lightened_imports_leave_the_system_type_tables_unread() -> None:
+    code = (
+        "from freight.server.memory import lighten_imports; print(lighten_imports())\n"
+        "import aiohttp.web, mimetypes, sys\n"
+        "print(mimetypes.inited, 'frozenlist._frozenlist' in sys.modules)\n"
+        "print(len(mimetypes.types_map) == len(mimetypes._types_map_default))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "True", "False", "True"]
