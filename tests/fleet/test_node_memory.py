@@ -25,8 +25,9 @@ from tests.integration.helpers import PatternStream, create_upload, patch_stream
 # endpoint rules, frozenlist's C++ runtime, one heap arena, the quiet trim).
 PEAK_LIMIT_MIB = 62.0
 # What a larger file may add: threads the executors start once, a page or two of the
-# allocator. A buffer kept per part, or any cost per byte, is far more (a part is 5 MiB).
-GROWTH_LIMIT_MIB = 1.5
+# allocator (0.6 to 1.4 MiB measured on a loaded 2-core machine, so 1.5 left no room).
+# A buffer kept per part, or any cost per byte, is far more (a part is 5 MiB).
+GROWTH_LIMIT_MIB = 2.0
 SMALL = 16 * MiB
 LARGE = 256 * MiB
 
