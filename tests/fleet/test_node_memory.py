@@ -19,11 +19,15 @@ from tests.conftest import ServerProcess
 from tests.fleet.conftest import Fleet, MiB
 from tests.integration.helpers import PatternStream, create_upload, patch_stream, repr_digest_hex
 
-# The peak a node must stay under (issue: scale-out, "per node, peak RSS under 64 MiB").
-PEAK_LIMIT_MIB = 64.0
+# The issue asks for a peak under 64 MiB ("per node, peak RSS under 64 MiB"); a node peaks
+# near 60 (59.8 to 60.6 after 256 MiB, measured on a loaded 2-core machine), so 62 leaves
+# room for load and still fails when the savings are lost (63.3 without them: the lean
+# endpoint rules, frozenlist's C++ runtime, one heap arena, the quiet trim).
+PEAK_LIMIT_MIB = 62.0
 # What a larger file may add: threads the executors start once, a page or two of the
-# allocator. A buffer kept per part, or any cost per byte, is far more (a part is 5 MiB).
-GROWTH_LIMIT_MIB = 1.5
+# allocator (0.6 to 1.4 MiB measured on a loaded 2-core machine, so 1.5 left no room).
+# A buffer kept per part, or any cost per byte, is far more (a part is 5 MiB).
+GROWTH_LIMIT_MIB = 2.0
 SMALL = 16 * MiB
 LARGE = 256 * MiB
 

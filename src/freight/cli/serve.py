@@ -93,6 +93,20 @@ def _check_tls(cert: Path | None, key: Path | None) -> None:
         ) from None
 
 
+class _ServeCommand(ServeCommand):
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        from freight.server.memory import lighten_imports
+
+        lighten_imports()  # before the options' checks import aiohttp
+        return super().make_context(info_name, args, parent, **extra)
+
+
 def _options(function: F) -> F:
     """Every ``serve`` option, declared once."""
     decorators = [
@@ -317,7 +331,7 @@ def _options(function: F) -> F:
 
 
 @every_option_from_environment
-@click.command(cls=ServeCommand)
+@click.command(cls=_ServeCommand)
 @_options
 @store_options
 @hook_options

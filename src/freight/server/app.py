@@ -42,7 +42,7 @@ from freight.server.logs import (
     TrustedProxies,
     configure_logging,
 )
-from freight.server.memory import tune_heap
+from freight.server.memory import trim_when_quiet, tune_heap
 from freight.server.metrics import (
     METRICS,
     metrics_middleware,
@@ -218,10 +218,12 @@ async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
         hooks.start(cast(HookOutbox, engine.sessions))
     await engine.resume_interrupted_work()
     sweeper = asyncio.ensure_future(engine.run_sweeper(app[SETTINGS].sweep_interval))
+    trimmer = asyncio.ensure_future(trim_when_quiet(lambda: engine.bytes_written_total))
     yield
-    sweeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeper
+    for task in (sweeper, trimmer):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     if hooks is not None:
         await hooks.close()  # what it did not deliver stays in the outbox
     await engine.close()

@@ -8,6 +8,12 @@ operations :data:`OPERATIONS` with the shapes they reach, without documentation,
 botocore version, in a child process (so the full files are never parsed in the node), and
 returns the directory to put first on the client's data path. With it a client costs about
 3 MiB.
+
+S3's endpoint rule set (900 KB of JSON: access points, S3 Express, Outposts, FIPS, dual
+stack, virtual hosts) is replaced by the two rules freight's client reaches: its endpoint
+is always given (AWS's own is spelled out by the caller) and addressed path-style, so a
+request goes to the endpoint's path plus the bucket. That keeps another 1.4 MiB out of a
+node (measured: a client 2.5 MiB above its imports, 1.1 with the lean rules).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ OPERATIONS = (
     "UploadPartCopy",
 )
 # Bumped whenever what the lean copies hold changes, so older copies are not reused.
-_FORMAT = 2
+_FORMAT = 3
 _DROPPED_KEYS = frozenset({"documentation", "documentationUrl", "examples"})
 
 
@@ -85,6 +91,8 @@ def _write_lean_data(target: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".lean-", dir=target.parent))
     _dump(staging / "s3" / version / "service-2.json", _lean_model(model))
     _dump(staging / "endpoints.json", _s3_endpoints(_read(source / "endpoints.json")))
+    rules = loader.load_service_model("s3", "endpoint-rule-set-1", version)
+    _dump(staging / "s3" / version / "endpoint-rule-set-1.json", _path_style_rules(rules))
     (staging / "done").write_text("ok\n")
     try:
         os.rename(staging, target)
@@ -135,6 +143,47 @@ def _s3_endpoints(endpoints: dict[str, Any]) -> dict[str, Any]:
     for partition in endpoints["partitions"]:
         partition["services"] = {k: v for k, v in partition["services"].items() if k == "s3"}
     return endpoints
+
+
+def _path_style_rules(rules: dict[str, Any]) -> dict[str, Any]:
+    """S3's endpoint rules for a client that always names its endpoint and addresses
+    buckets by path: the same URL and signing the full rule set gives it."""
+    kept = ("Bucket", "Region", "Endpoint")
+    parameters = {name: _undocumented(rules["parameters"][name]) for name in kept}
+    url = {"fn": "parseURL", "argv": [{"ref": "Endpoint"}], "assign": "url"}
+    has_endpoint = {"fn": "isSet", "argv": [{"ref": "Endpoint"}]}
+    signing = {
+        "authSchemes": [
+            {
+                "disableDoubleEncoding": True,
+                "name": "sigv4",
+                "signingName": "s3",
+                "signingRegion": "{Region}",
+            }
+        ]
+    }
+    in_bucket = {
+        "conditions": [
+            has_endpoint,
+            {"fn": "isSet", "argv": [{"ref": "Bucket"}]},
+            url,
+            {"fn": "uriEncode", "argv": [{"ref": "Bucket"}], "assign": "uri_encoded_bucket"},
+        ],
+        "endpoint": {
+            "url": "{url#scheme}://{url#authority}{url#normalizedPath}{uri_encoded_bucket}",
+            "properties": signing,
+            "headers": {},
+        },
+        "type": "endpoint",
+    }
+    no_bucket = {
+        "conditions": [has_endpoint, url],
+        "endpoint": {"url": {"ref": "Endpoint"}, "properties": signing, "headers": {}},
+        "type": "endpoint",
+    }
+    missing = {"conditions": [], "error": "an S3 endpoint URL is required", "type": "error"}
+    chosen = [in_bucket, no_bucket, missing]
+    return {"version": rules["version"], "parameters": parameters, "rules": chosen}
 
 
 def _read(path: Path) -> dict[str, Any]:
