@@ -388,6 +388,9 @@ class UploadWriter:
         self._checkpoint = asyncio.ensure_future(
             self._sync_and_record(self._flushed, mid_request=True)
         )
+        # Its failure reaches the request when the request next waits for it; a request
+        # that ends another way must not leave asyncio to log it as never retrieved.
+        self._checkpoint.add_done_callback(_retrieve)
 
     async def _sync_and_record(self, end: int, *, mid_request: bool = False) -> None:
         """Make bytes up to ``end`` durable and record them. ``mid_request`` (a checkpoint
@@ -416,3 +419,8 @@ class UploadWriter:
         except BaseException:
             self._recorded = start
             raise
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
