@@ -52,14 +52,21 @@ _MIGRATIONS = (
         )
         """,
     ),
+    # Version 2: a part's checksum is the CRC-32 the store verifies as it takes the part
+    # (a SHA-256 cost the node and the store each more CPU than the upload); rows of
+    # before keep their SHA-256, told apart by length (s3_table.PartRow).
+    (
+        "ALTER TABLE freight_blob_parts RENAME COLUMN sha256 TO checksum",
+        "ALTER TABLE freight_blob_pieces RENAME COLUMN sha256 TO checksum",
+    ),
 )
 _PART = (
-    "INSERT INTO freight_blob_parts (blob_id, number, size, etag, sha256)"
+    "INSERT INTO freight_blob_parts (blob_id, number, size, etag, checksum)"
     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (blob_id, number) DO UPDATE"
-    " SET size = excluded.size, etag = excluded.etag, sha256 = excluded.sha256"
+    " SET size = excluded.size, etag = excluded.etag, checksum = excluded.checksum"
 )
 _PIECE = (
-    "INSERT INTO freight_blob_pieces (blob_id, start_at, end_at, sha256)"
+    "INSERT INTO freight_blob_pieces (blob_id, start_at, end_at, checksum)"
     " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
 )
 
@@ -97,11 +104,12 @@ class PgPartTable:
                 if head is None:
                     return None
                 parts = await connection.fetch(
-                    "SELECT number, size, etag, sha256 FROM freight_blob_parts WHERE blob_id = $1",
+                    "SELECT number, size, etag, checksum FROM freight_blob_parts"
+                    " WHERE blob_id = $1",
                     blob_id,
                 )
                 pieces = await connection.fetch(
-                    "SELECT start_at, end_at, sha256 FROM freight_blob_pieces"
+                    "SELECT start_at, end_at, checksum FROM freight_blob_pieces"
                     " WHERE blob_id = $1 ORDER BY start_at, end_at",
                     blob_id,
                 )
@@ -109,7 +117,7 @@ class PgPartTable:
             str(head["multipart_id"]),
             int(head["part_size"]),
             {int(r["number"]): PartRow(int(r["number"]), *_part(r)) for r in parts},
-            [PieceRow(int(r["start_at"]), int(r["end_at"]), bytes(r["sha256"])) for r in pieces],
+            [PieceRow(int(r["start_at"]), int(r["end_at"]), bytes(r["checksum"])) for r in pieces],
         )
 
     async def record(
@@ -126,11 +134,11 @@ class PgPartTable:
                     if parts:
                         await connection.executemany(
                             _PART,
-                            [(blob_id, p.number, p.size, p.etag, p.sha256) for p in parts],
+                            [(blob_id, p.number, p.size, p.etag, p.checksum) for p in parts],
                         )
                     if pieces:
                         await connection.executemany(
-                            _PIECE, [(blob_id, p.start, p.end, p.sha256) for p in pieces]
+                            _PIECE, [(blob_id, p.start, p.end, p.checksum) for p in pieces]
                         )
             except asyncpg.ForeignKeyViolationError as exc:
                 raise UploadNotFound("no such upload") from exc
@@ -148,7 +156,7 @@ class PgPartTable:
 
 
 def _part(row: asyncpg.Record) -> tuple[int, str, bytes]:
-    return int(row["size"]), str(row["etag"]), bytes(row["sha256"])
+    return int(row["size"]), str(row["etag"]), bytes(row["checksum"])
 
 
 async def open_pg_part_table(dsn: str, settings: PoolSettings | None = None) -> PgPartTable:

@@ -4,9 +4,9 @@ finished objects, and the store's own event loop."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
+import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -26,7 +26,7 @@ __all__ = [
     "StoreLoop",
     "client_error_code",
     "s3_failure",
-    "window_sha256",
+    "window_crc32",
 ]
 
 T = TypeVar("T")
@@ -94,10 +94,10 @@ class StoreLoop:
     """An event loop in a thread of its own, where the store's clients live.
 
     The engine calls writers and readers from worker threads of its loop's default
-    executor, and they wait for uploads. aiohttp reads a request body from a file in the
+    executor, and they wait for uploads. Each part upload first checksums its file in the
     default executor of *its* loop: on the engine's loop a few waiting writers would take
-    every thread those reads need, and nothing would move again. On this loop the reads
-    get an executor no writer ever waits in. Coroutines are handed over with
+    every thread that needs, and nothing would move again. On this loop it gets an
+    executor no writer ever waits in. Coroutines are handed over with
     ``run_coroutine_threadsafe``: awaited from the engine's loop (:meth:`call`), or
     waited for by a worker thread (:meth:`run`); a blocking wait from a thread running an
     event loop is refused.
@@ -237,10 +237,11 @@ def _pread(fd: int, size: int, at: int) -> bytes:
     return data if len(data) == size else data + bytes(size - len(data))
 
 
-def window_sha256(fd: int, start: int, size: int) -> bytes:
-    """The SHA-256 of ``size`` bytes of ``fd`` from ``start`` (holes read as zeros),
-    through one small reused buffer (in a worker thread: hashing releases the GIL)."""
-    digest = hashlib.sha256()
+def window_crc32(fd: int, start: int, size: int) -> bytes:
+    """The CRC-32 (big-endian, as S3's ``x-amz-checksum-crc32``) of ``size`` bytes of
+    ``fd`` from ``start`` (holes read as zeros), through one small reused buffer (in a
+    worker thread: zlib lets go of the GIL)."""
+    crc = 0
     buffer = bytearray(READ_PIECE)
     view = memoryview(buffer)
     done = 0
@@ -249,9 +250,9 @@ def window_sha256(fd: int, start: int, size: int) -> bytes:
         got = os.preadv(fd, [view[:want]], start + done)
         if got < want:
             view[got:want] = bytes(want - got)
-        digest.update(view[:want])
+        crc = zlib.crc32(view[:want], crc)
         done += want
-    return digest.digest()
+    return crc.to_bytes(4, "big")
 
 
 class S3Reader:

@@ -11,7 +11,7 @@ from typing import Any
 
 from freight.core.rangeset import RangeSet
 from freight.errors import FreightError, UploadNotFound
-from freight.storage.s3_io import PartBody, client_error_code, window_sha256
+from freight.storage.s3_io import PartBody, client_error_code, window_crc32
 from freight.storage.s3_table import BlobTable, PartRow, PieceRow
 
 __all__ = ["MISSING", "S3Parts"]
@@ -40,21 +40,21 @@ class S3Parts:
 
     async def put_piece(self, upload_id: str, fd: int, at: int, start: int, end: int) -> PieceRow:
         """Store bytes ``[start, end)`` of the blob, found at ``at`` of ``fd``."""
-        digest = await asyncio.to_thread(window_sha256, fd, at, end - start)
+        crc = await asyncio.to_thread(window_crc32, fd, at, end - start)
         await self.client.put_object(
             Bucket=self.bucket,
             Key=self.piece_key(upload_id, start, end),
             Body=PartBody(fd, at, end - start),
             ContentLength=end - start,
-            ChecksumSHA256=base64.b64encode(digest).decode(),
+            ChecksumCRC32=base64.b64encode(crc).decode(),
         )
-        return PieceRow(start, end, digest)
+        return PieceRow(start, end, crc)
 
     async def upload_part(
         self, upload_id: str, multipart: str, number: int, fd: int, size: int
     ) -> PartRow:
         """Upload the first ``size`` bytes of ``fd`` as part ``number``."""
-        digest = await asyncio.to_thread(window_sha256, fd, 0, size)
+        crc = await asyncio.to_thread(window_crc32, fd, 0, size)
         response = await self.client.upload_part(
             Bucket=self.bucket,
             Key=self.key(upload_id),
@@ -62,9 +62,9 @@ class S3Parts:
             PartNumber=number,
             Body=PartBody(fd, 0, size),
             ContentLength=size,
-            ChecksumSHA256=base64.b64encode(digest).decode(),
+            ChecksumCRC32=base64.b64encode(crc).decode(),
         )
-        return PartRow(number, size, str(response["ETag"]), digest)
+        return PartRow(number, size, str(response["ETag"]), crc)
 
     async def fetch_pieces(
         self, upload_id: str, table: BlobTable, fd: int, base: int, wanted: RangeSet
