@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
+from freight.errors import FreightError
 from freight.storage.pg_parts import _MIGRATIONS, COMPONENT, open_pg_part_table
 from freight.storage.pg_schema import ensure_schema
 from freight.storage.s3_blobs import S3Blobs
@@ -55,6 +57,59 @@ async def test_parts_go_out_without_a_thread_hand_off_per_chunk(s3_blobs: S3Blob
     assert executor.count <= 2 * uploads, executor.count
     await s3_blobs.finish("sent", len(data))
     assert await read_all(s3_blobs, "sent", len(data)) == data
+
+
+async def write_in_order(store: S3Blobs, upload_id: str, writes: list[tuple[int, bytes]]) -> None:
+    """``writes`` through one writer (one request), then its sync."""
+    writer = await store.open_writer(upload_id)
+    try:
+        for at, data in writes:
+            await asyncio.to_thread(writer.write_at, at, data)
+        await asyncio.to_thread(writer.sync)
+    finally:
+        await asyncio.to_thread(writer.close)
+
+
+@pytest.mark.parametrize("order", ["rewritten", "backwards", "in_order"])
+async def test_the_crc_a_part_is_sent_with_is_its_bytes_crc(s3_blobs: S3Blobs, order: str) -> None:
+    """The CRC-32 followed as a writer writes is the part's only if the writer wrote it
+    once, in order: bytes written over (a request whose checksum failed, sent again) or
+    out of order make the part checksummed from its file. A wrong CRC would make the store
+    refuse the part (BadDigest), failing the write."""
+    good = os.urandom(2 * P)
+    writes = {
+        "rewritten": [(0, os.urandom(1000)), (0, good[: P + 7]), (P + 7, good[P + 7 :])],
+        "backwards": [(P // 2, good[P // 2 : P]), (0, good[: P // 2]), (P, good[P:])],
+        "in_order": [(at, good[at : at + 4096]) for at in range(0, 2 * P, 4096)],
+    }[order]
+    await s3_blobs.create(order)
+    await write_in_order(s3_blobs, order, writes)
+    table = await s3_blobs.load_table(order)
+    assert table is not None and sorted(table.parts) == [1, 2]
+    for number, row in table.parts.items():
+        part = good[(number - 1) * P : number * P]
+        assert row.checksum == zlib.crc32(part).to_bytes(4, "big")
+    await s3_blobs.finish(order, len(good))
+    assert await read_all(s3_blobs, order, len(good)) == good
+
+
+async def test_the_store_refuses_a_part_whose_crc_differs(
+    s3_blobs: S3Blobs, tmp_path: Path
+) -> None:
+    await s3_blobs.create("refused")
+    table = await s3_blobs.load_table("refused")
+    assert table is not None
+    path = tmp_path / "part"
+    path.write_bytes(os.urandom(P))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        wrong = s3_blobs.parts.upload_part("refused", table.upload, 1, fd, P, bytes(4))
+        with pytest.raises(FreightError, match="BadDigest"):
+            await s3_blobs.call(wrong)
+        right = await s3_blobs.call(s3_blobs.parts.upload_part("refused", table.upload, 1, fd, P))
+        assert right.checksum == zlib.crc32(path.read_bytes()).to_bytes(4, "big")
+    finally:
+        os.close(fd)
 
 
 def test_window_crc32_reads_holes_as_zeros(tmp_path: Path) -> None:

@@ -70,9 +70,10 @@ Considerations
   On the engine's loop, writers waiting in its executor could take every thread the HTTP
   client needs to read request bodies from the spool, and nothing would move again.
 * A part (or piece) goes to the store by ``sendfile`` from its spool file (:class:`~freight.
-  storage.s3_io.PartBody`): no Python copy and no thread hand-off per chunk. Its CRC-32 is
-  taken in one pass over the file just before and sent as ``x-amz-checksum-crc32``: the
-  store refuses the part if what it got differs, and the table records it. Over plain HTTP
+  storage.s3_io.PartBody`): no Python copy and no thread hand-off per chunk. Its CRC-32
+  is sent as ``x-amz-checksum-crc32`` (the store refuses the part if what it got differs)
+  and recorded in the table: followed as the bytes are written when one writer wrote the
+  part once in order, else taken in one pass over its file just before. Over plain HTTP
   payload signing and botocore's own request checksums are off. Measured per GiB (2 cores):
   a SHA-256 would cost the node 0.55 CPU-s and the store 0.6-1.0 more to verify; the CRC-32
   costs the node 0.2 and the store nothing measurable. The upload's own SHA-256 is the

@@ -51,10 +51,19 @@ class S3Parts:
         return PieceRow(start, end, crc)
 
     async def upload_part(
-        self, upload_id: str, multipart: str, number: int, fd: int, size: int
+        self,
+        upload_id: str,
+        multipart: str,
+        number: int,
+        fd: int,
+        size: int,
+        crc: bytes | None = None,
     ) -> PartRow:
-        """Upload the first ``size`` bytes of ``fd`` as part ``number``."""
-        crc = await asyncio.to_thread(window_crc32, fd, 0, size)
+        """Upload the first ``size`` bytes of ``fd`` as part ``number``; ``crc``: their
+        CRC-32 if the caller followed it as they were written (else read here). A wrong one
+        costs a refused upload, never a wrong part: the store checks it."""
+        if crc is None:
+            crc = await asyncio.to_thread(window_crc32, fd, 0, size)
         response = await self.client.upload_part(
             Bucket=self.bucket,
             Key=self.key(upload_id),
