@@ -18,9 +18,11 @@ import pytest
 
 from freight.errors import FreightError
 from freight.storage.pg_parts import _MIGRATIONS, COMPONENT, open_pg_part_table
+from freight.storage.pg_pool import PoolSettings
 from freight.storage.pg_schema import ensure_schema
 from freight.storage.s3_blobs import S3Blobs
 from freight.storage.s3_io import PartBody, window_crc32
+from freight.storage.s3_table import PartRow, PieceRow
 from tests.s3.stores import TEST_PART_SIZE
 from tests.s3.test_s3_blobs import read_all, write_pieces
 
@@ -180,3 +182,21 @@ async def test_tables_of_the_sha256_version_keep_their_rows(pg_dsn: str) -> None
     assert loaded is not None
     assert loaded.parts[1].checksum == b"s" * 32
     assert [piece.checksum for piece in loaded.pieces] == [b"p" * 32]
+
+
+async def test_recording_a_part_is_one_statement(pg_dsn: str) -> None:
+    """A shipped part is recorded once a part: BEGIN, the insert, COMMIT and the pool's
+    reset query on release were four round trips (and four queries for the server)."""
+    table = await open_pg_part_table(pg_dsn, PoolSettings(min_size=1, max_size=1))
+    try:
+        assert await table.create("logged", "multipart", P)
+        sent: list[str] = []
+        async with table._pool.acquire() as connection:
+            connection.add_query_logger(lambda record: sent.append(record.query))
+        await table.record("logged", parts=[PartRow(1, P, '"e"', bytes(4))])
+        await table.record("logged", pieces=[PieceRow(P, P + 5, bytes(4))])
+        assert len(sent) == 2, sent
+        loaded = await table.load("logged")
+        assert loaded is not None and sorted(loaded.parts) == [1] and len(loaded.pieces) == 1
+    finally:
+        await table.close()

@@ -125,21 +125,21 @@ class PgPartTable:
     ) -> None:
         if not parts and not pieces:
             return
+        part_rows = [(blob_id, p.number, p.size, p.etag, p.checksum) for p in parts]
+        piece_rows = [(blob_id, p.start, p.end, p.checksum) for p in pieces]
         with translate("recording parts"):
             try:
-                async with (
-                    self._pool.acquire(timeout=self._acquire_timeout) as connection,
-                    connection.transaction(),
-                ):
-                    if parts:
-                        await connection.executemany(
-                            _PART,
-                            [(blob_id, p.number, p.size, p.etag, p.checksum) for p in parts],
-                        )
-                    if pieces:
-                        await connection.executemany(
-                            _PIECE, [(blob_id, p.start, p.end, p.checksum) for p in pieces]
-                        )
+                async with self._pool.acquire(timeout=self._acquire_timeout) as connection:
+                    if not pieces or not parts:
+                        # One executemany is atomic by itself (asyncpg runs it in an
+                        # implicit transaction): one round trip, not three. A part
+                        # shipped mid-request is recorded this way, once a part.
+                        statement, rows = (_PART, part_rows) if parts else (_PIECE, piece_rows)
+                        await connection.executemany(statement, rows)
+                        return
+                    async with connection.transaction():
+                        await connection.executemany(_PART, part_rows)
+                        await connection.executemany(_PIECE, piece_rows)
             except asyncpg.ForeignKeyViolationError as exc:
                 raise UploadNotFound("no such upload") from exc
 
@@ -159,11 +159,21 @@ def _part(row: asyncpg.Record) -> tuple[int, str, bytes]:
     return int(row["size"]), str(row["etag"]), bytes(row["checksum"])
 
 
+class _PartTableConnection(asyncpg.Connection):
+    """A connection of the part table's own pool. Its sessions take no advisory lock,
+    listen to nothing and set nothing, so handing one back to the pool skips asyncpg's
+    reset query (a round trip per part recorded, and a query for the server to run); an
+    open transaction is still rolled back (``Connection.reset`` does that anyway)."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def open_pg_part_table(dsn: str, settings: PoolSettings | None = None) -> PgPartTable:
     """Connect to ``dsn``, create or migrate the part tables, and return them; closing the
     table closes its pool."""
     settings = settings or PoolSettings()
-    pool = await create_pool(dsn, settings)
+    pool = await create_pool(dsn, settings, connection_class=_PartTableConnection)
     try:
         with translate("preparing the part tables"):
             async with pool.acquire(timeout=settings.acquire_timeout) as connection:
