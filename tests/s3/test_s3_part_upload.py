@@ -114,6 +114,25 @@ async def test_the_store_refuses_a_part_whose_crc_differs(
         os.close(fd)
 
 
+async def test_a_part_past_the_end_of_its_file_is_sent_with_zeros(
+    s3_blobs: S3Blobs, tmp_path: Path
+) -> None:
+    """sendfile stops at the end of the file: the rest of the body goes as zeros (as the
+    checksum counts them), never a body shorter than its Content-Length."""
+    await s3_blobs.create("short")
+    table = await s3_blobs.load_table("short")
+    assert table is not None
+    path = tmp_path / "part"
+    path.write_bytes(os.urandom(P - 1000))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        upload = s3_blobs.parts.upload_part("short", table.upload, 1, fd, P)
+        row = await asyncio.wait_for(s3_blobs.call(upload), 60)
+    finally:
+        os.close(fd)
+    assert row.checksum == zlib.crc32(path.read_bytes() + bytes(1000)).to_bytes(4, "big")
+
+
 def test_window_crc32_reads_holes_as_zeros(tmp_path: Path) -> None:
     path = tmp_path / "sparse"
     with path.open("wb") as file:

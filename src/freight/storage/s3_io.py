@@ -208,24 +208,32 @@ class PartBody(Payload):
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
         size = self._count if content_length is None else min(self._count, content_length)
-        transport = writer.transport if isinstance(writer, StreamWriter) else None
-        if size > 0 and isinstance(writer, StreamWriter) and transport is not None:
-            writer.send_headers()
-            await writer.drain()
-            file = open(self._fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.sendfile(transport, file, self._start, size, fallback=False)
-                return
-            except asyncio.SendfileNotAvailableError:
-                pass  # nothing was sent: TLS, or a loop without sendfile
-            finally:
-                file.close()
         done = 0
+        # sendfile only where the body goes out as it is: a chunked body needs framing.
+        if isinstance(writer, StreamWriter) and not writer.chunked and size > 0:
+            transport = writer.transport
+            if transport is not None:
+                writer.send_headers()
+                await writer.drain()
+                done = await _sendfile(transport, self._fd, self._start, size)
+        # The rest (all of it without sendfile; past the end of a shorter file: zeros).
         while done < size:
             piece = _pread(self._fd, min(READ_PIECE, size - done), self._start + done)
             await writer.write(piece)
             done += len(piece)
+
+
+async def _sendfile(transport: asyncio.Transport, fd: int, start: int, size: int) -> int:
+    """Bytes of ``fd`` sent by sendfile (0 when it cannot be used: TLS, a loop without)."""
+    file = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
+    try:
+        return await asyncio.get_running_loop().sendfile(
+            transport, file, start, size, fallback=False
+        )
+    except asyncio.SendfileNotAvailableError:
+        return 0  # raised before anything is sent
+    finally:
+        file.close()
 
 
 def _pread(fd: int, size: int, at: int) -> bytes:
