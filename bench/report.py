@@ -77,7 +77,9 @@ def method_notes(smoke: bool) -> list[str]:
         "CompleteMultipartUpload. @tus/server 2.4 with @tus/s3-store 2.0 (parts staged in "
         "its TMPDIR, no object tags). freight and aiobotocore sign no payload and send no "
         "default checksums over plain HTTP; the AWS SDK under @tus/s3-store is set the same "
-        "way. A tus upload is complete when the PATCH is answered; each upload's object is "
+        "way. freight sends each part's CRC-32 (`x-amz-checksum-crc32`, which SeaweedFS "
+        "verifies) and sends parts from its spool with sendfile. A tus upload is complete "
+        "when the PATCH is answered; each upload's object is "
         "then read back from the bucket and its SHA-256 compared with the source's. "
         "SeaweedFS CPU is its whole process tree's, per GiB, during the timed transfer.",
     ]

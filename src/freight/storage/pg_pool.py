@@ -71,10 +71,15 @@ def server_settings(settings: PoolSettings) -> dict[str, str]:
     }
 
 
-async def create_pool(dsn: str, settings: PoolSettings) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    settings: PoolSettings,
+    connection_class: type[asyncpg.Connection] = asyncpg.Connection,
+) -> asyncpg.Pool:
     with translate("cannot connect to the session database"):
         pool = await asyncpg.create_pool(
             dsn,
+            connection_class=connection_class,
             min_size=settings.min_size,
             max_size=settings.max_size,
             timeout=settings.connect_timeout,

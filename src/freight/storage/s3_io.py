@@ -4,27 +4,36 @@ finished objects, and the store's own event loop."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import os
 import threading
+import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_writer import StreamWriter
+from aiohttp.payload import Payload
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from botocore.exceptions import HTTPClientError as BotocoreHTTPError
 
 from freight.errors import FreightError, StorageUnavailable, UploadNotFound
 
-__all__ = ["S3Reader", "StoreLoop", "WindowReader", "client_error_code", "s3_failure"]
+__all__ = [
+    "PartBody",
+    "S3Reader",
+    "StoreLoop",
+    "client_error_code",
+    "s3_failure",
+    "window_crc32",
+]
 
 T = TypeVar("T")
 
-# What a part's body hands the HTTP client per read: just under glibc's mmap threshold
-# (server.memory), so the block is reused from the heap instead of mapped and unmapped
-# each time. With 256 KiB reads a node peaked 0.7 MiB higher, and spent more CPU.
+# A part's body read in Python (hashed, or sent over TLS) goes in pieces just under glibc's
+# mmap threshold (server.memory), so the block is reused from the heap instead of mapped and
+# unmapped each time. With 256 KiB reads a node peaked 0.7 MiB higher, and spent more CPU.
 READ_PIECE = 128 * 1024 - 64
 
 
@@ -85,10 +94,10 @@ class StoreLoop:
     """An event loop in a thread of its own, where the store's clients live.
 
     The engine calls writers and readers from worker threads of its loop's default
-    executor, and they wait for uploads. aiohttp reads a request body from a file in the
+    executor, and they wait for uploads. Each part upload first checksums its file in the
     default executor of *its* loop: on the engine's loop a few waiting writers would take
-    every thread those reads need, and nothing would move again. On this loop the reads
-    get an executor no writer ever waits in. Coroutines are handed over with
+    every thread that needs, and nothing would move again. On this loop it gets an
+    executor no writer ever waits in. Coroutines are handed over with
     ``run_coroutine_threadsafe``: awaited from the engine's loop (:meth:`call`), or
     waited for by a worker thread (:meth:`run`); a blocking wait from a thread running an
     event loop is refused.
@@ -145,23 +154,28 @@ async def _as_coroutine(make: Callable[..., Awaitable[T]], *args: Any) -> T:
     return await make(*args)
 
 
-class WindowReader(io.RawIOBase):
-    """``size`` bytes of a file descriptor from ``start``, as a seekable request body.
+class PartBody(Payload):
+    """``size`` bytes of a file descriptor from ``start``, as a request body.
 
-    Reads go through ``os.preadv`` into the caller's buffer, so a part streams from the spool
-    file in the HTTP client's small chunks (in its executor) and never sits in memory whole.
-    The SHA-256 of the window is taken as it streams (no second pass over the bytes); a
-    retry seeks back to 0 and starts it again. The descriptor stays the caller's.
+    The HTTP client writes it with ``sendfile`` over a plain TCP connection: the bytes go
+    from the spool's page cache to the socket without passing through Python, and no
+    thread is woken per chunk (aiohttp reads a file body in its executor, one hand-off per
+    128 KiB: that cost more CPU than the copy). Over TLS it is read with ``os.pread`` on
+    the loop, in pieces (the spool's pages were just written: they are in memory).
+    ``read``/``seek`` serve botocore when it reads a body itself (payload signing). The
+    descriptor stays the caller's.
     """
 
     def __init__(self, fd: int, start: int, size: int) -> None:
-        super().__init__()
+        super().__init__(fd, content_type="application/octet-stream")
         self._fd = fd
         self._start = start
-        self._size = size
+        self._count = size
+        self._size = size  # what aiohttp reads as the body's length
         self._pos = 0
-        self._hash = hashlib.sha256()
-        self._hashed = 0
+
+    def __len__(self) -> int:
+        return self._count - self._pos
 
     def readable(self) -> bool:
         return True
@@ -173,59 +187,80 @@ class WindowReader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        if self._pos == 0:
-            self._hash, self._hashed = hashlib.sha256(), 0
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._count}[whence]
+        self._pos = max(0, min(self._count, base + offset))
         return self._pos
 
     def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes, at most :data:`READ_PIECE` (all that is left without a
-        size), in one new object: how the HTTP client reads a body. ``RawIOBase.read``
-        would fill a buffer of that size and copy it, two blocks per part in flight."""
-        left = self._size - self._pos
-        want = left if size is None or size < 0 else min(size, left, READ_PIECE)
-        if want <= 0:
-            return b""
-        data = os.pread(self._fd, want, self._start + self._pos)
-        if not data:
-            data = bytes(want)  # a hole, as in readinto
-        self._account(data)
+        left = self._count - self._pos
+        want = left if size is None or size < 0 else min(size, left)
+        data = _pread(self._fd, want, self._start + self._pos)
+        self._pos += len(data)
         return data
 
-    def _account(self, data: Any) -> None:
-        if self._pos == self._hashed:
-            self._hash.update(data)
-            self._hashed += len(data)
-        self._pos += len(data)
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a part body is binary")
 
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self._size - self._pos)
-        if want <= 0:
-            return 0
-        got = os.preadv(self._fd, [view[:want]], self._start + self._pos)
-        if got == 0:
-            # The spool holds a hole there (never written): the part is sent with zeros,
-            # which the table never counts as received bytes.
-            view[:want] = bytes(want)
-            got = want
-        self._account(view[:got])
-        return got
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
 
-    def sha256(self) -> bytes:
-        """The SHA-256 of the window (read again if the client skipped around in it)."""
-        if self._hashed == self._size:
-            return self._hash.digest()
-        digest = hashlib.sha256()
-        self.seek(0)
-        buffer = bytearray(1 << 20)
-        while got := self.readinto(buffer):
-            digest.update(memoryview(buffer)[:got])
-        return digest.digest()
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        size = self._count if content_length is None else min(self._count, content_length)
+        done = 0
+        # sendfile only where the body goes out as it is: a chunked body needs framing.
+        if isinstance(writer, StreamWriter) and not writer.chunked and size > 0:
+            transport = writer.transport
+            if transport is not None:
+                writer.send_headers()
+                await writer.drain()
+                done = await _sendfile(transport, self._fd, self._start, size)
+        # The rest (all of it without sendfile; past the end of a shorter file: zeros).
+        while done < size:
+            piece = _pread(self._fd, min(READ_PIECE, size - done), self._start + done)
+            await writer.write(piece)
+            done += len(piece)
 
-    def __len__(self) -> int:
-        return self._size - self._pos
+
+async def _sendfile(transport: asyncio.Transport, fd: int, start: int, size: int) -> int:
+    """Bytes of ``fd`` sent by sendfile (0 when it cannot be used: TLS, a loop without)."""
+    file = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
+    try:
+        return await asyncio.get_running_loop().sendfile(
+            transport, file, start, size, fallback=False
+        )
+    except asyncio.SendfileNotAvailableError:
+        return 0  # raised before anything is sent
+    finally:
+        file.close()
+
+
+def _pread(fd: int, size: int, at: int) -> bytes:
+    if size <= 0:
+        return b""
+    data = os.pread(fd, size, at)
+    # Short only where the spool holds a hole (never written): sent as zeros, which the
+    # table never counts as received bytes.
+    return data if len(data) == size else data + bytes(size - len(data))
+
+
+def window_crc32(fd: int, start: int, size: int) -> bytes:
+    """The CRC-32 (big-endian, as S3's ``x-amz-checksum-crc32``) of ``size`` bytes of
+    ``fd`` from ``start`` (holes read as zeros), through one small reused buffer (in a
+    worker thread: zlib lets go of the GIL)."""
+    crc = 0
+    buffer = bytearray(READ_PIECE)
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
+        want = min(len(buffer), size - done)
+        got = os.preadv(fd, [view[:want]], start + done)
+        if got < want:
+            view[got:want] = bytes(want - got)
+        crc = zlib.crc32(view[:want], crc)
+        done += want
+    return crc.to_bytes(4, "big")
 
 
 class S3Reader:

@@ -3,13 +3,15 @@ event loop; see :mod:`freight.storage.s3_blobs` for the layout)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import re
 from typing import Any
 
 from freight.core.rangeset import RangeSet
 from freight.errors import FreightError, UploadNotFound
-from freight.storage.s3_io import WindowReader, client_error_code
+from freight.storage.s3_io import PartBody, client_error_code, window_crc32
 from freight.storage.s3_table import BlobTable, PartRow, PieceRow
 
 __all__ = ["MISSING", "S3Parts"]
@@ -38,29 +40,40 @@ class S3Parts:
 
     async def put_piece(self, upload_id: str, fd: int, at: int, start: int, end: int) -> PieceRow:
         """Store bytes ``[start, end)`` of the blob, found at ``at`` of ``fd``."""
-        body = WindowReader(fd, at, end - start)
+        crc = await asyncio.to_thread(window_crc32, fd, at, end - start)
         await self.client.put_object(
             Bucket=self.bucket,
             Key=self.piece_key(upload_id, start, end),
-            Body=body,
+            Body=PartBody(fd, at, end - start),
             ContentLength=end - start,
+            ChecksumCRC32=base64.b64encode(crc).decode(),
         )
-        return PieceRow(start, end, body.sha256())
+        return PieceRow(start, end, crc)
 
     async def upload_part(
-        self, upload_id: str, multipart: str, number: int, fd: int, size: int
+        self,
+        upload_id: str,
+        multipart: str,
+        number: int,
+        fd: int,
+        size: int,
+        crc: bytes | None = None,
     ) -> PartRow:
-        """Upload the first ``size`` bytes of ``fd`` as part ``number``."""
-        body = WindowReader(fd, 0, size)
+        """Upload the first ``size`` bytes of ``fd`` as part ``number``; ``crc``: their
+        CRC-32 if the caller followed it as they were written (else read here). A wrong one
+        costs a refused upload, never a wrong part: the store checks it."""
+        if crc is None:
+            crc = await asyncio.to_thread(window_crc32, fd, 0, size)
         response = await self.client.upload_part(
             Bucket=self.bucket,
             Key=self.key(upload_id),
             UploadId=multipart,
             PartNumber=number,
-            Body=body,
+            Body=PartBody(fd, 0, size),
             ContentLength=size,
+            ChecksumCRC32=base64.b64encode(crc).decode(),
         )
-        return PartRow(number, size, str(response["ETag"]), body.sha256())
+        return PartRow(number, size, str(response["ETag"]), crc)
 
     async def fetch_pieces(
         self, upload_id: str, table: BlobTable, fd: int, base: int, wanted: RangeSet

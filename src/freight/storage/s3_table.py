@@ -2,7 +2,7 @@
 its multipart uploads' state in, shared by every node.
 
 Per blob (keyed by the freight upload id): the S3 multipart upload's id, the part size
-``P``, every uploaded part (number, size, ETag, SHA-256) and every *piece*: a byte range of
+``P``, every uploaded part (number, size, ETag, checksum) and every *piece*: a byte range of
 a part that was not complete when it had to become durable, stored as its own object.
 The table, never ListParts, says which bytes the store holds: SeaweedFS keeps every upload
 of a re-sent part number and lists them all, and omits part checksums.
@@ -24,19 +24,25 @@ __all__ = ["BlobTable", "PartRow", "PartTable", "PieceRow"]
 
 @dataclass(frozen=True)
 class PartRow:
+    """An uploaded part. ``checksum``: its CRC-32 (4 bytes, big-endian), which the store
+    verified on upload (``x-amz-checksum-crc32``); empty for a part the store copied
+    (UploadPartCopy); a SHA-256 (32 bytes) in rows recorded before the
+    table's schema version 2."""
+
     number: int
     size: int
     etag: str
-    sha256: bytes
+    checksum: bytes
 
 
 @dataclass(frozen=True)
 class PieceRow:
-    """Bytes ``[start, end)`` of the blob, stored as the object the store names by them."""
+    """Bytes ``[start, end)`` of the blob, stored as the object the store names by them
+    (``checksum`` as in :class:`PartRow`)."""
 
     start: int
     end: int
-    sha256: bytes
+    checksum: bytes
 
 
 @dataclass

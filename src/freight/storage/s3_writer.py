@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ class S3Writer:
         self._durable = table.piece_ranges()
         for index in self._whole:
             self._durable.add(index * self._part_size, (index + 1) * self._part_size)
+        # CRC-32s of parts this writer filled in order from their first byte: index ->
+        # (bytes covered, CRC). A part shipped with its whole CRC here is not read again to
+        # checksum it; a write to the part anywhere else drops its entry.
+        self._crcs: dict[int, tuple[int, int]] = {}
         self._closed = False
 
     def write_at(self, offset: int, data: Buffer) -> None:
@@ -87,9 +92,9 @@ class S3Writer:
                 at = offset + done
                 index, within = divmod(at, size)
                 take = min(size - within, len(view) - done)
-                if index not in self._whole and self._spool.write(
-                    index, within, view[done : done + take], at
-                ):
+                piece = view[done : done + take]
+                if index not in self._whole and self._spool.write(index, within, piece, at):
+                    self._follow_crc(index, within, piece)
                     dirty = self._dirty.get(index)
                     if dirty is None:
                         dirty = self._dirty[index] = RangeSet()
@@ -101,6 +106,18 @@ class S3Writer:
         for index in complete:
             self._ship(index)
 
+    def _follow_crc(self, index: int, within: int, piece: memoryview) -> None:
+        covered, crc = self._crcs.get(index, (0, 0))
+        if within == covered:
+            self._crcs[index] = (covered + len(piece), zlib.crc32(piece, crc))
+        else:
+            self._crcs.pop(index, None)
+
+    def _whole_crc(self, index: int) -> bytes | None:
+        """Part ``index``'s CRC-32 if this writer wrote all of it in order (then forgotten)."""
+        covered, crc = self._crcs.pop(index, (0, 0))
+        return crc.to_bytes(4, "big") if covered == self._part_size else None
+
     def _ship(self, index: int) -> None:
         """Start uploading part ``index`` once fewer than ``parallel`` are in flight
         (waiting for the oldest, outside the lock: other writers go on meanwhile)."""
@@ -109,17 +126,19 @@ class S3Writer:
                 for done in [i for i, f in self._inflight.items() if _succeeded(f)]:
                     del self._inflight[done]
                 if len(self._inflight) < self._ctx.parallel:
-                    self._inflight[index] = self._ctx.bridge.submit(self._upload_shipped, index)
+                    upload = self._upload_shipped
+                    crc = self._whole_crc(index)
+                    self._inflight[index] = self._ctx.bridge.submit(upload, index, crc)
                     return
                 oldest = next(iter(self._inflight.values()))
             self._ctx.bridge.wait(oldest)  # raises its failure: writing stops here
 
-    async def _upload_shipped(self, index: int) -> None:
+    async def _upload_shipped(self, index: int, crc: bytes | None) -> None:
         uploaded = False
         fd = self._spool.dup(index)
         try:
             row = await self._ctx.parts.upload_part(
-                self._id, self._multipart, index + 1, fd, self._part_size
+                self._id, self._multipart, index + 1, fd, self._part_size, crc
             )
             await self._ctx.table.record(self._id, parts=[row])
             uploaded = True
