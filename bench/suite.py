@@ -106,6 +106,7 @@ def measure_upload(target: str, run: int, peer: Peer, source: Source, action: Ac
             source.size,
             seconds=transfer.seconds,
             cpu_seconds=end.cpu_seconds - start.cpu_seconds,
+            system_cpu_seconds=end.system_seconds - start.system_seconds,
             peak_rss_kib=end.peak_rss_kib,
             client_cpu_seconds=client_end - client_start,
         )
@@ -141,6 +142,7 @@ def measure_download(
             size,
             seconds=transfer.seconds,
             cpu_seconds=end.cpu_seconds - start.cpu_seconds,
+            system_cpu_seconds=end.system_seconds - start.system_seconds,
             peak_rss_kib=end.peak_rss_kib,
             client_cpu_seconds=client_end - client_start,
         )
