@@ -77,12 +77,14 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system seconds of ``pid``, its reaped children included."""
     fields = _stat_fields(pid)
     if fields is None:
-        return 0.0
+        return 0.0, 0.0
     # After the name: state ppid ... utime(11) stime(12) cutime(13) cstime(14), 0-based.
-    return sum(int(value) for value in fields[11:15]) / _TICKS
+    user, system, child_user, child_system = (int(value) for value in fields[11:15])
+    return (user + child_user) / _TICKS, (system + child_system) / _TICKS
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -98,19 +100,28 @@ def _status_kib(pid: int, field: str) -> int:
 
 @dataclass(frozen=True)
 class TreeSnapshot:
-    """A server's process tree at one moment: CPU seconds, summed RSS and peak RSS."""
+    """A server's process tree at one moment: CPU seconds, summed RSS and peak RSS.
+
+    ``system_seconds`` is the kernel's share of ``cpu_seconds``. A server that sends with
+    ``sendfile`` over loopback spends nearly all of its CPU there, much of it in the
+    receiving side's network processing that the kernel runs in the sender's context, so
+    comparing the two shares tells Python's overhead from the kernel's.
+    """
 
     pids: tuple[int, ...]
     cpu_seconds: float
     rss_kib: int
     peak_rss_kib: int
+    system_seconds: float = 0.0
 
 
 def snapshot(root: int) -> TreeSnapshot:
     pids = tuple(process_tree(root))
+    cpu = [_cpu_seconds(pid) for pid in pids]
     return TreeSnapshot(
         pids=pids,
-        cpu_seconds=sum(_cpu_seconds(pid) for pid in pids),
+        cpu_seconds=sum(user + system for user, system in cpu),
+        system_seconds=sum(system for _, system in cpu),
         rss_kib=sum(_status_kib(pid, "VmRSS") for pid in pids),
         peak_rss_kib=sum(_status_kib(pid, "VmHWM") for pid in pids),
     )

@@ -42,6 +42,8 @@ class Sample:
     client_cpu_seconds: float | None = None
     # The object store's CPU seconds (the S3 section's SeaweedFS), where there is one.
     store_cpu_seconds: float | None = None
+    # The kernel's share of cpu_seconds (system time), where measured.
+    system_cpu_seconds: float | None = None
 
     @property
     def gib_per_s(self) -> float | None:
@@ -54,6 +56,12 @@ class Sample:
         if not self.ok or self.cpu_seconds is None or not self.size:
             return None
         return self.cpu_seconds / (self.size / GiB)
+
+    @property
+    def system_cpu_per_gib(self) -> float | None:
+        if not self.ok or self.system_cpu_seconds is None or not self.size:
+            return None
+        return self.system_cpu_seconds / (self.size / GiB)
 
     @property
     def client_cpu_per_gib(self) -> float | None:

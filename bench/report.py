@@ -49,7 +49,16 @@ def method_notes(smoke: bool) -> list[str]:
         "settle the SHA-256 after: its time ends at the answer, but its CPU is read once a "
         "plain HEAD of the file answers 200 (the upload finished), so that tail counts and "
         "the next round starts after it. Peak RSS is "
-        "the sum of VmHWM over the server's processes, reset (clear_refs 5) before each run.",
+        "the sum of VmHWM over the server's processes, reset (clear_refs 5) before each run. "
+        "results.json also gives each run's system (kernel) share of it.",
+        "Over loopback a download's server CPU is nearly all kernel time, much of it the "
+        "receiving side's TCP processing, which the kernel runs in whichever context sends "
+        "the segment: the sender's when it transmits as it writes, the client's when "
+        "segments leave as the client's acknowledgements make room. So it moves between "
+        "server and client with the send buffer: freight asks a larger one for a long range "
+        "where the system allows it, and nginx with `listen ... sndbuf=8m` (not set here) "
+        "went from 0.20 to 0.13 server CPU-s/GiB while curl's rose from 0.55 to 0.67, in one "
+        "measurement. For downloads, compare server + client CPU as well.",
         "Client CPU is the client process's user+sys seconds (getrusage of waited-for "
         "children), per GiB; for `freight send`/`freight get` it includes starting Python "
         "and importing freight (about 0.3 s). Client and server share the 2 cores, so a "
@@ -62,7 +71,9 @@ def method_notes(smoke: bool) -> list[str]:
         "ceilings run at least 5 rounds; rounds past --runs run only them.",
         "Durability: nginx (WebDAV PUT), @tus/server (@tus/file-store) and tuspyserver "
         "never fsync received bytes; freight syncs per its --fsync setting.",
-        "nginx: 1 worker, sendfile on, client_body_buffer_size 1m, body temp files on the "
+        "nginx: 1 worker, sendfile on with tcp_nopush (TCP_CORK) and its default "
+        "sendfile_max_chunk (2 MiB), an autotuned send buffer, client_body_buffer_size 1m, "
+        "body temp files on the "
         "same filesystem as the root (a PUT is a rename). tuspyserver: its default "
         "filesystem store under uvicorn (uvloop + httptools when installed). @tus/server "
         "2.4 with @tus/file-store 2.1 as in its README.",

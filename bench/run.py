@@ -355,7 +355,9 @@ def describe(sample: Sample) -> str:
     rate = sample.gib_per_s or 0.0
     cpu = sample.cpu_per_gib if sample.cpu_per_gib is not None else float("nan")
     rss = (sample.peak_rss_kib or 0) / 1024
-    return f"{rate:.2f} GiB/s, CPU {cpu:.2f} s/GiB, RSS {rss:.1f} MiB"
+    system = sample.system_cpu_per_gib
+    kernel = f" ({system:.2f} system)" if system is not None else ""
+    return f"{rate:.2f} GiB/s, CPU {cpu:.2f}{kernel} s/GiB, RSS {rss:.1f} MiB"
 
 
 def machine_facts() -> dict[str, str]:

@@ -129,6 +129,7 @@ def measure_upload(target: str, run: int, peer: Peer, source: Source, action: Ac
             source.size,
             seconds=transfer.seconds,
             cpu_seconds=end.cpu_seconds - start.cpu_seconds,
+            system_cpu_seconds=end.system_seconds - start.system_seconds,
             peak_rss_kib=end.peak_rss_kib,
             client_cpu_seconds=client_end - client_start,
         )
@@ -164,6 +165,7 @@ def measure_download(
             size,
             seconds=transfer.seconds,
             cpu_seconds=end.cpu_seconds - start.cpu_seconds,
+            system_cpu_seconds=end.system_seconds - start.system_seconds,
             peak_rss_kib=end.peak_rss_kib,
             client_cpu_seconds=client_end - client_start,
         )
