@@ -45,7 +45,7 @@ class ActiveUpload:
     @property
     def hash_is_free(self) -> bool:
         busy = self.catch_up is not None and not self.catch_up.done()
-        return self.hasher is not None and not busy
+        return (self.hasher is not None or self.inline is not None) and not busy
 
     @property
     def transferred(self) -> int:
