@@ -158,9 +158,13 @@ class HashFollower:
             if active.session.received.contiguous_end() < position:
                 return
             self.maybe_catch_up(active)
-            if active.catch_up is None or active.catch_up.done():
+            catch_up = active.catch_up
+            if catch_up is None or catch_up.done():
                 return
+            moved_from = inline.position
             await active.hash_moved.wait()
+            if catch_up.done() and inline.position == moved_from:
+                return  # it stopped without moving (a read failed): the writer goes on
 
     def joins_at(self, active: ActiveUpload, position: int) -> bool:
         """Whether a writer about to write at ``position`` should wait for the hash to
