@@ -43,8 +43,9 @@ from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
 from freight.core.held_hash import HeldHashing
 from freight.core.inline_hash import InlineHash
 from freight.core.ports import HeldClaim, SessionRepository
+from freight.core.read_back import Run, check_expected, follow_stored, hash_file_range
 from freight.core.session import UploadSession, UploadState
-from freight.errors import ChecksumMismatch, FreightError, UploadIncomplete
+from freight.errors import FreightError
 
 __all__ = [
     "HASH_STEP",
@@ -104,7 +105,7 @@ class HashFollower:
         self.blobs = blobs
         self.read_back = blobs if isinstance(blobs, ReadBack) else None
         self.read_buffers = read_buffers
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, Run] = {}
         self.enabled = enabled
         self._spawn = spawn
         self.held = (
@@ -258,7 +259,7 @@ class HashFollower:
         moves it meanwhile (at most :data:`CATCH_UP_RUN` bytes); waiting writers see each
         step as the thread reports it."""
         session = active.session
-        run = _Run(session.id, end)
+        run = Run(session.id, end)
         self._runs[session.id] = run
         loop = asyncio.get_running_loop()
 
@@ -281,7 +282,7 @@ class HashFollower:
                 del self._runs[session.id]
         return not active.forgotten
 
-    def _stepped(self, active: ActiveUpload, run: _Run, position: int, state: bytes | None) -> None:
+    def _stepped(self, active: ActiveUpload, run: Run, position: int, state: bytes | None) -> None:
         """In the event loop: the running hash reached ``position``."""
         if active.forgotten:
             run.stopped = True
@@ -293,7 +294,7 @@ class HashFollower:
 
     def _hash_run(
         self,
-        run: _Run,
+        run: Run,
         inline: InlineHash,
         start: int,
         buffer: bytearray,
@@ -324,20 +325,9 @@ class HashFollower:
         start: int,
         end: int,
         buffer: bytearray,
-        run: _Run,
+        run: Run,
     ) -> bool:
-        """Hash ``[start, end)`` read back into ``inline``; False where it moved meanwhile."""
-        view = memoryview(buffer)
-        position = start
-        while position < end:
-            got = part.read_into(position, view[: min(len(view), end - position)])
-            if got <= 0:
-                raise UploadIncomplete(f"upload data ends early at byte {position}")
-            if not inline.follow(position, view[:got]):
-                return False
-            run.followed += got
-            position += got
-        return True
+        return follow_stored(part, inline, start, end, buffer, run)
 
     async def final_digest(
         self, active: ActiveUpload, expected: str | None, *, always: bool
@@ -389,17 +379,6 @@ class HashFollower:
         return 0, new_sha256()
 
 
-class _Run:
-    """One worker thread's catch-up: the event loop moves ``end`` on as bytes are recorded,
-    and sets ``stopped`` to end it early."""
-
-    def __init__(self, upload_id: str, end: int) -> None:
-        self.upload_id = upload_id
-        self.end = end
-        self.stopped = False
-        self.followed = 0  # bytes read back and hashed (counted in the thread)
-
-
 def pulse(active: ActiveUpload) -> None:
     """Wake whoever waits for the hash to move (see ``UploadEngine.hash_progress``)."""
     moved, active.hash_moved = active.hash_moved, asyncio.Event()
@@ -422,25 +401,3 @@ def restore_hasher(session: UploadSession) -> StatefulSha256:
     # No usable saved state: the hash starts over, and finishing reads what it missed.
     session.hashed_offset = 0
     return new_sha256()
-
-
-def hash_file_range(
-    part: BlobReader, hasher: StatefulSha256, start: int, end: int, buffer: bytearray
-) -> None:
-    view = memoryview(buffer)
-    position = start
-    while position < end:
-        got = part.read_into(position, view[: min(len(view), end - position)])
-        if got <= 0:
-            raise UploadIncomplete(f"upload data ends early at byte {position}")
-        hasher.update(view[:got])
-        position += got
-
-
-def check_expected(digest: str | None, expected: str | None) -> None:
-    """Refuse a digest other than the one a client declared (if it declared one)."""
-    if expected is not None and digest is not None and digest != expected.lower():
-        raise ChecksumMismatch(
-            f"the upload's SHA-256 is {digest}, not the expected {expected.lower()}",
-            sha256=digest,
-        )
