@@ -43,11 +43,6 @@ class ActiveUpload:
     hook_told: float = 0.0  # when a post-receive hook last went out for it
 
     @property
-    def hash_is_free(self) -> bool:
-        busy = self.catch_up is not None and not self.catch_up.done()
-        return self.hasher is not None and not busy
-
-    @property
     def transferred(self) -> int:
         """Durable bytes plus those written that a writer has not recorded yet."""
         return self.session.received.total() + sum(w.unrecorded for w in self.writers)

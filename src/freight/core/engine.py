@@ -293,6 +293,7 @@ class UploadEngine:
         checksum: RequestChecksum | None = None,
         all_or_nothing: bool = False,
         interrupt: Callable[[], None] | None = None,
+        hash_inline: bool = True,
     ) -> contextlib.AbstractAsyncContextManager[UploadWriter]:
         """Write from ``offset``; the caller must ``await writer.commit()`` to keep the bytes
         (see :meth:`Writing.writer`)."""
@@ -304,6 +305,7 @@ class UploadEngine:
             checksum=checksum,
             all_or_nothing=all_or_nothing,
             interrupt=interrupt,
+            hash_inline=hash_inline,
         )
 
     async def record_received(
@@ -341,6 +343,16 @@ class UploadEngine:
         """Whether a writer from ``start`` now at ``position`` should wait for the hash
         (see :meth:`HashFollower.trails`; the bound is :attr:`hash_lag`)."""
         return self.hash_follower.trails(active, start, position, self.hash_lag.bound())
+
+    def hash_joins(self, active: ActiveUpload, position: int) -> bool:
+        """Whether a writer about to write at ``position`` should first let the hash
+        reach it (see :meth:`HashFollower.joins_at`)."""
+        return self.hash_follower.joins_at(active, position)
+
+    async def hash_reach(self, active: ActiveUpload, position: int) -> None:
+        """Let the hash read back recorded bytes up to ``position`` (see
+        :meth:`HashFollower.reach`)."""
+        await self.hash_follower.reach(active, position)
 
     def note_written(self, active: ActiveUpload, size: int) -> None:
         """Called by writers as bytes reach the file, for counters and live progress."""

@@ -10,6 +10,13 @@ Receiving never waits for hashing unless the hash falls too far behind (the engi
 ``hash_lag``), which is what lets bytes go from socket to file without passing through
 Python.
 
+Bytes that pass through a writer's buffers anyway (WebSocket frames, bodies not spliced)
+are cheaper to hash there, from the buffer just written, than to read back: the running
+hash is an :class:`InlineHash` that such writers feed when their bytes continue it, and the
+background task hashes only what no writer fed, from where the hash stands
+(:meth:`InlineHash.follow`). A writer that joins behind the hash waits, on its first full
+buffer, for the task to reach it (:meth:`HashFollower.reach`) when the gap is small.
+
 Elsewhere (an object store) the writers hash contiguous bytes as they pass
 (:mod:`freight.core.inline_hash`) and the state at each recorded offset is saved with the
 session; bytes that arrived out of order are hashed when the prefix before them completes
@@ -36,8 +43,9 @@ from freight.core.hashing import StatefulSha256, new_sha256, sha256_from_state
 from freight.core.held_hash import HeldHashing
 from freight.core.inline_hash import InlineHash
 from freight.core.ports import HeldClaim, SessionRepository
+from freight.core.read_back import Run, check_expected, follow_stored, hash_file_range
 from freight.core.session import UploadSession, UploadState
-from freight.errors import ChecksumMismatch, FreightError, UploadIncomplete
+from freight.errors import FreightError
 
 __all__ = [
     "HASH_STEP",
@@ -56,6 +64,10 @@ log = logging.getLogger("freight.core.engine")
 HASH_STEP = 8 * 1024 * 1024
 # One worker thread hashes up to this much before the state is saved with the session.
 CATCH_UP_RUN = 64 * 1024 * 1024
+# A writer that would feed the hash waits for it to read back a gap up to this wide before
+# its first bytes (a resume after a crash, say); behind a wider one it leaves its bytes to
+# be read back as well, rather than hold its client up that long.
+JOIN_GAP = 64 * 1024 * 1024
 # The thread reads through a borrowed read buffer (256 KiB), which stays in the CPU's
 # cache: hashing 1 GiB from the page cache took 0.71-0.77 CPU-s that way (1 MiB: 0.70-0.72),
 # 0.83-0.99 through 8-32 MiB buffers and 0.87-0.92 through an mmap of each step (its page
@@ -93,7 +105,7 @@ class HashFollower:
         self.blobs = blobs
         self.read_back = blobs if isinstance(blobs, ReadBack) else None
         self.read_buffers = read_buffers
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, Run] = {}
         self.enabled = enabled
         self._spawn = spawn
         self.held = (
@@ -102,6 +114,7 @@ class HashFollower:
             else None
         )
         self.settled_bytes = 0  # read back at finish (a counter)
+        self.followed_bytes = 0  # read back from the page cache while receiving (a counter)
         # Its own threads: a thread's niceness stays with it, and cannot be raised again
         # without privilege, so a shared pool's threads must never be lowered.
         self._threads = ThreadPoolExecutor(
@@ -120,13 +133,12 @@ class HashFollower:
         if not self.enabled or active.session.state is UploadState.FINISHED:
             return
         hasher = restore_hasher(active.session)
-        if self.read_back is not None:
-            active.hasher = hasher
-        else:
-            on_feed = None
-            if self.held is not None:
-                on_feed = functools.partial(self.held.let_go, active.session.id)
-            active.inline = InlineHash(hasher, active.session.hashed_offset, on_feed)
+        on_feed = None
+        if self.held is not None:
+            on_feed = functools.partial(self.held.let_go, active.session.id)
+        active.inline = InlineHash(
+            hasher, active.session.hashed_offset, on_feed, followed=self.read_back is not None
+        )
 
     async def caught_up(self, active: ActiveUpload) -> UploadSession:
         """The session once the running hash covers every byte it can follow."""
@@ -139,16 +151,43 @@ class HashFollower:
         if active.catch_up is not None and not active.catch_up.done():
             await active.hash_moved.wait()
 
+    async def reach(self, active: ActiveUpload, position: int) -> None:
+        """Let the hash read back what it trails recorded bytes by, up to ``position``,
+        so that a writer from there may feed it: at once if nothing can bring it there."""
+        inline = active.inline
+        while self.read_back is not None and inline is not None and inline.position < position:
+            if active.session.received.contiguous_end() < position:
+                return
+            self.maybe_catch_up(active)
+            catch_up = active.catch_up
+            if catch_up is None or catch_up.done():
+                return
+            moved_from = inline.position
+            await active.hash_moved.wait()
+            if catch_up.done() and inline.position == moved_from:
+                return  # it stopped without moving (a read failed): the writer goes on
+
+    def joins_at(self, active: ActiveUpload, position: int) -> bool:
+        """Whether a writer about to write at ``position`` should wait for the hash to
+        reach it first (:meth:`reach`), rather than leave all its bytes to be read back."""
+        inline = active.inline
+        if self.read_back is None or inline is None:
+            return False
+        behind = position - inline.position
+        return 0 < behind <= JOIN_GAP and active.session.received.contiguous_end() >= position
+
     def trails(self, active: ActiveUpload, start: int, position: int, lag: int) -> bool:
         """Whether a writer from ``start`` now at ``position`` should wait for the hash.
 
         Only a writer the hash can follow (one that continues the contiguous prefix) waits,
         and only while the hash trails it by more than ``lag``.
         """
-        session = active.session
-        if active.hasher is None or session.received.contiguous_end() < start:
+        inline = active.inline
+        if self.read_back is None or inline is None:
             return False
-        return position - session.hashed_offset > lag
+        if active.session.received.contiguous_end() < start:
+            return False
+        return position - inline.position > lag
 
     async def after_record(
         self,
@@ -160,10 +199,17 @@ class HashFollower:
         store, or save the inline state and hash what arrived out of order before them."""
         inline = active.inline
         if inline is None:
-            self.maybe_catch_up(active)
             return
         contiguous = active.session.received.contiguous_end()
         reached = inline.recorded(contiguous)
+        if self.read_back is not None:
+            if reached is not None and not active.forgotten:
+                position, hasher = reached
+                await persist(
+                    self.sessions, active, hashed_offset=position, hash_state=hasher.state()
+                )
+            self.maybe_catch_up(active)
+            return
         if reached is not None and not active.forgotten:
             position, hasher = reached
             await persist(self.sessions, active, hashed_offset=position, hash_state=hasher.state())
@@ -177,23 +223,25 @@ class HashFollower:
         session = active.session
         if session.state is not UploadState.RECEIVING:
             return
+        inline = active.inline
+        if inline is None or self.read_back is None:
+            return
         end = session.received.contiguous_end()
-        if not active.hash_is_free:
+        if active.catch_up is not None and not active.catch_up.done():
             if (run := self._runs.get(session.id)) is not None:
                 run.end = max(run.end, end)  # the thread under way goes on to here
             return
-        if end > session.hashed_offset:
-            active.catch_up = self._spawn(self._catch_up(active))
+        if end > inline.position:
+            active.catch_up = self._spawn(self._catch_up(active, inline))
 
-    async def _catch_up(self, active: ActiveUpload) -> None:
-        session, hasher = active.session, active.hasher
-        assert hasher is not None
+    async def _catch_up(self, active: ActiveUpload, inline: InlineHash) -> None:
+        session = active.session
         try:
             while session.state is UploadState.RECEIVING and not active.forgotten:
-                start, end = session.hashed_offset, session.received.contiguous_end()
+                start, end = inline.position, session.received.contiguous_end()
                 if end <= start:
                     return
-                if not await self._hash_steps(active, hasher, start, end):
+                if not await self._hash_steps(active, inline, start, end):
                     return
                 await persist(
                     self.sessions,
@@ -205,13 +253,13 @@ class HashFollower:
             pulse(active)
 
     async def _hash_steps(
-        self, active: ActiveUpload, hasher: StatefulSha256, start: int, end: int
+        self, active: ActiveUpload, inline: InlineHash, start: int, end: int
     ) -> bool:
         """Hash from ``start`` on, in one worker thread, to ``end`` or as far as recording
         moves it meanwhile (at most :data:`CATCH_UP_RUN` bytes); waiting writers see each
         step as the thread reports it."""
         session = active.session
-        run = _Run(session.id, end)
+        run = Run(session.id, end)
         self._runs[session.id] = run
         loop = asyncio.get_running_loop()
 
@@ -221,20 +269,20 @@ class HashFollower:
         try:
             async with self.read_buffers.borrow() as buffer:
                 await self._in_thread(
-                    functools.partial(self._hash_run, run, hasher, start, buffer, report)
+                    functools.partial(self._hash_run, run, inline, start, buffer, report)
                 )
         except (FreightError, OSError) as exc:
-            run.stopped = True
-            active.hasher = restore_hasher(session)  # it may have eaten part of a step
+            # Each piece moved the hash only once read whole: it stands where it got to.
             log.info("upload %s: hashing from disk stopped: %s", session.id, exc)
             return False
         finally:
             run.stopped = True
+            self.followed_bytes += run.followed
             if self._runs.get(session.id) is run:
                 del self._runs[session.id]
         return not active.forgotten
 
-    def _stepped(self, active: ActiveUpload, run: _Run, position: int, state: bytes | None) -> None:
+    def _stepped(self, active: ActiveUpload, run: Run, position: int, state: bytes | None) -> None:
         """In the event loop: the running hash reached ``position``."""
         if active.forgotten:
             run.stopped = True
@@ -246,29 +294,40 @@ class HashFollower:
 
     def _hash_run(
         self,
-        run: _Run,
-        hasher: StatefulSha256,
+        run: Run,
+        inline: InlineHash,
         start: int,
         buffer: bytearray,
         report: Callable[[int, bytes | None], None],
     ) -> None:
-        """In a worker thread: a step at a time until the run's end (which may move)."""
+        """In a worker thread: a step at a time until the run's end (which may move), or
+        until a writer feeds the hash (it then stands past where this run reads)."""
         assert self.read_back is not None
         part = self.read_back.open_part_reader(run.upload_id)
         try:
             position, limit = start, start + CATCH_UP_RUN
             while not run.stopped and (end := min(run.end, limit)) > position:
                 step_end = min(end, position + HASH_STEP)
-                self._hash_stored(part, hasher, position, step_end, buffer)
+                if not self._hash_stored(part, inline, position, step_end, buffer, run):
+                    return
                 position = step_end
-                report(position, hasher.state())
+                reached = inline.settle(position)
+                if reached is None:
+                    return
+                report(position, reached[1].state())
         finally:
             part.close()
 
     def _hash_stored(
-        self, part: BlobReader, hasher: StatefulSha256, start: int, end: int, buffer: bytearray
-    ) -> None:
-        hash_file_range(part, hasher, start, end, buffer)
+        self,
+        part: BlobReader,
+        inline: InlineHash,
+        start: int,
+        end: int,
+        buffer: bytearray,
+        run: Run,
+    ) -> bool:
+        return follow_stored(part, inline, start, end, buffer, run)
 
     async def final_digest(
         self, active: ActiveUpload, expected: str | None, *, always: bool
@@ -320,16 +379,6 @@ class HashFollower:
         return 0, new_sha256()
 
 
-class _Run:
-    """One worker thread's catch-up: the event loop moves ``end`` on as bytes are recorded,
-    and sets ``stopped`` to end it early."""
-
-    def __init__(self, upload_id: str, end: int) -> None:
-        self.upload_id = upload_id
-        self.end = end
-        self.stopped = False
-
-
 def pulse(active: ActiveUpload) -> None:
     """Wake whoever waits for the hash to move (see ``UploadEngine.hash_progress``)."""
     moved, active.hash_moved = active.hash_moved, asyncio.Event()
@@ -352,25 +401,3 @@ def restore_hasher(session: UploadSession) -> StatefulSha256:
     # No usable saved state: the hash starts over, and finishing reads what it missed.
     session.hashed_offset = 0
     return new_sha256()
-
-
-def hash_file_range(
-    part: BlobReader, hasher: StatefulSha256, start: int, end: int, buffer: bytearray
-) -> None:
-    view = memoryview(buffer)
-    position = start
-    while position < end:
-        got = part.read_into(position, view[: min(len(view), end - position)])
-        if got <= 0:
-            raise UploadIncomplete(f"upload data ends early at byte {position}")
-        hasher.update(view[:got])
-        position += got
-
-
-def check_expected(digest: str | None, expected: str | None) -> None:
-    """Refuse a digest other than the one a client declared (if it declared one)."""
-    if expected is not None and digest is not None and digest != expected.lower():
-        raise ChecksumMismatch(
-            f"the upload's SHA-256 is {digest}, not the expected {expected.lower()}",
-            sha256=digest,
-        )

@@ -7,6 +7,13 @@ the engine hashes them from what the store still holds of them and moves the has
 (:meth:`InlineHash.advance`); what the store no longer holds it reads from the finished
 blob at finish.
 
+On a store that reads back cheaply (a local disk) the same running hash is shared with
+the hash follower (:mod:`freight.core.hash_follower`): writers whose bytes pass through
+Python buffers (WebSocket frames, bodies not spliced) feed it from the buffer they just
+wrote, while the follower hashes from the page cache what no writer fed (spliced bytes,
+ranges written out of order), each through a compare-and-advance at the hash's position
+(:meth:`InlineHash.feed`, :meth:`InlineHash.follow`), so no byte is hashed twice or skipped.
+
 The hash runs ahead of what is recorded as received, and only a state at a recorded offset
 may be saved (a restart resumes from there). So each step keeps the state it reached, and
 :meth:`InlineHash.recorded` hands back the one at the newly recorded end; a writer that
@@ -37,7 +44,13 @@ class InlineHash:
         hasher: StatefulSha256,
         position: int,
         on_feed: Callable[[int], None] | None = None,
+        *,
+        followed: bool = False,
     ) -> None:
+        # Whether the hash follower reads back what no writer feeds (a local disk): writers
+        # may then leave bytes to it, spliced ones say. Else every contiguous byte must
+        # pass through a writer's buffers to be hashed before finishing.
+        self.followed = followed
         # Told where the hash stands after each feed, in the writer's thread: a store that
         # keeps out-of-order bytes for the hash lets go of those it has passed.
         self._on_feed = on_feed
@@ -83,6 +96,28 @@ class InlineHash:
             for done in within:
                 del self._ahead[done]
             return position, state.copy()
+
+    def follow(self, offset: int, data: Buffer) -> bool:
+        """Recorded bytes read back from the store at ``offset``: hash them if the hash
+        stands at ``offset`` (else a writer fed it meanwhile, or it was rewound, and the
+        reader must stop). In the follower's thread, under the lock writers feed under."""
+        with self._lock:
+            if self._position != offset:
+                return False
+            self._hasher.update(data)
+            self._position = offset + memoryview(data).nbytes
+            return True
+
+    def settle(self, position: int) -> tuple[int, StatefulSha256] | None:
+        """The follower hashed recorded bytes up to ``position``: keep that as the state to
+        rewind to, and return a copy to save (None if the hash moved on meanwhile)."""
+        with self._lock:
+            if self._position != position:
+                return None
+            self._saved = (position, self._hasher.copy())
+            for done in [p for p in self._ahead if p <= position]:
+                del self._ahead[done]
+            return position, self._saved[1].copy()
 
     def advance(self, start: int, end: int, hasher: StatefulSha256) -> bool:
         """Recorded bytes ``[start, end)`` were hashed into ``hasher`` (a copy taken at

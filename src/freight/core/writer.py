@@ -3,9 +3,11 @@
 Bytes are copied into one of two reused buffers. A full buffer goes to a worker thread that
 writes it at its offset (and feeds a request checksum, if the client sent one), while the
 event loop fills the other buffer from the socket: reading and writing overlap, and memory
-stays at two buffers per writer whatever the file size. The upload's running SHA-256 is not
-computed here: the engine hashes recorded bytes from the page cache behind the writers, and
-a writer only waits for it when it falls too far behind.
+stays at two buffers per writer whatever the file size. The worker thread that wrote a
+buffer feeds it to the upload's running SHA-256 (:mod:`freight.core.inline_hash`) when it
+continues the hashed prefix, while the bytes are still in the CPU's cache; what no writer
+fed (spliced bytes, ranges out of order) the engine hashes from the page cache behind the
+writers, and a writer only waits for that when it falls too far behind.
 
 A byte is recorded as received (and so acknowledged to clients) only after the sync the
 fsync policy asks for. ``commit`` records the whole request; ``abort`` keeps whatever was
@@ -59,8 +61,14 @@ class UploadWriter:
         *,
         all_or_nothing: bool = False,
         fence: HeldClaim | None = None,
+        hash_inline: bool = True,
     ) -> None:
         self._engine = engine
+        # Feed the running hash from the buffers written (where the hash stands at their
+        # offset); without, the hash follower reads them back (tests of the follower).
+        self._hash_inline = hash_inline
+        self._joined = False  # waited (or had no need to wait) for the hash to reach us
+        self._fed_to = start  # bytes offered to the running hash end here (set in threads)
         self._fence = fence  # the claim this writer holds: its records count only under it
         self._active = active
         self._part = part
@@ -142,8 +150,10 @@ class UploadWriter:
     @property
     def can_splice(self) -> bool:
         """Whether bytes may go from a socket to the file without passing through Python."""
-        # A request checksum, or a running hash taken inline, needs to see the bytes.
-        no_hashing = self._checksum is None and self._active.inline is None
+        # A request checksum needs to see the bytes, as does a running hash that only the
+        # writers feed (no follower reads back what they leave).
+        inline = self._active.inline
+        no_hashing = self._checksum is None and (inline is None or inline.followed)
         return no_hashing and splicing_available() and isinstance(self._part, PipeTarget)
 
     @property
@@ -286,8 +296,8 @@ class UploadWriter:
             )
         finally:
             inline = self._active.inline
-            if inline is not None and self._flushed > self._recorded:
-                inline.rewind()  # it hashed bytes that do not count
+            if inline is not None and max(self._flushed, self._fed_to) > self._recorded:
+                inline.rewind()  # it may have hashed bytes that do not count
 
     # internals ---------------------------------------------------------------------------
 
@@ -340,6 +350,24 @@ class UploadWriter:
         The job counts as done only once the upload's hash trails it by no more than the
         engine allows, so a hash slower than the network holds the reading back.
         """
+        if self._joins_hash(size, at):
+            return asyncio.ensure_future(self._jobs_after_hash(slot, size, at))
+        return self._start_jobs_now(slot, size, at)
+
+    def _joins_hash(self, size: int, at: int) -> bool:
+        """Whether to let the hash reach ``at`` before writing there, so this writer feeds
+        it from then on: once per writer, on a full buffer (a tail or a few bytes before
+        a splice are not worth holding the request for)."""
+        if self._joined or not self._hash_inline or size < self._buffer_size:
+            return False
+        self._joined = True
+        return self._engine.hash_joins(self._active, at)
+
+    async def _jobs_after_hash(self, slot: int, size: int, at: int) -> int:
+        await self._engine.hash_reach(self._active, at)
+        return await self._start_jobs_now(slot, size, at)
+
+    def _start_jobs_now(self, slot: int, size: int, at: int) -> asyncio.Future[int]:
         loop = asyncio.get_running_loop()
         write = loop.run_in_executor(None, self._write_job, slot, size, at)
         jobs: list[asyncio.Future[Any]] = [write]
@@ -366,7 +394,8 @@ class UploadWriter:
     def _write_job(self, slot: int, size: int, at: int) -> int:
         self._part.write_at(at, self._views[slot][:size])
         inline = self._active.inline
-        if inline is not None:
+        if inline is not None and (self._hash_inline or not inline.followed):
+            self._fed_to = at + size  # before: a failing feed may have hashed some
             inline.feed(at, self._views[slot][:size])
         if self._policy is FsyncPolicy.ALWAYS:
             self._part.sync()

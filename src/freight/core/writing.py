@@ -109,6 +109,7 @@ class Writing:
         checksum: RequestChecksum | None = None,
         all_or_nothing: bool = False,
         interrupt: Callable[[], None] | None = None,
+        hash_inline: bool = True,
     ) -> AsyncIterator[UploadWriter]:
         """Write from ``offset``; the caller must ``await writer.commit()`` to keep the bytes.
 
@@ -122,6 +123,9 @@ class Writing:
         upload over at once instead of waiting until the server notices the old
         connection is dead (tusd does the same). ``offset=None`` (sequential only) writes
         from wherever the upload stands once that is done.
+
+        ``hash_inline=False`` leaves the upload's running hash to read this writer's bytes
+        back from the store where it can, instead of taking them from its buffers.
         """
         if offset is None and not sequential:
             raise ValueError("only a sequential writer may start at the current offset")
@@ -167,6 +171,7 @@ class Writing:
                 checksum,
                 all_or_nothing=all_or_nothing,
                 fence=claim,
+                hash_inline=hash_inline,
             )
             holding.append(writer)
             active.writers.add(writer)

@@ -104,6 +104,12 @@ class _EngineCollector:
             value=hashing.settled_bytes,
         )
         yield CounterMetricFamily(
+            "freight_hash_followed_bytes",
+            "Bytes the running SHA-256 read back from the page cache while receiving "
+            "(those no writer hashed as they passed: spliced, or out of order).",
+            value=hashing.followed_bytes,
+        )
+        yield CounterMetricFamily(
             "freight_hash_held_bytes",
             "Bytes that arrived out of order, hashed from what the store held of them.",
             value=hashing.held.hashed_bytes if hashing.held is not None else 0,

@@ -14,6 +14,7 @@ import pytest
 from freight.core import hash_follower
 from freight.core.engine import UploadEngine
 from freight.core.hashing import new_sha256
+from freight.core.inline_hash import InlineHash
 from freight.core.session import UploadSession, UploadState
 from freight.errors import ChecksumMismatch, UploadNotFound
 from tests.unit.core.test_engine import sha256, write
@@ -42,8 +43,9 @@ async def complete(engine: UploadEngine, data: bytes, **create: Any) -> UploadSe
     await engine.hashed(session.id)
     active = engine.uploads.get(session.id)
     assert active is not None
-    if active.hasher is not None:  # as if the hash had trailed all along: finishing hashes
-        active.hasher = new_sha256()
+    if active.inline is not None and active.inline.followed:
+        # As if the hash had trailed all along: finishing hashes.
+        active.inline = InlineHash(new_sha256(), 0, followed=True)
         active.session.hashed_offset, active.session.hash_state = 0, None
     return session
 
