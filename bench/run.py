@@ -25,6 +25,7 @@ import itertools
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -524,5 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed or failed_cgroup or failed_fleet else 0
 
 
+def _exit_on_sigterm() -> None:
+    # `timeout` and service managers stop a run with SIGTERM: unwinding as on Ctrl-C stops
+    # the peers, SeaweedFS and PostgreSQL it started instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 if __name__ == "__main__":
+    _exit_on_sigterm()
     sys.exit(main())
