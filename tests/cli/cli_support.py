@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,28 @@ def peak_rss_of(*args: str, env: dict[str, str]) -> tuple[int, subprocess.Comple
     return int(match.group(1)) * 1024, subprocess.CompletedProcess(
         done.args, done.returncode, stdout, done.stderr
     )
+
+
+def stored_files(server_url: str) -> list[dict[str, Any]]:
+    """The server's finished files (``/api/files``), as it lists them."""
+    with urllib.request.urlopen(f"{server_url}/api/files?limit=1000", timeout=10) as resp:
+        files = json.load(resp)["files"]
+    assert isinstance(files, list)
+    return files
+
+
+def tus_metadata(server_url: str, file_id: str) -> dict[str, str]:
+    """A finished upload's tus Upload-Metadata, decoded."""
+    request = urllib.request.Request(
+        f"{server_url}/files/{file_id}", method="HEAD", headers={"Tus-Resumable": "1.0.0"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        header = resp.headers.get("Upload-Metadata", "")
+    decoded = {}
+    for item in filter(None, (part.strip() for part in header.split(","))):
+        key, _, value = item.partition(" ")
+        decoded[key] = base64.b64decode(value).decode()
+    return decoded
 
 
 def json_output(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:

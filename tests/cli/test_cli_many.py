@@ -3,7 +3,6 @@ ids ``ls`` shows being what ``get`` and ``rm`` take."""
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import time
@@ -12,28 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import MiB, json_output, make_file, run_cli, sha256_of, tcp_url
-
-
-def _stored(server_url: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{server_url}/api/files?limit=1000", timeout=10) as resp:
-        files = json.load(resp)["files"]
-    assert isinstance(files, list)
-    return files
-
-
-def _metadata(server_url: str, file_id: str) -> dict[str, str]:
-    """A finished upload's tus Upload-Metadata, decoded."""
-    request = urllib.request.Request(
-        f"{server_url}/files/{file_id}", method="HEAD", headers={"Tus-Resumable": "1.0.0"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        header = resp.headers.get("Upload-Metadata", "")
-    decoded = {}
-    for item in filter(None, (part.strip() for part in header.split(","))):
-        key, _, value = item.partition(" ")
-        decoded[key] = base64.b64decode(value).decode()
-    return decoded
+from cli_support import (
+    MiB,
+    json_output,
+    make_file,
+    run_cli,
+    sha256_of,
+    stored_files,
+    tcp_url,
+    tus_metadata,
+)
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -62,12 +49,14 @@ def test_many_files_and_a_tree_with_excludes(
     report = json_output(done)
     assert (report["sent"], report["skipped"], report["failed"]) == (3, 0, 0)
     assert {entry["name"] for entry in report["files"]} == set(digests)
-    stored = {entry["sha256"]: entry for entry in _stored(freight_server.url)}
+    stored = {entry["sha256"]: entry for entry in stored_files(freight_server.url)}
     assert set(stored) == set(digests.values())
     # Files from a directory keep their relative path, as Uppy's relativePath.
     b_id = stored[digests["photos/2024/b.bin"]]["id"]
-    assert _metadata(freight_server.url, b_id)["relativePath"] == "photos/2024/b.bin"
-    assert "relativePath" not in _metadata(freight_server.url, stored[digests["notes.txt"]]["id"])
+    assert tus_metadata(freight_server.url, b_id)["relativePath"] == "photos/2024/b.bin"
+    assert "relativePath" not in tus_metadata(
+        freight_server.url, stored[digests["notes.txt"]]["id"]
+    )
 
     # Again: everything is there already, and nothing is sent.
     again = json_output(
@@ -75,14 +64,14 @@ def test_many_files_and_a_tree_with_excludes(
                 "--exclude", ".cache", "--json", env=env, cwd=tmp_path)
     )  # fmt: skip
     assert (again["sent"], again["skipped"], again["failed"]) == (0, 3, 0)
-    assert len(_stored(freight_server.url)) == 3
+    assert len(stored_files(freight_server.url)) == 3
 
     # --force sends them anyway.
     forced = json_output(
         run_cli("send", "notes.txt", freight_server.url, "--force", "--json", env=env, cwd=tmp_path)
     )
     assert "skipped" not in forced and forced["sha256"] == digests["notes.txt"]
-    assert len(_stored(freight_server.url)) == 4
+    assert len(stored_files(freight_server.url)) == 4
 
 
 def test_a_failed_file_makes_the_exit_status_non_zero(
@@ -93,7 +82,7 @@ def test_a_failed_file_makes_the_exit_status_non_zero(
     assert done.returncode == 1, done
     assert "Failed missing.bin: no such file" in done.stderr
     assert "1 sent" in done.stdout and "1 failed" in done.stdout
-    assert len(_stored(freight_server.url)) == 1
+    assert len(stored_files(freight_server.url)) == 1
 
 
 def test_skipping_says_so_and_only_a_same_size_file_is_hashed_first(
@@ -108,13 +97,13 @@ def test_skipping_says_so_and_only_a_same_size_file_is_hashed_first(
     assert done.returncode == 0, done.stderr
     assert "Skipped copy.bin: the server has it already" in done.stderr
     assert digest in done.stdout
-    assert len(_stored(freight_server.url)) == 1
+    assert len(stored_files(freight_server.url)) == 1
     # Same size, other bytes: hashed, asked for, not found, sent.
     other = tmp_path / "other.bin"
     other_digest = make_file(other, MiB)
     report = json_output(run_cli("send", str(other), freight_server.url, "--json", env=env))
     assert report["sha256"] == other_digest and report["verified"]
-    assert len(_stored(freight_server.url)) == 2
+    assert len(stored_files(freight_server.url)) == 2
 
 
 def test_the_exists_query(freight_server: Any, tmp_path: Path, env: dict[str, str]) -> None:
@@ -146,7 +135,7 @@ def test_ls_shows_short_ids_that_get_and_rm_take(
     for name in ("one.bin", "two.bin"):
         digests[name] = make_file(tmp_path / name, 5000 + len(digests))
         json_output(run_cli("send", str(tmp_path / name), freight_server.url, "--json", env=env))
-    ids = {entry["name"]: entry["id"] for entry in _stored(freight_server.url)}
+    ids = {entry["name"]: entry["id"] for entry in stored_files(freight_server.url)}
     # Piped (no terminal) and narrow: the id column is still there, as a short prefix.
     listing = run_cli("ls", freight_server.url, env={**env, "COLUMNS": "70"})
     assert listing.returncode == 0, listing.stderr
@@ -160,7 +149,7 @@ def test_ls_shows_short_ids_that_get_and_rm_take(
     assert sha256_of(tmp_path / "copy.bin") == digests["one.bin"]
     removed = run_cli("rm", freight_server.url, shown["two.bin"], "--json", env=env)
     assert json_output(removed)["deleted"] == ids["two.bin"]
-    assert [entry["name"] for entry in _stored(freight_server.url)] == ["one.bin"]
+    assert [entry["name"] for entry in stored_files(freight_server.url)] == ["one.bin"]
 
 
 def test_an_ambiguous_prefix_lists_the_candidates(
@@ -171,7 +160,7 @@ def test_an_ambiguous_prefix_lists_the_candidates(
         names.append(f"f{index}.bin")
         (tmp_path / names[-1]).write_bytes(bytes([index]) * (100 + index))
     json_output(run_cli("send", *names, freight_server.url, "--json", env=env, cwd=tmp_path))
-    ids = [entry["id"] for entry in _stored(freight_server.url)]
+    ids = [entry["id"] for entry in stored_files(freight_server.url)]
     # 30 random ids, 64 possible first characters: two share one but once in 10^6 runs.
     first = next((c for c in {i[0] for i in ids} if sum(i[0] == c for i in ids) > 1), None)
     if first is None:

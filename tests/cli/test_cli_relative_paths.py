@@ -20,28 +20,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cli_support import json_output, make_file, run_cli, tcp_url
+from cli_support import json_output, make_file, run_cli, stored_files, tcp_url, tus_metadata
 
 from freight.protocol.frames import SERVER_FRAMES, Accepted, ErrorFrame, FrameDecoder, Hello
-
-
-def _stored(server_url: str) -> dict[str, str]:
-    """Each stored file's id by its SHA-256."""
-    with urllib.request.urlopen(f"{server_url}/api/files?limit=1000", timeout=10) as resp:
-        return {entry["sha256"]: entry["id"] for entry in json.load(resp)["files"]}
-
-
-def _metadata(server_url: str, file_id: str) -> dict[str, str]:
-    request = urllib.request.Request(
-        f"{server_url}/files/{file_id}", method="HEAD", headers={"Tus-Resumable": "1.0.0"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        header = resp.headers.get("Upload-Metadata", "")
-    decoded = {}
-    for item in filter(None, (part.strip() for part in header.split(","))):
-        key, _, value = item.partition(" ")
-        decoded[key] = base64.b64decode(value).decode() if value else ""
-    return decoded
 
 
 @pytest.mark.parametrize("protocol", ["tus", "chunks", "ws", "tcp"])
@@ -60,13 +41,13 @@ def test_a_folder_sent_keeps_each_files_path(
                    env=env, cwd=tmp_path)  # fmt: skip
     report = json_output(done)
     assert (report["sent"], report["failed"]) == (3, 0)
-    ids = _stored(server.url)
+    ids = {entry["sha256"]: entry["id"] for entry in stored_files(server.url)}
     for path in ("photos/a.bin", "photos/2024/b.bin"):
-        metadata = _metadata(server.url, ids[digests[path]])
+        metadata = tus_metadata(server.url, ids[digests[path]])
         assert metadata["relativePath"] == path
         assert metadata["filename"] == path.rsplit("/", 1)[1]
     # A file given by itself has no folder to keep.
-    assert "relativePath" not in _metadata(server.url, ids[digests["notes.txt"]])
+    assert "relativePath" not in tus_metadata(server.url, ids[digests["notes.txt"]])
 
 
 HOSTILE = ["/", "../up.bin", "a/../../b", "a//b", "C:\\x", "a/\x01b", "x" * 300]

@@ -7,20 +7,11 @@ ids start with it (the HTTP side: tests/cli/test_cli_many.py).
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import json_output, run_cli, sha256_of, tcp_url
-
-
-def _stored(server_url: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{server_url}/api/files?limit=1000", timeout=10) as resp:
-        files = json.load(resp)["files"]
-    assert isinstance(files, list)
-    return files
+from cli_support import json_output, run_cli, sha256_of, stored_files, tcp_url
 
 
 def test_a_short_id_names_its_file_over_tcp_and_an_ambiguous_one_lists_the_candidates(
@@ -33,7 +24,7 @@ def test_a_short_id_names_its_file_over_tcp_and_an_ambiguous_one_lists_the_candi
         names.append(f"f{index}.bin")
         (tmp_path / names[-1]).write_bytes(bytes([index]) * (100 + index))
     json_output(run_cli("send", *names, server.url, "--json", env=env, cwd=tmp_path))
-    stored = _stored(server.url)
+    stored = stored_files(server.url)
     ids = [entry["id"] for entry in stored]
 
     # The short id `ls` shows (8 characters here: 30 ids share no 8-character prefix).

@@ -7,6 +7,8 @@ stands, a read buffer at a time, and stops where a writer fed it meanwhile;
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from freight.core.blobs import BlobReader
 from freight.core.hashing import StatefulSha256
 from freight.core.inline_hash import InlineHash
@@ -30,29 +32,31 @@ def follow_stored(
     part: BlobReader, inline: InlineHash, start: int, end: int, buffer: bytearray, run: Run
 ) -> bool:
     """Hash ``[start, end)`` read back into ``inline``; False where it moved meanwhile."""
-    view = memoryview(buffer)
-    position = start
-    while position < end:
-        got = part.read_into(position, view[: min(len(view), end - position)])
-        if got <= 0:
-            raise UploadIncomplete(f"upload data ends early at byte {position}")
-        if not inline.follow(position, view[:got]):
+    for position, piece in _read_back(part, start, end, buffer):
+        if not inline.follow(position, piece):
             return False
-        run.followed += got
-        position += got
+        run.followed += len(piece)
     return True
 
 
 def hash_file_range(
     part: BlobReader, hasher: StatefulSha256, start: int, end: int, buffer: bytearray
 ) -> None:
+    for _, piece in _read_back(part, start, end, buffer):
+        hasher.update(piece)
+
+
+def _read_back(
+    part: BlobReader, start: int, end: int, buffer: bytearray
+) -> Iterator[tuple[int, memoryview]]:
+    """``[start, end)`` through ``buffer``, a read at a time: (its offset, its bytes)."""
     view = memoryview(buffer)
     position = start
     while position < end:
         got = part.read_into(position, view[: min(len(view), end - position)])
         if got <= 0:
             raise UploadIncomplete(f"upload data ends early at byte {position}")
-        hasher.update(view[:got])
+        yield position, view[:got]
         position += got
 
 

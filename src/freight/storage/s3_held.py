@@ -6,9 +6,7 @@ before the multipart upload is completed: there the reader reports none."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from freight.storage.s3_io import StoreLoop
+from freight.storage.s3_io import StoreLoop, read_range
 from freight.storage.s3_parts import S3Parts
 from freight.storage.s3_spool import Spool
 from freight.storage.s3_table import BlobTable, PartTable
@@ -63,19 +61,7 @@ class HeldReader:
         return self._loaded
 
     async def _fetch(self, key: str, offset: int, target: memoryview) -> int:
-        client: Any = self._parts.client
-        response = await client.get_object(
-            Bucket=self._parts.bucket, Key=key, Range=f"bytes={offset}-{offset + len(target) - 1}"
-        )
-        filled = 0
-        async with response["Body"] as body:
-            while filled < len(target):
-                chunk = await body.read(min(len(target) - filled, 1 << 20))
-                if not chunk:
-                    break
-                target[filled : filled + len(chunk)] = chunk
-                filled += len(chunk)
-        return filled
+        return await read_range(self._parts.client, self._parts.bucket, key, offset, target)
 
     def close(self) -> None:
         pass

@@ -25,6 +25,7 @@ __all__ = [
     "S3Reader",
     "StoreLoop",
     "client_error_code",
+    "read_range",
     "s3_failure",
     "window_crc32",
 ]
@@ -280,19 +281,23 @@ class S3Reader:
         return self._bridge.run(self._read, offset, buffer[:want])
 
     async def _read(self, offset: int, target: memoryview) -> int:
-        end = offset + len(target) - 1
-        response = await self._client.get_object(
-            Bucket=self._bucket, Key=self._key, Range=f"bytes={offset}-{end}"
-        )
-        filled = 0
-        async with response["Body"] as body:
-            while filled < len(target):
-                chunk = await body.read(min(len(target) - filled, 1 << 20))
-                if not chunk:
-                    break
-                target[filled : filled + len(chunk)] = chunk
-                filled += len(chunk)
-        return filled
+        return await read_range(self._client, self._bucket, self._key, offset, target)
 
     def close(self) -> None:
         pass
+
+
+async def read_range(client: Any, bucket: str, key: str, offset: int, target: memoryview) -> int:
+    """Fill ``target`` with the object's bytes from ``offset`` (one ranged GET); returns how
+    many came (fewer only where the object ends)."""
+    end = offset + len(target) - 1
+    response = await client.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{end}")
+    filled = 0
+    async with response["Body"] as body:
+        while filled < len(target):
+            chunk = await body.read(min(len(target) - filled, 1 << 20))
+            if not chunk:
+                break
+            target[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+    return filled
