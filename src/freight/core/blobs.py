@@ -48,6 +48,7 @@ __all__ = [
     "BlobReader",
     "BlobStore",
     "BlobWriter",
+    "ClaimsAhead",
     "HeldRanges",
     "PartSized",
     "PipeTarget",
@@ -113,6 +114,14 @@ class PipeTarget(Protocol):
     def write_from_pipe(self, pipe: int, offset: int, size: int) -> None: ...
 
     def sync(self) -> None: ...
+
+
+@runtime_checkable
+class ClaimsAhead(Protocol):
+    """A writer that may claim space ahead of what it has written (cheaper writes), told
+    how far the bytes it may write reach so that it never claims past them."""
+
+    def claim_within(self, end: int) -> None: ...
 
 
 @runtime_checkable

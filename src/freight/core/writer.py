@@ -26,7 +26,7 @@ from typing import Any
 
 from freight._types import Buffer
 from freight.config import FsyncPolicy
-from freight.core.blobs import BlobWriter, PipeTarget, SyncsThrough
+from freight.core.blobs import BlobWriter, ClaimsAhead, PipeTarget, SyncsThrough
 from freight.core.pipes import splicing_available
 from freight.core.ports import HeldClaim
 from freight.core.session import UploadSession
@@ -74,6 +74,8 @@ class UploadWriter:
         self._part = part
         self._start = start
         self._limit = limit
+        if limit is not None and isinstance(part, ClaimsAhead):
+            part.claim_within(limit)
         self._checksum = checksum
         # A pending checksum makes a request count whole or not at all, as do callers
         # whose unit is a chunk (a half-kept chunk would be neither missing nor received).

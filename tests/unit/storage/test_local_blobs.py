@@ -9,6 +9,7 @@ import pytest
 
 from freight.core.session import UploadSession, new_upload_id
 from freight.storage import LocalBlobs, open_local
+from freight.storage.local_files import ALLOCATE_AHEAD
 
 MiB = 1024 * 1024
 
@@ -36,6 +37,56 @@ async def test_a_new_blob_takes_no_space(blobs: LocalBlobs) -> None:
     writer.write_at(64 * MiB, b"x")  # sparse: only the page written takes blocks
     writer.close()
     assert os.stat(blobs.part_path(upload_id)).st_blocks * 512 < MiB
+
+
+def _blocks(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+async def test_a_writer_claims_a_window_ahead_within_its_end(blobs: LocalBlobs) -> None:
+    upload_id = new_upload_id()
+    await blobs.create(upload_id)
+    part = blobs.part_path(upload_id)
+    writer = await blobs.open_writer(upload_id)
+    writer.claim_within(100 * MiB)
+    writer.write_at(0, b"x" * MiB)
+    # Claimed past the end of the file, whose size stays what was written.
+    assert _blocks(part) >= MiB + ALLOCATE_AHEAD
+    assert part.stat().st_size == MiB
+    writer.close()
+
+
+async def test_a_writer_claims_nothing_past_its_end(blobs: LocalBlobs) -> None:
+    upload_id = new_upload_id()
+    await blobs.create(upload_id)
+    part = blobs.part_path(upload_id)
+    writer = await blobs.open_writer(upload_id)
+    writer.claim_within(10 * MiB)
+    writer.write_at(0, b"x" * MiB)
+    assert 10 * MiB <= _blocks(part) < MiB + ALLOCATE_AHEAD
+    writer.close()
+
+
+async def test_a_short_upload_claims_nothing_ahead(blobs: LocalBlobs) -> None:
+    upload_id = new_upload_id()
+    await blobs.create(upload_id)
+    writer = await blobs.open_writer(upload_id)
+    writer.claim_within(10_000)
+    writer.write_at(0, b"x" * 100)
+    writer.close()
+    assert _blocks(blobs.part_path(upload_id)) < MiB
+
+
+async def test_finishing_gives_back_blocks_claimed_past_the_length(blobs: LocalBlobs) -> None:
+    upload_id = new_upload_id()
+    await blobs.create(upload_id)
+    writer = await blobs.open_writer(upload_id)
+    writer.claim_within(64 * MiB)
+    writer.write_at(0, b"x" * MiB)
+    writer.close()
+    assert _blocks(blobs.part_path(upload_id)) > 8 * MiB
+    await blobs.finish(upload_id, MiB)  # a shorter upload (a deferred length, say)
+    assert _blocks(blobs.file_path(upload_id)) < 2 * MiB
 
 
 async def test_finish_is_a_rename_to_exactly_length_bytes(blobs: LocalBlobs) -> None:
