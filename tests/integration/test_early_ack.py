@@ -46,6 +46,7 @@ def test_a_read_right_after_the_answer_sees_the_finished_file(
     source = PatternStream(SIZE, seed=3)
     url, reply = send_whole(freight_server.url, source)
     assert reply.header("Repr-Digest") is None, "answered before the digest settled"
+    assert reply.header("Upload-Expires") is None, "a complete upload does not expire"
     upload_id = url.rsplit("/", 1)[-1]
     if read == "tus HEAD":
         head = request("HEAD", url, TUS)

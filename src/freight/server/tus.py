@@ -98,7 +98,10 @@ def state_headers(session: UploadSession) -> dict[str, str]:
     assembling = session.state is UploadState.ASSEMBLING
     if not assembling:
         headers["Upload-Offset"] = str(session.offset)
-    if session.expires is not None and session.state is UploadState.RECEIVING:
+    # Only an unfinished upload expires; one answered before its finish settles has all
+    # its bytes already, and will not.
+    unfinished = session.state is UploadState.RECEIVING and session.offset != session.length
+    if session.expires is not None and unfinished:
         headers["Upload-Expires"] = tus.format_http_date(session.expires)
     if session.sha256 is not None:
         headers["Repr-Digest"] = build_repr_digest(session.sha256)
