@@ -72,8 +72,7 @@ _FALLOCATE = _load_fallocate()
 _FALLOC_FL_KEEP_SIZE = 1
 # Blocks claimed ahead of the writing position, a window at a time.
 ALLOCATE_AHEAD = 16 * 1024 * 1024
-
-
+# A claim mark past any file: nothing more is claimed (fallocate is missing or failed).
 _NEVER = 1 << 62
 
 
@@ -141,7 +140,7 @@ class LocalPartFile:
     def __init__(self, path: Path, *, writable: bool, reserve: SpaceReserve | None = None) -> None:
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
         self._reserve = reserve
-        # Claimed up to here (best effort); past any size once claiming fails here.
+        # Blocks are claimed up to here (best effort).
         self._allocated = 0 if writable and _FALLOCATE is not None else _NEVER
         self._claim_end = 0  # nothing is claimed past here (claim_within)
         try:

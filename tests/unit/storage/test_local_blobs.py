@@ -43,48 +43,39 @@ def _blocks(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
 
-async def test_a_writer_claims_a_window_ahead_within_its_end(blobs: LocalBlobs) -> None:
+async def _written(blobs: LocalBlobs, claim_end: int, size: int) -> Path:
+    """A new blob whose writer may claim up to ``claim_end`` and wrote ``size`` bytes at 0;
+    its part file."""
     upload_id = new_upload_id()
     await blobs.create(upload_id)
-    part = blobs.part_path(upload_id)
     writer = await blobs.open_writer(upload_id)
-    writer.claim_within(100 * MiB)
-    writer.write_at(0, b"x" * MiB)
+    writer.claim_within(claim_end)
+    writer.write_at(0, b"x" * size)
+    writer.close()
+    return blobs.part_path(upload_id)
+
+
+async def test_a_writer_claims_a_window_ahead_within_its_end(blobs: LocalBlobs) -> None:
+    part = await _written(blobs, 100 * MiB, MiB)
     # Claimed past the end of the file, whose size stays what was written.
     assert _blocks(part) >= MiB + ALLOCATE_AHEAD
     assert part.stat().st_size == MiB
-    writer.close()
 
 
 async def test_a_writer_claims_nothing_past_its_end(blobs: LocalBlobs) -> None:
-    upload_id = new_upload_id()
-    await blobs.create(upload_id)
-    part = blobs.part_path(upload_id)
-    writer = await blobs.open_writer(upload_id)
-    writer.claim_within(10 * MiB)
-    writer.write_at(0, b"x" * MiB)
+    part = await _written(blobs, 10 * MiB, MiB)
     assert 10 * MiB <= _blocks(part) < MiB + ALLOCATE_AHEAD
-    writer.close()
 
 
 async def test_a_short_upload_claims_nothing_ahead(blobs: LocalBlobs) -> None:
-    upload_id = new_upload_id()
-    await blobs.create(upload_id)
-    writer = await blobs.open_writer(upload_id)
-    writer.claim_within(10_000)
-    writer.write_at(0, b"x" * 100)
-    writer.close()
-    assert _blocks(blobs.part_path(upload_id)) < MiB
+    part = await _written(blobs, 10_000, 100)
+    assert _blocks(part) < MiB
 
 
 async def test_finishing_gives_back_blocks_claimed_past_the_length(blobs: LocalBlobs) -> None:
-    upload_id = new_upload_id()
-    await blobs.create(upload_id)
-    writer = await blobs.open_writer(upload_id)
-    writer.claim_within(64 * MiB)
-    writer.write_at(0, b"x" * MiB)
-    writer.close()
-    assert _blocks(blobs.part_path(upload_id)) > 8 * MiB
+    part = await _written(blobs, 64 * MiB, MiB)
+    assert _blocks(part) > 8 * MiB
+    upload_id = part.name.removesuffix(".part")
     await blobs.finish(upload_id, MiB)  # a shorter upload (a deferred length, say)
     assert _blocks(blobs.file_path(upload_id)) < 2 * MiB
 
