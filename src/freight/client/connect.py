@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from freight.same_host import socket_for
+
 __all__ = ["connect_first"]
 
 
@@ -15,8 +17,9 @@ async def connect_first(host: str, port: int) -> socket.socket:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     failure: OSError = OSError(f"no address for {host}")
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
+    for info in infos:
+        sock = socket_for(info)
+        address = info[4]
         sock.setblocking(False)
         try:
             await loop.sock_connect(sock, address)

@@ -29,6 +29,7 @@ import aiohttp
 
 from freight import __version__
 from freight.client.errors import ClientError, ConnectionFailed, ServerError
+from freight.same_host import socket_for
 
 __all__ = [
     "CHUNK_SIZE",
@@ -287,7 +288,9 @@ def open_session(
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
     )
-    connector = aiohttp.TCPConnector(ssl=_VERIFY.get() if verify is None else verify)
+    connector = aiohttp.TCPConnector(
+        ssl=_VERIFY.get() if verify is None else verify, socket_factory=socket_for
+    )
     return aiohttp.ClientSession(
         connector=connector,
         headers=headers,

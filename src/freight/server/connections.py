@@ -29,6 +29,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from freight.config import ServerConfig
+from freight.same_host import unpace_listeners
 
 __all__ = [
     "MAX_HEADERS",
@@ -219,6 +220,7 @@ class GuardedSite(web.BaseSite):
             ssl=self._ssl_context,
             ssl_handshake_timeout=handshake,
         )
+        unpace_listeners(self._server.sockets)
 
 
 def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:

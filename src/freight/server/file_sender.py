@@ -41,6 +41,8 @@ from functools import cache
 from pathlib import Path
 from typing import IO, Final
 
+from freight.same_host import is_same_host, unpace
+
 __all__ = ["MAX_THREADS", "SEND_BUFFER", "FrameHeader", "send_buffer_request", "send_file"]
 
 MAX_THREADS: Final = 16
@@ -87,6 +89,8 @@ async def send_file(
     _cork(sock, True)
     if count >= SEND_BUFFER:
         widen_send_buffer(sock)
+        if usable and sock is not None and is_same_host(sock):
+            unpace(sock)  # a listener facing other hosts too let it be born pacing
     try:
         if not usable or sock is None:
             return await _send_in_loop(transport, file, offset, count, frame, header)

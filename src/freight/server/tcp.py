@@ -35,6 +35,7 @@ import logging
 from freight.config import ServerConfig
 from freight.core import UploadEngine
 from freight.core.pipes import splicing_available
+from freight.same_host import unpace_listeners
 from freight.server.connections import pending_cap
 from freight.server.principals import Gate
 from freight.server.splice import Splicers
@@ -80,6 +81,7 @@ class TcpServer:
         self._server = await loop.create_server(
             lambda: TcpConnection(self), host, port, reuse_address=True
         )
+        unpace_listeners(self._server.sockets)
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
         return self.address

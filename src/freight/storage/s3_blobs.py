@@ -105,6 +105,7 @@ from aiobotocore.session import get_session
 
 from freight.core.blobs import BlobReader, BlobWriter
 from freight.errors import FreightError, StorageUnavailable
+from freight.same_host import socket_for
 from freight.storage.s3_concat import concatenate
 from freight.storage.s3_finish import finish_blob
 from freight.storage.s3_held import HeldReader
@@ -206,6 +207,8 @@ class S3Blobs:
             response_checksum_validation="when_required",
             retries={"max_attempts": 4, "mode": "standard"},
             max_pool_connections=max_connections,
+            # A store on this host is reached without paced sends (freight.same_host).
+            connector_args={"socket_factory": socket_for},
         )
         botocore_session = get_session()
         if botocore_data is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from freight import same_host
 from freight.server import file_sender
 from freight.server.file_sender import send_file
 
@@ -325,3 +326,26 @@ def test_the_send_buffer_is_only_ever_widened(
     current: int, wmem_max: int | None, autotune_max: int | None, asked: int
 ) -> None:
     assert file_sender.send_buffer_request(current, wmem_max, autotune_max) == asked
+
+
+async def test_a_long_range_to_this_host_stops_pacing(data_file: Path) -> None:
+    """A listener facing other hosts too hands a same-host peer a pacing connection (where
+    the system's choice is BBR): its long downloads switch it (freight.same_host)."""
+    available = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text()
+    names: list[bytes] = []
+    with data_file.open("rb") as file:
+
+        async def send(transport: asyncio.Transport) -> int:
+            sock = transport.get_extra_info("socket")
+            if "bbr" in available.split():
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"bbr")
+            names.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16))
+            sent = await send_file(transport, file, 0, file_sender.SEND_BUFFER)
+            names.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16))
+            return sent
+
+        async for port, served in serve(send):
+            await asyncio.to_thread(read_all, port)
+            assert await served.result == file_sender.SEND_BUFFER
+    before, after = (name.rstrip(b"\0") for name in names)
+    assert after in same_host.UNPACED if before == b"bbr" else after == before
