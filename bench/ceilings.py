@@ -1,6 +1,7 @@
 """The machine's own limits, measured in the same run as the servers.
 
-- loopback TCP: ``iperf3`` sending the upload's size once over 127.0.0.1;
+- loopback TCP: ``iperf3`` sending the upload's size once over 127.0.0.1, with the system's
+  congestion control and with cubic (which paces nothing: what same-host connections get);
 - durable disk write: ``dd if=/dev/zero bs=1M conv=fdatasync`` of the upload's size into the
   work directory (after the same page-cache warm-up the uploads get);
 - a plain TCP pair (``bench/tcp_baselines.py``: sendfile on one side, ``recv_into`` on the
@@ -58,8 +59,10 @@ class Ceiling:
     cpu_seconds: float | None = None
 
 
-def iperf3_loopback(size: int, timeout: float) -> float:
-    """Seconds iperf3 takes to move ``size`` bytes over loopback (receiver's view)."""
+def iperf3_loopback(size: int, timeout: float, congestion: str | None = None) -> float:
+    """Seconds iperf3 takes to move ``size`` bytes over loopback (receiver's view), with the
+    system's congestion control or ``congestion`` (freight's same-host connections use cubic
+    where the system's paces: ``freight.same_host``)."""
     iperf3 = which("iperf3")
     if iperf3 is None:
         raise Unavailable("iperf3 is not installed (Debian package iperf3)")
@@ -72,7 +75,10 @@ def iperf3_loopback(size: int, timeout: float) -> float:
     try:
         for _ in range(50):  # the server needs a moment to listen; bounded retries
             client = subprocess.run(
-                [iperf3, "-c", "127.0.0.1", "-p", str(port), "-n", str(size), "-J"],
+                [
+                    *(iperf3, "-c", "127.0.0.1", "-p", str(port), "-n", str(size), "-J"),
+                    *(("-C", congestion) if congestion else ()),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=timeout,

@@ -188,6 +188,10 @@ class Bench:
         measures: list[tuple[str, Callable[[], dict[str, Ceiling]]]] = [
             ("iperf3 loopback", lambda: {"": Ceiling(ceilings.iperf3_loopback(size, timeout))}),
             (
+                "iperf3 loopback cubic",
+                lambda: {"": Ceiling(ceilings.iperf3_loopback(size, timeout, "cubic"))},
+            ),
+            (
                 "dd conv=fdatasync",
                 lambda: {"": Ceiling(ceilings.dd_fdatasync(ceiling_dir, size, timeout))},
             ),
