@@ -51,14 +51,23 @@ def method_notes(smoke: bool) -> list[str]:
         "the next round starts after it. Peak RSS is "
         "the sum of VmHWM over the server's processes, reset (clear_refs 5) before each run. "
         "results.json also gives each run's system (kernel) share of it.",
+        "Congestion control: the run records the system's (`tcp congestion control` above). "
+        "Where it is BBR, which paces every send with a timer per burst when there is no fq "
+        "queueing discipline (loopback has none), freight gives connections whose two ends "
+        "are this host a congestion control that does not pace (cubic): its listeners on "
+        "127.0.0.1, its clients and its S3 client (`freight.same_host`). nginx, curl, "
+        "iperf3 and the other peers keep the system's; 'iperf3 loopback cubic' is the same "
+        "transfer unpaced. Most of freight GET's lead over nginx GET comes from this: with "
+        "the system set to cubic for everyone (measured once, not this machine's default) "
+        "nginx GET ran 4.23 GiB/s at 0.07 server CPU-s/GiB and freight GET 5.05 at 0.04, "
+        "while nginx PUT rose to 2.2-2.6 GiB/s, beyond the one-core SHA-256 that bounds "
+        "freight's hashed upload (1.71) and level with its unhashed one (2.10).",
         "Over loopback a download's server CPU is nearly all kernel time, much of it the "
         "receiving side's TCP processing, which the kernel runs in whichever context sends "
         "the segment: the sender's when it transmits as it writes, the client's when "
         "segments leave as the client's acknowledgements make room. So it moves between "
         "server and client with the send buffer: freight asks a larger one for a long range "
-        "where the system allows it, and nginx with `listen ... sndbuf=8m` (not set here) "
-        "went from 0.20 to 0.13 server CPU-s/GiB while curl's rose from 0.55 to 0.67, in one "
-        "measurement. For downloads, compare server + client CPU as well.",
+        "where the system allows it. For downloads, compare server + client CPU as well.",
         "Client CPU is the client process's user+sys seconds (getrusage of waited-for "
         "children), per GiB; for `freight send`/`freight get` it includes starting Python "
         "and importing freight (about 0.3 s). Client and server share the 2 cores, so a "

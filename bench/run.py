@@ -80,7 +80,16 @@ HEADLINE_TARGETS = ("nginx GET", "freight GET", "nginx PUT", TUS_NEVER)
 CGROUP_LIMIT = 128 * MiB
 CONCURRENT_UPLOADS = 16
 # The peers' versions mean nothing to a comparison of freight with itself.
-BASELINE_FACTS = ("started", "cpu", "memory", "kernel", "python", "curl", "load average")
+BASELINE_FACTS = (
+    "started",
+    "cpu",
+    "memory",
+    "kernel",
+    "tcp congestion control",
+    "python",
+    "curl",
+    "load average",
+)
 
 
 @dataclass(frozen=True)
@@ -388,6 +397,7 @@ def machine_facts() -> dict[str, str]:
         "cpu": f"{os.cpu_count()} x {cpu}",
         "memory": f"{int(memory) / 2**20:.1f} GiB",
         "kernel": platform.release(),
+        "tcp congestion control": _congestion_control(),
         "python": platform.python_version(),
         "freight": first_line(
             ["git", "-C", str(BENCH_DIR.parent), "describe", "--always", "--dirty"]
@@ -398,6 +408,15 @@ def machine_facts() -> dict[str, str]:
         "iperf3": " ".join(first_line(["iperf3", "--version"]).split()[:2]),
         "load average": _load(),
     }
+
+
+def _congestion_control() -> str:
+    """The system's TCP congestion control: the peers' connections use it, and freight's
+    same-host ones too unless it paces (``freight.same_host``)."""
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def _load() -> str:
