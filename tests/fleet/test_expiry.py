@@ -92,4 +92,5 @@ def test_expired_uploads_leave_no_multipart_upload_and_no_fragment(fleet: Fleet)
     assert request("GET", f"{b.url}/api/uploads/{chunked}").status == 404
     assert mentioning(objects, [kept_id]), "the finished file is gone"
     fetched = download(a.url + f"/files/{kept_id}")
+    assert fetched.status == 200, (fetched.status, dict(fetched.headers))
     assert (fetched.size, fetched.sha256) == (kept_source.size, kept_source.sha256())

@@ -11,10 +11,10 @@ Slowness on our side never counts: while received bytes wait unread in the socke
 disk is behind, reading is paused) or nothing waits to be sent (the disk is slow to read),
 the window starts again.
 
-On a stall, the ``async with`` block's current await is cancelled and :class:`Stalled` is
-raised from the block, so the caller ends the request in its own way (keeping what was
-durable) and closes the connection. Where ``TCP_INFO`` is unavailable (not Linux, not
-TCP) the watch does nothing.
+On a stall, the ``async with`` block's current await is cancelled, the connection is reset
+(what the kernel still queued for the peer is dropped) and :class:`Stalled` is raised from
+the block, so the caller ends the request in its own way (keeping what was durable). Where
+``TCP_INFO`` is unavailable (not Linux, not TCP) the watch does nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ _BYTES_ACKED_AT: Final = 120
 _BYTES_RECEIVED_AT: Final = 128
 _SIOCOUTQ: Final = 0x5411  # bytes sent but not yet acknowledged (TIOCOUTQ)
 _CHECKS_PER_WINDOW: Final = 4
+_RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
 
 
 class Direction(enum.Enum):
@@ -79,11 +80,20 @@ async def watch_progress(
     except TimeoutError:
         if watch is None or not watch.stalled:
             raise
-        transport.abort()
+        _reset(transport, sock)
         raise Stalled(watch.message()) from None
     if watch.stalled:  # the block swallowed the cancellation; still a stall
-        transport.abort()
+        _reset(transport, sock)
         raise Stalled(watch.message())
+
+
+def _reset(transport: asyncio.Transport, sock: socket.socket) -> None:
+    """Close a stalled connection with a reset. A plain close would leave the kernel sending
+    what is queued (a download's send buffer: up to 16 MiB) to a peer that takes a few KiB
+    at a time, for minutes after we gave up on it; a reset drops it at once."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    transport.abort()
 
 
 class _Watch:
