@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import ClientSession
 from jsonschema import Draft202012Validator
-from tus_fixtures import LiveServer, live_server
+from tus_fixtures import LiveServer, live_server, open_stored
 
 from freight.server.chunks import POLICY, ChunkPolicy
 
@@ -93,10 +93,8 @@ class ChunkApi:
         state = await self.state(upload_id)
         del state["wire_bytes"]
         session = await self.live.engine.get(upload_id)
-        part = self.live.data_dir / "uploads" / f"{upload_id}.part"
-        path = part if part.exists() else self.live.data_dir / "files" / upload_id
         digest = hashlib.sha256()
-        with path.open("rb") as file:
+        with open_stored(self.live.data_dir, upload_id) as file:
             for start, end in session.received:
                 file.seek(start)
                 digest.update(file.read(end - start))

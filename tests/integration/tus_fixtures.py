@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import ClientResponse, ClientSession
 from aiohttp.test_utils import TestServer
@@ -63,10 +64,8 @@ class LiveServer:
         return int(resp.headers["Upload-Offset"])
 
     def part_bytes(self, url: str) -> bytes:
-        upload_id = url.rsplit("/", 1)[1]
-        part = self.data_dir / "uploads" / f"{upload_id}.part"
-        final = self.data_dir / "files" / upload_id
-        return (part if part.exists() else final).read_bytes()
+        with open_stored(self.data_dir, url.rsplit("/", 1)[1]) as file:
+            return file.read()
 
     async def snapshot(self, url: str) -> tuple[int, str]:
         """What the server holds: its offset and the hash of the bytes up to it."""
@@ -93,3 +92,12 @@ def metadata(**values: str) -> str:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def open_stored(data_dir: Path, upload_id: str) -> BinaryIO:
+    """An upload's bytes: its part file, or the finished file that a finish (which may run
+    after the final request's answer) has just renamed it to."""
+    try:
+        return (data_dir / "uploads" / f"{upload_id}.part").open("rb")
+    except FileNotFoundError:
+        return (data_dir / "files" / upload_id).open("rb")
