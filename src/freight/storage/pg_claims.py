@@ -254,11 +254,15 @@ class PgClaims:
             await self._ask(rows, rewrites)
             deadline = time.monotonic() + self._take_over_wait
             ids = [int(row["claim_id"]) for row in rows]
-            while await self._still_live(ids):
+            while True:
+                # Cleared before the look, not after: a release that pokes while the query
+                # runs must not be lost (it cost a whole RECHECK).
+                poke.clear()
+                if not await self._still_live(ids):
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                poke.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(left, RECHECK)):
                         await poke.wait()
